@@ -1,0 +1,1 @@
+//! Placeholder: the worker runtime (Docker through bollard, or local processes) lands here.
