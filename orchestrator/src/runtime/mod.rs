@@ -1,1 +1,332 @@
-//! Placeholder: the worker runtime (Docker through bollard, or local processes) lands here.
+//! The worker runtime: how the orchestrator starts, stops, kills and finds its
+//! worker processes.
+//!
+//! Two backends sit behind one enum (an enum rather than a `dyn` trait, so the
+//! async methods need no boxing and callers can `match` on the backend when
+//! they must): Docker containers through bollard, the deployment the spec
+//! describes, and plain child processes, for machines without a Docker engine.
+//!
+//! Both backends answer to the same contract, which the failover and
+//! autoscaler code relies on:
+//! - a worker is identified by the orchestrator's id for it, and by a pid that
+//!   the engine (or the OS) reports, because the spec's `/worker/list` and
+//!   `/crash/*` routes speak pids;
+//! - `list()` asks the engine or the OS, never a local table, so a restarted
+//!   orchestrator adopts the workers its predecessor left running, and never
+//!   sees the workers of another cluster on the same host;
+//! - `exits()` reports every exit, whoever caused it; telling a crash from a
+//!   requested stop is the caller's business (it knows what it asked for).
+
+pub mod docker;
+pub mod process;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+/// Label carrying the cluster id on every worker container. The orchestrator
+/// filters on it so that two clusters (or a test run) on one engine never
+/// touch each other's containers.
+pub const CLUSTER_LABEL: &str = "rideshare.cluster";
+/// Label carrying the worker id, so a listing needs no name parsing.
+pub const WORKER_LABEL: &str = "rideshare.worker";
+/// Environment variable that marks a worker process as belonging to a
+/// cluster; the process runtime finds its workers in /proc by it.
+pub const CLUSTER_ENV: &str = "RIDESHARE_CLUSTER";
+/// Environment variable carrying the worker id (both runtimes set it: the
+/// worker uses it as its identity in ZooKeeper).
+pub const WORKER_ID_ENV: &str = "WORKER_ID";
+
+/// Longest a single engine call may take before it is reported as an error;
+/// the spec forbids unbounded waits, and an engine that hangs must surface as
+/// a failed start/kill rather than a stuck orchestrator.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `kill` (and `stop` after its SIGKILL) waits for the worker to be
+/// gone; a SIGKILLed process that is still there after this is an engine fault.
+pub(crate) const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Capacity of the exit broadcast; a subscriber that lags more than this many
+/// exits behind loses the oldest (and learns it from `RecvError::Lagged`).
+pub(crate) const EXIT_CHANNEL_CAPACITY: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RuntimeKind {
+    /// Docker if an engine answers, else processes: the zero-configuration
+    /// choice for `make up` on a machine that may lack Docker.
+    #[default]
+    Auto,
+    Docker,
+    Process,
+}
+
+impl FromStr for RuntimeKind {
+    type Err = RuntimeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(RuntimeKind::Auto),
+            "docker" => Ok(RuntimeKind::Docker),
+            "process" | "processes" => Ok(RuntimeKind::Process),
+            other => Err(RuntimeError::Config(format!(
+                "unknown worker runtime {other:?} (expected docker, process or auto)"
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub kind: RuntimeKind,
+    /// Scopes every worker this runtime sees or touches (container label,
+    /// container name prefix, process environment marker).
+    pub cluster_id: String,
+    /// Docker: the worker image; it must already exist in the engine (built by
+    /// scripts/build-images.sh), since no registry is assumed reachable.
+    pub image: String,
+    /// Docker: network mode for worker containers. `host` lets workers reach
+    /// RabbitMQ and ZooKeeper on 127.0.0.1; in a compose deploy it is the
+    /// compose network's name so workers resolve `rabbitmq`/`zookeeper`.
+    pub network: String,
+    /// Process: the worker executable.
+    pub worker_bin: PathBuf,
+    /// Process: each worker runs in `data_dir/<id>/` with its SQLite file and
+    /// its log there.
+    pub data_dir: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            kind: RuntimeKind::Auto,
+            cluster_id: "rideshare".to_string(),
+            image: "rideshare-worker:latest".to_string(),
+            network: "host".to_string(),
+            worker_bin: PathBuf::from("target/release/worker"),
+            data_dir: PathBuf::from("var/workers"),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Reads the operator's settings: `WORKER_RUNTIME` (docker|process|auto),
+    /// `CLUSTER_ID`, `WORKER_IMAGE`, `DOCKER_NETWORK`, `WORKER_BIN`,
+    /// `WORKER_DATA_DIR`; anything unset keeps its default.
+    pub fn from_env() -> Result<RuntimeConfig, RuntimeError> {
+        let mut cfg = RuntimeConfig::default();
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        if let Some(v) = var("WORKER_RUNTIME") {
+            cfg.kind = v.parse()?;
+        }
+        if let Some(v) = var("CLUSTER_ID") {
+            cfg.cluster_id = v;
+        }
+        if let Some(v) = var("WORKER_IMAGE") {
+            cfg.image = v;
+        }
+        if let Some(v) = var("DOCKER_NETWORK") {
+            cfg.network = v;
+        }
+        if let Some(v) = var("WORKER_BIN") {
+            cfg.worker_bin = PathBuf::from(v);
+        }
+        if let Some(v) = var("WORKER_DATA_DIR") {
+            cfg.data_dir = PathBuf::from(v);
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub id: String,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub pid: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerExit {
+    pub id: String,
+    /// The pid the worker had while it ran; 0 only if the runtime never saw it
+    /// running (a worker that died before its start was confirmed).
+    pub pid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("runtime configuration: {0}")]
+    Config(String),
+    #[error("docker engine not reachable ({call}): {source}")]
+    Connect {
+        call: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("docker {call} for worker {id:?} failed: {source}")]
+    Docker {
+        call: &'static str,
+        id: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("{call} for worker {id:?} timed out after {after:?}")]
+    Timeout {
+        call: &'static str,
+        id: String,
+        after: Duration,
+    },
+    #[error("worker {id:?}: {call} failed: {source}")]
+    Io {
+        call: &'static str,
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("worker {0:?} is not running")]
+    NotFound(String),
+    #[error("worker {0:?} is already running")]
+    AlreadyRunning(String),
+    #[error("worker {id:?} exited right after start: {detail}")]
+    StartFailed { id: String, detail: String },
+    #[error("invalid worker id {0:?}: use letters, digits, '-', '_' or '.', not starting with '.' or '-'")]
+    InvalidId(String),
+}
+
+pub enum Runtime {
+    Docker(docker::DockerRuntime),
+    Process(process::ProcessRuntime),
+}
+
+impl Runtime {
+    /// Auto: Docker if the engine answers a ping (after version negotiation),
+    /// else Process. An explicit `Docker` fails rather than falling back, so a
+    /// misconfigured deploy is loud instead of silently running processes.
+    pub async fn connect(cfg: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        validate_cluster_id(&cfg.cluster_id)?;
+        match cfg.kind {
+            RuntimeKind::Docker => Ok(Runtime::Docker(docker::DockerRuntime::connect(cfg).await?)),
+            RuntimeKind::Process => Ok(Runtime::Process(process::ProcessRuntime::new(cfg)?)),
+            RuntimeKind::Auto => match docker::DockerRuntime::connect(cfg.clone()).await {
+                Ok(d) => Ok(Runtime::Docker(d)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no docker engine answered; workers run as local processes");
+                    Ok(Runtime::Process(process::ProcessRuntime::new(cfg)?))
+                }
+            },
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Runtime::Docker(_) => "docker",
+            Runtime::Process(_) => "process",
+        }
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        match self {
+            Runtime::Docker(d) => d.cluster_id(),
+            Runtime::Process(p) => p.cluster_id(),
+        }
+    }
+
+    /// Returns once the worker runs, with its pid.
+    pub async fn start(&self, spec: WorkerSpec) -> Result<WorkerInfo, RuntimeError> {
+        validate_worker_id(&spec.id)?;
+        match self {
+            Runtime::Docker(d) => d.start(spec).await,
+            Runtime::Process(p) => p.start(spec).await,
+        }
+    }
+
+    /// SIGTERM, up to `grace` for the worker to exit, then SIGKILL; the
+    /// container is removed afterwards.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        match self {
+            Runtime::Docker(d) => d.stop(id, grace).await,
+            Runtime::Process(p) => p.stop(id, grace).await,
+        }
+    }
+
+    /// SIGKILL, a real crash; returns the pid the worker had. Returns once the
+    /// worker is gone (and its container removed).
+    pub async fn kill(&self, id: &str) -> Result<u32, RuntimeError> {
+        match self {
+            Runtime::Docker(d) => d.kill(id).await,
+            Runtime::Process(p) => p.kill(id).await,
+        }
+    }
+
+    /// The running workers of this cluster, as the engine or the OS sees them.
+    pub async fn list(&self) -> Result<Vec<WorkerInfo>, RuntimeError> {
+        let mut v = match self {
+            Runtime::Docker(d) => d.list().await?,
+            Runtime::Process(p) => p.list().await?,
+        };
+        v.sort_by_key(|w| w.pid);
+        Ok(v)
+    }
+
+    pub fn exits(&self) -> broadcast::Receiver<WorkerExit> {
+        match self {
+            Runtime::Docker(d) => d.exits(),
+            Runtime::Process(p) => p.exits(),
+        }
+    }
+}
+
+/// Ids become container names and directory names: keep them to the
+/// characters both accept, and away from path tricks.
+pub(crate) fn validate_worker_id(id: &str) -> Result<(), RuntimeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && !id.starts_with('-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidId(id.to_string()))
+    }
+}
+
+fn validate_cluster_id(id: &str) -> Result<(), RuntimeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Config(format!(
+            "invalid cluster id {id:?}: use letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_worker_id("w-1").is_ok());
+        assert!(validate_worker_id("slave_2.a").is_ok());
+        assert!(validate_worker_id("").is_err());
+        assert!(validate_worker_id("../x").is_err());
+        assert!(validate_worker_id("a/b").is_err());
+        assert!(validate_worker_id(".x").is_err());
+        assert!(validate_cluster_id("rideshare").is_ok());
+        assert!(validate_cluster_id("-x").is_err());
+        assert_eq!("Docker".parse::<RuntimeKind>().unwrap(), RuntimeKind::Docker);
+        assert!("k8s".parse::<RuntimeKind>().is_err());
+    }
+}
