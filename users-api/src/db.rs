@@ -50,7 +50,10 @@ impl Db {
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()?;
-        Ok(Db { http, base: base.trim_end_matches('/').to_owned() })
+        Ok(Db {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
     }
 
     pub async fn read(&self, req: &ReadRequest) -> Result<Vec<Row>, DbError> {
@@ -63,11 +66,17 @@ impl Db {
     }
 
     pub async fn clear(&self) -> Result<(), DbError> {
-        let _: serde_json::Value = self.post("/api/v1/db/clear", &serde_json::json!({})).await?;
+        let _: serde_json::Value = self
+            .post("/api/v1/db/clear", &serde_json::json!({}))
+            .await?;
         Ok(())
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, DbError> {
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, DbError> {
         let url = format!("{}{}", self.base, path);
         let resp = self
             .http
@@ -82,12 +91,15 @@ impl Db {
             .await
             .map_err(|e| DbError::Unavailable(format!("orchestrator answer cut off: {e}")))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| DbError::Failed(format!("orchestrator answered unreadable JSON: {e}")));
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                DbError::Failed(format!("orchestrator answered unreadable JSON: {e}"))
+            });
         }
         let msg = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned());
+            .unwrap_or_else(|_| {
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+            });
         Err(match status.as_u16() {
             409 => DbError::Conflict(msg),
             400..=499 => DbError::Invalid(msg),

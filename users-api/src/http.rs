@@ -26,14 +26,13 @@ where
     S: futures::Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf,
 {
-    s.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining()))).boxed()
+    s.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining())))
+        .boxed()
 }
 
 /// The raw query string, empty when there is none.
 pub fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
-    warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify()
+    warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,20 +82,28 @@ pub fn not_found() -> Response {
 }
 
 pub fn method_not_allowed(allow: &'static str) -> Response {
-    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route");
-    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
 /// A path segment as the client meant it (`%20` → space); bytes that are not
 /// UTF-8 become U+FFFD, which no stored name can match.
 pub fn decode_segment(seg: &str) -> String {
-    percent_encoding::percent_decode_str(seg).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(seg)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The first value of `key` in a query string.
 pub fn query_param(query: &str, key: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Quote a client value in an error message without echoing a megabyte back.
@@ -118,7 +125,10 @@ mod tests {
     #[test]
     fn decodes_segments_and_queries() {
         assert_eq!(decode_segment("a%20b%2Fc"), "a b/c");
-        assert_eq!(query_param("x=1&username=a%2Bb+c", "username").as_deref(), Some("a+b c"));
+        assert_eq!(
+            query_param("x=1&username=a%2Bb+c", "username").as_deref(),
+            Some("a+b c")
+        );
         assert_eq!(query_param("x=1", "username"), None);
     }
 
@@ -126,7 +136,8 @@ mod tests {
     async fn body_limit() {
         let small: Body = futures::stream::iter(vec![Ok(Bytes::from_static(b"abc"))]).boxed();
         assert_eq!(&read_body(small).await.unwrap()[..], b"abc");
-        let big: Body = futures::stream::iter((0..100).map(|_| Ok(Bytes::from(vec![b'x'; 1024])))).boxed();
+        let big: Body =
+            futures::stream::iter((0..100).map(|_| Ok(Bytes::from(vec![b'x'; 1024])))).boxed();
         assert!(matches!(read_body(big).await, Err(BodyError::TooLarge)));
     }
 }

@@ -65,12 +65,20 @@ fn counted(path: &str) -> bool {
     path.starts_with("/api/v1/users")
 }
 
-async fn handle(method: Method, path: FullPath, query: String, body: Body, st: Arc<State>) -> Response {
+async fn handle(
+    method: Method,
+    path: FullPath,
+    query: String,
+    body: Body,
+    st: Arc<State>,
+) -> Response {
     let path = path.as_str();
     if counted(path) {
         st.count.hit();
     }
-    let Some(route) = Route::of(path) else { return http::not_found() };
+    let Some(route) = Route::of(path) else {
+        return http::not_found();
+    };
     match (route, method) {
         (Route::Users, Method::PUT) => create(&st, body).await,
         (Route::Users, Method::GET) => list(&st, &query).await,
@@ -109,13 +117,17 @@ async fn create(st: &State, body: Body) -> Response {
     };
     let insert = WriteRequest::insert(
         "users",
-        [("username", user.username.clone().into()), ("password", user.password.into())],
+        [
+            ("username", user.username.clone().into()),
+            ("password", user.password.into()),
+        ],
     );
     match st.db.write(&insert).await {
         Ok(_) => http::empty_object(StatusCode::CREATED),
-        Err(DbError::Conflict(_)) => {
-            http::error(StatusCode::BAD_REQUEST, format!("username {:?} is taken", http::short(&user.username)))
-        }
+        Err(DbError::Conflict(_)) => http::error(
+            StatusCode::BAD_REQUEST,
+            format!("username {:?} is taken", http::short(&user.username)),
+        ),
         Err(e) => db_error(e),
     }
 }
@@ -130,8 +142,10 @@ async fn list(st: &State, query: &str) -> Response {
     };
     match st.db.read(&read).await {
         Ok(rows) => {
-            let names: Vec<&str> =
-                rows.iter().filter_map(|r| r.get("username").and_then(|v| v.as_str())).collect();
+            let names: Vec<&str> = rows
+                .iter()
+                .filter_map(|r| r.get("username").and_then(|v| v.as_str()))
+                .collect();
             if names.is_empty() {
                 http::no_content()
             } else {
@@ -145,10 +159,18 @@ async fn list(st: &State, query: &str) -> Response {
 async fn delete(st: &State, name: String) -> Response {
     // The schema's ON DELETE CASCADE removes the user's rides and takes it
     // off the rides it joined, in the same statement.
-    match st.db.write(&WriteRequest::delete("users", vec![Condition::eq("username", name.clone())])).await {
-        Ok(o) if o.rows_affected == 0 => {
-            http::error(StatusCode::BAD_REQUEST, format!("no user {:?}", http::short(&name)))
-        }
+    match st
+        .db
+        .write(&WriteRequest::delete(
+            "users",
+            vec![Condition::eq("username", name.clone())],
+        ))
+        .await
+    {
+        Ok(o) if o.rows_affected == 0 => http::error(
+            StatusCode::BAD_REQUEST,
+            format!("no user {:?}", http::short(&name)),
+        ),
         Ok(_) => http::empty_object(StatusCode::OK),
         Err(e) => db_error(e),
     }
@@ -161,13 +183,19 @@ mod tests {
     /// An orchestrator nobody listens on: routes that never reach the
     /// database can be checked without one.
     fn state() -> Arc<State> {
-        Arc::new(State { db: Db::new("http://127.0.0.1:9").unwrap(), count: Counter::default() })
+        Arc::new(State {
+            db: Db::new("http://127.0.0.1:9").unwrap(),
+            count: Counter::default(),
+        })
     }
 
     #[test]
     fn route_table() {
         assert_eq!(Route::of("/api/v1/users"), Some(Route::Users));
-        assert_eq!(Route::of("/api/v1/users/a%20b"), Some(Route::User("a b".into())));
+        assert_eq!(
+            Route::of("/api/v1/users/a%20b"),
+            Some(Route::User("a b".into()))
+        );
         assert_eq!(Route::of("/api/v1/users/"), None);
         assert_eq!(Route::of("/api/v1/users/a/b"), None);
         assert_eq!(Route::of("/api/v1/rides"), None);
@@ -178,15 +206,24 @@ mod tests {
         let st = state();
         let r = routes(st.clone());
         let status = |method: &str, path: &str, body: &str| {
-            let req = warp::test::request().method(method).path(path).body(body.to_owned());
+            let req = warp::test::request()
+                .method(method)
+                .path(path)
+                .body(body.to_owned());
             let r = r.clone();
             async move { req.reply(&r).await.status().as_u16() }
         };
         assert_eq!(status("POST", "/api/v1/users", "").await, 405);
         assert_eq!(status("GET", "/api/v1/users/ann", "").await, 405);
         assert_eq!(status("PUT", "/api/v1/users", "not json").await, 400);
-        assert_eq!(status("PUT", "/api/v1/users", r#"{"username":"a","password":"x"}"#).await, 400);
-        let huge = format!(r#"{{"username":"{}","password":"x"}}"#, "u".repeat(10 << 20));
+        assert_eq!(
+            status("PUT", "/api/v1/users", r#"{"username":"a","password":"x"}"#).await,
+            400
+        );
+        let huge = format!(
+            r#"{{"username":"{}","password":"x"}}"#,
+            "u".repeat(10 << 20)
+        );
         assert_eq!(status("PUT", "/api/v1/users", &huge).await, 400);
         assert_eq!(status("GET", "/api/v1/nope", "").await, 404);
         assert_eq!(status("PUT", "/api/v1/_count", "").await, 405);

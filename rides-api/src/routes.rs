@@ -1,0 +1,484 @@
+//! The rides service's routes (SPEC section 3).
+//!
+//! Routing is done by hand on the path rather than with warp's combinators:
+//! SPEC wants 405 for a known route with another method and 404 otherwise,
+//! `/api/v1/rides/count` to be its own route next to `/api/v1/rides/{rideId}`,
+//! and every `/api/v1/rides*` request counted whatever its fate.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use warp::http::{Method, StatusCode};
+use warp::path::FullPath;
+use warp::reply::Response;
+use warp::Filter;
+use wire::{Condition, Op, ReadRequest, Row, WriteRequest};
+
+use crate::count::Counter;
+use crate::db::{Db, DbError};
+use crate::http::{self, Body};
+use crate::user_check::UserCheck;
+use crate::{areas, timestamp};
+
+pub struct State {
+    pub db: Db,
+    pub users: UserCheck,
+    pub count: Counter,
+}
+
+pub fn routes(
+    state: Arc<State>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::method()
+        .and(warp::path::full())
+        .and(http::raw_query())
+        .and(http::body())
+        .and(warp::any().map(move || state.clone()))
+        .then(handle)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Rides,
+    RideCount,
+    /// The raw segment; whether it is a number is the handler's 400 to give.
+    Ride(String),
+    Clear,
+    Count,
+    Health,
+}
+
+impl Route {
+    fn of(path: &str) -> Option<Route> {
+        match path {
+            "/api/v1/rides" => return Some(Route::Rides),
+            "/api/v1/rides/count" => return Some(Route::RideCount),
+            "/api/v1/db/clear" => return Some(Route::Clear),
+            "/api/v1/_count" => return Some(Route::Count),
+            "/health" => return Some(Route::Health),
+            _ => {}
+        }
+        let id = path.strip_prefix("/api/v1/rides/")?;
+        if id.is_empty() || id.contains('/') {
+            return None;
+        }
+        Some(Route::Ride(http::decode_segment(id)))
+    }
+}
+
+/// SPEC section 4: what `_count` counts.
+fn counted(path: &str) -> bool {
+    path.starts_with("/api/v1/rides")
+}
+
+async fn handle(
+    method: Method,
+    path: FullPath,
+    query: String,
+    body: Body,
+    st: Arc<State>,
+) -> Response {
+    let path = path.as_str();
+    if counted(path) {
+        st.count.hit();
+    }
+    let Some(route) = Route::of(path) else {
+        return http::not_found();
+    };
+    let result = match (route, method) {
+        (Route::Rides, Method::POST) => create(&st, body).await,
+        (Route::Rides, Method::GET) => upcoming(&st, &query).await,
+        (Route::Rides, _) => Ok(http::method_not_allowed("GET, POST")),
+        (Route::RideCount, Method::GET) => st
+            .db
+            .count(&ReadRequest::table("rides").counting())
+            .await
+            .map(|n| http::json(StatusCode::OK, &[n]))
+            .map_err(Fail::from),
+        (Route::RideCount, _) => Ok(http::method_not_allowed("GET")),
+        (Route::Ride(id), Method::GET) => details(&st, &id).await,
+        (Route::Ride(id), Method::POST) => join(&st, &id, body).await,
+        (Route::Ride(id), Method::DELETE) => delete(&st, &id).await,
+        (Route::Ride(_), _) => Ok(http::method_not_allowed("GET, POST, DELETE")),
+        (Route::Clear, Method::POST) => st
+            .db
+            .clear()
+            .await
+            .map(|()| http::empty_object(StatusCode::OK))
+            .map_err(Fail::from),
+        (Route::Clear, _) => Ok(http::method_not_allowed("POST")),
+        (Route::Count, Method::GET) => Ok(http::json(StatusCode::OK, &[st.count.get()])),
+        (Route::Count, Method::DELETE) => {
+            st.count.reset();
+            Ok(http::empty_object(StatusCode::OK))
+        }
+        (Route::Count, _) => Ok(http::method_not_allowed("GET, DELETE")),
+        (Route::Health, Method::GET) => Ok(http::empty_object(StatusCode::OK)),
+        (Route::Health, _) => Ok(http::method_not_allowed("GET")),
+    };
+    result.unwrap_or_else(Fail::into_response)
+}
+
+/// Why a request was not served; each variant knows its status.
+#[derive(Debug, thiserror::Error)]
+enum Fail {
+    #[error("{0}")]
+    Bad(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Check(#[from] crate::user_check::CheckError),
+}
+
+impl Fail {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Fail::Bad(_) => StatusCode::BAD_REQUEST,
+            Fail::Db(e) => e.status(),
+            Fail::Check(e) => e.status(),
+        };
+        if status.is_server_error() {
+            tracing::warn!("request failed: {self}");
+        }
+        http::error(status, self.to_string())
+    }
+}
+
+fn bad<T>(msg: impl Into<String>) -> Result<T, Fail> {
+    Err(Fail::Bad(msg.into()))
+}
+
+type Answer = Result<Response, Fail>;
+
+/// A JSON object body, or the 400 for why it is not one.
+async fn object_body(body: Body) -> Result<serde_json::Map<String, Value>, Fail> {
+    let bytes = http::read_body(body)
+        .await
+        .map_err(|e| Fail::Bad(e.to_string()))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => bad("body must be a JSON object"),
+        Err(e) => bad(format!("body is not JSON: {e}")),
+    }
+}
+
+fn string_field(obj: &serde_json::Map<String, Value>, name: &str) -> Result<String, Fail> {
+    match obj.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) => bad(format!("{name} must not be empty")),
+        Some(_) => bad(format!("{name} must be a string")),
+        None => bad(format!("missing field {name}")),
+    }
+}
+
+fn area_field(obj: &serde_json::Map<String, Value>, name: &str) -> Result<i64, Fail> {
+    let v = obj
+        .get(name)
+        .ok_or_else(|| Fail::Bad(format!("missing field {name}")))?;
+    areas::parse_json(v).map_err(|e| Fail::Bad(format!("{name}: {e}")))
+}
+
+/// rideIds are positive integers that fit SQLite's INTEGER.
+fn ride_id(s: &str) -> Result<i64, Fail> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return bad(format!("rideId {:?} is not a number", http::short(s)));
+    }
+    s.parse()
+        .map_err(|_| Fail::Bad(format!("rideId {:?} is out of range", http::short(s))))
+}
+
+async fn ensure_user(st: &State, name: &str) -> Result<(), Fail> {
+    if st.users.exists(name).await? {
+        Ok(())
+    } else {
+        bad(format!("no user {:?}", http::short(name)))
+    }
+}
+
+async fn create(st: &State, body: Body) -> Answer {
+    let obj = object_body(body).await?;
+    let created_by = string_field(&obj, "created_by")?;
+    let ts = match obj.get("timestamp") {
+        Some(Value::String(s)) => s,
+        Some(_) => return bad("timestamp must be a string"),
+        None => return bad("missing field timestamp"),
+    };
+    let start = timestamp::parse(ts).map_err(|e| Fail::Bad(e.to_string()))?;
+    let source = area_field(&obj, "source")?;
+    let destination = area_field(&obj, "destination")?;
+    if source == destination {
+        return bad("source and destination are the same area");
+    }
+    ensure_user(st, &created_by).await?;
+    let insert = WriteRequest::insert(
+        "rides",
+        [
+            ("created_by", created_by.clone().into()),
+            ("start_time", start.into()),
+            ("source", source.into()),
+            ("destination", destination.into()),
+        ],
+    );
+    match st.db.write(&insert).await {
+        Ok(_) => Ok(http::empty_object(StatusCode::CREATED)),
+        // The user was deleted between the check and the insert.
+        Err(DbError::Conflict(_)) => bad(format!("no user {:?}", http::short(&created_by))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn query_area(query: &str, name: &str) -> Result<i64, Fail> {
+    let v = http::query_param(query, name)
+        .ok_or_else(|| Fail::Bad(format!("missing query parameter {name}")))?;
+    areas::parse_str(&v).map_err(|e| Fail::Bad(format!("{name}: {e}")))
+}
+
+fn int(row: &Row, col: &str) -> Result<i64, Fail> {
+    row.get(col)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| DbError::Failed(format!("row without {col}")).into())
+}
+
+fn text<'a>(row: &'a Row, col: &str) -> Result<&'a str, Fail> {
+    row.get(col)
+        .and_then(Value::as_str)
+        .ok_or_else(|| DbError::Failed(format!("row without {col}")).into())
+}
+
+async fn upcoming(st: &State, query: &str) -> Answer {
+    let source = query_area(query, "source")?;
+    let destination = query_area(query, "destination")?;
+    let now = chrono::Utc::now().timestamp();
+    let read = ReadRequest::table("rides")
+        .columns(&["ride_id", "created_by", "start_time"])
+        .filter(Condition::eq("source", source))
+        .filter(Condition::eq("destination", destination))
+        .filter(Condition::new("start_time", Op::Gt, now))
+        .order("start_time", false)
+        .order("ride_id", false);
+    let rows = st.db.read(&read).await?;
+    if rows.is_empty() {
+        return Ok(http::no_content());
+    }
+    let list = rows
+        .iter()
+        .map(|r| {
+            Ok(json!({
+                "rideId": int(r, "ride_id")?,
+                "username": text(r, "created_by")?,
+                "timestamp": timestamp::format(int(r, "start_time")?),
+            }))
+        })
+        .collect::<Result<Vec<_>, Fail>>()?;
+    Ok(http::json(StatusCode::OK, &list))
+}
+
+async fn find_ride(st: &State, id: i64) -> Result<Option<Row>, Fail> {
+    let read = ReadRequest::table("rides")
+        .filter(Condition::eq("ride_id", id))
+        .limit(1);
+    Ok(st.db.read(&read).await?.into_iter().next())
+}
+
+async fn details(st: &State, id: &str) -> Answer {
+    let id = ride_id(id)?;
+    let Some(ride) = find_ride(st, id).await? else {
+        return Ok(http::no_content());
+    };
+    let riders = st
+        .db
+        .read(
+            &ReadRequest::table("ride_riders")
+                .columns(&["username"])
+                .filter(Condition::eq("ride_id", id))
+                .order("username", false),
+        )
+        .await?;
+    let users = riders
+        .iter()
+        .map(|r| text(r, "username"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(http::json(
+        StatusCode::OK,
+        &json!({
+            "rideId": id,
+            "Created_by": text(&ride, "created_by")?,
+            "users": users,
+            "Timestamp": timestamp::format(int(&ride, "start_time")?),
+            "source": int(&ride, "source")?,
+            "destination": int(&ride, "destination")?,
+        }),
+    ))
+}
+
+async fn join(st: &State, id: &str, body: Body) -> Answer {
+    let id = ride_id(id)?;
+    let obj = object_body(body).await?;
+    let username = string_field(&obj, "username")?;
+    let Some(ride) = find_ride(st, id).await? else {
+        return Ok(http::no_content());
+    };
+    if text(&ride, "created_by")? == username {
+        return bad("the creator of a ride cannot join it");
+    }
+    ensure_user(st, &username).await?;
+    let insert = WriteRequest::insert(
+        "ride_riders",
+        [
+            ("ride_id", id.into()),
+            ("username", username.clone().into()),
+        ],
+    );
+    match st.db.write(&insert).await {
+        Ok(_) => Ok(http::empty_object(StatusCode::OK)),
+        // The primary key (ride_id, username) says the user is on the ride
+        // already (or the ride or user vanished since the checks above).
+        Err(DbError::Conflict(_)) => bad(format!(
+            "{:?} has already joined ride {id}",
+            http::short(&username)
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete(st: &State, id: &str) -> Answer {
+    let id = ride_id(id)?;
+    // ON DELETE CASCADE takes the riders off with it.
+    let outcome = st
+        .db
+        .write(&WriteRequest::delete(
+            "rides",
+            vec![Condition::eq("ride_id", id)],
+        ))
+        .await?;
+    if outcome.rows_affected == 0 {
+        return bad(format!("no ride {id}"));
+    }
+    Ok(http::empty_object(StatusCode::OK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nobody listens on port 9: only routes that never reach a backend
+    /// answer something other than 503.
+    fn state() -> Arc<State> {
+        Arc::new(State {
+            db: Db::new("http://127.0.0.1:9").unwrap(),
+            users: UserCheck::new("http://127.0.0.1:9", "http://127.0.0.1:8082").unwrap(),
+            count: Counter::default(),
+        })
+    }
+
+    #[test]
+    fn route_table() {
+        assert_eq!(Route::of("/api/v1/rides"), Some(Route::Rides));
+        assert_eq!(Route::of("/api/v1/rides/count"), Some(Route::RideCount));
+        assert_eq!(Route::of("/api/v1/rides/7"), Some(Route::Ride("7".into())));
+        assert_eq!(Route::of("/api/v1/rides/7/x"), None);
+        assert_eq!(Route::of("/api/v1/rides/"), None);
+        assert_eq!(Route::of("/api/v1/users"), None);
+    }
+
+    #[test]
+    fn ride_ids() {
+        assert_eq!(ride_id("7").unwrap(), 7);
+        assert!(ride_id("abc").is_err());
+        assert!(ride_id("-1").is_err());
+        assert!(ride_id("1.5").is_err());
+        assert!(ride_id("99999999999999999999999").is_err());
+    }
+
+    #[tokio::test]
+    async fn validation_before_any_backend() {
+        let st = state();
+        let r = routes(st.clone());
+        let status = |method: &str, path: &str, body: String| {
+            let req = warp::test::request().method(method).path(path).body(body);
+            let r = r.clone();
+            async move { req.reply(&r).await.status().as_u16() }
+        };
+        let ride = |ts: &str, s: &str, d: &str| {
+            format!(r#"{{"created_by":"a","timestamp":"{ts}","source":{s},"destination":{d}}}"#)
+        };
+        let ok_ts = "01-01-2030:00-00-00";
+        assert_eq!(
+            status("POST", "/api/v1/rides/count", String::new()).await,
+            405
+        );
+        assert_eq!(
+            status("DELETE", "/api/v1/rides/count", String::new()).await,
+            405
+        );
+        assert_eq!(status("PUT", "/api/v1/rides", String::new()).await, 405);
+        assert_eq!(status("PUT", "/api/v1/rides/3", String::new()).await, 405);
+        assert_eq!(status("GET", "/api/v1/rides/abc", String::new()).await, 400);
+        assert_eq!(
+            status("DELETE", "/api/v1/rides/abc", String::new()).await,
+            400
+        );
+        assert_eq!(status("POST", "/api/v1/rides", "nope".into()).await, 400);
+        assert_eq!(
+            status(
+                "POST",
+                "/api/v1/rides",
+                ride("31-02-2030:00-00-00", "1", "2")
+            )
+            .await,
+            400
+        );
+        assert_eq!(
+            status("POST", "/api/v1/rides", ride(ok_ts, "0", "2")).await,
+            400
+        );
+        assert_eq!(
+            status("POST", "/api/v1/rides", ride(ok_ts, "1e400", "2")).await,
+            400
+        );
+        assert_eq!(
+            status(
+                "POST",
+                "/api/v1/rides",
+                ride(ok_ts, "99999999999999999999999", "2")
+            )
+            .await,
+            400
+        );
+        assert_eq!(
+            status("POST", "/api/v1/rides", ride(ok_ts, "\"12\"", "12")).await,
+            400
+        );
+        assert_eq!(
+            status("GET", "/api/v1/rides?source=1", String::new()).await,
+            400
+        );
+        assert_eq!(
+            status(
+                "GET",
+                "/api/v1/rides?source=1&destination=199",
+                String::new()
+            )
+            .await,
+            400
+        );
+        assert_eq!(
+            status("POST", "/api/v1/rides/3", r#"{"user":"a"}"#.into()).await,
+            400
+        );
+        assert_eq!(status("GET", "/api/v1/ridesX", String::new()).await, 404);
+        assert_eq!(st.count.get(), 16);
+        assert_eq!(status("GET", "/api/v1/users", String::new()).await, 404);
+        assert_eq!(st.count.get(), 16);
+        // Valid requests reach the dead backends: 503, not a hang or a 500.
+        assert_eq!(
+            status("POST", "/api/v1/rides", ride(ok_ts, "\"12\"", "13")).await,
+            503
+        );
+        assert_eq!(
+            status("GET", "/api/v1/rides/count", String::new()).await,
+            503
+        );
+        assert_eq!(status("POST", "/api/v1/db/clear", String::new()).await, 503);
+    }
+}
