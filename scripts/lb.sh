@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# The local load balancer (nginx with the ALB's path rules).
+#
+#   scripts/lb.sh start|stop|status
+#
+# Environment:
+#   LB_PORT     port to listen on (default 8080)
+#   LB_HOST     address to listen on (default 127.0.0.1)
+#   USERS_ADDR  users-api host:port (default 127.0.0.1:8081)
+#   RIDES_ADDR  rides-api host:port (default 127.0.0.1:8082)
+#   LB_DIR      folder for the rendered config, pid, logs and temp files
+#               (default ./var/lb); the access log is $LB_DIR/logs/access.log
+#   NGINX       nginx binary (default: nginx on PATH, else /usr/sbin/nginx)
+#   LB_START_TIMEOUT  seconds to wait for it to answer (default 10)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+template="$root/alb-config/nginx.conf.template"
+
+LB_PORT="${LB_PORT:-8080}"
+LB_HOST="${LB_HOST:-127.0.0.1}"
+USERS_ADDR="${USERS_ADDR:-127.0.0.1:8081}"
+RIDES_ADDR="${RIDES_ADDR:-127.0.0.1:8082}"
+LB_DIR="${LB_DIR:-./var/lb}"
+LB_START_TIMEOUT="${LB_START_TIMEOUT:-10}"
+mkdir -p "$LB_DIR"
+LB_DIR="$(cd "$LB_DIR" && pwd)"
+conf="$LB_DIR/nginx.conf"
+pidfile="$LB_DIR/nginx.pid"
+
+die() {
+    echo "lb.sh: $*" >&2
+    exit 1
+}
+
+find_nginx() {
+    if [[ -n "${NGINX:-}" ]]; then
+        echo "$NGINX"
+    elif command -v nginx >/dev/null 2>&1; then
+        command -v nginx
+    elif [[ -x /usr/sbin/nginx ]]; then
+        echo /usr/sbin/nginx
+    else
+        die "nginx not found (install it: apt-get install -y nginx-light, or set NGINX)"
+    fi
+}
+
+running_pid() {
+    [[ -s "$pidfile" ]] || return 1
+    local pid
+    pid="$(cat "$pidfile")"
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+answers() {
+    curl -fsS -o /dev/null --max-time 1 "http://$LB_HOST:$LB_PORT/lb-health" 2>/dev/null
+}
+
+render() {
+    [[ -f "$template" ]] || die "missing $template"
+    local user_line=""
+    # As root, nginx would hand its workers to "nobody", who may not be able
+    # to enter LB_DIR; keep them as the current user instead.
+    if [[ "$(id -u)" == 0 ]]; then
+        user_line="user root;"
+    fi
+    mkdir -p "$LB_DIR/logs" "$LB_DIR/tmp"
+    sed -e "s|@LB_DIR@|$LB_DIR|g" \
+        -e "s|@LB_LISTEN@|$LB_HOST:$LB_PORT|g" \
+        -e "s|@USERS_ADDR@|$USERS_ADDR|g" \
+        -e "s|@RIDES_ADDR@|$RIDES_ADDR|g" \
+        -e "s|@USER_LINE@|$user_line|g" \
+        "$template" >"$conf.new"
+    mv "$conf.new" "$conf"
+}
+
+start() {
+    local nginx pid
+    nginx="$(find_nginx)"
+    if pid="$(running_pid)"; then
+        die "already running (pid $pid, $LB_DIR)"
+    fi
+    render
+    "$nginx" -t -q -p "$LB_DIR" -e "$LB_DIR/logs/error.log" -c "$conf" \
+        || die "nginx refused the rendered config $conf"
+    # nginx puts itself in the background and writes its pid file.
+    "$nginx" -p "$LB_DIR" -e "$LB_DIR/logs/error.log" -c "$conf" \
+        || die "nginx did not start; see $LB_DIR/logs/error.log"
+    local deadline=$((SECONDS + LB_START_TIMEOUT))
+    until answers; do
+        if ((SECONDS >= deadline)); then
+            tail -n 5 "$LB_DIR/logs/error.log" >&2 || true
+            die "nginx did not answer on $LB_HOST:$LB_PORT within ${LB_START_TIMEOUT}s"
+        fi
+        if ! running_pid >/dev/null && ((SECONDS > 1)); then
+            tail -n 5 "$LB_DIR/logs/error.log" >&2 || true
+            die "nginx exited during start; see $LB_DIR/logs/error.log"
+        fi
+        sleep 0.1
+    done
+    echo "lb: listening on http://$LB_HOST:$LB_PORT (pid $(running_pid)); users -> $USERS_ADDR, rides -> $RIDES_ADDR; log $LB_DIR/logs/access.log"
+}
+
+stop() {
+    local pid
+    if ! pid="$(running_pid)"; then
+        echo "lb: not running ($LB_DIR)"
+        rm -f "$pidfile"
+        return 0
+    fi
+    kill -QUIT "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 10))
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+    done
+    rm -f "$pidfile"
+    echo "lb: stopped (pid $pid)"
+}
+
+status() {
+    local pid
+    if pid="$(running_pid)"; then
+        if answers; then
+            echo "lb: running (pid $pid) on http://$LB_HOST:$LB_PORT"
+        else
+            echo "lb: running (pid $pid) but not answering on http://$LB_HOST:$LB_PORT"
+            return 1
+        fi
+    else
+        echo "lb: not running ($LB_DIR)"
+        return 3
+    fi
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    *) die "usage: $0 start|stop|status" ;;
+esac
