@@ -9,6 +9,7 @@
 //! No field ever carries SQL. Names are checked against [`schema`] before any
 //! statement is built, and values are always bound parameters.
 
+pub mod coord;
 pub mod messages;
 pub mod query;
 pub mod schema;

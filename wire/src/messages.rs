@@ -82,21 +82,26 @@ pub struct Change {
     pub outcome: WriteOutcome,
 }
 
-/// A message on a slave's sync queue: a change, or the marker a slave puts on
-/// its own queue to know it has applied everything before it (promotion).
+/// A message on a slave's sync queue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SyncMsg {
     Change(Change),
+    /// Put by a slave on its own queue: once it reaches it, everything queued
+    /// before has been applied (catch-up done; safe to promote).
     Marker { token: String },
+    /// First message of a new master: it holds every change up to `seq`.
+    /// After it, changes of older epochs are refused (a deposed master's), and
+    /// a slave already past `seq` has applied such a change and must reload.
+    Epoch { epoch: u64, seq: u64 },
 }
 
-/// Header names used on broker messages.
-pub mod headers {
-    /// Sequence number of the snapshot in a snapshot reply.
-    pub const SNAPSHOT_SEQ: &str = "x-snapshot-seq";
-    /// Epoch of the master that took the snapshot.
-    pub const SNAPSHOT_EPOCH: &str = "x-snapshot-epoch";
+/// First line of a snapshot reply; the SQLite file's bytes follow the newline.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub seq: u64,
+    /// The serving master's epoch (newer than the file's own after a promotion).
+    pub epoch: u64,
 }
 
 /// Convert a wire value into plain JSON (for rows built by hand in tests).

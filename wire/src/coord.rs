@@ -1,0 +1,55 @@
+//! What the orchestrator and the workers keep in ZooKeeper, under a root
+//! path (default `/rideshare`) so several clusters can share one ensemble.
+//!
+//! ```text
+//! <root>/master            persistent: MasterRecord, written only by the orchestrator
+//! <root>/workers/<id>      ephemeral:  WorkerRecord, one per live worker session
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+pub fn master_path(root: &str) -> String {
+    format!("{root}/master")
+}
+
+pub fn workers_path(root: &str) -> String {
+    format!("{root}/workers")
+}
+
+pub fn worker_path(root: &str, id: &str) -> String {
+    format!("{root}/workers/{id}")
+}
+
+/// Which worker is master, and since which epoch. A new master always gets a
+/// higher epoch; changes and replies from an older epoch are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterRecord {
+    pub id: String,
+    pub epoch: u64,
+}
+
+/// A worker's role as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Connected, loading its snapshot; takes no reads yet.
+    CatchingUp,
+    /// Caught up and consuming `readQ`.
+    Slave,
+    /// Applying what it holds before taking `writeQ`.
+    Promoting,
+    Master,
+}
+
+/// The content of a worker's ephemeral znode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub id: String,
+    /// The pid as the worker sees it (1 inside a container); the orchestrator
+    /// takes the host pid from its runtime.
+    pub pid: u32,
+    pub role: Role,
+    /// Highest sequence number applied (updated as it moves).
+    pub seq: u64,
+    pub epoch: u64,
+}

@@ -1,0 +1,282 @@
+//! The slave role: catch up (snapshot + `syncQ`), then serve `readQ` while
+//! applying changes in sequence order; hand over cleanly when promoted or
+//! stopped.
+//!
+//! Catch-up order matters: the slave's own sync queue is bound *before* it
+//! asks for the snapshot, so every change committed after the snapshot is
+//! already queued for it; changes at or below the snapshot's sequence number
+//! are skipped when applied.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use rusqlite::Connection as Db;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+use wire::coord::Role;
+use wire::queues::{sync_queue_for, READ_Q, SNAPSHOT_Q, SYNC_X};
+use wire::{Change, ReadMsg, Reply, SnapshotHeader, SyncMsg};
+
+use crate::store::{self, Position, ReaderPool};
+use crate::Shared;
+
+/// How a slave's run ended, other than by a broker error.
+pub enum SlaveExit {
+    /// The master record names this worker: it holds every change it was
+    /// sent and can take `writeQ` with this database.
+    Promoted { db: Arc<Mutex<Db>>, epoch: u64 },
+    /// SIGTERM: reads in flight were finished, none taken after.
+    Stopped,
+}
+
+/// Markers this slave put on its own sync queue, waiting to be reached.
+type Markers = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
+
+pub async fn run(conn: &Connection, shared: &Shared, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<SlaveExit> {
+    let id = shared.cfg.worker_id.clone();
+    shared.set_position(Role::CatchingUp, 0, 0);
+
+    // 1. Our own queue on the syncQ fanout, bound before the snapshot is taken.
+    let sync_ch = conn.create_channel().await?;
+    sync_ch.basic_qos(2000, BasicQosOptions::default()).await?;
+    let queue = sync_queue_for(&id);
+    sync_ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    sync_ch
+        .queue_bind(queue.as_str().into(), SYNC_X.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    let changes = sync_ch
+        .basic_consume(queue.as_str().into(), format!("sync-{id}").into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+
+    // 2. The snapshot.
+    let (bytes, header) = fetch_snapshot(conn, &id).await?;
+    let path = shared.cfg.db_path.clone();
+    let (db, pos) = tokio::task::spawn_blocking(move || store::install_snapshot(&path, &bytes)).await??;
+    let epoch = header.epoch.max(pos.epoch);
+    info!(worker = %id, seq = pos.seq, epoch, "snapshot installed");
+    let db = Arc::new(Mutex::new(db));
+    let known_epoch = Arc::new(AtomicU64::new(epoch));
+    shared.set_position(Role::CatchingUp, pos.seq, epoch);
+
+    // 3. Apply changes from here on.
+    let markers: Markers = Arc::default();
+    let mut applier = tokio::spawn(apply_loop(changes, db.clone(), shared.clone(), known_epoch.clone(), markers.clone()));
+
+    // 4. Caught up once everything queued before this point is applied.
+    tokio::select! {
+        r = reach_marker(&sync_ch, &queue, &markers) => r?,
+        r = &mut applier => return Err(anyhow!("applying changes stopped during catch-up: {:?}", r)),
+    }
+    let caught_up = shared.applied.borrow().0;
+    shared.set_position(Role::Slave, caught_up, known_epoch.load(Ordering::SeqCst));
+
+    // 5. Serve reads.
+    let read_ch = conn.create_channel().await?;
+    read_ch.basic_qos(shared.cfg.read_prefetch, BasicQosOptions::default()).await?;
+    let tag = format!("read-{id}");
+    let mut reads = read_ch
+        .basic_consume(READ_Q.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let pool = Arc::new(ReaderPool::new(&shared.cfg.db_path));
+    let mut in_flight = tokio::task::JoinSet::new();
+    info!(worker = %id, seq = caught_up, "caught up; serving reads");
+
+    let mut master = shared.coord.master.clone();
+    let exit = loop {
+        while in_flight.try_join_next().is_some() {}
+        tokio::select! {
+            d = reads.next() => {
+                let Some(d) = d else { break Err(anyhow!("readQ consumer closed")) };
+                let d = d?;
+                in_flight.spawn(serve_read(d, read_ch.clone(), pool.clone(), shared.clone()));
+            }
+            r = &mut applier => break Err(anyhow!("applying changes stopped: {:?}", r)),
+            _ = master.changed() => {
+                let rec = master.borrow_and_update().clone();
+                if let Some(rec) = rec.filter(|r| r.id == id) {
+                    break Ok(SlaveExit::Promoted { db: db.clone(), epoch: rec.epoch });
+                }
+            }
+            _ = stop.changed() => break Ok(SlaveExit::Stopped),
+        }
+    };
+
+    // Leaving the read side: no new reads; those in flight finish and are acked.
+    // Deliveries already prefetched but not started go back to readQ when the
+    // channel closes, so another slave answers them.
+    read_ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
+    while in_flight.join_next().await.is_some() {}
+    read_ch.close(200, "leaving read side".into()).await.ok();
+
+    match exit {
+        Ok(SlaveExit::Promoted { db, epoch }) => {
+            shared.set_position(Role::Promoting, shared.applied.borrow().0, epoch);
+            info!(worker = %id, epoch, "promotion: applying every change held");
+            tokio::select! {
+                r = reach_marker(&sync_ch, &queue, &markers) => r?,
+                r = &mut applier => bail!("applying changes stopped during promotion: {:?}", r),
+            }
+            applier.abort();
+            sync_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.ok();
+            Ok(SlaveExit::Promoted { db, epoch })
+        }
+        other => {
+            applier.abort();
+            other
+        }
+    }
+}
+
+/// Ask the master for a snapshot on `snapshotQ`; retried while no master answers
+/// (it may be starting, or a failover may be under way).
+async fn fetch_snapshot(conn: &Connection, id: &str) -> Result<(Vec<u8>, SnapshotHeader)> {
+    let ch = conn.create_channel().await?;
+    let q = ch
+        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .await?;
+    let mut replies = ch
+        .basic_consume(q.name().clone(), format!("snapshot-{id}").into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .await?;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let props = BasicProperties::default().with_reply_to(q.name().clone()).with_correlation_id(format!("{id}-{attempt}").into());
+        ch.basic_publish("".into(), SNAPSHOT_Q.into(), BasicPublishOptions::default(), id.as_bytes(), props).await?;
+        let wait = tokio::time::timeout(Duration::from_secs(10), replies.next()).await;
+        match wait {
+            Ok(Some(d)) => {
+                let d = d?;
+                let nl = d.data.iter().position(|b| *b == b'\n').context("snapshot reply without header")?;
+                let header: SnapshotHeader = serde_json::from_slice(&d.data[..nl])?;
+                let mut bytes = d.data;
+                bytes.drain(..=nl);
+                ch.close(200, "snapshot received".into()).await.ok();
+                return Ok((bytes, header));
+            }
+            Ok(None) => bail!("snapshot reply queue closed"),
+            Err(_) => warn!(worker = %id, attempt, "no snapshot yet; asking again"),
+        }
+    }
+}
+
+/// Put a marker on our own sync queue and wait until the applier reaches it.
+async fn reach_marker(ch: &Channel, queue: &str, markers: &Markers) -> Result<()> {
+    let token = format!("{:x}", rand::random::<u64>());
+    let (tx, rx) = oneshot::channel();
+    markers.lock().expect("markers").insert(token.clone(), tx);
+    let body = serde_json::to_vec(&SyncMsg::Marker { token }).expect("serializes");
+    ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, BasicProperties::default())
+        .await?;
+    tokio::time::timeout(Duration::from_secs(30), rx).await.context("marker not reached in 30 s")??;
+    Ok(())
+}
+
+/// Apply `syncQ` messages in order, in batches of whatever has arrived.
+async fn apply_loop(
+    mut consumer: Consumer,
+    db: Arc<Mutex<Db>>,
+    shared: Shared,
+    known_epoch: Arc<AtomicU64>,
+    markers: Markers,
+) -> Result<()> {
+    loop {
+        let first = consumer.next().await.ok_or_else(|| anyhow!("sync consumer closed"))??;
+        let mut batch: Vec<Delivery> = vec![first];
+        while batch.len() < 1000 {
+            match consumer.next().now_or_never() {
+                Some(Some(d)) => batch.push(d?),
+                _ => break,
+            }
+        }
+        let mut to_apply: Vec<Change> = Vec::with_capacity(batch.len());
+        let mut reached = Vec::new();
+        for d in &batch {
+            match serde_json::from_slice::<SyncMsg>(&d.data) {
+                Ok(SyncMsg::Change(ch)) => {
+                    if ch.epoch < known_epoch.load(Ordering::SeqCst) {
+                        warn!(seq = ch.seq, epoch = ch.epoch, "refused change from a deposed master");
+                    } else {
+                        to_apply.push(ch);
+                    }
+                }
+                Ok(SyncMsg::Epoch { epoch, seq }) => {
+                    let applied = apply(&db, std::mem::take(&mut to_apply)).await?;
+                    if applied.seq > seq {
+                        bail!("holds changes up to {} beyond the new master's {seq}: reloading", applied.seq);
+                    }
+                    known_epoch.fetch_max(epoch, Ordering::SeqCst);
+                    info!(epoch, seq, "new master epoch");
+                }
+                Ok(SyncMsg::Marker { token }) => reached.push(token),
+                Err(e) => warn!(error = %e, "unreadable sync message skipped"),
+            }
+        }
+        let pos = apply(&db, to_apply).await?;
+        shared.set_position(shared.record_role(), pos.seq, pos.epoch.max(known_epoch.load(Ordering::SeqCst)));
+        let last = batch.last().expect("batch is never empty");
+        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        let mut m = markers.lock().expect("markers");
+        for t in reached {
+            if let Some(tx) = m.remove(&t) {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+async fn apply(db: &Arc<Mutex<Db>>, changes: Vec<Change>) -> Result<Position> {
+    let db = db.clone();
+    Ok(tokio::task::spawn_blocking(move || {
+        let mut conn = db.lock().expect("db lock");
+        if changes.is_empty() {
+            store::position(&conn)
+        } else {
+            store::apply_changes(&mut conn, &changes)
+        }
+    })
+    .await??)
+}
+
+/// Answer one read, waiting (bounded) until this slave has applied the
+/// caller's floor so the answer is never older than an acknowledged write.
+async fn serve_read(d: Delivery, ch: Channel, pool: Arc<ReaderPool>, shared: Shared) {
+    let reply = match serde_json::from_slice::<ReadMsg>(&d.data) {
+        Err(e) => Reply::Invalid { error: format!("bad read message: {e}") },
+        Ok(msg) => match msg.read.validate() {
+            Err(e) => Reply::Invalid { error: e.0 },
+            Ok(read) => {
+                if shared.wait_applied(msg.min_seq, shared.cfg.read_wait).await {
+                    match tokio::task::spawn_blocking(move || pool.read(&read)).await {
+                        Ok(Ok((rows, pos))) => Reply::Rows(wire::ReadResponse { rows, seq: pos.seq }),
+                        Ok(Err(e)) => Reply::Unavailable { error: format!("read failed: {e}") },
+                        Err(e) => Reply::Unavailable { error: format!("read task failed: {e}") },
+                    }
+                } else {
+                    Reply::Unavailable { error: format!("slave behind sequence {}", msg.min_seq) }
+                }
+            }
+        },
+    };
+    if let Err(e) = crate::broker::reply(&ch, &d.properties, &reply).await {
+        warn!(error = %e, "could not answer a read");
+        return; // unacked: the broker redelivers it when the channel closes
+    }
+    d.acker.ack(BasicAckOptions::default()).await.ok();
+}

@@ -1,0 +1,406 @@
+//! The worker's SQLite file: schema, reads, idempotent writes, snapshots.
+//!
+//! One file per worker, in WAL mode so reads on the reader connections never
+//! wait for the write connection. The bookkeeping lives in the same file as
+//! the data so that a change, its sequence number and its request id commit
+//! together or not at all:
+//! - `_state(applied_seq, epoch)`: how far this copy has got;
+//! - `_requests(request_id, seq, outcome)`: the answer to give if a write is
+//!   delivered again (broker redelivery, failover replay).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use thiserror::Error;
+use wire::{Change, Read, Row, Value, Write, WriteOutcome, WriteRequest};
+
+use crate::sql;
+
+/// How many request ids are kept for answering redeliveries. A redelivery
+/// comes within seconds; this is hours of writes at full speed.
+const REQUEST_IDS_KEPT: u64 = 200_000;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// A constraint of the schema refused the write (duplicate key, unknown
+    /// foreign key). Nothing was changed.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid request: {0}")]
+    Invalid(#[from] wire::Invalid),
+    /// A replicated change does not follow the last one applied.
+    #[error("change {got} does not follow applied sequence {applied}")]
+    Gap { applied: u64, got: u64 },
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("snapshot file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("stored outcome unreadable: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How far a copy of the database has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub seq: u64,
+    pub epoch: u64,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // NORMAL in WAL mode survives a process crash (our failure model: a
+    // killed container); only an OS crash could lose the last commits.
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+}
+
+/// Open (creating if needed) the write connection and bring the schema up to date.
+pub fn open_writer(path: &Path) -> Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    configure(&conn)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, m) in wire::schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(m)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub fn position(conn: &Connection) -> Result<Position> {
+    Ok(conn.query_row("SELECT applied_seq, epoch FROM _state WHERE id = 1", [], |r| {
+        Ok(Position { seq: r.get::<_, i64>(0)? as u64, epoch: r.get::<_, i64>(1)? as u64 })
+    })?)
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+/// What the master did with a write.
+#[derive(Debug)]
+pub enum Applied {
+    /// Newly committed; `change` is what to fan out on `syncQ`.
+    New(Change),
+    /// Seen before (same request id): the outcome recorded then.
+    Duplicate(WriteOutcome),
+}
+
+/// Master path: run a write in one transaction with its sequence number and
+/// request id. A constraint failure rolls everything back and returns
+/// [`StoreError::Conflict`] without using a sequence number.
+pub fn execute_write(conn: &mut Connection, req: &WriteRequest, epoch: u64) -> Result<Applied> {
+    let request_id = req.request_id.clone().unwrap_or_default();
+    if let Some(outcome) = recorded_outcome(conn, &request_id)? {
+        return Ok(Applied::Duplicate(outcome));
+    }
+    let write = req.validate()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let pos = position(&tx)?;
+    let mut rows_affected = 0u64;
+    for st in sql::write(&write) {
+        let mut stmt = tx.prepare_cached(&st.sql)?;
+        match stmt.execute(rusqlite::params_from_iter(st.params.iter())) {
+            Ok(n) => rows_affected += n as u64,
+            Err(e) if is_constraint(&e) => return Err(StoreError::Conflict(e.to_string())),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Replay must give the same rows: put generated ids into the change.
+    let mut executed = req.clone();
+    let mut last_insert_id = None;
+    if let Write::Insert { table, values } = &write {
+        if let Some(gen) = table.generated_column() {
+            let id = match values.iter().find(|(c, _)| *c == gen.name) {
+                Some((_, Value::Int(given))) => *given,
+                _ => tx.last_insert_rowid(),
+            };
+            executed.values.insert(gen.name.to_owned(), Value::Int(id));
+            last_insert_id = Some(id);
+        }
+    }
+    let seq = pos.seq + 1;
+    let outcome = WriteOutcome { rows_affected, last_insert_id, seq };
+    record(&tx, &request_id, seq, epoch, &outcome)?;
+    tx.commit()?;
+    Ok(Applied::New(Change { seq, epoch, write: executed, outcome }))
+}
+
+fn recorded_outcome(conn: &Connection, request_id: &str) -> Result<Option<WriteOutcome>> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    let json: Option<String> = conn
+        .prepare_cached("SELECT outcome FROM _requests WHERE request_id = ?")?
+        .query_row([request_id], |r| r.get(0))
+        .optional()?;
+    Ok(match json {
+        Some(j) => Some(serde_json::from_str(&j)?),
+        None => None,
+    })
+}
+
+fn record(tx: &rusqlite::Transaction, request_id: &str, seq: u64, epoch: u64, outcome: &WriteOutcome) -> Result<()> {
+    tx.prepare_cached("UPDATE _state SET applied_seq = ?, epoch = ? WHERE id = 1")?
+        .execute(params![seq as i64, epoch as i64])?;
+    if !request_id.is_empty() {
+        tx.prepare_cached("INSERT OR REPLACE INTO _requests (request_id, seq, outcome) VALUES (?, ?, ?)")?
+            .execute(params![request_id, seq as i64, serde_json::to_string(outcome)?])?;
+    }
+    if seq % 1000 == 0 && seq > REQUEST_IDS_KEPT {
+        tx.prepare_cached("DELETE FROM _requests WHERE seq <= ?")?
+            .execute([(seq - REQUEST_IDS_KEPT) as i64])?;
+    }
+    Ok(())
+}
+
+/// Slave path: apply replicated changes in one transaction, in order,
+/// skipping those already applied (redelivery after a reconnect). Returns
+/// the position reached.
+pub fn apply_changes(conn: &mut Connection, changes: &[Change]) -> Result<Position> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut pos = position(&tx)?;
+    for ch in changes {
+        if ch.seq <= pos.seq {
+            continue;
+        }
+        if ch.seq != pos.seq + 1 {
+            return Err(StoreError::Gap { applied: pos.seq, got: ch.seq });
+        }
+        let write = ch.write.validate()?;
+        for st in sql::write(&write) {
+            tx.prepare_cached(&st.sql)?.execute(rusqlite::params_from_iter(st.params.iter()))?;
+        }
+        record(&tx, ch.write.request_id.as_deref().unwrap_or(""), ch.seq, ch.epoch, &ch.outcome)?;
+        pos = Position { seq: ch.seq, epoch: ch.epoch };
+    }
+    tx.commit()?;
+    Ok(pos)
+}
+
+/// Read connections, one per concurrent query; SQLite connections are not
+/// shareable across threads at once, and opening one per read is too slow.
+pub struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    pub fn new(path: &Path) -> Self {
+        ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }
+    }
+
+    /// Run a read on a pooled connection (blocking: call from `spawn_blocking`).
+    pub fn read(&self, r: &Read) -> Result<(Vec<Row>, Position)> {
+        let conn = match self.idle.lock().expect("pool lock").pop() {
+            Some(c) => c,
+            None => {
+                let c = Connection::open(&self.path)?;
+                c.busy_timeout(Duration::from_secs(5))?;
+                c.execute_batch("PRAGMA query_only=ON;")?;
+                c
+            }
+        };
+        let result = read_on(&conn, r);
+        self.idle.lock().expect("pool lock").push(conn);
+        result
+    }
+}
+
+fn read_on(conn: &Connection, r: &Read) -> Result<(Vec<Row>, Position)> {
+    // One transaction so that the rows and the position agree.
+    conn.execute_batch("BEGIN")?;
+    let result = (|| {
+        let pos = position(conn)?;
+        let st = sql::select(r);
+        let mut stmt = conn.prepare_cached(&st.sql)?;
+        let names: Vec<String> =
+            if r.count { vec!["count".to_owned()] } else { r.columns.iter().map(|c| c.to_string()).collect() };
+        let mut rows = stmt.query(rusqlite::params_from_iter(st.params.iter()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let mut obj = Row::new();
+            for (i, name) in names.iter().enumerate() {
+                obj.insert(name.clone(), json_of(row.get_ref(i)?));
+            }
+            out.push(obj);
+        }
+        Ok((out, pos))
+    })();
+    conn.execute_batch("COMMIT")?;
+    result
+}
+
+fn json_of(v: rusqlite::types::ValueRef<'_>) -> serde_json::Value {
+    use rusqlite::types::ValueRef::*;
+    match v {
+        Null => serde_json::Value::Null,
+        Integer(i) => i.into(),
+        Real(f) => serde_json::Number::from_f64(f).map(Into::into).unwrap_or(serde_json::Value::Null),
+        Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+        Blob(b) => String::from_utf8_lossy(b).into_owned().into(),
+    }
+}
+
+/// A consistent copy of the whole database file and the position it holds.
+/// The backup runs in one step, so it is one read transaction: the copy is a
+/// committed state, even while the master keeps writing.
+pub fn snapshot(db: &Path) -> Result<(Vec<u8>, Position)> {
+    let src = Connection::open(db)?;
+    src.busy_timeout(Duration::from_secs(5))?;
+    let tmp = db.with_extension(format!("snapshot-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    src.backup(rusqlite::MAIN_DB, &tmp, None::<fn(rusqlite::backup::Progress)>)?;
+    let pos = position(&Connection::open(&tmp)?)?;
+    let bytes = std::fs::read(&tmp).map_err(|source| StoreError::Io { path: tmp.clone(), source })?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok((bytes, pos))
+}
+
+/// Replace the database file with a snapshot and open it for writing.
+pub fn install_snapshot(db: &Path, bytes: &[u8]) -> Result<(Connection, Position)> {
+    for ext in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{ext}", db.display()));
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::Io { path: p, source }),
+        }
+    }
+    std::fs::write(db, bytes).map_err(|source| StoreError::Io { path: db.to_owned(), source })?;
+    let conn = open_writer(db)?;
+    let pos = position(&conn)?;
+    Ok((conn, pos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::{Condition, ReadRequest};
+
+    fn temp_db(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("store-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("w.db");
+        let _ = install_snapshot_cleanup(&p);
+        p
+    }
+    fn install_snapshot_cleanup(p: &Path) -> std::io::Result<()> {
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
+        }
+        Ok(())
+    }
+    fn with_id(mut w: WriteRequest, id: &str) -> WriteRequest {
+        w.request_id = Some(id.into());
+        w
+    }
+    fn user(name: &str) -> WriteRequest {
+        WriteRequest::insert("users", [("username", name.into()), ("password", "p".into())])
+    }
+
+    #[test]
+    fn same_request_id_is_applied_once() {
+        let db = temp_db("dup");
+        let mut c = open_writer(&db).unwrap();
+        let w = with_id(user("ann"), "r1");
+        let Applied::New(ch) = execute_write(&mut c, &w, 1).unwrap() else { panic!("first is new") };
+        assert_eq!(ch.seq, 1);
+        let Applied::Duplicate(o) = execute_write(&mut c, &w, 1).unwrap() else { panic!("second is dup") };
+        assert_eq!(o.seq, 1);
+        assert_eq!(position(&c).unwrap().seq, 1);
+    }
+
+    #[test]
+    fn conflict_uses_no_sequence_number() {
+        let db = temp_db("conflict");
+        let mut c = open_writer(&db).unwrap();
+        execute_write(&mut c, &with_id(user("ann"), "a"), 1).unwrap();
+        let err = execute_write(&mut c, &with_id(user("ann"), "b"), 1).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        assert_eq!(position(&c).unwrap().seq, 1);
+    }
+
+    #[test]
+    fn replay_on_a_slave_gives_the_same_rows() {
+        let (m, s) = (temp_db("m"), temp_db("s"));
+        let mut master = open_writer(&m).unwrap();
+        let mut slave = open_writer(&s).unwrap();
+        let mut changes = vec![];
+        for (i, w) in [
+            user("ann"),
+            WriteRequest::insert(
+                "rides",
+                [("created_by", "ann".into()), ("start_time", 5.into()), ("source", 1.into()), ("destination", 2.into())],
+            ),
+            WriteRequest::clear(),
+            user("bob"),
+            WriteRequest::insert(
+                "rides",
+                [("created_by", "bob".into()), ("start_time", 5.into()), ("source", 1.into()), ("destination", 2.into())],
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Applied::New(ch) = execute_write(&mut master, &with_id(w, &i.to_string()), 1).unwrap() {
+                changes.push(ch);
+            }
+        }
+        // ride ids are never reused, even after clear.
+        assert_eq!(changes[4].outcome.last_insert_id, Some(2));
+        apply_changes(&mut slave, &changes[..2]).unwrap();
+        apply_changes(&mut slave, &changes).unwrap(); // overlap is skipped
+        let pool = ReaderPool::new(&s);
+        let (rows, pos) = pool.read(&ReadRequest::table("rides").validate().unwrap()).unwrap();
+        assert_eq!(pos.seq, 5);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["ride_id"], 2);
+        assert!(matches!(apply_changes(&mut slave, &[Change { seq: 9, ..changes[0].clone() }]), Err(StoreError::Gap { .. })));
+    }
+
+    #[test]
+    fn deleting_a_user_cascades() {
+        let db = temp_db("cascade");
+        let mut c = open_writer(&db).unwrap();
+        for w in [
+            user("ann"),
+            user("bob"),
+            WriteRequest::insert(
+                "rides",
+                [("created_by", "ann".into()), ("start_time", 5.into()), ("source", 1.into()), ("destination", 2.into())],
+            ),
+            WriteRequest::insert("ride_riders", [("ride_id", 1.into()), ("username", "bob".into())]),
+            WriteRequest::delete("users", vec![Condition::eq("username", "ann")]),
+        ] {
+            execute_write(&mut c, &w, 1).unwrap();
+        }
+        let pool = ReaderPool::new(&db);
+        let count = |t: &str| pool.read(&ReadRequest::table(t).counting().validate().unwrap()).unwrap().0[0]["count"].clone();
+        assert_eq!(count("rides"), 0);
+        assert_eq!(count("ride_riders"), 0);
+        assert_eq!(count("users"), 1);
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let (m, s) = (temp_db("snap-m"), temp_db("snap-s"));
+        let mut c = open_writer(&m).unwrap();
+        for i in 0..50 {
+            execute_write(&mut c, &with_id(user(&format!("u{i}")), &format!("r{i}")), 3).unwrap();
+        }
+        let (bytes, pos) = snapshot(&m).unwrap();
+        assert_eq!(pos, Position { seq: 50, epoch: 3 });
+        let (_conn, got) = install_snapshot(&s, &bytes).unwrap();
+        assert_eq!(got, pos);
+    }
+}
