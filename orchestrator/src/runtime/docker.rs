@@ -212,8 +212,23 @@ impl DockerRuntime {
         }
     }
 
+    /// Removes the container and returns once the engine no longer knows
+    /// it: the events task may be removing it concurrently (then the engine
+    /// answers 409 at once while its removal is still under way), and callers
+    /// of kill/stop expect the name to be free when they get control back.
     async fn remove(&self, cid: &str, id: &str) -> Result<(), RuntimeError> {
-        remove_container(&self.docker, cid, id).await
+        remove_container(&self.docker, cid, id).await?;
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            match call("inspect", id, self.docker.inspect_container(cid, None::<InspectContainerOptions>)).await {
+                Err(e) if status_of(&e) == Some(404) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(_) if Instant::now() >= deadline => {
+                    return Err(RuntimeError::Timeout { call: "remove", id: id.to_string(), after: EXIT_TIMEOUT })
+                }
+                Ok(_) => tokio::time::sleep(POLL).await,
+            }
+        }
     }
 
     fn create_body(&self, spec: &WorkerSpec) -> ContainerCreateBody {
