@@ -206,10 +206,7 @@ mod tests {
         let st = state();
         let r = routes(st.clone());
         let status = |method: &str, path: &str, body: &str| {
-            let req = warp::test::request()
-                .method(method)
-                .path(path)
-                .body(body.to_owned());
+            let req = warp::test::request().method(method).path(path).body(body);
             let r = r.clone();
             async move { req.reply(&r).await.status().as_u16() }
         };
