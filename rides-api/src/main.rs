@@ -36,7 +36,10 @@ async fn main() -> anyhow::Result<()> {
     let public = env_or("RIDES_PUBLIC_URL", "http://127.0.0.1:8082");
 
     let state = Arc::new(routes::State {
-        db: db::Db::new(&orchestrator)?,
+        db: db::Db::new(
+            &orchestrator,
+            std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+        )?,
         users: user_check::UserCheck::new(&lb, &public)?,
         count: count::Counter::default(),
     });

@@ -365,7 +365,7 @@ mod tests {
     /// answer something other than 503.
     fn state() -> Arc<State> {
         Arc::new(State {
-            db: Db::new("http://127.0.0.1:9").unwrap(),
+            db: Db::new("http://127.0.0.1:9", None).unwrap(),
             users: UserCheck::new("http://127.0.0.1:9", "http://127.0.0.1:8082").unwrap(),
             count: Counter::default(),
         })

@@ -42,10 +42,12 @@ impl DbError {
 pub struct Db {
     http: reqwest::Client,
     base: String,
+    /// The orchestrator's operator token (`ADMIN_TOKEN`), which `db/clear` needs when it is set.
+    admin_token: Option<String>,
 }
 
 impl Db {
-    pub fn new(base: &str) -> anyhow::Result<Db> {
+    pub fn new(base: &str, admin_token: Option<String>) -> anyhow::Result<Db> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -53,6 +55,7 @@ impl Db {
         Ok(Db {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            admin_token,
         })
     }
 
@@ -78,10 +81,11 @@ impl Db {
         body: &B,
     ) -> Result<R, DbError> {
         let url = format!("{}{}", self.base, path);
-        let resp = self
-            .http
-            .post(&url)
-            .json(body)
+        let mut req = self.http.post(&url).json(body);
+        if let Some(t) = &self.admin_token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
             .send()
             .await
             .map_err(|e| DbError::Unavailable(format!("orchestrator unreachable: {e}")))?;

@@ -31,7 +31,10 @@ async fn main() -> anyhow::Result<()> {
     let orchestrator = env_or("ORCHESTRATOR_URL", "http://127.0.0.1:8090");
 
     let state = Arc::new(routes::State {
-        db: db::Db::new(&orchestrator)?,
+        db: db::Db::new(
+            &orchestrator,
+            std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+        )?,
         count: count::Counter::default(),
     });
     let listener = tokio::net::TcpListener::bind(&addr)

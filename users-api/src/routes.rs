@@ -184,7 +184,7 @@ mod tests {
     /// database can be checked without one.
     fn state() -> Arc<State> {
         Arc::new(State {
-            db: Db::new("http://127.0.0.1:9").unwrap(),
+            db: Db::new("http://127.0.0.1:9", None).unwrap(),
             count: Counter::default(),
         })
     }
