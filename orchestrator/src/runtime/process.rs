@@ -110,6 +110,12 @@ fn alive(pid: u32, start_time: u64) -> bool {
     matches!(proc_stat(pid), Some((st, _, start)) if st != 'Z' && st != 'X' && start == start_time)
 }
 
+fn has_env(pid: u32, var: &str) -> bool {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|e| e.split(|b| *b == 0).any(|v| v == var.as_bytes()))
+        .unwrap_or(false)
+}
+
 /// Every live process of the current uid that belongs to `cluster`.
 fn scan(cluster: &str) -> Vec<Found> {
     let uid = unsafe { libc::getuid() };
@@ -265,6 +271,21 @@ impl ProcessRuntime {
                 });
             }
         };
+        // spawn() returns as soon as the kernel has swapped in the new
+        // program, a moment before it lays out the new environment; until
+        // then /proc shows an empty environ and a list() would miss the
+        // worker. Wait for the marker, so "started" means findable.
+        let marker = format!("{CLUSTER_ENV}={}", self.cfg.cluster_id);
+        let ready_by = Instant::now() + Duration::from_secs(2);
+        while !has_env(pid, &marker) && Instant::now() < ready_by {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(RuntimeError::StartFailed {
+                    id: id.to_string(),
+                    detail: format!("exited at once with {status}; see {}", dir.join("worker.log").display()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         {
             // Hold the lock across the spawn of the waiter so that an
             // immediate exit cannot be reported before the entry exists.
