@@ -38,6 +38,12 @@ impl Shared {
         });
     }
 
+    /// The sequence number applied so far (a copy: never hold the watch's
+    /// guard across `set_position`, which writes the same watch).
+    pub fn applied_seq(&self) -> u64 {
+        self.applied.borrow().0
+    }
+
     pub fn record_role(&self) -> Role {
         self.coord.record.borrow().role
     }
@@ -117,7 +123,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
             None => match slave::run(&conn, &shared, stop.clone()).await {
                 Ok(SlaveExit::Promoted { db, epoch }) => {
-                    info!(worker = %shared.cfg.worker_id, epoch, seq = shared.applied.borrow().0, "promoted to master");
+                    info!(worker = %shared.cfg.worker_id, epoch, seq = shared.applied_seq(), "promoted to master");
                     master_db = Some((db, epoch));
                     Ok(())
                 }

@@ -84,7 +84,7 @@ pub async fn run(conn: &Connection, shared: &Shared, mut stop: tokio::sync::watc
         r = reach_marker(&sync_ch, &queue, &markers) => r?,
         r = &mut applier => return Err(anyhow!("applying changes stopped during catch-up: {:?}", r)),
     }
-    let caught_up = shared.applied.borrow().0;
+    let caught_up = shared.applied_seq();
     shared.set_position(Role::Slave, caught_up, known_epoch.load(Ordering::SeqCst));
 
     // 5. Serve reads.
@@ -127,7 +127,8 @@ pub async fn run(conn: &Connection, shared: &Shared, mut stop: tokio::sync::watc
 
     match exit {
         Ok(SlaveExit::Promoted { db, epoch }) => {
-            shared.set_position(Role::Promoting, shared.applied.borrow().0, epoch);
+            let seq = shared.applied_seq();
+            shared.set_position(Role::Promoting, seq, epoch);
             info!(worker = %id, epoch, "promotion: applying every change held");
             tokio::select! {
                 r = reach_marker(&sync_ch, &queue, &markers) => r?,

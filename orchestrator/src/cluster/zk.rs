@@ -1,0 +1,126 @@
+//! The orchestrator's view of ZooKeeper: the master record it owns and the
+//! workers' ephemeral znodes it watches. Reconnects (new session) on expiry.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+use wire::coord::{master_path, worker_path, workers_path, MasterRecord, WorkerRecord};
+use zookeeper_client as zk;
+
+pub struct Zk {
+    addr: String,
+    root: String,
+    session_timeout: Duration,
+    client: Mutex<Option<zk::Client>>,
+}
+
+/// Every ZooKeeper call is bounded, so a dead ensemble cannot hang a request.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZkError {
+    #[error("zookeeper: {0}")]
+    Zk(#[from] zk::Error),
+    #[error("zookeeper did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Zk {
+    pub fn new(addr: &str, root: &str, session_timeout: Duration) -> Zk {
+        Zk { addr: addr.into(), root: root.into(), session_timeout, client: Mutex::new(None) }
+    }
+
+    /// A live client, opening a new session if there is none or it ended.
+    async fn client(&self) -> Result<zk::Client, ZkError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.state().is_terminated() {
+                return Ok(c.clone());
+            }
+            warn!("zookeeper session ended; opening a new one");
+        }
+        let connect = zk::Client::connector()
+            .with_session_timeout(self.session_timeout)
+            .with_connection_timeout(Duration::from_secs(2))
+            .connect(&self.addr);
+        let c = tokio::time::timeout(CALL_TIMEOUT, connect).await.map_err(|_| ZkError::Timeout(CALL_TIMEOUT))??;
+        let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        c.mkdir(&workers_path(&self.root), &opts).await?;
+        info!(addr = %self.addr, root = %self.root, "zookeeper session open");
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn bounded<T>(&self, f: impl std::future::Future<Output = Result<T, zk::Error>>) -> Result<T, ZkError> {
+        match tokio::time::timeout(CALL_TIMEOUT, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed) {
+                    self.client.lock().await.take();
+                }
+                Err(e.into())
+            }
+            Err(_) => Err(ZkError::Timeout(CALL_TIMEOUT)),
+        }
+    }
+
+    /// True while the session is connected (missing znodes mean something).
+    pub async fn healthy(&self) -> bool {
+        matches!(self.client.lock().await.as_ref().map(|c| c.state()), Some(zk::SessionState::SyncConnected))
+    }
+
+    pub async fn master(&self) -> Result<Option<MasterRecord>, ZkError> {
+        let c = self.client().await?;
+        match self.bounded(c.get_data(&master_path(&self.root))).await {
+            Ok((data, _)) => Ok(serde_json::from_slice(&data).ok()),
+            Err(ZkError::Zk(zk::Error::NoNode)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn set_master(&self, rec: &MasterRecord) -> Result<(), ZkError> {
+        let c = self.client().await?;
+        let path = master_path(&self.root);
+        let data = serde_json::to_vec(rec).expect("record serializes");
+        match self.bounded(c.set_data(&path, &data, None)).await {
+            Ok(_) => Ok(()),
+            Err(ZkError::Zk(zk::Error::NoNode)) => {
+                let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                self.bounded(c.create(&path, &data, &opts)).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every registered worker and what it reports.
+    pub async fn workers(&self) -> Result<HashMap<String, WorkerRecord>, ZkError> {
+        let c = self.client().await?;
+        let ids = self.bounded(c.list_children(&workers_path(&self.root))).await?;
+        let mut out = HashMap::new();
+        for id in ids {
+            if let Ok((data, _)) = self.bounded(c.get_data(&worker_path(&self.root, &id))).await {
+                if let Ok(rec) = serde_json::from_slice::<WorkerRecord>(&data) {
+                    out.insert(id, rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Wait until the workers' children change (or a timeout passes): lets the
+    /// supervisor react to a vanished znode at once instead of at its next tick.
+    pub async fn children_changed(&self, timeout: Duration) {
+        let Ok(c) = self.client().await else {
+            tokio::time::sleep(timeout).await;
+            return;
+        };
+        match self.bounded(c.list_and_watch_children(&workers_path(&self.root))).await {
+            Ok((_, watcher)) => {
+                let _ = tokio::time::timeout(timeout, watcher.changed()).await;
+            }
+            Err(_) => tokio::time::sleep(timeout).await,
+        }
+    }
+}

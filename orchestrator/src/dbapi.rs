@@ -1,0 +1,84 @@
+//! The database API the REST services use, on top of the RPC client:
+//! validation, request ids, the read floor that keeps reads from being stale.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use wire::{Consistency, ReadMsg, ReadRequest, ReadResponse, Reply, WriteMsg, WriteOutcome, WriteRequest};
+
+use crate::rpc::{Rpc, RpcError};
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// 400: the request is malformed or names something that does not exist.
+    #[error("{0}")]
+    Invalid(String),
+    /// 409: a constraint of the schema refused the write.
+    #[error("{0}")]
+    Conflict(String),
+    /// 503: no worker could answer in time.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<RpcError> for ApiError {
+    fn from(e: RpcError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+pub struct DbApi {
+    rpc: Arc<Rpc>,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    /// Highest sequence number acknowledged to any caller: a strong read
+    /// passes it as the floor the answering slave must have applied.
+    floor: AtomicU64,
+}
+
+impl DbApi {
+    pub fn new(rpc: Arc<Rpc>, read_timeout: Duration, write_timeout: Duration) -> Self {
+        DbApi { rpc, read_timeout, write_timeout, floor: AtomicU64::new(0) }
+    }
+
+    pub async fn read(&self, req: ReadRequest) -> Result<ReadResponse, ApiError> {
+        req.validate().map_err(|e| ApiError::Invalid(e.0))?;
+        let min_seq = match req.consistency {
+            Consistency::Strong => self.floor.load(Ordering::SeqCst),
+            Consistency::Eventual => 0,
+        };
+        match self.rpc.read(&ReadMsg { read: req, min_seq }, self.read_timeout).await? {
+            Reply::Rows(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn write(&self, mut req: WriteRequest) -> Result<WriteOutcome, ApiError> {
+        req.validate().map_err(|e| ApiError::Invalid(e.0))?;
+        if req.request_id.is_none() {
+            req.request_id = Some(uuid::Uuid::new_v4().to_string());
+        }
+        match self.rpc.write(&WriteMsg { write: req }, self.write_timeout).await? {
+            Reply::Written { outcome, .. } => {
+                self.floor.fetch_max(outcome.seq, Ordering::SeqCst);
+                Ok(outcome)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn clear(&self) -> Result<WriteOutcome, ApiError> {
+        self.write(WriteRequest::clear()).await
+    }
+}
+
+fn unexpected(reply: Reply) -> ApiError {
+    match reply {
+        Reply::Conflict { error, .. } => ApiError::Conflict(error),
+        Reply::Invalid { error } => ApiError::Invalid(error),
+        Reply::Unavailable { error } => ApiError::Unavailable(error),
+        Reply::Rows(_) | Reply::Written { .. } => ApiError::Unavailable("worker answered the wrong kind of reply".into()),
+    }
+}

@@ -1,0 +1,182 @@
+//! The orchestrator's HTTP API (SPEC section 5) on warp.
+//!
+//! Every error is a JSON `{"error": ...}` with a 4xx or 503 status: a bad
+//! request never reaches a worker, and a missing worker never hangs a caller.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+use wire::ErrorBody;
+
+use crate::autoscale::ReadCounter;
+use crate::cluster::Cluster;
+use crate::dbapi::{ApiError, DbApi};
+
+/// Largest request body accepted; structured requests are small.
+const BODY_LIMIT: u64 = 1024 * 1024;
+
+pub struct App {
+    pub db: DbApi,
+    pub cluster: Arc<Cluster>,
+    pub reads: Arc<ReadCounter>,
+    pub admin_token: Option<String>,
+}
+
+fn json_reply<T: serde::Serialize>(status: StatusCode, body: &T) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> warp::reply::Response {
+    json_reply(status, &ErrorBody::new(msg))
+}
+
+fn api_error(e: ApiError) -> warp::reply::Response {
+    match e {
+        ApiError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
+        ApiError::Conflict(m) => error(StatusCode::CONFLICT, m),
+        ApiError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, warp::reply::Response> {
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
+/// Rejects with 401 unless the bearer token matches (when one is configured).
+fn admin(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and_then(move |auth: Option<String>| {
+            let app = app.clone();
+            async move {
+                match &app.admin_token {
+                    None => Ok(()),
+                    Some(t) if auth.as_deref() == Some(&format!("Bearer {t}")) => Ok(()),
+                    Some(_) => Err(warp::reject::custom(Unauthorized)),
+                }
+            }
+        })
+        .untuple_one()
+}
+
+#[derive(Debug)]
+struct Unauthorized;
+impl warp::reject::Reject for Unauthorized {}
+
+fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::body::content_length_limit(BODY_LIMIT).and(warp::body::bytes())
+}
+
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let with_app = {
+        let app = app.clone();
+        warp::any().map(move || app.clone())
+    };
+
+    let read = warp::path!("api" / "v1" / "db" / "read")
+        .and(warp::post())
+        .and(body())
+        .and(with_app.clone())
+        .then(|body: Bytes, app: Arc<App>| async move {
+            app.reads.count_read();
+            let req = match parse(&body) {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            match app.db.read(req).await {
+                Ok(rows) => json_reply(StatusCode::OK, &rows),
+                Err(e) => api_error(e),
+            }
+        });
+
+    let write = warp::path!("api" / "v1" / "db" / "write")
+        .and(warp::post())
+        .and(body())
+        .and(with_app.clone())
+        .then(|body: Bytes, app: Arc<App>| async move {
+            let req = match parse(&body) {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            match app.db.write(req).await {
+                Ok(outcome) => json_reply(StatusCode::CREATED, &outcome),
+                Err(e) => api_error(e),
+            }
+        });
+
+    let clear = warp::path!("api" / "v1" / "db" / "clear")
+        .and(warp::post())
+        .and(admin(app.clone()))
+        .and(with_app.clone())
+        .then(|app: Arc<App>| async move {
+            match app.db.clear().await {
+                Ok(_) => json_reply(StatusCode::OK, &serde_json::json!({})),
+                Err(e) => api_error(e),
+            }
+        });
+
+    let crash_master = warp::path!("api" / "v1" / "crash" / "master")
+        .and(warp::post())
+        .and(admin(app.clone()))
+        .and(with_app.clone())
+        .then(|app: Arc<App>| async move { pid_reply(app.cluster.crash_master().await, "no master to crash") });
+
+    let crash_slave = warp::path!("api" / "v1" / "crash" / "slave")
+        .and(warp::post())
+        .and(admin(app.clone()))
+        .and(with_app.clone())
+        .then(|app: Arc<App>| async move { pid_reply(app.cluster.crash_slave().await, "no slave to crash") });
+
+    let list = warp::path!("api" / "v1" / "worker" / "list")
+        .and(warp::get())
+        .and(admin(app.clone()))
+        .and(with_app.clone())
+        .then(|app: Arc<App>| async move {
+            match app.cluster.worker_pids().await {
+                Ok(pids) => json_reply(StatusCode::OK, &pids),
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+            }
+        });
+
+    let health = warp::path!("health").and(warp::get()).map(|| json_reply(StatusCode::OK, &serde_json::json!({})));
+
+    read.or(write)
+        .unify()
+        .or(clear)
+        .unify()
+        .or(crash_master)
+        .unify()
+        .or(crash_slave)
+        .unify()
+        .or(list)
+        .unify()
+        .or(health)
+        .unify()
+        .recover(rejection)
+        .unify()
+}
+
+fn pid_reply(r: anyhow::Result<Option<u32>>, none: &str) -> warp::reply::Response {
+    match r {
+        Ok(Some(pid)) => json_reply(StatusCode::OK, &[pid]),
+        Ok(None) => error(StatusCode::CONFLICT, none),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    }
+}
+
+async fn rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> {
+    Ok(if err.is_not_found() {
+        error(StatusCode::NOT_FOUND, "no such route")
+    } else if err.find::<Unauthorized>().is_some() {
+        error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+    } else {
+        error(StatusCode::BAD_REQUEST, format!("bad request: {err:?}"))
+    })
+}

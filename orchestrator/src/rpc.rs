@@ -1,0 +1,212 @@
+//! The orchestrator's RPC client of the workers over RabbitMQ.
+//!
+//! One long-lived connection; reads go to `readQ`, writes to `writeQ`, each
+//! with `reply_to = responseQ` and a fresh correlation id. A single consumer
+//! on `responseQ` hands every reply to the caller waiting on that id, so any
+//! number of requests can be in flight at once and each gets its own answer.
+//! When the connection drops, every waiting caller is told at once (503) and
+//! a background task reconnects with backoff.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use thiserror::Error;
+use tokio::sync::{oneshot, RwLock};
+use tracing::{info, warn};
+use wire::queues::{READ_Q, RESPONSE_Q, SNAPSHOT_Q, SYNC_X, WRITE_Q};
+use wire::{ReadMsg, Reply, WriteMsg};
+
+#[derive(Debug, Error)]
+pub enum RpcError {
+    #[error("message broker unavailable")]
+    BrokerDown,
+    #[error("no worker answered within {0:?}")]
+    Timeout(Duration),
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// Publishing channels per connection; spreads publishes over a few channels.
+const PUBLISH_CHANNELS: usize = 4;
+
+struct Link {
+    conn: Connection,
+    channels: Vec<Channel>,
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
+
+pub struct Rpc {
+    url: String,
+    link: RwLock<Option<Link>>,
+    pending: Pending,
+    next_id: AtomicU64,
+    next_channel: AtomicUsize,
+    /// Replies from a master older than this epoch are dropped (fencing).
+    min_epoch: AtomicU64,
+}
+
+impl Rpc {
+    /// Start the connection task; requests made before it connects get 503.
+    pub fn start(url: String) -> Arc<Rpc> {
+        let rpc = Arc::new(Rpc {
+            url,
+            link: RwLock::new(None),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            next_channel: AtomicUsize::new(0),
+            min_epoch: AtomicU64::new(0),
+        });
+        tokio::spawn(rpc.clone().maintain());
+        rpc
+    }
+
+    pub fn set_min_epoch(&self, epoch: u64) {
+        self.min_epoch.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    pub async fn connected(&self) -> bool {
+        self.link.read().await.as_ref().is_some_and(|l| l.conn.status().connected())
+    }
+
+    pub async fn read(&self, msg: &ReadMsg, timeout: Duration) -> Result<Reply, RpcError> {
+        let body = serde_json::to_vec(msg).expect("read messages serialize");
+        self.call(READ_Q, body, timeout, false).await
+    }
+
+    pub async fn write(&self, msg: &WriteMsg, timeout: Duration) -> Result<Reply, RpcError> {
+        let body = serde_json::to_vec(msg).expect("write messages serialize");
+        self.call(WRITE_Q, body, timeout, true).await
+    }
+
+    async fn call(&self, queue: &str, body: Vec<u8>, timeout: Duration, persistent: bool) -> Result<Reply, RpcError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(id, tx);
+        let _guard = PendingGuard { pending: &self.pending, id };
+        // A message nobody took before the caller gave up is dropped by the
+        // broker, so a timed-out request is not executed later.
+        let mut props = BasicProperties::default()
+            .with_reply_to(RESPONSE_Q.into())
+            .with_correlation_id(id.to_string().into())
+            .with_expiration(timeout.as_millis().to_string().into());
+        if persistent {
+            props = props.with_delivery_mode(2);
+        }
+        {
+            let link = self.link.read().await;
+            let Some(link) = link.as_ref() else { return Err(RpcError::BrokerDown) };
+            let ch = &link.channels[self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len()];
+            ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, props).await?;
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(RpcError::BrokerDown), // connection lost while waiting
+            Err(_) => Err(RpcError::Timeout(timeout)),
+        }
+    }
+
+    /// Connect, declare, consume replies; on loss fail the waiters and retry.
+    async fn maintain(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.connect().await {
+                Ok(consumer) => {
+                    backoff = Duration::from_millis(100);
+                    info!("connected to rabbitmq");
+                    self.dispatch(consumer).await;
+                    warn!("rabbitmq connection lost; failing requests in flight and reconnecting");
+                }
+                Err(e) => warn!(error = %e, "rabbitmq unreachable; retrying"),
+            }
+            if let Some(old) = self.link.write().await.take() {
+                let _ = old.conn.close(200, "reconnecting".into()).await;
+            }
+            // Dropping the senders wakes every waiter with an error (503).
+            self.pending.lock().expect("pending lock").clear();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn connect(&self) -> Result<lapin::Consumer, lapin::Error> {
+        let conn = Connection::connect(&self.url, ConnectionProperties::default().with_connection_name("orchestrator".into()))
+            .await?;
+        let ch = conn.create_channel().await?;
+        declare_topology(&ch).await?;
+        let consumer = ch
+            .basic_consume(
+                RESPONSE_Q.into(),
+                "orchestrator-replies".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut channels = Vec::with_capacity(PUBLISH_CHANNELS);
+        for _ in 0..PUBLISH_CHANNELS {
+            channels.push(conn.create_channel().await?);
+        }
+        *self.link.write().await = Some(Link { conn, channels });
+        Ok(consumer)
+    }
+
+    async fn dispatch(&self, mut consumer: lapin::Consumer) {
+        while let Some(Ok(d)) = consumer.next().await {
+            let Some(id) = d.properties.correlation_id().as_ref().and_then(|c| c.as_str().parse::<u64>().ok()) else {
+                continue;
+            };
+            let reply: Reply = match serde_json::from_slice(&d.data) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "unreadable reply dropped");
+                    continue;
+                }
+            };
+            if let Reply::Written { epoch, .. } | Reply::Conflict { epoch, .. } = &reply {
+                let min = self.min_epoch.load(Ordering::SeqCst);
+                if *epoch < min {
+                    warn!(epoch, current = min, "reply from a deposed master dropped");
+                    continue;
+                }
+            }
+            if let Some(tx) = self.pending.lock().expect("pending lock").remove(&id) {
+                let _ = tx.send(reply);
+            }
+        }
+    }
+}
+
+/// Removes a caller's entry when it stops waiting (answer, timeout or error).
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().expect("pending lock").remove(&self.id);
+    }
+}
+
+/// The spec's broker objects; same declaration as the workers' (idempotent).
+pub async fn declare_topology(ch: &Channel) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    for q in [READ_Q, WRITE_Q, RESPONSE_Q, SNAPSHOT_Q] {
+        ch.queue_declare(q.into(), durable, FieldTable::default()).await?;
+    }
+    ch.exchange_declare(
+        SYNC_X.into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions { durable: true, ..Default::default() },
+        FieldTable::default(),
+    )
+    .await
+}
