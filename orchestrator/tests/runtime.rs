@@ -404,3 +404,94 @@ async fn process_runtime_start_list_kill_stop_adopt() {
     other.stop("p1", Duration::from_secs(5)).await.unwrap();
     assert!(other.list().await.unwrap().is_empty());
 }
+
+/// A cuttable stand-in for the engine's socket: forwards connections to the
+/// real engine until `cut()`, which closes the listener and every connection,
+/// as an engine restart does to its clients.
+struct EngineProxy {
+    path: PathBuf,
+    accept: Option<tokio::task::JoinHandle<()>>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl EngineProxy {
+    fn start(path: &Path) -> EngineProxy {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).expect("bind proxy socket");
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c2 = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let h = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                c2.lock().unwrap().push(h);
+            }
+        });
+        EngineProxy { path: path.to_path_buf(), accept: Some(accept), conns }
+    }
+
+    fn cut(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for EngineProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// The events subscription survives the engine going away: the runtime
+/// re-subscribes by itself, reports the deaths it missed meanwhile (found by
+/// reconciling with the engine), and keeps reporting new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_events_survive_engine_outage() {
+    use orchestrator::runtime::docker::DockerRuntime;
+    // The reconnect is logged; RUST_LOG=info and --nocapture show it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    ensure_image();
+    let c = cluster("outage");
+    let _guard = ContainerGuard(vec![c.clone()]);
+    let d = engine().await;
+    let sock = std::env::temp_dir().join(format!("{c}.sock"));
+    let mut proxy = EngineProxy::start(&sock);
+    let client = Docker::connect_with_unix(sock.to_str().unwrap(), 30, bollard::API_DEFAULT_VERSION).unwrap();
+    let rt = Runtime::Docker(DockerRuntime::with_client(client, docker_cfg(&c)).await.unwrap());
+    let mut exits = rt.exits();
+    let w1 = rt.start(spec("w1")).await.unwrap();
+    let w2 = rt.start(spec("w2")).await.unwrap();
+
+    // "Engine restart": every connection of the runtime drops; meanwhile w1
+    // dies, and its die event goes nowhere.
+    proxy.cut();
+    let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+    d.kill_container(&format!("{c}-w1"), Some(kill.clone())).await.unwrap();
+    assert!(rt.list().await.is_err(), "list must fail while the engine is unreachable");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _proxy = EngineProxy::start(&sock);
+
+    // Back: the missed death is reported, with the pid, and cleaned up.
+    assert_eq!(expect_exit(&mut exits, "w1").await.pid, w1.pid);
+    let name = format!("{c}-w1");
+    eventually("dead container removed after reconnect", || {
+        let (d, name) = (d.clone(), name.clone());
+        async move { !container_exists(&d, &name).await }
+    })
+    .await;
+    // And live events flow again.
+    d.kill_container(&format!("{c}-w2"), Some(kill)).await.unwrap();
+    assert_eq!(expect_exit(&mut exits, "w2").await.pid, w2.pid);
+    assert!(rt.list().await.unwrap().is_empty());
+}

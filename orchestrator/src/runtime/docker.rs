@@ -146,6 +146,12 @@ impl DockerRuntime {
     pub async fn connect(cfg: RuntimeConfig) -> Result<DockerRuntime, RuntimeError> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(|source| RuntimeError::Connect { call: "connect", source })?;
+        Self::with_client(docker, cfg).await
+    }
+
+    /// As `connect`, over a client the caller made (another socket path or
+    /// host; the tests use it to put a cuttable proxy in front of the engine).
+    pub async fn with_client(docker: Docker, cfg: RuntimeConfig) -> Result<DockerRuntime, RuntimeError> {
         let docker = match tokio::time::timeout(CALL_TIMEOUT, docker.negotiate_version()).await {
             Ok(Ok(d)) => d,
             Ok(Err(source)) => return Err(RuntimeError::Connect { call: "version", source }),
