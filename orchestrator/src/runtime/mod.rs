@@ -326,7 +326,10 @@ mod tests {
         assert!(validate_worker_id(".x").is_err());
         assert!(validate_cluster_id("rideshare").is_ok());
         assert!(validate_cluster_id("-x").is_err());
-        assert_eq!("Docker".parse::<RuntimeKind>().unwrap(), RuntimeKind::Docker);
+        assert_eq!(
+            "Docker".parse::<RuntimeKind>().unwrap(),
+            RuntimeKind::Docker
+        );
         assert!("k8s".parse::<RuntimeKind>().is_err());
     }
 }

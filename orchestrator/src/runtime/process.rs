@@ -67,7 +67,10 @@ impl Shared {
         };
         if was_tracked {
             tracing::info!(cluster = %self.cluster_id, id, pid, "worker process exited");
-            let _ = self.exits.send(WorkerExit { id: id.to_string(), pid });
+            let _ = self.exits.send(WorkerExit {
+                id: id.to_string(),
+                pid,
+            });
         }
     }
 }
@@ -120,17 +123,23 @@ fn has_env(pid: u32, var: &str) -> bool {
 fn scan(cluster: &str) -> Vec<Found> {
     let uid = unsafe { libc::getuid() };
     let marker = format!("{CLUSTER_ENV}={cluster}");
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut found = Vec::new();
     for ent in dir.flatten() {
-        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         let path = ent.path();
         match fs::metadata(&path) {
             Ok(m) if m.uid() == uid => {}
             _ => continue,
         }
         // Processes vanish mid-scan; any read failure just means "not ours".
-        let Ok(environ) = fs::read(path.join("environ")) else { continue };
+        let Ok(environ) = fs::read(path.join("environ")) else {
+            continue;
+        };
         let mut in_cluster = false;
         let mut id = None;
         for var in environ.split(|b| *b == 0) {
@@ -140,12 +149,21 @@ fn scan(cluster: &str) -> Vec<Found> {
                 id = String::from_utf8(v.to_vec()).ok();
             }
         }
-        let (Some(id), true) = (id, in_cluster) else { continue };
-        let Some((state, ppid, start_time)) = proc_stat(pid) else { continue };
+        let (Some(id), true) = (id, in_cluster) else {
+            continue;
+        };
+        let Some((state, ppid, start_time)) = proc_stat(pid) else {
+            continue;
+        };
         if state == 'Z' || state == 'X' {
             continue;
         }
-        found.push(Found { pid, ppid, start_time, id });
+        found.push(Found {
+            pid,
+            ppid,
+            start_time,
+            id,
+        });
     }
     // A worker's own children inherit its environment; the worker is the one
     // whose parent is not itself a process of the same worker.
@@ -155,7 +173,8 @@ fn scan(cluster: &str) -> Vec<Found> {
 }
 
 fn send_signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     if unsafe { libc::kill(pid, sig) } == 0 {
         Ok(())
     } else {
@@ -176,7 +195,11 @@ impl ProcessRuntime {
     pub fn new(cfg: RuntimeConfig) -> Result<ProcessRuntime, RuntimeError> {
         let (exits, _) = broadcast::channel(EXIT_CHANNEL_CAPACITY);
         let rt = ProcessRuntime {
-            shared: Arc::new(Shared { cluster_id: cfg.cluster_id.clone(), exits, workers: Mutex::new(HashMap::new()) }),
+            shared: Arc::new(Shared {
+                cluster_id: cfg.cluster_id.clone(),
+                exits,
+                workers: Mutex::new(HashMap::new()),
+            }),
             cfg,
         };
         let adopted = rt.refresh();
@@ -206,7 +229,9 @@ impl ProcessRuntime {
         let found = scan(&self.cfg.cluster_id);
         let mut w = self.shared.workers.lock().unwrap();
         for f in &found {
-            let same = w.get(&f.id).is_some_and(|t| t.pid == f.pid && t.start_time == f.start_time);
+            let same = w
+                .get(&f.id)
+                .is_some_and(|t| t.pid == f.pid && t.start_time == f.start_time);
             if same {
                 continue;
             }
@@ -214,14 +239,33 @@ impl ProcessRuntime {
                 old.watcher.abort();
             }
             tracing::info!(cluster = %self.cfg.cluster_id, id = %f.id, pid = f.pid, "adopted running worker process");
-            let watcher = tokio::spawn(watch_adopted(self.shared.clone(), f.id.clone(), f.pid, f.start_time));
-            w.insert(f.id.clone(), Tracked { pid: f.pid, start_time: f.start_time, watcher });
+            let watcher = tokio::spawn(watch_adopted(
+                self.shared.clone(),
+                f.id.clone(),
+                f.pid,
+                f.start_time,
+            ));
+            w.insert(
+                f.id.clone(),
+                Tracked {
+                    pid: f.pid,
+                    start_time: f.start_time,
+                    watcher,
+                },
+            );
         }
         found
     }
 
-    fn io_err<'a>(id: &'a str, call: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
-        move |source| RuntimeError::Io { call, id: id.to_string(), source }
+    fn io_err<'a>(
+        id: &'a str,
+        call: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
+        move |source| RuntimeError::Io {
+            call,
+            id: id.to_string(),
+            source,
+        }
     }
 
     pub async fn start(&self, spec: WorkerSpec) -> Result<WorkerInfo, RuntimeError> {
@@ -234,17 +278,25 @@ impl ProcessRuntime {
         // Absolute paths: the worker's cwd is its own directory, so a
         // relative data_dir or binary path would resolve wrongly there.
         let dir = fs::canonicalize(&dir).map_err(Self::io_err(id, "resolve data dir"))?;
-        let bin = absolute(&self.cfg.worker_bin).map_err(Self::io_err(id, "resolve worker binary"))?;
+        let bin =
+            absolute(&self.cfg.worker_bin).map_err(Self::io_err(id, "resolve worker binary"))?;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("worker.log"))
             .map_err(Self::io_err(id, "open worker.log"))?;
-        let log2 = log.try_clone().map_err(Self::io_err(id, "open worker.log"))?;
+        let log2 = log
+            .try_clone()
+            .map_err(Self::io_err(id, "open worker.log"))?;
 
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.current_dir(&dir)
-            .envs(spec.env.iter().filter(|(k, _)| k != WORKER_ID_ENV && k != CLUSTER_ENV && k != "DB_PATH").cloned())
+            .envs(
+                spec.env
+                    .iter()
+                    .filter(|(k, _)| k != WORKER_ID_ENV && k != CLUSTER_ENV && k != "DB_PATH")
+                    .cloned(),
+            )
             .env("DB_PATH", dir.join("worker.db"))
             .env(CLUSTER_ENV, &self.cfg.cluster_id)
             .env(WORKER_ID_ENV, id)
@@ -258,7 +310,10 @@ impl ProcessRuntime {
             .kill_on_drop(false);
         let t0 = Instant::now();
         let mut child = cmd.spawn().map_err(Self::io_err(id, "spawn worker"))?;
-        let pid = child.id().ok_or_else(|| RuntimeError::StartFailed { id: id.to_string(), detail: "no pid".into() })?;
+        let pid = child.id().ok_or_else(|| RuntimeError::StartFailed {
+            id: id.to_string(),
+            detail: "no pid".into(),
+        })?;
         // The start time pins the pid to this process; if it is already
         // unreadable the child died at once (e.g. a bad binary).
         let start_time = match proc_stat(pid) {
@@ -267,7 +322,10 @@ impl ProcessRuntime {
                 let status = child.wait().await.ok();
                 return Err(RuntimeError::StartFailed {
                     id: id.to_string(),
-                    detail: format!("exited at once with {status:?}; see {}", dir.join("worker.log").display()),
+                    detail: format!(
+                        "exited at once with {status:?}; see {}",
+                        dir.join("worker.log").display()
+                    ),
                 });
             }
         };
@@ -281,7 +339,10 @@ impl ProcessRuntime {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(RuntimeError::StartFailed {
                     id: id.to_string(),
-                    detail: format!("exited at once with {status}; see {}", dir.join("worker.log").display()),
+                    detail: format!(
+                        "exited at once with {status}; see {}",
+                        dir.join("worker.log").display()
+                    ),
                 });
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -297,7 +358,14 @@ impl ProcessRuntime {
                 tracing::debug!(id = %wid, pid, ?status, "worker process reaped");
                 shared.exited(&wid, pid);
             });
-            if let Some(old) = w.insert(id.to_string(), Tracked { pid, start_time, watcher }) {
+            if let Some(old) = w.insert(
+                id.to_string(),
+                Tracked {
+                    pid,
+                    start_time,
+                    watcher,
+                },
+            ) {
                 old.watcher.abort();
             }
         }
@@ -305,7 +373,10 @@ impl ProcessRuntime {
             cluster = %self.cfg.cluster_id, id, pid, dir = %dir.display(),
             elapsed_ms = t0.elapsed().as_millis() as u64, "worker process started"
         );
-        Ok(WorkerInfo { id: id.to_string(), pid })
+        Ok(WorkerInfo {
+            id: id.to_string(),
+            pid,
+        })
     }
 
     /// The worker's pid and start time: from our table, else from /proc
@@ -342,7 +413,13 @@ impl ProcessRuntime {
     async fn wait_reported(&self, id: &str, pid: u32, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let tracked = self.shared.workers.lock().unwrap().get(id).is_some_and(|t| t.pid == pid);
+            let tracked = self
+                .shared
+                .workers
+                .lock()
+                .unwrap()
+                .get(id)
+                .is_some_and(|t| t.pid == pid);
             if !tracked {
                 return;
             }
@@ -359,7 +436,11 @@ impl ProcessRuntime {
         let (pid, start_time) = self.locate(id)?;
         send_signal(pid, libc::SIGKILL).map_err(Self::io_err(id, "kill(SIGKILL)"))?;
         if !Self::wait_gone(pid, start_time, EXIT_TIMEOUT).await {
-            return Err(RuntimeError::Timeout { call: "kill", id: id.to_string(), after: EXIT_TIMEOUT });
+            return Err(RuntimeError::Timeout {
+                call: "kill",
+                id: id.to_string(),
+                after: EXIT_TIMEOUT,
+            });
         }
         self.wait_reported(id, pid, ADOPTED_POLL * 2).await;
         tracing::info!(cluster = %self.cfg.cluster_id, id, pid, "worker process killed (SIGKILL)");
@@ -377,7 +458,11 @@ impl ProcessRuntime {
                 send_signal(pid, libc::SIGKILL).map_err(Self::io_err(id, "kill(SIGKILL)"))?;
             }
             if !Self::wait_gone(pid, start_time, EXIT_TIMEOUT).await {
-                return Err(RuntimeError::Timeout { call: "stop (SIGKILL)", id: id.to_string(), after: EXIT_TIMEOUT });
+                return Err(RuntimeError::Timeout {
+                    call: "stop (SIGKILL)",
+                    id: id.to_string(),
+                    after: EXIT_TIMEOUT,
+                });
             }
         }
         self.wait_reported(id, pid, ADOPTED_POLL * 2).await;
@@ -389,7 +474,14 @@ impl ProcessRuntime {
     }
 
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, RuntimeError> {
-        Ok(self.refresh().into_iter().map(|f| WorkerInfo { id: f.id, pid: f.pid }).collect())
+        Ok(self
+            .refresh()
+            .into_iter()
+            .map(|f| WorkerInfo {
+                id: f.id,
+                pid: f.pid,
+            })
+            .collect())
     }
 }
 
