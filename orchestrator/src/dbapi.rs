@@ -49,7 +49,8 @@ impl DbApi {
             Consistency::Strong => self.floor.load(Ordering::SeqCst),
             Consistency::Eventual => 0,
         };
-        match self.rpc.read(&ReadMsg { read: req, min_seq }, self.read_timeout).await? {
+        let deadline_ms = Some(wire::now_ms() + self.read_timeout.as_millis() as u64);
+        match self.rpc.read(&ReadMsg { read: req, min_seq, deadline_ms }, self.read_timeout).await? {
             Reply::Rows(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -60,7 +61,8 @@ impl DbApi {
         if req.request_id.is_none() {
             req.request_id = Some(uuid::Uuid::new_v4().to_string());
         }
-        match self.rpc.write(&WriteMsg { write: req }, self.write_timeout).await? {
+        let deadline_ms = Some(wire::now_ms() + self.write_timeout.as_millis() as u64);
+        match self.rpc.write(&WriteMsg { write: req, deadline_ms }, self.write_timeout).await? {
             Reply::Written { outcome, .. } => {
                 self.floor.fetch_max(outcome.seq, Ordering::SeqCst);
                 Ok(outcome)

@@ -1,1 +1,381 @@
-pub fn x(){}
+//! Test harness: starts a whole, isolated stack against the real RabbitMQ,
+//! ZooKeeper and Docker engine, and stops it when dropped.
+//!
+//! Isolation lets tests run in parallel on one broker and one ensemble: each
+//! [`Stack`] gets its own RabbitMQ vhost, ZooKeeper root, cluster id (so its
+//! orchestrator sees only its own workers) and free ports. RabbitMQ and
+//! ZooKeeper themselves are started by `scripts/infra.sh up` (which `make
+//! test` runs first; the harness runs it too, it is idempotent).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value as Json;
+use wire::{ReadRequest, WriteRequest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerRuntime {
+    Process,
+    Docker,
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub runtime: WorkerRuntime,
+    /// Also start users-api, rides-api and the nginx load balancer.
+    pub services: bool,
+    pub scale_window_secs: u64,
+    pub reads_per_slave: u64,
+    pub min_slaves: u32,
+    pub max_slaves: u32,
+    pub admin_token: Option<String>,
+    /// Extra environment for the orchestrator (e.g. timeouts).
+    pub orchestrator_env: Vec<(String, String)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            runtime: WorkerRuntime::Process,
+            services: false,
+            scale_window_secs: 120,
+            reads_per_slave: 20,
+            min_slaves: 1,
+            max_slaves: 10,
+            admin_token: None,
+            orchestrator_env: vec![],
+        }
+    }
+}
+
+pub struct Stack {
+    pub orchestrator: String,
+    pub users: String,
+    pub rides: String,
+    pub lb: String,
+    /// This stack's folder under `var/test/`; logs land here.
+    pub dir: PathBuf,
+    pub rides_public_url: String,
+    /// Cluster id = RabbitMQ vhost = ZooKeeper root name.
+    pub name: String,
+    pub zk_root: String,
+    pub amqp_url: String,
+    pub runtime: WorkerRuntime,
+    orchestrator_env: Vec<(String, String)>,
+    orch: Option<Child>,
+    services: Vec<Child>,
+    lb_started: bool,
+}
+
+/// The workspace root (where `scripts/` and `target/` are).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("systest is in the workspace").to_path_buf()
+}
+
+fn bin(name: &str) -> PathBuf {
+    root().join("target/release").join(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+}
+
+/// `scripts/infra.sh up`, once per test binary.
+pub fn ensure_infra() -> Result<()> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let st = Command::new(root().join("scripts/infra.sh")).arg("up").status().map_err(|e| e.to_string())?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("scripts/infra.sh up failed: {st}"))
+        }
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+fn unique_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t{}x{}x{:04x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), rand_u16())
+}
+
+fn rand_u16() -> u16 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() & 0xffff) as u16
+}
+
+fn spawn_logged(bin: &Path, env: &[(String, String)], log: &Path) -> Result<Child> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Command::new(bin)
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+/// Poll `f` until it returns Some, or fail after `deadline`.
+pub async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= end {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Stack {
+    pub fn http() -> reqwest::Client {
+        static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+        CLIENT
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .pool_max_idle_per_host(64)
+                    .build()
+                    .expect("http client")
+            })
+            .clone()
+    }
+
+    pub async fn start(opts: StackOptions) -> Result<Stack> {
+        ensure_infra()?;
+        let name = unique_name();
+        let dir = root().join("var/test").join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let st = Command::new(root().join("scripts/infra.sh")).args(["vhost", &name]).status()?;
+        if !st.success() {
+            bail!("creating vhost {name} failed");
+        }
+        let orch_port = free_port();
+        let mut stack = Stack {
+            orchestrator: format!("http://127.0.0.1:{orch_port}"),
+            users: String::new(),
+            rides: String::new(),
+            lb: String::new(),
+            rides_public_url: String::new(),
+            zk_root: format!("/{name}"),
+            amqp_url: format!("amqp://guest:guest@127.0.0.1:5672/{name}?heartbeat=5"),
+            dir,
+            runtime: opts.runtime,
+            orchestrator_env: vec![],
+            orch: None,
+            services: vec![],
+            lb_started: false,
+            name,
+        };
+        let mut env: Vec<(String, String)> = vec![
+            ("ORCH_ADDR".into(), format!("127.0.0.1:{orch_port}")),
+            ("AMQP_URL".into(), stack.amqp_url.clone()),
+            ("ZK_ADDR".into(), "127.0.0.1:2181".into()),
+            ("ZK_ROOT".into(), stack.zk_root.clone()),
+            ("CLUSTER_ID".into(), stack.name.clone()),
+            ("WORKER_RUNTIME".into(), match opts.runtime { WorkerRuntime::Process => "process", WorkerRuntime::Docker => "docker" }.into()),
+            ("WORKER_BIN".into(), bin("worker").display().to_string()),
+            ("WORKER_DATA_DIR".into(), stack.dir.join("workers").display().to_string()),
+            ("SCALE_WINDOW_SECS".into(), opts.scale_window_secs.to_string()),
+            ("READS_PER_SLAVE".into(), opts.reads_per_slave.to_string()),
+            ("MIN_SLAVES".into(), opts.min_slaves.to_string()),
+            ("MAX_SLAVES".into(), opts.max_slaves.to_string()),
+            ("RUST_LOG".into(), "info,lapin=warn,zookeeper_client=warn".into()),
+        ];
+        if let Some(t) = &opts.admin_token {
+            env.push(("ADMIN_TOKEN".into(), t.clone()));
+        }
+        env.extend(opts.orchestrator_env.iter().cloned());
+        stack.orchestrator_env = env;
+        stack.spawn_orchestrator()?;
+        stack.wait_ready().await?;
+        if opts.services {
+            stack.start_services(&opts).await?;
+        }
+        Ok(stack)
+    }
+
+    fn spawn_orchestrator(&mut self) -> Result<()> {
+        let n = std::fs::read_dir(&self.dir)?.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("orchestrator"))).count();
+        let log = self.dir.join(format!("orchestrator{}.log", if n == 0 { String::new() } else { format!(".{n}") }));
+        self.orch = Some(spawn_logged(&bin("orchestrator"), &self.orchestrator_env, &log)?);
+        Ok(())
+    }
+
+    /// Until the orchestrator answers and a read goes through a caught-up slave.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let http = Self::http();
+        let url = self.url("/api/v1/db/read");
+        poll("the orchestrator to serve reads", Duration::from_secs(90), || {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let r = http.post(&url).json(&ReadRequest::table("users").counting()).send().await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await
+        .with_context(|| format!("see {}", self.dir.display()))
+    }
+
+    async fn start_services(&mut self, opts: &StackOptions) -> Result<()> {
+        let (up, rp, lp) = (free_port(), free_port(), free_port());
+        self.users = format!("http://127.0.0.1:{up}");
+        self.rides = format!("http://127.0.0.1:{rp}");
+        self.lb = format!("http://127.0.0.1:{lp}");
+        self.rides_public_url = format!("http://rides-{}.test:{rp}", self.name);
+        let mut common = vec![("ORCHESTRATOR_URL".to_owned(), self.orchestrator.clone()), ("RUST_LOG".to_owned(), "info".to_owned())];
+        if let Some(t) = &opts.admin_token {
+            common.push(("ADMIN_TOKEN".into(), t.clone()));
+        }
+        let mut users_env = common.clone();
+        users_env.push(("USERS_ADDR".into(), format!("127.0.0.1:{up}")));
+        let mut rides_env = common;
+        rides_env.push(("RIDES_ADDR".into(), format!("127.0.0.1:{rp}")));
+        rides_env.push(("LB_URL".into(), self.lb.clone()));
+        rides_env.push(("RIDES_PUBLIC_URL".into(), self.rides_public_url.clone()));
+        self.services.push(spawn_logged(&bin("users-api"), &users_env, &self.dir.join("users-api.log"))?);
+        self.services.push(spawn_logged(&bin("rides-api"), &rides_env, &self.dir.join("rides-api.log"))?);
+        let st = Command::new(root().join("scripts/lb.sh"))
+            .arg("start")
+            .env("LB_DIR", self.dir.join("lb"))
+            .env("LB_PORT", lp.to_string())
+            .env("USERS_ADDR", format!("127.0.0.1:{up}"))
+            .env("RIDES_ADDR", format!("127.0.0.1:{rp}"))
+            .status()?;
+        if !st.success() {
+            bail!("scripts/lb.sh start failed");
+        }
+        self.lb_started = true;
+        let http = Self::http();
+        for base in [self.users.clone(), self.rides.clone()] {
+            poll(&format!("{base}/health"), Duration::from_secs(30), || {
+                let http = http.clone();
+                let url = format!("{base}/health");
+                async move { http.get(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.orchestrator)
+    }
+
+    /// POST a write; returns the status and the JSON body.
+    pub async fn write(&self, w: &WriteRequest) -> Result<(u16, Json)> {
+        let r = Self::http().post(self.url("/api/v1/db/write")).json(w).send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Json::Null)))
+    }
+
+    pub async fn read(&self, r: &ReadRequest) -> Result<(u16, Json)> {
+        let r = Self::http().post(self.url("/api/v1/db/read")).json(r).send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Json::Null)))
+    }
+
+    pub async fn post(&self, path: &str) -> Result<(u16, Json)> {
+        let r = Self::http().post(self.url(path)).send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Json::Null)))
+    }
+
+    pub async fn worker_pids(&self) -> Result<Vec<u32>> {
+        let r = Self::http().get(self.url("/api/v1/worker/list")).send().await?;
+        if !r.status().is_success() {
+            bail!("worker/list answered {}", r.status());
+        }
+        Ok(r.json().await?)
+    }
+
+    /// Kill the orchestrator process (SIGKILL); workers keep running.
+    pub fn kill_orchestrator(&mut self) {
+        if let Some(mut c) = self.orch.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start the orchestrator again with the same settings and wait for it.
+    pub async fn restart_orchestrator(&mut self) -> Result<()> {
+        self.kill_orchestrator();
+        self.spawn_orchestrator()?;
+        self.wait_ready().await
+    }
+
+    /// Pids (host view) of this stack's workers, found without the orchestrator.
+    pub fn worker_processes(&self) -> Vec<u32> {
+        match self.runtime {
+            WorkerRuntime::Process => processes_with_env("RIDESHARE_CLUSTER", &self.name),
+            WorkerRuntime::Docker => docker_pids(&self.name),
+        }
+    }
+}
+
+/// Processes of ours whose environment has `key=value`.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{key}={value}");
+    let mut out = vec![];
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(env) = std::fs::read(e.path().join("environ")) {
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+                out.push(pid);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+fn docker_pids(cluster: &str) -> Vec<u32> {
+    let ids = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label=rideshare.cluster={cluster}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut pids: Vec<u32> = ids
+        .iter()
+        .filter_map(|id| {
+            let o = Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", id]).output().ok()?;
+            String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+        })
+        .filter(|p| *p != 0)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.kill_orchestrator();
+        for mut c in self.services.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.lb_started {
+            let _ = Command::new(root().join("scripts/lb.sh")).arg("stop").env("LB_DIR", self.dir.join("lb")).status();
+        }
+        for pid in processes_with_env("RIDESHARE_CLUSTER", &self.name) {
+            unsafe_kill(pid);
+        }
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("docker ps -aq --filter label=rideshare.cluster={} | xargs -r docker rm -f >/dev/null 2>&1", self.name))
+            .status();
+    }
+}
+
+fn unsafe_kill(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}

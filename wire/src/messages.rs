@@ -44,12 +44,29 @@ pub struct ReadMsg {
     pub read: ReadRequest,
     /// The slave must have applied at least this sequence number (0 for eventual reads).
     pub min_seq: u64,
+    /// Unix time (ms) after which the caller no longer waits: skip the work.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 /// A write on `writeQ`; `write.request_id` is always set by the orchestrator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WriteMsg {
     pub write: WriteRequest,
+    /// Unix time (ms) after which the caller got a 503: the write must not be
+    /// applied any more (RabbitMQ's TTL only covers messages not yet delivered).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch, for deadlines.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// True once a message's deadline has passed.
+pub fn expired(deadline_ms: Option<u64>) -> bool {
+    deadline_ms.is_some_and(|d| now_ms() > d)
 }
 
 /// What a worker answers on `responseQ`.

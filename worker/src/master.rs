@@ -129,6 +129,11 @@ async fn handle_write(
         d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
         bail!("lease lost: stopped taking writes");
     }
+    if wire::expired(msg.deadline_ms) {
+        warn!(request_id = ?msg.write.request_id, "write past its deadline dropped (the caller got a 503)");
+        d.acker.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    }
     let applied = {
         let db = db.clone();
         let req = msg.write.clone();

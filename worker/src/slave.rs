@@ -259,6 +259,10 @@ async fn apply(db: &Arc<Mutex<Db>>, changes: Vec<Change>) -> Result<Position> {
 /// caller's floor so the answer is never older than an acknowledged write.
 async fn serve_read(d: Delivery, ch: Channel, pool: Arc<ReaderPool>, shared: Shared) {
     let reply = match serde_json::from_slice::<ReadMsg>(&d.data) {
+        Ok(msg) if wire::expired(msg.deadline_ms) => {
+            d.acker.ack(BasicAckOptions::default()).await.ok();
+            return; // the caller stopped waiting
+        }
         Err(e) => Reply::Invalid { error: format!("bad read message: {e}") },
         Ok(msg) => match msg.read.validate() {
             Err(e) => Reply::Invalid { error: e.0 },

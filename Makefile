@@ -1,0 +1,29 @@
+# The two commands of the README: `make up` and `make test`.
+.PHONY: up down status test build images bench clean
+
+up:
+	scripts/stack.sh up
+
+down:
+	scripts/stack.sh down
+
+status:
+	scripts/stack.sh status
+
+build:
+	cargo build --release --workspace --all-targets
+
+images:
+	scripts/build-images.sh
+
+# Installs and starts what the tests need (RabbitMQ, ZooKeeper, nginx, the
+# worker image), then runs every test against them.
+test:
+	scripts/test.sh
+
+bench:
+	scripts/bench.sh
+
+clean:
+	scripts/stack.sh down || true
+	rm -rf var

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The whole system on one machine, in the background (SPEC section 10).
+#
+#   scripts/stack.sh up      infra, build, worker image (if Docker answers), orchestrator
+#                            with one master and one slave, users-api, rides-api, LB
+#   scripts/stack.sh down    stop all of it, workers included
+#   scripts/stack.sh status  what runs, where
+#
+# Addresses and settings come from the environment (see README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VAR=${VAR_DIR:-$ROOT/var}
+RUN=$VAR/run
+LOGS=$VAR/log
+LB_PORT=${LB_PORT:-8080}
+USERS_ADDR=${USERS_ADDR:-127.0.0.1:8081}
+RIDES_ADDR=${RIDES_ADDR:-127.0.0.1:8082}
+ORCH_ADDR=${ORCH_ADDR:-127.0.0.1:8090}
+CLUSTER_ID=${CLUSTER_ID:-rideshare}
+DEADLINE_SECS=${STACK_DEADLINE_SECS:-120}
+export LB_DIR=${LB_DIR:-$VAR/lb} LB_PORT USERS_ADDR RIDES_ADDR
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+engine_answers() { command -v docker >/dev/null && timeout 5 docker info >/dev/null 2>&1; }
+
+running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+start_bg() { # name, then the command; env comes from the caller
+  local name=$1; shift
+  if running "$name"; then log "$name already running"; return 0; fi
+  setsid nohup "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/$name.pid"
+  log "$name started (pid $!)"
+}
+
+wait_http() { # what, url, [method]
+  local end=$((SECONDS + DEADLINE_SECS))
+  until curl -fsS -o /dev/null -X "${3:-GET}" ${4:+-H 'content-type: application/json' -d "$4"} "$2" 2>/dev/null; do
+    [ $SECONDS -lt $end ] || die "$1 did not answer at $2 within ${DEADLINE_SECS}s (see $LOGS)"
+    sleep 0.2
+  done
+}
+
+up() {
+  mkdir -p "$RUN" "$LOGS"
+  scripts/infra.sh up
+  log "building release binaries"
+  cargo build --release -q -p orchestrator -p worker -p users-api -p rides-api
+  local runtime=${WORKER_RUNTIME:-}
+  if [ -z "$runtime" ]; then
+    if engine_answers; then runtime=docker; else runtime=process; fi
+  fi
+  if [ "$runtime" = docker ]; then scripts/build-images.sh; fi
+  WORKER_RUNTIME=$runtime ORCH_ADDR=$ORCH_ADDR CLUSTER_ID=$CLUSTER_ID \
+    WORKER_BIN=${WORKER_BIN:-$ROOT/target/release/worker} WORKER_DATA_DIR=${WORKER_DATA_DIR:-$VAR/workers} \
+    start_bg orchestrator target/release/orchestrator
+  wait_http orchestrator "http://$ORCH_ADDR/health"
+  wait_http "a slave (caught up)" "http://$ORCH_ADDR/api/v1/db/read" POST '{"table":"users","count":true}'
+  ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-http://$ORCH_ADDR} start_bg users-api target/release/users-api
+  ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-http://$ORCH_ADDR} LB_URL=${LB_URL:-http://127.0.0.1:$LB_PORT} \
+    RIDES_PUBLIC_URL=${RIDES_PUBLIC_URL:-http://$RIDES_ADDR} start_bg rides-api target/release/rides-api
+  wait_http users-api "http://$USERS_ADDR/health"
+  wait_http rides-api "http://$RIDES_ADDR/health"
+  scripts/lb.sh start
+  wait_http "load balancer" "http://127.0.0.1:$LB_PORT/api/v1/rides/count"
+  log "up: clients use http://127.0.0.1:$LB_PORT (runtime $runtime)"
+}
+
+stop_pid() { # name
+  running "$1" || { rm -f "$RUN/$1.pid"; return 0; }
+  local pid; pid=$(cat "$RUN/$1.pid")
+  kill "$pid" 2>/dev/null || true
+  local end=$((SECONDS + 10))
+  while kill -0 "$pid" 2>/dev/null; do
+    [ $SECONDS -lt $end ] || { kill -9 "$pid" 2>/dev/null || true; break; }
+    sleep 0.1
+  done
+  rm -f "$RUN/$1.pid"
+  log "$1 stopped"
+}
+
+stop_workers() {
+  # Containers and processes of this cluster, found by label / environment.
+  if command -v docker >/dev/null; then
+    local ids; ids=$(timeout 10 docker ps -aq --filter "label=rideshare.cluster=$CLUSTER_ID" 2>/dev/null || true)
+    [ -z "$ids" ] || { docker rm -f $ids >/dev/null; log "worker containers removed"; }
+  fi
+  local p
+  for p in /proc/[0-9]*; do
+    if tr '\0' '\n' < "$p/environ" 2>/dev/null | grep -qx "RIDESHARE_CLUSTER=$CLUSTER_ID"; then
+      kill -9 "${p#/proc/}" 2>/dev/null || true
+    fi
+  done
+}
+
+down() {
+  scripts/lb.sh stop || true
+  stop_pid users-api
+  stop_pid rides-api
+  stop_pid orchestrator
+  stop_workers
+  scripts/infra.sh down
+}
+
+status() {
+  scripts/infra.sh status
+  local n
+  for n in orchestrator users-api rides-api; do
+    if running "$n"; then echo "$(printf '%-11s' "$n") up    pid $(cat "$RUN/$n.pid")"; else echo "$(printf '%-11s' "$n") down"; fi
+  done
+  scripts/lb.sh status || true
+  if running orchestrator; then
+    echo "workers    $(curl -fsS -m 5 "http://$ORCH_ADDR/api/v1/worker/list" 2>/dev/null || echo '(no answer)')"
+  fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
