@@ -90,7 +90,7 @@ stop_workers() {
   fi
   local p
   for p in /proc/[0-9]*; do
-    if tr '\0' '\n' < "$p/environ" 2>/dev/null | grep -qx "RIDESHARE_CLUSTER=$CLUSTER_ID"; then
+    if { tr '\0' '\n' < "$p/environ"; } 2>/dev/null | grep -qx "RIDESHARE_CLUSTER=$CLUSTER_ID"; then
       kill -9 "${p#/proc/}" 2>/dev/null || true
     fi
   done
