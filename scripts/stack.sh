@@ -111,7 +111,7 @@ status() {
   for n in orchestrator users-api rides-api; do
     if running "$n"; then echo "$(printf '%-11s' "$n") up    pid $(cat "$RUN/$n.pid")"; else echo "$(printf '%-11s' "$n") down"; fi
   done
-  scripts/lb.sh status || true
+  if scripts/lb.sh status >/dev/null 2>&1; then echo "lb          up    http://127.0.0.1:$LB_PORT (access log $LB_DIR/logs/access.log)"; else echo "lb          down"; fi
   if running orchestrator; then
     echo "workers    $(curl -fsS -m 5 "http://$ORCH_ADDR/api/v1/worker/list" 2>/dev/null || echo '(no answer)')"
   fi
