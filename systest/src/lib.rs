@@ -312,6 +312,11 @@ impl Stack {
         self.wait_ready().await
     }
 
+    /// The orchestrator's OS pid while it runs (for RSS/CPU measurements).
+    pub fn orchestrator_pid(&self) -> Option<u32> {
+        self.orch.as_ref().map(|c| c.id())
+    }
+
     /// Pids (host view) of this stack's workers, found without the orchestrator.
     pub fn worker_processes(&self) -> Vec<u32> {
         match self.runtime {
