@@ -42,6 +42,16 @@ struct Member {
     started: Instant,
     /// When its znode was first seen missing while the process still ran.
     missing_since: Option<Instant>,
+    /// Its znode has been seen: from then on, a missing znode means trouble.
+    registered: bool,
+    /// It reported role slave (caught up, serving reads) at least once.
+    serving: bool,
+}
+
+impl Member {
+    fn new(pid: u32, role: MemberRole) -> Member {
+        Member { pid, role, stopping: false, started: Instant::now(), missing_since: None, registered: false, serving: false }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -77,7 +87,18 @@ pub struct Cluster {
     rpc: Arc<Rpc>,
     state: Mutex<State>,
     next_id: AtomicU64,
+    /// The master's sequence number when this orchestrator adopted a running
+    /// cluster: writes acknowledged by a previous orchestrator are at or below
+    /// it, so reads use it as their first floor.
+    adopted_seq: AtomicU64,
 }
+
+/// A worker that has not registered by then is declared failed.
+const NEVER_REGISTERED: Duration = Duration::from_secs(60);
+
+/// How long a failover waits for a catching-up slave to become promotable
+/// when no slave is caught up yet.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a znode may be missing while its process runs before the worker
 /// is declared failed (covers a ZooKeeper restart and re-registration).
@@ -100,6 +121,7 @@ impl Cluster {
             rpc,
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(base << 8),
+            adopted_seq: AtomicU64::new(0),
         });
         cluster.adopt_or_bootstrap().await?;
         tokio::spawn(cluster.clone().watch_exits());
@@ -139,12 +161,14 @@ impl Cluster {
             return self.bootstrap(&mut st).await;
         }
         let registered = self.zk_retry("listing worker znodes", || self.zk.workers()).await?;
+        let top = registered.values().map(|r| r.seq).max().unwrap_or(0);
+        self.adopted_seq.store(top, Ordering::SeqCst);
         for w in running {
             let role = if record.as_ref().is_some_and(|r| r.id == w.id) { MemberRole::Master } else { MemberRole::Slave };
             if role == MemberRole::Slave && !registered.contains_key(&w.id) {
                 warn!(worker = %w.id, pid = w.pid, "adopted worker has no znode yet");
             }
-            st.members.insert(w.id.clone(), Member { pid: w.pid, role, stopping: false, started: Instant::now(), missing_since: None });
+            st.members.insert(w.id.clone(), Member::new(w.pid, role));
             info!(worker = %w.id, pid = w.pid, ?role, "adopted running worker");
         }
         if st.master().is_none() {
@@ -163,7 +187,7 @@ impl Cluster {
         self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
         self.rpc.set_min_epoch(st.epoch);
         let pid = self.start_worker(&id, true).await?;
-        st.members.insert(id.clone(), Member { pid, role: MemberRole::Master, stopping: false, started: Instant::now(), missing_since: None });
+        st.members.insert(id.clone(), Member::new(pid, MemberRole::Master));
         info!(worker = %id, pid, epoch = st.epoch, "master started");
         self.fill_slaves(st).await;
         Ok(())
@@ -191,7 +215,7 @@ impl Cluster {
     async fn start_slave(&self, st: &mut State) -> Result<()> {
         let id = self.new_id();
         let pid = self.start_worker(&id, false).await?;
-        st.members.insert(id.clone(), Member { pid, role: MemberRole::Slave, stopping: false, started: Instant::now(), missing_since: None });
+        st.members.insert(id.clone(), Member::new(pid, MemberRole::Slave));
         info!(worker = %id, pid, "slave started");
         Ok(())
     }
@@ -209,13 +233,24 @@ impl Cluster {
     /// Promote the lowest-pid caught-up slave (SPEC section 8); the new epoch
     /// fences the old master. The caller removed the old master already.
     async fn failover(&self, st: &mut State, how: Detected) -> Result<()> {
-        let registered = self.zk.workers().await.unwrap_or_default();
-        let mut candidates: Vec<(u32, String)> = st
-            .slaves()
-            .filter(|(id, _)| registered.get(*id).map_or(registered.is_empty(), |r| r.role == Role::Slave))
-            .map(|(id, m)| (m.pid, id.clone()))
-            .collect();
-        candidates.sort();
+        let mut registered = self.zk.workers().await.unwrap_or_default();
+        // A slave that is still catching up (a replacement started just
+        // before the crash) turns promotable as soon as it has applied what
+        // was queued for it: wait for it, bounded, rather than start empty.
+        let wait_until = Instant::now() + CATCH_UP_WAIT;
+        let candidates = loop {
+            let mut candidates: Vec<(u32, String)> = st
+                .slaves()
+                .filter(|(id, _)| registered.get(*id).map_or(registered.is_empty(), |r| r.role == Role::Slave))
+                .map(|(id, m)| (m.pid, id.clone()))
+                .collect();
+            candidates.sort();
+            if !candidates.is_empty() || st.slaves().next().is_none() || Instant::now() >= wait_until {
+                break candidates;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            registered = self.zk.workers().await.unwrap_or_default();
+        };
         let Some((pid, id)) = candidates.first().cloned() else {
             error!(?how, "no caught-up slave to promote: starting an empty master (data held by the lost master is gone)");
             return self.bootstrap(st).await;
@@ -345,6 +380,7 @@ impl Cluster {
     }
 
     async fn reconcile(&self) -> Result<()> {
+        let listed_at = Instant::now();
         let running = self.runtime.list().await.map_err(|e| anyhow!("listing workers: {e}"))?;
         let registered = match self.zk.workers().await {
             Ok(r) if self.zk.healthy().await => Some(r),
@@ -356,13 +392,33 @@ impl Cluster {
         let ids: Vec<String> = st.members.keys().cloned().collect();
         for id in ids {
             if !running.iter().any(|w| w.id == id) {
+                // Started while we waited for the lock (a scale-out holds it
+                // while it starts slaves): newer than the listing, not gone.
+                if st.members.get(&id).is_some_and(|m| m.started > listed_at) {
+                    continue;
+                }
                 self.handle_loss(&mut st, &id, Detected::NotRunning).await;
                 continue;
             }
             let Some(reg) = &registered else { continue };
             let Some(m) = st.members.get_mut(&id) else { continue };
-            if reg.contains_key(&id) || m.stopping || now.duration_since(m.started) < Duration::from_secs(20) {
+            if let Some(rec) = reg.get(&id) {
+                m.registered = true;
                 m.missing_since = None;
+                if rec.role == Role::Slave && !m.serving {
+                    m.serving = true;
+                    info!(worker = %id, pid = m.pid, seq = rec.seq, after_ms = m.started.elapsed().as_millis() as u64, "slave caught up and serving reads");
+                }
+                continue;
+            }
+            if m.stopping {
+                continue;
+            }
+            if !m.registered {
+                if now.duration_since(m.started) > NEVER_REGISTERED {
+                    warn!(worker = %id, pid = m.pid, "worker never registered in zookeeper");
+                    self.handle_loss(&mut st, &id, Detected::ZnodeGone).await;
+                }
                 continue;
             }
             let since = *m.missing_since.get_or_insert(now);
@@ -389,6 +445,11 @@ impl Cluster {
 
     pub async fn epoch(&self) -> u64 {
         self.state.lock().await.epoch
+    }
+
+    /// See `adopted_seq`.
+    pub fn adopted_seq(&self) -> u64 {
+        self.adopted_seq.load(Ordering::SeqCst)
     }
 
     pub fn runtime_name(&self) -> &'static str {
