@@ -44,10 +44,10 @@ install() {
 # Environment shared by rabbitmq-server and rabbitmqctl (same node, same cookie).
 rmq_env() {
   export HOME=$RMQ_DIR
-  export RABBITMQ_NODENAME=rideshare@localhost
+  if [ "$AMQP_PORT" = 5672 ]; then export RABBITMQ_NODENAME=rideshare@localhost; else export RABBITMQ_NODENAME=rideshare$AMQP_PORT@localhost; fi
   export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
   export RABBITMQ_NODE_PORT=$AMQP_PORT
-  export RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000))
+  export RABBITMQ_DIST_PORT=${RABBITMQ_DIST_PORT:-$((AMQP_PORT + 20000))}
   export RABBITMQ_MNESIA_BASE=$RMQ_DIR/mnesia
   export RABBITMQ_LOG_BASE=$RMQ_DIR/log
   export RABBITMQ_CONFIG_FILE=$RMQ_DIR/rabbitmq

@@ -72,7 +72,7 @@ impl Config {
         }
         Ok(Config {
             addr: var("ORCH_ADDR").unwrap_or_else(|| "127.0.0.1:8090".into()).parse().context("ORCH_ADDR")?,
-            amqp_url: var("AMQP_URL").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5".into()),
+            amqp_url: var("AMQP_URL").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=2".into()),
             zk_addr: var("ZK_ADDR").unwrap_or_else(|| "127.0.0.1:2181".into()),
             zk_root,
             zk_session_timeout: Duration::from_millis(num("ZK_SESSION_TIMEOUT_MS", 4000)?),

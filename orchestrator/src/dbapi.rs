@@ -39,8 +39,10 @@ pub struct DbApi {
 }
 
 impl DbApi {
-    pub fn new(rpc: Arc<Rpc>, read_timeout: Duration, write_timeout: Duration) -> Self {
-        DbApi { rpc, read_timeout, write_timeout, floor: AtomicU64::new(0) }
+    /// `floor`: the sequence number reads must at least see from the start
+    /// (non-zero when adopting a cluster that already took writes).
+    pub fn new(rpc: Arc<Rpc>, read_timeout: Duration, write_timeout: Duration, floor: u64) -> Self {
+        DbApi { rpc, read_timeout, write_timeout, floor: AtomicU64::new(floor) }
     }
 
     pub async fn read(&self, req: ReadRequest) -> Result<ReadResponse, ApiError> {

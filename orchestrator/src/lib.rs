@@ -22,7 +22,7 @@ pub async fn run(cfg: config::Config) -> Result<()> {
     let reads = Arc::new(autoscale::ReadCounter::default());
     tokio::spawn(autoscale::run(reads.clone(), cluster.clone(), cfg.scale));
     let app = Arc::new(http::App {
-        db: dbapi::DbApi::new(rpc, cfg.read_timeout, cfg.write_timeout),
+        db: dbapi::DbApi::new(rpc, cfg.read_timeout, cfg.write_timeout, cluster.adopted_seq()),
         cluster,
         reads,
         admin_token: cfg.admin_token.clone(),

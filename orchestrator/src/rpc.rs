@@ -128,7 +128,7 @@ impl Rpc {
                 Err(e) => warn!(error = %e, "rabbitmq unreachable; retrying"),
             }
             if let Some(old) = self.link.write().await.take() {
-                let _ = old.conn.close(200, "reconnecting".into()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), old.conn.close(200, "reconnecting".into())).await;
             }
             // Dropping the senders wakes every waiter with an error (503).
             self.pending.lock().expect("pending lock").clear();

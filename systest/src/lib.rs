@@ -35,6 +35,9 @@ pub struct StackOptions {
     pub admin_token: Option<String>,
     /// Extra environment for the orchestrator (e.g. timeouts).
     pub orchestrator_env: Vec<(String, String)>,
+    /// Run this stack on its own RabbitMQ and ZooKeeper (on free ports), so a
+    /// test may restart them without disturbing other tests.
+    pub dedicated_infra: bool,
 }
 
 impl Default for StackOptions {
@@ -48,6 +51,7 @@ impl Default for StackOptions {
             max_slaves: 10,
             admin_token: None,
             orchestrator_env: vec![],
+            dedicated_infra: false,
         }
     }
 }
@@ -66,6 +70,8 @@ pub struct Stack {
     pub amqp_url: String,
     pub runtime: WorkerRuntime,
     orchestrator_env: Vec<(String, String)>,
+    /// Set when the stack runs on its own RabbitMQ/ZooKeeper.
+    infra: Option<Infra>,
     orch: Option<Child>,
     services: Vec<Child>,
     lb_started: bool,
@@ -137,6 +143,30 @@ where
     }
 }
 
+/// A RabbitMQ + ZooKeeper pair of one stack's own (see `dedicated_infra`).
+pub struct Infra {
+    pub amqp_port: u16,
+    pub zk_port: u16,
+    dist_port: u16,
+    dir: PathBuf,
+}
+
+impl Infra {
+    fn script(&self, what: &str) -> Result<()> {
+        let st = Command::new(root().join("scripts/infra.sh"))
+            .arg(what)
+            .env("VAR_DIR", &self.dir)
+            .env("AMQP_PORT", self.amqp_port.to_string())
+            .env("ZK_PORT", self.zk_port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .status()?;
+        if !st.success() {
+            bail!("scripts/infra.sh {what} failed for {}", self.dir.display());
+        }
+        Ok(())
+    }
+}
+
 impl Stack {
     pub fn http() -> reqwest::Client {
         static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
@@ -156,10 +186,22 @@ impl Stack {
         let name = unique_name();
         let dir = root().join("var/test").join(&name);
         std::fs::create_dir_all(&dir)?;
-        let st = Command::new(root().join("scripts/infra.sh")).args(["vhost", &name]).status()?;
-        if !st.success() {
+        let infra = if opts.dedicated_infra {
+            let infra = Infra { amqp_port: free_port(), zk_port: free_port(), dist_port: free_port(), dir: dir.join("infra") };
+            infra.script("up")?;
+            Some(infra)
+        } else {
+            None
+        };
+        let mut vhost = Command::new(root().join("scripts/infra.sh"));
+        vhost.args(["vhost", &name]);
+        if let Some(i) = &infra {
+            vhost.env("VAR_DIR", &i.dir).env("AMQP_PORT", i.amqp_port.to_string()).env("RABBITMQ_DIST_PORT", i.dist_port.to_string());
+        }
+        if !vhost.status()?.success() {
             bail!("creating vhost {name} failed");
         }
+        let (amqp_port, zk_port) = infra.as_ref().map_or((5672, 2181), |i| (i.amqp_port, i.zk_port));
         let orch_port = free_port();
         let mut stack = Stack {
             orchestrator: format!("http://127.0.0.1:{orch_port}"),
@@ -168,10 +210,11 @@ impl Stack {
             lb: String::new(),
             rides_public_url: String::new(),
             zk_root: format!("/{name}"),
-            amqp_url: format!("amqp://guest:guest@127.0.0.1:5672/{name}?heartbeat=5"),
+            amqp_url: format!("amqp://guest:guest@127.0.0.1:{amqp_port}/{name}?heartbeat=2"),
             dir,
             runtime: opts.runtime,
             orchestrator_env: vec![],
+            infra,
             orch: None,
             services: vec![],
             lb_started: false,
@@ -180,7 +223,7 @@ impl Stack {
         let mut env: Vec<(String, String)> = vec![
             ("ORCH_ADDR".into(), format!("127.0.0.1:{orch_port}")),
             ("AMQP_URL".into(), stack.amqp_url.clone()),
-            ("ZK_ADDR".into(), "127.0.0.1:2181".into()),
+            ("ZK_ADDR".into(), format!("127.0.0.1:{zk_port}")),
             ("ZK_ROOT".into(), stack.zk_root.clone()),
             ("CLUSTER_ID".into(), stack.name.clone()),
             ("WORKER_RUNTIME".into(), match opts.runtime { WorkerRuntime::Process => "process", WorkerRuntime::Docker => "docker" }.into()),
@@ -317,6 +360,16 @@ impl Stack {
         self.orch.as_ref().map(|c| c.id())
     }
 
+    /// Restart this stack's own RabbitMQ (needs `dedicated_infra`).
+    pub fn restart_rabbitmq(&self) -> Result<()> {
+        self.infra.as_ref().context("restart_rabbitmq needs dedicated_infra")?.script("restart-rabbitmq")
+    }
+
+    /// Restart this stack's own ZooKeeper (needs `dedicated_infra`).
+    pub fn restart_zookeeper(&self) -> Result<()> {
+        self.infra.as_ref().context("restart_zookeeper needs dedicated_infra")?.script("restart-zookeeper")
+    }
+
     /// Pids (host view) of this stack's workers, found without the orchestrator.
     pub fn worker_processes(&self) -> Vec<u32> {
         match self.runtime {
@@ -324,6 +377,38 @@ impl Stack {
             WorkerRuntime::Docker => docker_pids(&self.name),
         }
     }
+}
+
+/// A live worker of a process-runtime stack: its pid, id and database file.
+#[derive(Debug, Clone)]
+pub struct LiveWorker {
+    pub pid: u32,
+    pub id: String,
+    pub db: PathBuf,
+}
+
+impl Stack {
+    /// The live workers of a process-runtime stack, found from /proc.
+    pub fn live_workers(&self) -> Vec<LiveWorker> {
+        processes_with_env("RIDESHARE_CLUSTER", &self.name)
+            .into_iter()
+            .filter_map(|pid| {
+                let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+                let id = env.split(|b| *b == 0).find_map(|kv| kv.strip_prefix(b"WORKER_ID="))?;
+                let id = String::from_utf8_lossy(id).into_owned();
+                let db = self.dir.join("workers").join(&id).join("worker.db");
+                Some(LiveWorker { pid, id, db })
+            })
+            .collect()
+    }
+}
+
+/// Open a worker's SQLite file read-only (it keeps running and writing).
+pub fn open_db(path: &Path) -> Result<rusqlite::Connection> {
+    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("opening {}", path.display()))?;
+    c.busy_timeout(Duration::from_secs(5))?;
+    Ok(c)
 }
 
 /// Processes of ours whose environment has `key=value`.
@@ -378,6 +463,9 @@ impl Drop for Stack {
             .arg("-c")
             .arg(format!("docker ps -aq --filter label=rideshare.cluster={} | xargs -r docker rm -f >/dev/null 2>&1", self.name))
             .status();
+        if let Some(infra) = &self.infra {
+            let _ = infra.script("down");
+        }
     }
 }
 

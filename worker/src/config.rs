@@ -46,7 +46,7 @@ impl Config {
         }
         Ok(Config {
             worker_id,
-            amqp_url: env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5"),
+            amqp_url: env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=2"),
             zk_addr: env_or("ZK_ADDR", "127.0.0.1:2181"),
             zk_root: env_or("ZK_ROOT", "/rideshare"),
             db_path: PathBuf::from(env_or("DB_PATH", "worker.db")),

@@ -103,7 +103,9 @@ async fn session(
     client.mkdir(&workers_path(&cfg.zk_root), &persistent()).await?;
     let me = worker_path(&cfg.zk_root, &cfg.worker_id);
     let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-    let data = serde_json::to_vec(&*record_rx.borrow_and_update()).expect("record serializes");
+    let first = record_rx.borrow_and_update().clone();
+    let mut last_role = first.role;
+    let data = serde_json::to_vec(&first).expect("record serializes");
     match client.create(&me, &data, &ephemeral).await {
         Ok(_) => {}
         // Left by our own previous session, which has not expired yet.
@@ -150,8 +152,16 @@ async fn session(
                     if r.is_err() {
                         return Ok(());
                     }
-                    let data = serde_json::to_vec(&*record_rx.borrow_and_update()).expect("record serializes");
-                    client.set_data(&me, &data, None).await?;
+                    // Progress alone is published at most every 100 ms (one
+                    // ZooKeeper write per database write would be too many);
+                    // a role change goes out at once.
+                    let role = record_rx.borrow().role;
+                    if role == last_role {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    let rec = record_rx.borrow_and_update().clone();
+                    last_role = rec.role;
+                    client.set_data(&me, &serde_json::to_vec(&rec).expect("record serializes"), None).await?;
                 }
                 _ = renew.tick() => {
                     // A round trip proves the session is alive right now.

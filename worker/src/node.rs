@@ -124,8 +124,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             None => match slave::run(&conn, &shared, stop.clone()).await {
                 Ok(SlaveExit::Promoted { db, epoch }) => {
                     info!(worker = %shared.cfg.worker_id, epoch, seq = shared.applied_seq(), "promoted to master");
-                    master_db = Some((db, epoch));
-                    Ok(())
+                    master_db = Some((db.clone(), epoch));
+                    // Straight on as master, on the same connection: writes wait.
+                    match master::run(&conn, db, &shared, epoch, stop.clone()).await {
+                        Ok(MasterExit::Deposed) => std::process::exit(EXIT_DEPOSED),
+                        Ok(MasterExit::Stopped) => Ok(()),
+                        Err(e) => Err(e),
+                    }
                 }
                 Ok(SlaveExit::Stopped) => Ok(()),
                 Err(e) => Err(e),
@@ -135,7 +140,8 @@ pub async fn run(cfg: Config) -> Result<()> {
             warn!(worker = %shared.cfg.worker_id, error = format!("{e:#}"), "role ended; reconnecting");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        conn.close(200, "worker leaving".into()).await.ok();
+        // A connection in a broken state may never confirm its close.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "worker leaving".into())).await;
     }
 }
 

@@ -123,7 +123,7 @@ pub async fn run(conn: &Connection, shared: &Shared, mut stop: tokio::sync::watc
     // channel closes, so another slave answers them.
     read_ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
     while in_flight.join_next().await.is_some() {}
-    read_ch.close(200, "leaving read side".into()).await.ok();
+    let _ = tokio::time::timeout(Duration::from_secs(2), read_ch.close(200, "leaving read side".into())).await;
 
     match exit {
         Ok(SlaveExit::Promoted { db, epoch }) => {
@@ -168,7 +168,7 @@ async fn fetch_snapshot(conn: &Connection, id: &str) -> Result<(Vec<u8>, Snapsho
                 let header: SnapshotHeader = serde_json::from_slice(&d.data[..nl])?;
                 let mut bytes = d.data;
                 bytes.drain(..=nl);
-                ch.close(200, "snapshot received".into()).await.ok();
+                let _ = tokio::time::timeout(Duration::from_secs(2), ch.close(200, "snapshot received".into())).await;
                 return Ok((bytes, header));
             }
             Ok(None) => bail!("snapshot reply queue closed"),

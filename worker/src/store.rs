@@ -9,7 +9,7 @@
 //!   delivered again (broker redelivery, failover replay).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
@@ -189,30 +189,70 @@ pub fn apply_changes(conn: &mut Connection, changes: &[Change]) -> Result<Positi
 
 /// Read connections, one per concurrent query; SQLite connections are not
 /// shareable across threads at once, and opening one per read is too slow.
+///
+/// The number of connections is capped (default: twice the cores, at least
+/// 4; `READER_CONNECTIONS` overrides): each one keeps its own page cache, so
+/// one per read in flight (up to the `readQ` prefetch, 64) cost tens of MB of
+/// RSS while two cores cannot run more than two queries at once anyway. A read
+/// that finds every connection busy waits for one to be handed back.
 pub struct ReaderPool {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    max: usize,
+    state: Mutex<PoolState>,
+    returned: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<Connection>,
+    /// Connections that exist (idle, in use or being opened).
+    open: usize,
 }
 
 impl ReaderPool {
     pub fn new(path: &Path) -> Self {
-        ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let max = std::env::var("READER_CONNECTIONS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or((2 * cores).max(4));
+        ReaderPool { path: path.to_owned(), max, state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }), returned: Condvar::new() }
     }
 
     /// Run a read on a pooled connection (blocking: call from `spawn_blocking`).
     pub fn read(&self, r: &Read) -> Result<(Vec<Row>, Position)> {
-        let conn = match self.idle.lock().expect("pool lock").pop() {
-            Some(c) => c,
-            None => {
-                let c = Connection::open(&self.path)?;
-                c.busy_timeout(Duration::from_secs(5))?;
-                c.execute_batch("PRAGMA query_only=ON;")?;
-                c
-            }
-        };
+        let conn = self.take()?;
         let result = read_on(&conn, r);
-        self.idle.lock().expect("pool lock").push(conn);
+        self.state.lock().expect("pool lock").idle.push(conn);
+        self.returned.notify_one();
         result
+    }
+
+    fn take(&self) -> Result<Connection> {
+        let mut st = self.state.lock().expect("pool lock");
+        loop {
+            if let Some(c) = st.idle.pop() {
+                return Ok(c);
+            }
+            if st.open < self.max {
+                st.open += 1;
+                drop(st);
+                let opened = Self::open(&self.path);
+                if opened.is_err() {
+                    self.state.lock().expect("pool lock").open -= 1;
+                    self.returned.notify_one();
+                }
+                return opened;
+            }
+            st = self.returned.wait(st).expect("pool lock");
+        }
+    }
+
+    fn open(path: &Path) -> Result<Connection> {
+        let c = Connection::open(path)?;
+        c.busy_timeout(Duration::from_secs(5))?;
+        c.execute_batch("PRAGMA query_only=ON;")?;
+        Ok(c)
     }
 }
 
