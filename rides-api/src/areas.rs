@@ -32,7 +32,7 @@ pub fn parse_str(s: &str) -> Result<i64, AreaError> {
         return Err(AreaError::NotANumber);
     }
     // Too many digits for a u64 is just another area that does not exist.
-    let unknown = || AreaError::Unknown(crate::http::short(s));
+    let unknown = || AreaError::Unknown(svc_common::http::short(s));
     let n: u64 = s.parse().map_err(|_| unknown())?;
     known(n).ok_or_else(unknown)
 }

@@ -4,37 +4,42 @@
 //! SPEC wants 405 for a known route with another method and 404 otherwise,
 //! `/api/v1/rides/count` to be its own route next to `/api/v1/rides/{rideId}`,
 //! and every `/api/v1/rides*` request counted whatever its fate.
+//!
+//! `/api/v1/_count`, `/api/v1/db/clear` and `/health` are the same in both
+//! services and answered by `svc_common::housekeeping` before these routes.
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use warp::http::{Method, StatusCode};
-use warp::path::FullPath;
 use warp::reply::Response;
-use warp::Filter;
 use wire::{Condition, Op, ReadRequest, Row, WriteRequest};
 
-use crate::count::Counter;
-use crate::db::{Db, DbError};
-use crate::http::{self, Body};
+use svc_common::housekeeping;
+use svc_common::http::{self, Body, Request};
+use svc_common::orchestrator_client::{Db, DbError};
+use svc_common::request_count::RequestCounter;
+
 use crate::user_check::UserCheck;
 use crate::{areas, timestamp};
+
+/// SPEC section 4: what `_count` counts.
+const COUNTED: &str = "/api/v1/rides";
 
 pub struct State {
     pub db: Db,
     pub users: UserCheck,
-    pub count: Counter,
+    pub count: RequestCounter,
 }
 
-pub fn routes(
-    state: Arc<State>,
-) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
-    warp::method()
-        .and(warp::path::full())
-        .and(http::raw_query())
-        .and(http::body())
-        .and(warp::any().map(move || state.clone()))
-        .then(handle)
+impl State {
+    pub fn new(db: Db, users: UserCheck) -> State {
+        State {
+            db,
+            users,
+            count: RequestCounter::new(COUNTED),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -43,51 +48,28 @@ enum Route {
     RideCount,
     /// The raw segment; whether it is a number is the handler's 400 to give.
     Ride(String),
-    Clear,
-    Count,
-    Health,
 }
 
 impl Route {
     fn of(path: &str) -> Option<Route> {
         match path {
-            "/api/v1/rides" => return Some(Route::Rides),
-            "/api/v1/rides/count" => return Some(Route::RideCount),
-            "/api/v1/db/clear" => return Some(Route::Clear),
-            "/api/v1/_count" => return Some(Route::Count),
-            "/health" => return Some(Route::Health),
-            _ => {}
+            "/api/v1/rides" => Some(Route::Rides),
+            "/api/v1/rides/count" => Some(Route::RideCount),
+            _ => http::item_segment(path, "/api/v1/rides/").map(Route::Ride),
         }
-        let id = path.strip_prefix("/api/v1/rides/")?;
-        if id.is_empty() || id.contains('/') {
-            return None;
-        }
-        Some(Route::Ride(http::decode_segment(id)))
     }
 }
 
-/// SPEC section 4: what `_count` counts.
-fn counted(path: &str) -> bool {
-    path.starts_with("/api/v1/rides")
-}
-
-async fn handle(
-    method: Method,
-    path: FullPath,
-    query: String,
-    body: Body,
-    st: Arc<State>,
-) -> Response {
-    let path = path.as_str();
-    if counted(path) {
-        st.count.hit();
+pub async fn handle(req: Request, st: Arc<State>) -> Response {
+    if let Some(answer) = housekeeping::intercept(&req.method, &req.path, &st.db, &st.count).await {
+        return answer.unwrap_or_else(|e| Fail::from(e).into_response());
     }
-    let Some(route) = Route::of(path) else {
+    let Some(route) = Route::of(&req.path) else {
         return http::not_found();
     };
-    let result = match (route, method) {
-        (Route::Rides, Method::POST) => create(&st, body).await,
-        (Route::Rides, Method::GET) => upcoming(&st, &query).await,
+    let result = match (route, req.method) {
+        (Route::Rides, Method::POST) => create(&st, req.body).await,
+        (Route::Rides, Method::GET) => upcoming(&st, &req.query).await,
         (Route::Rides, _) => Ok(http::method_not_allowed("GET, POST")),
         (Route::RideCount, Method::GET) => st
             .db
@@ -97,24 +79,9 @@ async fn handle(
             .map_err(Fail::from),
         (Route::RideCount, _) => Ok(http::method_not_allowed("GET")),
         (Route::Ride(id), Method::GET) => details(&st, &id).await,
-        (Route::Ride(id), Method::POST) => join(&st, &id, body).await,
+        (Route::Ride(id), Method::POST) => join(&st, &id, req.body).await,
         (Route::Ride(id), Method::DELETE) => delete(&st, &id).await,
         (Route::Ride(_), _) => Ok(http::method_not_allowed("GET, POST, DELETE")),
-        (Route::Clear, Method::POST) => st
-            .db
-            .clear()
-            .await
-            .map(|()| http::empty_object(StatusCode::OK))
-            .map_err(Fail::from),
-        (Route::Clear, _) => Ok(http::method_not_allowed("POST")),
-        (Route::Count, Method::GET) => Ok(http::json(StatusCode::OK, &[st.count.get()])),
-        (Route::Count, Method::DELETE) => {
-            st.count.reset();
-            Ok(http::empty_object(StatusCode::OK))
-        }
-        (Route::Count, _) => Ok(http::method_not_allowed("GET, DELETE")),
-        (Route::Health, Method::GET) => Ok(http::empty_object(StatusCode::OK)),
-        (Route::Health, _) => Ok(http::method_not_allowed("GET")),
     };
     result.unwrap_or_else(Fail::into_response)
 }
@@ -364,11 +331,10 @@ mod tests {
     /// Nobody listens on port 9: only routes that never reach a backend
     /// answer something other than 503.
     fn state() -> Arc<State> {
-        Arc::new(State {
-            db: Db::new("http://127.0.0.1:9", None).unwrap(),
-            users: UserCheck::new("http://127.0.0.1:9", "http://127.0.0.1:8082").unwrap(),
-            count: Counter::default(),
-        })
+        Arc::new(State::new(
+            Db::new("http://127.0.0.1:9", None).unwrap(),
+            UserCheck::new("http://127.0.0.1:9", "http://127.0.0.1:8082").unwrap(),
+        ))
     }
 
     #[test]
@@ -393,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn validation_before_any_backend() {
         let st = state();
-        let r = routes(st.clone());
+        let r = http::routes(st.clone(), handle);
         let status = |method: &str, path: &str, body: String| {
             let req = warp::test::request().method(method).path(path).body(body);
             let r = r.clone();

@@ -4,100 +4,68 @@
 //! combinators: SPEC wants 405 for a known route with another method and 404
 //! otherwise, and every `/api/v1/users*` request counted whatever its fate,
 //! which is one `match` here but a tangle of rejections in warp.
+//!
+//! `/api/v1/_count`, `/api/v1/db/clear` and `/health` are the same in both
+//! services and answered by `svc_common::housekeeping` before these routes.
 
 use std::sync::Arc;
 
 use warp::http::{Method, StatusCode};
-use warp::path::FullPath;
 use warp::reply::Response;
-use warp::Filter;
 use wire::{Condition, ReadRequest, WriteRequest};
 
-use crate::count::Counter;
-use crate::db::{Db, DbError};
-use crate::http::{self, Body};
+use svc_common::housekeeping;
+use svc_common::http::{self, Body, Request};
+use svc_common::orchestrator_client::{Db, DbError};
+use svc_common::request_count::RequestCounter;
+
 use crate::validate;
+
+/// SPEC section 4: what `_count` counts.
+const COUNTED: &str = "/api/v1/users";
 
 pub struct State {
     pub db: Db,
-    pub count: Counter,
+    pub count: RequestCounter,
 }
 
-pub fn routes(
-    state: Arc<State>,
-) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
-    warp::method()
-        .and(warp::path::full())
-        .and(http::raw_query())
-        .and(http::body())
-        .and(warp::any().map(move || state.clone()))
-        .then(handle)
+impl State {
+    pub fn new(db: Db) -> State {
+        State {
+            db,
+            count: RequestCounter::new(COUNTED),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     Users,
     User(String),
-    Clear,
-    Count,
-    Health,
 }
 
 impl Route {
     fn of(path: &str) -> Option<Route> {
-        match path {
-            "/api/v1/users" => return Some(Route::Users),
-            "/api/v1/db/clear" => return Some(Route::Clear),
-            "/api/v1/_count" => return Some(Route::Count),
-            "/health" => return Some(Route::Health),
-            _ => {}
+        if path == "/api/v1/users" {
+            return Some(Route::Users);
         }
-        let name = path.strip_prefix("/api/v1/users/")?;
-        if name.is_empty() || name.contains('/') {
-            return None;
-        }
-        Some(Route::User(http::decode_segment(name)))
+        http::item_segment(path, "/api/v1/users/").map(Route::User)
     }
 }
 
-/// SPEC section 4: what `_count` counts.
-fn counted(path: &str) -> bool {
-    path.starts_with("/api/v1/users")
-}
-
-async fn handle(
-    method: Method,
-    path: FullPath,
-    query: String,
-    body: Body,
-    st: Arc<State>,
-) -> Response {
-    let path = path.as_str();
-    if counted(path) {
-        st.count.hit();
+pub async fn handle(req: Request, st: Arc<State>) -> Response {
+    if let Some(answer) = housekeeping::intercept(&req.method, &req.path, &st.db, &st.count).await {
+        return answer.unwrap_or_else(db_error);
     }
-    let Some(route) = Route::of(path) else {
+    let Some(route) = Route::of(&req.path) else {
         return http::not_found();
     };
-    match (route, method) {
-        (Route::Users, Method::PUT) => create(&st, body).await,
-        (Route::Users, Method::GET) => list(&st, &query).await,
+    match (route, req.method) {
+        (Route::Users, Method::PUT) => create(&st, req.body).await,
+        (Route::Users, Method::GET) => list(&st, &req.query).await,
         (Route::Users, _) => http::method_not_allowed("GET, PUT"),
         (Route::User(name), Method::DELETE) => delete(&st, name).await,
         (Route::User(_), _) => http::method_not_allowed("DELETE"),
-        (Route::Clear, Method::POST) => match st.db.clear().await {
-            Ok(()) => http::empty_object(StatusCode::OK),
-            Err(e) => db_error(e),
-        },
-        (Route::Clear, _) => http::method_not_allowed("POST"),
-        (Route::Count, Method::GET) => http::json(StatusCode::OK, &[st.count.get()]),
-        (Route::Count, Method::DELETE) => {
-            st.count.reset();
-            http::empty_object(StatusCode::OK)
-        }
-        (Route::Count, _) => http::method_not_allowed("GET, DELETE"),
-        (Route::Health, Method::GET) => http::empty_object(StatusCode::OK),
-        (Route::Health, _) => http::method_not_allowed("GET"),
     }
 }
 
@@ -183,10 +151,7 @@ mod tests {
     /// An orchestrator nobody listens on: routes that never reach the
     /// database can be checked without one.
     fn state() -> Arc<State> {
-        Arc::new(State {
-            db: Db::new("http://127.0.0.1:9", None).unwrap(),
-            count: Counter::default(),
-        })
+        Arc::new(State::new(Db::new("http://127.0.0.1:9", None).unwrap()))
     }
 
     #[test]
@@ -204,7 +169,7 @@ mod tests {
     #[tokio::test]
     async fn methods_counts_and_bad_bodies() {
         let st = state();
-        let r = routes(st.clone());
+        let r = http::routes(st.clone(), handle);
         let status = |method: &str, path: &str, body: &str| {
             let req = warp::test::request().method(method).path(path).body(body);
             let r = r.clone();

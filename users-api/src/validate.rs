@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::http::short;
+use svc_common::http::short;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewUser {

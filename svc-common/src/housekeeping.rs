@@ -1,0 +1,117 @@
+//! The routes every service has beside its own (SPEC sections 2-4):
+//! `/api/v1/db/clear`, `/api/v1/_count` and `/health`.
+//!
+//! A failed clear comes back as the [`DbError`] rather than a response, so
+//! each service answers and logs it the way it does its other database
+//! failures.
+
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+
+use crate::http;
+use crate::orchestrator_client::{Db, DbError};
+use crate::request_count::RequestCounter;
+
+/// What every request goes through before the service's own routes: it is
+/// counted first (SPEC section 4 counts 404s and 405s too), then answered
+/// here if it is housekeeping. `None` leaves it to the service.
+pub async fn intercept(
+    method: &Method,
+    path: &str,
+    db: &Db,
+    count: &RequestCounter,
+) -> Option<Result<Response, DbError>> {
+    count.observe(path);
+    Some(Housekeeping::of(path)?.answer(method, db, count).await)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Housekeeping {
+    Clear,
+    Count,
+    Health,
+}
+
+impl Housekeeping {
+    fn of(path: &str) -> Option<Housekeeping> {
+        match path {
+            "/api/v1/db/clear" => Some(Housekeeping::Clear),
+            "/api/v1/_count" => Some(Housekeeping::Count),
+            "/health" => Some(Housekeeping::Health),
+            _ => None,
+        }
+    }
+
+    async fn answer(
+        self,
+        method: &Method,
+        db: &Db,
+        count: &RequestCounter,
+    ) -> Result<Response, DbError> {
+        Ok(match (self, method) {
+            (Housekeeping::Clear, &Method::POST) => {
+                db.clear().await?;
+                http::empty_object(StatusCode::OK)
+            }
+            (Housekeeping::Clear, _) => http::method_not_allowed("POST"),
+            (Housekeeping::Count, &Method::GET) => http::json(StatusCode::OK, &[count.get()]),
+            (Housekeeping::Count, &Method::DELETE) => {
+                count.reset();
+                http::empty_object(StatusCode::OK)
+            }
+            (Housekeeping::Count, _) => http::method_not_allowed("GET, DELETE"),
+            (Housekeeping::Health, &Method::GET) => http::empty_object(StatusCode::OK),
+            (Housekeeping::Health, _) => http::method_not_allowed("GET"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A service with no routes of its own. Nobody listens on port 9, so a
+    /// clear that gets as far as the database fails.
+    struct State {
+        db: Db,
+        count: RequestCounter,
+    }
+
+    async fn handle(req: http::Request, st: Arc<State>) -> Response {
+        match intercept(&req.method, &req.path, &st.db, &st.count).await {
+            Some(answer) => answer.unwrap_or_else(|e| http::error(e.status(), e.to_string())),
+            None => http::not_found(),
+        }
+    }
+
+    #[tokio::test]
+    async fn answers() {
+        let st = Arc::new(State {
+            db: Db::new("http://127.0.0.1:9", None).unwrap(),
+            count: RequestCounter::new("/x"),
+        });
+        let r = http::routes(st.clone(), handle);
+        let call = |method: &str, path: &str| {
+            let req = warp::test::request().method(method).path(path);
+            let r = r.clone();
+            async move {
+                let resp = req.reply(&r).await;
+                let body = String::from_utf8(resp.body().to_vec()).unwrap();
+                (resp.status().as_u16(), body)
+            }
+        };
+        assert_eq!(call("GET", "/x").await.0, 404);
+        assert_eq!(call("GET", "/x/y").await.0, 404);
+        assert_eq!(call("GET", "/api/v1/_count").await, (200, "[2]".into()));
+        assert_eq!(call("PUT", "/api/v1/_count").await.0, 405);
+        assert_eq!(call("DELETE", "/api/v1/_count").await, (200, "{}".into()));
+        assert_eq!(st.count.get(), 0);
+        assert_eq!(call("GET", "/health").await, (200, "{}".into()));
+        assert_eq!(call("POST", "/health").await.0, 405);
+        assert_eq!(call("GET", "/api/v1/db/clear").await.0, 405);
+        assert_eq!(call("POST", "/api/v1/db/clear").await.0, 503);
+        assert_eq!(st.count.get(), 0);
+    }
+}
