@@ -484,7 +484,7 @@ async fn scale_in_under_read_load_loses_no_read() {
         .await;
     let burst_took = t_burst.elapsed();
     assert!(burst_failures.is_empty(), "{} burst reads failed: {:?}", burst_failures.len(), &burst_failures[..burst_failures.len().min(10)]);
-    assert!(burst_took < window / 2, "{BURST} reads took {burst_took:?}: too slow to fit in one {W}s window");
+    assert!(burst_took < window * 3 / 4, "{BURST} reads took {burst_took:?}: too slow to fit in one {W}s window");
     let up = next_decision(&stack, seen, window * 2 + Duration::from_secs(20)).await;
     seen += 1;
     eprintln!("decision: {} (burst of {BURST} took {burst_took:?})", up.line);

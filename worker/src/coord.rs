@@ -90,6 +90,12 @@ fn persistent() -> zk::CreateOptions<'static> {
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
 }
 
+/// The lease is only ever renewed for the worker the master record names: a
+/// deposed master that reconnects after a pause must not get it back.
+fn names_me(master: &watch::Sender<Option<MasterRecord>>, me: &str) -> bool {
+    master.borrow().as_ref().is_some_and(|r| r.id == me)
+}
+
 /// One ZooKeeper session, from connect to expiry.
 async fn session(
     cfg: &Config,
@@ -137,7 +143,9 @@ async fn session(
             }
             Err(e) => return Err(e),
         };
-        lease.renew(Instant::now());
+        if names_me(master_tx, &cfg.worker_id) {
+            lease.renew(Instant::now());
+        }
         let changed = watcher.changed();
         tokio::pin!(changed);
         loop {
@@ -166,7 +174,10 @@ async fn session(
                 _ = renew.tick() => {
                     // A round trip proves the session is alive right now.
                     let asked = Instant::now();
-                    if client.check_stat(&mpath).await.is_ok() && client.state() == zk::SessionState::SyncConnected {
+                    if client.check_stat(&mpath).await.is_ok()
+                        && client.state() == zk::SessionState::SyncConnected
+                        && names_me(master_tx, &cfg.worker_id)
+                    {
                         lease.renew(asked);
                     }
                 }

@@ -124,7 +124,12 @@ async fn handle_write(
             return Ok(());
         }
     };
-    // Fencing: without a fresh lease another master may exist already.
+    // Fencing: a newer master record, or no fresh lease, means another
+    // master may exist already.
+    if !still_master(shared, epoch) {
+        d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+        bail!("deposed: the master record names another worker");
+    }
     if !wait_for_lease(shared).await {
         d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
         bail!("lease lost: stopped taking writes");
@@ -156,13 +161,17 @@ async fn handle_write(
         }
     };
     // Checked again: the lease may have run out while we committed.
-    if !shared.coord.lease.valid() {
+    if !shared.coord.lease.valid() || !still_master(shared, epoch) {
         d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
         bail!("lease lost while writing: stopped taking writes");
     }
     crate::broker::reply(reply_ch, &d.properties, &reply).await?;
     d.acker.ack(BasicAckOptions::default()).await?;
     Ok(())
+}
+
+fn still_master(shared: &Shared, epoch: u64) -> bool {
+    shared.coord.master.borrow().as_ref().is_some_and(|r| r.id == shared.cfg.worker_id && r.epoch == epoch)
 }
 
 /// A short ZooKeeper hiccup should not drop writes: wait a little for the lease.
