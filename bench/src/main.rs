@@ -20,6 +20,7 @@
 //! bench [--duration SECS] [--warmup SECS] [--conc 1,16,64] [--users N]
 //!       [--slaves N] [--services] [--only read,eventual,write,services]
 //!       [--max-requests N] [--out PATH] [--label TEXT] [--hold SECS]
+//!       [--worker-bin PATH]
 //! ```
 
 use std::collections::BTreeMap;
@@ -49,6 +50,8 @@ struct Opts {
     label: String,
     /// Keep the stack up this long after the run (for attaching a profiler).
     hold_secs: u64,
+    /// Worker binary to run instead of target/release/worker (A/B comparisons).
+    worker_bin: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -64,6 +67,7 @@ fn parse_args() -> Result<Opts> {
         out: systest::root().join("bench/results/latest.json"),
         label: String::new(),
         hold_secs: 0,
+        worker_bin: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -80,6 +84,7 @@ fn parse_args() -> Result<Opts> {
             "--out" => o.out = PathBuf::from(val()?),
             "--label" => o.label = val()?,
             "--hold" => o.hold_secs = val()?.parse()?,
+            "--worker-bin" => o.worker_bin = Some(std::fs::canonicalize(val()?)?),
             "-h" | "--help" => {
                 println!("see bench/src/main.rs for the options");
                 std::process::exit(0);
@@ -181,6 +186,13 @@ fn processes(stack: &Stack) -> Vec<Proc> {
             out.push(Proc { name: c, pid });
         }
     }
+    // The load balancer stand-in: nginx's master and its worker processes.
+    if let Some(master) = std::fs::read_to_string(stack.dir.join("lb/nginx.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+        out.push(Proc { name: "nginx".into(), pid: master });
+        for (n, pid) in children(master).into_iter().enumerate() {
+            out.push(Proc { name: format!("nginx-w{}", n + 1), pid });
+        }
+    }
     if let Some(pid) = std::fs::read_to_string(systest::root().join("var/rabbitmq/rabbitmq.pid"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -188,6 +200,22 @@ fn processes(stack: &Stack) -> Vec<Proc> {
         out.push(Proc { name: "rabbitmq".into(), pid });
     }
     out.push(Proc { name: "bench".into(), pid: std::process::id() });
+    out
+}
+
+/// Pids whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    let mut out = vec![];
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
     out
 }
 
@@ -263,6 +291,10 @@ struct Cell {
     max_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_error: Option<String>,
+    /// CPU time of the system under test (every listed process but the
+    /// bench) per successful request, in µs: unlike ok/s it hardly depends on
+    /// what else runs on the machine.
+    sut_cpu_us_per_req: f64,
     /// % of one core used during the cell, per process; `machine_busy_cores`
     /// is the whole machine's.
     cpu: BTreeMap<String, f64>,
@@ -384,9 +416,15 @@ async fn cell(
         p99_ms: pct(&lat, 0.99),
         max_ms: pct(&lat, 1.0),
         first_error: results.iter().find_map(|r| r.first_error.clone()),
+        sut_cpu_us_per_req: 0.0,
         cpu: cpu_between(&a, &b),
         loadavg: loadavg(),
     };
+    let mut c = c;
+    let sut: f64 = procs.iter().filter(|p| p.name != "bench").filter_map(|p| c.cpu.get(&p.name)).sum();
+    if ok > 0 {
+        c.sut_cpu_us_per_req = round1(sut / 100.0 * elapsed / ok as f64 * 1e6);
+    }
     print_row(&c, procs);
     c
 }
@@ -396,7 +434,7 @@ fn print_header(procs: &[Proc]) {
     for p in procs {
         print!(" {:>8}", short(&p.name));
     }
-    println!(" {:>7} {:>6}   (cpu % of one core)", "other", "busy");
+    println!(" {:>7} {:>6} {:>8}   (cpu % of one core; us/req = CPU of all but bench per request)", "other", "busy", "us/req");
 }
 
 fn short(s: &str) -> String {
@@ -412,9 +450,10 @@ fn print_row(c: &Cell, procs: &[Proc]) {
         print!(" {:>8.0}", c.cpu.get(&p.name).copied().unwrap_or(0.0));
     }
     println!(
-        " {:>7.0} {:>6.2}",
+        " {:>7.0} {:>6.2} {:>8.0}",
         c.cpu.get("other_processes").copied().unwrap_or(0.0),
-        c.cpu.get("machine_busy_cores").copied().unwrap_or(0.0)
+        c.cpu.get("machine_busy_cores").copied().unwrap_or(0.0),
+        c.sut_cpu_us_per_req
     );
     if let Some(e) = &c.first_error {
         println!("    first error: {e}");
@@ -542,6 +581,7 @@ async fn main() -> Result<()> {
         reads_per_slave: 1_000_000_000,
         min_slaves: opts.slaves,
         max_slaves: opts.slaves,
+        orchestrator_env: opts.worker_bin.iter().map(|b| ("WORKER_BIN".to_owned(), b.display().to_string())).collect(),
         ..StackOptions::default()
     })
     .await?;
@@ -615,7 +655,7 @@ async fn main() -> Result<()> {
 
     let peak_rss: Vec<RssEntry> = procs
         .iter()
-        .filter(|p| p.name != "bench" && p.name != "rabbitmq")
+        .filter(|p| p.name != "bench")
         .map(|p| RssEntry { name: p.name.clone(), pid: p.pid, vm_hwm_kb: status_kb(p.pid, "VmHWM:"), vm_rss_kb: status_kb(p.pid, "VmRSS:") })
         .collect();
     println!("\npeak RSS (VmHWM):");
