@@ -13,15 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use thiserror::Error;
 use tokio::sync::{oneshot, RwLock};
 use tracing::{info, warn};
-use wire::queues::{READ_Q, RESPONSE_Q, SNAPSHOT_Q, SYNC_X, WRITE_Q};
+use wire::queues::{READ_Q, RESPONSE_Q, WRITE_Q};
 use wire::{ReadMsg, Reply, WriteMsg};
 
 #[derive(Debug, Error)]
@@ -141,7 +139,7 @@ impl Rpc {
         let conn = Connection::connect(&self.url, ConnectionProperties::default().with_connection_name("orchestrator".into()))
             .await?;
         let ch = conn.create_channel().await?;
-        declare_topology(&ch).await?;
+        wire::broker::declare_topology(&ch).await?;
         let consumer = ch
             .basic_consume(
                 RESPONSE_Q.into(),
@@ -194,19 +192,4 @@ impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.pending.lock().expect("pending lock").remove(&self.id);
     }
-}
-
-/// The spec's broker objects; same declaration as the workers' (idempotent).
-pub async fn declare_topology(ch: &Channel) -> Result<(), lapin::Error> {
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    for q in [READ_Q, WRITE_Q, RESPONSE_Q, SNAPSHOT_Q] {
-        ch.queue_declare(q.into(), durable, FieldTable::default()).await?;
-    }
-    ch.exchange_declare(
-        SYNC_X.into(),
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions { durable: true, ..Default::default() },
-        FieldTable::default(),
-    )
-    .await
 }

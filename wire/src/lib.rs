@@ -9,6 +9,8 @@
 //! No field ever carries SQL. Names are checked against [`schema`] before any
 //! statement is built, and values are always bound parameters.
 
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod coord;
 pub mod messages;
 pub mod query;
