@@ -95,6 +95,9 @@ rabbit_down() {
     sleep 0.2
   done
   rm -f "$RMQ_DIR/rabbitmq.pid"
+  # Erlang's port mapper outlives the node; it refuses to exit while any
+  # other node (another instance's) still uses it.
+  ERL_EPMD_ADDRESS=127.0.0.1 epmd -kill >/dev/null 2>&1 || true
   log "rabbitmq stopped"
 }
 

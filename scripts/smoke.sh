@@ -17,9 +17,17 @@ user="smoke$RANDOM"
 code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT http://127.0.0.1:8080/api/v1/users \
   -H 'content-type: application/json' -d "{\"username\":\"$user\",\"password\":\"$(printf 'a%.0s' {1..40})\"}")
 [ "$code" = 201 ] || fail "PUT /api/v1/users through the load balancer answered $code"
+# Everything this stack started: its pid files, the LB's, the infra's, and
+# the workers of its cluster (process runtime) — all must be gone after down.
+ours=$(cat var/run/*.pid var/lb/nginx.pid var/rabbitmq/rabbitmq.pid var/zookeeper/zk.pid 2>/dev/null | tr '\n' ' ')
+for p in /proc/[0-9]*; do
+  if { tr '\0' '\n' < "$p/environ"; } 2>/dev/null | grep -qx "RIDESHARE_CLUSTER=rideshare"; then ours="$ours ${p#/proc/}"; fi
+done
+[ -n "$ours" ] || fail "found no pids of the running stack"
 make -s down || fail "make down"
-left=$(pgrep -f "$PWD/(target/release/(orchestrator|worker|users-api|rides-api)|var/lb)|beam.smp.*$PWD/var|ZooKeeperServerMain $PWD/var" || true)
-[ -z "$left" ] || fail "processes left after make down: $left"
+left=""
+for pid in $ours; do kill -0 "$pid" 2>/dev/null && left="$left $pid"; done
+[ -z "$left" ] || fail "processes left after make down:$left"
 if command -v docker >/dev/null; then
   [ -z "$(docker ps -q --filter label=rideshare.cluster=rideshare)" ] || fail "worker containers left after make down"
 fi
