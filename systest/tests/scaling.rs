@@ -119,7 +119,10 @@ fn fields(line: &str) -> HashMap<String, String> {
 }
 
 fn orchestrator_log(stack: &Stack) -> String {
-    strip_ansi(&std::fs::read_to_string(stack.dir.join("orchestrator.log")).unwrap_or_default())
+    let path = stack.dir.join("orchestrator.log");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {} ({e}): was var/test removed while this test ran?", path.display()));
+    strip_ansi(&text)
 }
 
 /// One "scaling decision" line of the orchestrator log.
