@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
@@ -22,7 +22,8 @@ use rusqlite::Connection as Db;
 use tracing::{error, info, warn};
 use wire::coord::Role;
 use wire::queues::{SNAPSHOT_Q, SYNC_X, WRITE_Q};
-use wire::{Reply, SnapshotHeader, SyncMsg, WriteMsg};
+use lapin::message::Delivery;
+use wire::{Reply, SnapshotHeader, SyncMsg, WriteMsg, WriteRequest};
 
 use crate::store::{self, Applied, StoreError};
 use crate::Shared;
@@ -88,8 +89,15 @@ pub async fn run(
         tokio::select! {
             d = writes.next() => {
                 let Some(d) = d else { break Err(anyhow!("writeQ consumer closed")) };
-                let d = d?;
-                if let Err(e) = handle_write(&d, &db, &sync_ch, &reply_ch, shared, epoch).await {
+                // Group commit: everything already delivered goes in one batch.
+                let mut batch = vec![d?];
+                while batch.len() < MAX_BATCH {
+                    match writes.next().now_or_never() {
+                        Some(Some(d)) => batch.push(d?),
+                        _ => break,
+                    }
+                }
+                if let Err(e) = handle_batch(batch, &db, &sync_ch, &reply_ch, shared, epoch).await {
                     break Err(e);
                 }
             }
@@ -107,66 +115,102 @@ pub async fn run(
     result
 }
 
-async fn handle_write(
-    d: &lapin::message::Delivery,
+/// The most writes committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// Commit a batch of writes, fan their changes out, and only once the broker
+/// confirmed every change, answer and acknowledge them.
+async fn handle_batch(
+    batch: Vec<Delivery>,
     db: &Arc<Mutex<Db>>,
     sync_ch: &Channel,
     reply_ch: &Channel,
     shared: &Shared,
     epoch: u64,
 ) -> Result<()> {
-    let msg: WriteMsg = match serde_json::from_slice(&d.data) {
-        Ok(m) => m,
-        Err(e) => {
-            crate::broker::reply(reply_ch, &d.properties, &Reply::Invalid { error: format!("bad write message: {e}") })
-                .await?;
-            d.acker.ack(BasicAckOptions::default()).await?;
-            return Ok(());
+    // Fencing: a newer master record, or no fresh lease, means another master
+    // may exist already. Nothing of the batch is touched: it all goes back.
+    if !still_master(shared, epoch) || !wait_for_lease(shared).await {
+        write_ch_nack_all(&batch).await?;
+        bail!("fenced (deposed or lease lost): stopped taking writes");
+    }
+    let mut replies: Vec<(usize, Reply)> = Vec::with_capacity(batch.len());
+    let mut todo: Vec<(usize, WriteRequest)> = Vec::with_capacity(batch.len());
+    for (i, d) in batch.iter().enumerate() {
+        match serde_json::from_slice::<WriteMsg>(&d.data) {
+            Err(e) => replies.push((i, Reply::Invalid { error: format!("bad write message: {e}") })),
+            Ok(m) if wire::expired(m.deadline_ms) => {
+                warn!(request_id = ?m.write.request_id, "write past its deadline dropped (the caller got a 503)");
+            }
+            Ok(m) => todo.push((i, m.write)),
         }
-    };
-    // Fencing: a newer master record, or no fresh lease, means another
-    // master may exist already.
-    if !still_master(shared, epoch) {
-        d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-        bail!("deposed: the master record names another worker");
     }
-    if !wait_for_lease(shared).await {
-        d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-        bail!("lease lost: stopped taking writes");
-    }
-    if wire::expired(msg.deadline_ms) {
-        warn!(request_id = ?msg.write.request_id, "write past its deadline dropped (the caller got a 503)");
-        d.acker.ack(BasicAckOptions::default()).await?;
-        return Ok(());
-    }
-    let applied = {
+    if !todo.is_empty() {
+        let reqs: Vec<WriteRequest> = todo.iter().map(|(_, w)| w.clone()).collect();
         let db = db.clone();
-        let req = msg.write.clone();
-        tokio::task::spawn_blocking(move || store::execute_write(&mut db.lock().expect("db lock"), &req, epoch))
-            .await?
-    };
-    let reply = match applied {
-        Ok(Applied::New(change)) => {
-            let outcome = change.outcome;
-            publish_sync(sync_ch, &SyncMsg::Change(change)).await.context("publishing change on syncQ")?;
-            shared.set_position(Role::Master, outcome.seq, epoch);
-            Reply::Written { outcome, epoch }
+        let outcomes = tokio::task::spawn_blocking(move || store::execute_writes(&mut db.lock().expect("db lock"), &reqs, epoch))
+            .await?;
+        let outcomes = match outcomes {
+            Ok(o) => o,
+            Err(e) => {
+                // The transaction failed as a whole: nothing was applied.
+                error!(error = %e, "write batch failed");
+                todo.iter().map(|_| Err(StoreError::Sqlite(rusqlite::Error::InvalidQuery))).collect()
+            }
+        };
+        // Publish every change, then wait for all the confirms together.
+        let mut confirms = Vec::new();
+        let mut top = None;
+        for ((i, _), outcome) in todo.iter().zip(outcomes) {
+            let reply = match outcome {
+                Ok(Applied::New(change)) => {
+                    let outcome = change.outcome;
+                    let body = serde_json::to_vec(&SyncMsg::Change(change)).expect("sync messages serialize");
+                    confirms.push(
+                        sync_ch
+                            .basic_publish(SYNC_X.into(), "".into(), BasicPublishOptions::default(), &body, BasicProperties::default())
+                            .await
+                            .context("publishing change on syncQ")?,
+                    );
+                    top = Some(outcome.seq);
+                    Reply::Written { outcome, epoch }
+                }
+                Ok(Applied::Duplicate(outcome)) => Reply::Written { outcome, epoch },
+                Err(StoreError::Conflict(e)) => Reply::Conflict { error: e, epoch },
+                Err(StoreError::Invalid(e)) => Reply::Invalid { error: e.0 },
+                Err(e) => {
+                    error!(error = %e, "write failed");
+                    Reply::Unavailable { error: format!("write failed: {e}") }
+                }
+            };
+            replies.push((*i, reply));
         }
-        Ok(Applied::Duplicate(outcome)) => Reply::Written { outcome, epoch },
-        Err(StoreError::Conflict(e)) => Reply::Conflict { error: e, epoch },
-        Err(StoreError::Invalid(e)) => Reply::Invalid { error: e.0 },
-        Err(e) => {
-            error!(error = %e, "write failed");
-            Reply::Unavailable { error: format!("write failed: {e}") }
+        for c in futures::future::try_join_all(confirms).await.context("waiting for syncQ confirms")? {
+            if !c.is_ack() {
+                bail!("broker refused a change (nack)");
+            }
         }
-    };
+        if let Some(seq) = top {
+            shared.set_position(Role::Master, seq, epoch);
+        }
+    }
     // Checked again: the lease may have run out while we committed.
     if !shared.coord.lease.valid() || !still_master(shared, epoch) {
-        d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+        write_ch_nack_all(&batch).await?;
         bail!("lease lost while writing: stopped taking writes");
     }
-    crate::broker::reply(reply_ch, &d.properties, &reply).await?;
-    d.acker.ack(BasicAckOptions::default()).await?;
+    replies.sort_by_key(|(i, _)| *i);
+    for (i, reply) in &replies {
+        crate::broker::reply(reply_ch, &batch[*i].properties, reply).await?;
+    }
+    // One ack for the whole batch: every delivery up to the last one's tag.
+    batch.last().expect("batches are never empty").acker.ack(BasicAckOptions { multiple: true }).await?;
+    Ok(())
+}
+
+/// Give a whole batch back to `writeQ` for the next master.
+async fn write_ch_nack_all(batch: &[Delivery]) -> Result<()> {
+    batch.last().expect("batches are never empty").acker.nack(BasicNackOptions { requeue: true, multiple: true }).await?;
     Ok(())
 }
 

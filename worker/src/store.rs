@@ -98,19 +98,39 @@ pub enum Applied {
 /// Master path: run a write in one transaction with its sequence number and
 /// request id. A constraint failure rolls everything back and returns
 /// [`StoreError::Conflict`] without using a sequence number.
+#[cfg(test)]
 pub fn execute_write(conn: &mut Connection, req: &WriteRequest, epoch: u64) -> Result<Applied> {
+    execute_writes(conn, std::slice::from_ref(req), epoch)?.pop().expect("one outcome per write")
+}
+
+/// Group commit: several writes in one SQLite transaction, each in a savepoint
+/// of its own so that a refused write leaves the others intact. Outcomes come
+/// back in order; sequence numbers are consecutive over the new changes. If
+/// the transaction itself fails, none of them happened.
+pub fn execute_writes(conn: &mut Connection, reqs: &[WriteRequest], epoch: u64) -> Result<Vec<Result<Applied>>> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        out.push(execute_in(&mut tx, req, epoch));
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+fn execute_in(tx: &mut rusqlite::Transaction, req: &WriteRequest, epoch: u64) -> Result<Applied> {
     let request_id = req.request_id.clone().unwrap_or_default();
-    if let Some(outcome) = recorded_outcome(conn, &request_id)? {
+    if let Some(outcome) = recorded_outcome(tx, &request_id)? {
         return Ok(Applied::Duplicate(outcome));
     }
     let write = req.validate()?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let pos = position(&tx)?;
+    let sp = tx.savepoint()?;
+    let pos = position(&sp)?;
     let mut rows_affected = 0u64;
     for st in sql::write(&write) {
-        let mut stmt = tx.prepare_cached(&st.sql)?;
+        let mut stmt = sp.prepare_cached(&st.sql)?;
         match stmt.execute(rusqlite::params_from_iter(st.params.iter())) {
             Ok(n) => rows_affected += n as u64,
+            // Dropping the savepoint rolls this write back, and only it.
             Err(e) if is_constraint(&e) => return Err(StoreError::Conflict(e.to_string())),
             Err(e) => return Err(e.into()),
         }
@@ -122,7 +142,7 @@ pub fn execute_write(conn: &mut Connection, req: &WriteRequest, epoch: u64) -> R
         if let Some(gen) = table.generated_column() {
             let id = match values.iter().find(|(c, _)| *c == gen.name) {
                 Some((_, Value::Int(given))) => *given,
-                _ => tx.last_insert_rowid(),
+                _ => sp.last_insert_rowid(),
             };
             executed.values.insert(gen.name.to_owned(), Value::Int(id));
             last_insert_id = Some(id);
@@ -130,8 +150,8 @@ pub fn execute_write(conn: &mut Connection, req: &WriteRequest, epoch: u64) -> R
     }
     let seq = pos.seq + 1;
     let outcome = WriteOutcome { rows_affected, last_insert_id, seq };
-    record(&tx, &request_id, seq, epoch, &outcome)?;
-    tx.commit()?;
+    record(&sp, &request_id, seq, epoch, &outcome)?;
+    sp.commit()?;
     Ok(Applied::New(Change { seq, epoch, write: executed, outcome }))
 }
 
@@ -149,7 +169,7 @@ fn recorded_outcome(conn: &Connection, request_id: &str) -> Result<Option<WriteO
     })
 }
 
-fn record(tx: &rusqlite::Transaction, request_id: &str, seq: u64, epoch: u64, outcome: &WriteOutcome) -> Result<()> {
+fn record(tx: &Connection, request_id: &str, seq: u64, epoch: u64, outcome: &WriteOutcome) -> Result<()> {
     tx.prepare_cached("UPDATE _state SET applied_seq = ?, epoch = ? WHERE id = 1")?
         .execute(params![seq as i64, epoch as i64])?;
     if !request_id.is_empty() {
@@ -358,6 +378,19 @@ mod tests {
         let Applied::Duplicate(o) = execute_write(&mut c, &w, 1).unwrap() else { panic!("second is dup") };
         assert_eq!(o.seq, 1);
         assert_eq!(position(&c).unwrap().seq, 1);
+    }
+
+    #[test]
+    fn a_group_commit_keeps_the_good_writes_around_a_refused_one() {
+        let db = temp_db("group");
+        let mut c = open_writer(&db).unwrap();
+        let reqs = [with_id(user("a"), "1"), with_id(user("a"), "2"), with_id(user("b"), "3"), with_id(user("b"), "3")];
+        let out = execute_writes(&mut c, &reqs, 1).unwrap();
+        assert!(matches!(&out[0], Ok(Applied::New(ch)) if ch.seq == 1));
+        assert!(matches!(&out[1], Err(StoreError::Conflict(_))));
+        assert!(matches!(&out[2], Ok(Applied::New(ch)) if ch.seq == 2));
+        assert!(matches!(&out[3], Ok(Applied::Duplicate(o)) if o.seq == 2));
+        assert_eq!(position(&c).unwrap().seq, 2);
     }
 
     #[test]
