@@ -388,8 +388,13 @@ pub struct LiveWorker {
 }
 
 impl Stack {
-    /// The live workers of a process-runtime stack, found from /proc.
+    /// The live workers, found without the orchestrator: from /proc for the
+    /// process runtime; for Docker from the engine, with each container's
+    /// `/data` copied out (`docker cp`) so its SQLite file can be opened.
     pub fn live_workers(&self) -> Vec<LiveWorker> {
+        if self.runtime == WorkerRuntime::Docker {
+            return self.live_containers();
+        }
         processes_with_env("RIDESHARE_CLUSTER", &self.name)
             .into_iter()
             .filter_map(|pid| {
@@ -398,6 +403,34 @@ impl Stack {
                 let id = String::from_utf8_lossy(id).into_owned();
                 let db = self.dir.join("workers").join(&id).join("worker.db");
                 Some(LiveWorker { pid, id, db })
+            })
+            .collect()
+    }
+}
+
+impl Stack {
+    fn live_containers(&self) -> Vec<LiveWorker> {
+        static COPY: AtomicU32 = AtomicU32::new(0);
+        let out = Command::new("docker")
+            .args(["ps", "-q", "--filter", &format!("label=rideshare.cluster={}", self.name)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default();
+        out.iter()
+            .filter_map(|cid| {
+                let o = Command::new("docker")
+                    .args(["inspect", "-f", "{{.State.Pid}} {{index .Config.Labels \"rideshare.worker\"}}", cid])
+                    .output()
+                    .ok()?;
+                let text = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+                let (pid, id) = text.split_once(' ')?;
+                let dest = self.dir.join("copies").join(format!("{id}-{}", COPY.fetch_add(1, Ordering::Relaxed)));
+                std::fs::create_dir_all(&dest).ok()?;
+                let st = Command::new("docker").args(["cp", &format!("{cid}:/data/."), &dest.display().to_string()]).status().ok()?;
+                if !st.success() {
+                    return None;
+                }
+                Some(LiveWorker { pid: pid.parse().ok()?, id: id.to_owned(), db: dest.join("worker.db") })
             })
             .collect()
     }

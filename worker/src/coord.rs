@@ -125,6 +125,8 @@ async fn session(
     let mut state = client.state_watcher();
     let mpath = master_path(&cfg.zk_root);
     let mut renew = tokio::time::interval(lease.length / 4);
+    let mut publish_at: Option<tokio::time::Instant> = None;
+    let mut last_publish = tokio::time::Instant::now();
     loop {
         let watcher = match client.get_and_watch_data(&mpath).await {
             Ok((data, _, w)) => {
@@ -156,17 +158,20 @@ async fn session(
                         return Err(zk::Error::SessionExpired);
                     }
                 }
-                r = record_rx.changed() => {
+                r = record_rx.changed(), if publish_at.is_none() => {
                     if r.is_err() {
                         return Ok(());
                     }
                     // Progress alone is published at most every 100 ms (one
                     // ZooKeeper write per database write would be too many);
-                    // a role change goes out at once.
-                    let role = record_rx.borrow().role;
-                    if role == last_role {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    // a role change goes out at once. The wait is a select
+                    // arm, never a sleep here: master changes must not queue.
+                    let now = tokio::time::Instant::now();
+                    publish_at = Some(if record_rx.borrow().role != last_role { now } else { last_publish + Duration::from_millis(100) });
+                }
+                _ = tokio::time::sleep_until(publish_at.unwrap_or_else(tokio::time::Instant::now)), if publish_at.is_some() => {
+                    publish_at = None;
+                    last_publish = tokio::time::Instant::now();
                     let rec = record_rx.borrow_and_update().clone();
                     last_role = rec.role;
                     client.set_data(&me, &serde_json::to_vec(&rec).expect("record serializes"), None).await?;

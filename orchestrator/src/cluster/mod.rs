@@ -91,6 +91,8 @@ pub struct Cluster {
     /// cluster: writes acknowledged by a previous orchestrator are at or below
     /// it, so reads use it as their first floor.
     adopted_seq: AtomicU64,
+    /// Wakes the task that starts replacement slaves.
+    replenish: tokio::sync::Notify,
 }
 
 /// A worker that has not registered by then is declared failed.
@@ -122,9 +124,11 @@ impl Cluster {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(base << 8),
             adopted_seq: AtomicU64::new(0),
+            replenish: tokio::sync::Notify::new(),
         });
         cluster.adopt_or_bootstrap().await?;
         tokio::spawn(cluster.clone().watch_exits());
+        tokio::spawn(cluster.clone().replenish_loop());
         tokio::spawn(cluster.clone().reconcile_loop());
         Ok(cluster)
     }
@@ -281,7 +285,18 @@ impl Cluster {
                 error!(error = %e, "failover failed");
             }
         }
-        self.fill_slaves(st).await;
+        // The replacement starts in the background: starting a container
+        // takes longer than a failover and should not delay its answer.
+        self.replenish.notify_one();
+    }
+
+    /// Start replacements whenever a loss left fewer slaves than the minimum.
+    async fn replenish_loop(self: Arc<Self>) {
+        loop {
+            self.replenish.notified().await;
+            let mut st = self.state.lock().await;
+            self.fill_slaves(&mut st).await;
+        }
     }
 
     /// `/api/v1/crash/master`: SIGKILL the master, then fail over at once.

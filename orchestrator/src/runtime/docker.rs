@@ -498,8 +498,15 @@ impl DockerRuntime {
             });
         }
         self.shared.note_dead(&cid, Some(id), pid);
-        self.remove(&cid, id).await?;
-        tracing::info!(cluster = %self.cfg.cluster_id, id, pid, "worker container killed (SIGKILL) and removed");
+        tracing::info!(cluster = %self.cfg.cluster_id, id, pid, "worker container killed (SIGKILL)");
+        // The process is gone: that is what a crash call waits for. Removing
+        // the dead container happens meanwhile, so failover is not held up.
+        let (docker, id) = (self.docker.clone(), id.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = remove_container(&docker, &cid, &id).await {
+                tracing::warn!(id, error = %e, "removing a killed worker's container failed");
+            }
+        });
         Ok(pid)
     }
 
