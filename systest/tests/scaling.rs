@@ -67,6 +67,17 @@ async fn engine_pids(stack: &Stack) -> Vec<u32> {
 }
 
 /// Whether the engine still knows a container (running or not).
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A killed worker's container is removed shortly after the crash call.
+async fn gone(cid: &str) {
+    poll("the killed container to be removed", Duration::from_secs(15), || async { (!container_exists(cid).await).then_some(()) })
+        .await
+        .unwrap();
+}
+
 async fn container_exists(cid: &str) -> bool {
     match docker().inspect_container(cid, None::<InspectContainerOptions>).await {
         Ok(_) => true,
@@ -245,7 +256,8 @@ async fn crash_slave_then_master_heal_with_docker() {
     let t_crash = Instant::now();
     let killed = post_pid(&stack, "/api/v1/crash/slave").await;
     assert_eq!(killed, slave.pid, "crash/slave names the slave's pid");
-    assert!(!container_exists(&slave.id).await, "the killed slave's container is gone");
+    assert!(!process_alive(slave.pid), "the killed slave's process is dead when the call answers");
+    gone(&slave.id).await;
     let pids = poll("a replacement slave", Duration::from_secs(60), || async {
         let pids = stack.worker_pids().await.ok()?;
         (pids.len() == 2 && !pids.contains(&killed)).then_some(pids)
@@ -269,7 +281,7 @@ async fn crash_slave_then_master_heal_with_docker() {
     // Master crash: the slave is promoted, writes go through, a new slave comes.
     let killed = post_pid(&stack, "/api/v1/crash/master").await;
     assert_eq!(killed, master.pid, "crash/master names the master's pid");
-    assert!(!container_exists(&master.id).await, "the killed master's container is gone");
+    gone(&master.id).await;
     let (status, body) = stack.write(&user("after-failover")).await.unwrap();
     assert_eq!(status, 201, "a write after the master crash: {body}");
     let pids = poll("a new slave after the failover", Duration::from_secs(60), || async {
@@ -331,7 +343,8 @@ async fn crash_slave_kills_the_highest_pid_slave() {
     let lower = slaves.iter().min_by_key(|c| c.pid).unwrap();
     let killed = post_pid(&stack, "/api/v1/crash/slave").await;
     assert_eq!(killed, highest.pid, "the highest-pid slave of {before:?} (master {})", master.pid);
-    assert!(!container_exists(&highest.id).await);
+    assert!(!process_alive(highest.pid), "the highest-pid slave's process is dead when the call answers");
+    gone(&highest.id).await;
     assert!(container_exists(&lower.id).await && container_exists(&master.id).await, "nothing else was killed");
     let after = poll("a replacement slave", Duration::from_secs(60), || async {
         let pids = stack.worker_pids().await.ok()?;
