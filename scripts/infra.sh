@@ -106,6 +106,9 @@ zk_ok() { local r; r=$( (exec 3<>/dev/tcp/127.0.0.1/"$ZK_PORT"; printf ruok >&3;
 
 zk_up() {
   if zk_running && zk_ok; then return 0; fi
+  # Ours, answering, but its pid file lost (written over by an older script).
+  local pid; pid=$(pgrep -f "ZooKeeperServerMain $ZK_DIR/zoo.cfg" | head -1 || true)
+  if [ -n "$pid" ] && zk_ok; then echo "$pid" > "$ZK_DIR/zk.pid"; return 0; fi
   mkdir -p "$ZK_DIR/data" "$ZK_DIR/log"
   # A short tick lets sessions time out in seconds, so a dead worker is seen fast.
   cat > "$ZK_DIR/zoo.cfg" <<CONF
@@ -153,6 +156,11 @@ status() {
   if rabbit_running && port_open "$AMQP_PORT"; then echo "rabbitmq   up    127.0.0.1:$AMQP_PORT (pid $(cat "$RMQ_DIR/rabbitmq.pid"))"; else echo "rabbitmq   down"; fi
   if zk_running && zk_ok; then echo "zookeeper  up    127.0.0.1:$ZK_PORT (pid $(cat "$ZK_DIR/zk.pid"))"; else echo "zookeeper  down"; fi
 }
+
+# One infra.sh at a time per instance: parallel test binaries all call `up`.
+mkdir -p "$VAR"
+exec 9>"$VAR/.infra-$AMQP_PORT-$ZK_PORT.lock"
+flock -w 300 9 || die "another scripts/infra.sh holds $VAR/.infra-$AMQP_PORT-$ZK_PORT.lock"
 
 case "${1:-}" in
   install) install ;;
