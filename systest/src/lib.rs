@@ -340,6 +340,13 @@ impl Stack {
         Ok(r.json().await?)
     }
 
+    /// `worker/list` with an `Authorization` header (stacks with an admin token).
+    pub async fn worker_pids_with(&self, authorization: &str) -> Vec<u32> {
+        let r = Self::http().get(self.url("/api/v1/worker/list")).header("authorization", authorization).send().await.unwrap();
+        assert!(r.status().is_success(), "worker/list answered {}", r.status());
+        r.json().await.unwrap()
+    }
+
     /// Kill the orchestrator process (SIGKILL); workers keep running.
     pub fn kill_orchestrator(&mut self) {
         if let Some(mut c) = self.orch.take() {

@@ -239,3 +239,32 @@ async fn eventual_reads_are_accepted_and_bad_routes_are_clear() {
     let r = http.post(stack.url("/api/v1/db/read")).body(huge).send().await.unwrap();
     assert_eq!(r.status(), 413);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_endpoints_require_the_admin_token_when_one_is_set() {
+    let opts = StackOptions { admin_token: Some("s3cret".into()), services: true, ..Default::default() };
+    let stack = Stack::start(opts).await.unwrap();
+    let http = Stack::http();
+    let pids = stack.worker_pids_with("Bearer s3cret").await;
+    assert_eq!(pids.len(), 2);
+    for (method, path) in [("POST", "/api/v1/crash/slave"), ("POST", "/api/v1/crash/master"), ("POST", "/api/v1/db/clear"), ("GET", "/api/v1/worker/list")] {
+        for auth in [None, Some("Bearer wrong")] {
+            let mut req = http.request(method.parse().unwrap(), stack.url(path));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} with {auth:?}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(body["error"].is_string());
+        }
+    }
+    assert_eq!(stack.worker_pids_with("Bearer s3cret").await, pids, "nothing was killed");
+    // Data endpoints stay open; the services pass the token on for clear.
+    assert_eq!(stack.write(&user("tok")).await.unwrap().0, 201);
+    let r = http.post(format!("{}/api/v1/db/clear", stack.users)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(count(&stack, "users").await, 0);
+    let r = http.post(stack.url("/api/v1/crash/slave")).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
