@@ -323,10 +323,11 @@ async fn docker_runtime_against_real_engine() {
     assert_eq!(killed, started["w2"]);
     let listed = as_map(&rt.list().await.unwrap());
     assert!(!listed.contains_key("w2"));
-    assert!(
-        !container_exists(&d, &format!("{a}-w2")).await,
-        "killed container not removed"
-    );
+    // Removal of the dead container follows the kill in the background.
+    eventually("the killed container to be removed", || async {
+        !container_exists(&d, &format!("{a}-w2")).await
+    })
+    .await;
     let e = expect_exit(&mut exits, "w2").await;
     assert_eq!(e.pid, killed);
     eventually("killed pid gone from /proc", || async {
