@@ -17,7 +17,10 @@ use crate::cluster::Cluster;
 use crate::dbapi::{ApiError, DbApi};
 
 /// Largest request body accepted; structured requests are small.
-const BODY_LIMIT: u64 = 1024 * 1024;
+const BODY_LIMIT: usize = 1024 * 1024;
+/// Bodies up to this size are read to the end before a 413, so the client
+/// sees the answer rather than a connection closed under its upload.
+const BODY_DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 
 pub struct App {
     pub db: DbApi,
@@ -67,8 +70,18 @@ struct Unauthorized;
 impl warp::reject::Reject for Unauthorized {}
 
 fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    warp::body::content_length_limit(BODY_LIMIT).and(warp::body::bytes())
+    warp::body::content_length_limit(BODY_DRAIN_LIMIT).and(warp::body::bytes()).and_then(|b: Bytes| async move {
+        if b.len() > BODY_LIMIT {
+            Err(warp::reject::custom(TooLarge))
+        } else {
+            Ok(b)
+        }
+    })
 }
+
+#[derive(Debug)]
+struct TooLarge;
+impl warp::reject::Reject for TooLarge {}
 
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
     let with_app = {
@@ -174,7 +187,7 @@ async fn rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> 
         error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
         error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() || err.find::<TooLarge>().is_some() {
         error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
     } else {
         error(StatusCode::BAD_REQUEST, format!("bad request: {err:?}"))
