@@ -76,7 +76,8 @@ log.file.level = warning
 CONF
   echo "[]." > "$RMQ_DIR/enabled_plugins"
   log "starting rabbitmq on 127.0.0.1:$AMQP_PORT"
-  ( rmq_env; setsid nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$RMQ_DIR/log/console.log" 2>&1 & )
+  # 9>&-: the daemon must not inherit (and so hold) this script's lock.
+  ( rmq_env; setsid nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$RMQ_DIR/log/console.log" 2>&1 9>&- & )
   local end=$((SECONDS + DEADLINE_SECS))
   until port_open "$AMQP_PORT" && rmqctl await_startup --timeout 5 >/dev/null 2>&1; do
     [ $SECONDS -lt $end ] || { tail -20 "$RMQ_DIR/log/console.log" >&2; die "rabbitmq did not start within ${DEADLINE_SECS}s"; }
@@ -128,7 +129,7 @@ CONF
   done
   log "starting zookeeper on 127.0.0.1:$ZK_PORT"
   setsid nohup java -Xmx256m -Dzookeeper.log.dir="$ZK_DIR/log" -Dzookeeper.root.logger=WARN,CONSOLE \
-    -cp "$cp" org.apache.zookeeper.server.ZooKeeperServerMain "$ZK_DIR/zoo.cfg" >"$ZK_DIR/log/console.log" 2>&1 &
+    -cp "$cp" org.apache.zookeeper.server.ZooKeeperServerMain "$ZK_DIR/zoo.cfg" >"$ZK_DIR/log/console.log" 2>&1 9>&- &
   echo $! > "$ZK_DIR/zk.pid"
   local end=$((SECONDS + DEADLINE_SECS))
   until zk_ok; do

@@ -103,10 +103,10 @@ const NEVER_REGISTERED: Duration = Duration::from_secs(60);
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a znode may be missing while its process runs before the worker
-/// is declared failed (covers a ZooKeeper restart and re-registration).
-fn znode_grace(cfg: &Config) -> Duration {
-    cfg.zk_session_timeout + Duration::from_secs(1)
-}
+/// is declared failed. The znode itself is only gone once its session
+/// expired; this covers a worker re-registering after a ZooKeeper outage
+/// (the listing is only trusted while the orchestrator's own session is up).
+const ZNODE_GRACE: Duration = Duration::from_secs(2);
 
 impl Cluster {
     /// Connect to the runtime and ZooKeeper, adopt running workers or start a
@@ -403,7 +403,7 @@ impl Cluster {
         };
         let mut st = self.state.lock().await;
         let now = Instant::now();
-        let grace = znode_grace(&self.cfg);
+        let grace = ZNODE_GRACE;
         let ids: Vec<String> = st.members.keys().cloned().collect();
         for id in ids {
             if !running.iter().any(|w| w.id == id) {
