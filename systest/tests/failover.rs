@@ -126,6 +126,15 @@ async fn new_stack(opts: StackOptions) -> Arc<Stack> {
     Arc::new(stack)
 }
 
+/// Stop the writers, wait for them, and wait until every copy is in step.
+async fn stop_and_settle(stack: &Stack, stop: &AtomicBool, writers: Vec<tokio::task::JoinHandle<()>>) -> Vec<systest::LiveWorker> {
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    settle(stack).await
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -161,11 +170,7 @@ async fn master_crashes_under_write_load(runtime: WorkerRuntime, rounds: usize) 
         }
         failovers.push(crashed_at.elapsed());
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let live = settle(&stack).await;
+    let live = stop_and_settle(&stack, &stop, writers).await;
     check_copies(&live, &ledger);
     let acked = ledger.acked.lock().unwrap().len();
     assert!(acked > 200, "the load was real: {acked} writes acknowledged");
@@ -204,11 +209,7 @@ async fn a_master_killed_outside_the_orchestrator_is_replaced() {
     eprintln!("external SIGKILL of the master: next write answered {s} after {:?}", t.elapsed());
     assert_eq!(s, 201);
     tokio::time::sleep(Duration::from_millis(300)).await; // let the writers run on the new master
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let live = settle(&stack).await;
+    let live = stop_and_settle(&stack, &stop, writers).await;
     assert!(live.iter().all(|w| w.pid != master.pid));
     check_copies(&live, &ledger);
 }
@@ -265,11 +266,7 @@ async fn a_deposed_master_cannot_get_a_write_applied() {
     // it (older epoch). Nothing new is started after the pause.
     let after = applied_seq(&master.db);
     assert!(after <= paused_at_seq + 1, "the deposed master applied writes after it was paused: {paused_at_seq} -> {after}");
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let live = settle(&stack).await;
+    let live = stop_and_settle(&stack, &stop, writers).await;
     check_copies(&live, &ledger);
 }
 
@@ -297,11 +294,7 @@ async fn rabbitmq_then_zookeeper_restarts_are_survived() {
         .unwrap();
         eprintln!("{what} restarted: reads and writes served again {:?} after it was back", t.elapsed());
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let live = settle(&stack).await;
+    let live = stop_and_settle(&stack, &stop, writers).await;
     check_copies(&live, &ledger);
 }
 

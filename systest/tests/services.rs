@@ -771,30 +771,11 @@ async fn deleting_a_user_removes_its_rides_and_takes_it_off_others() {
     add_ride(&c, &s.lb, &bob, FUTURE, 2, 3).await;
     let alices = only_ride_id(&c, &s.lb, 1, 2).await;
     let bobs = only_ride_id(&c, &s.lb, 2, 3).await;
-    send(
-        &c,
-        Method::POST,
-        &format!("{rides}/{bobs}"),
-        &json!({"username": alice}),
-    )
-    .await
-    .assert_empty_object(200);
-    send(
-        &c,
-        Method::POST,
-        &format!("{rides}/{bobs}"),
-        &json!({"username": carol}),
-    )
-    .await
-    .assert_empty_object(200);
-    send(
-        &c,
-        Method::POST,
-        &format!("{rides}/{alices}"),
-        &json!({"username": carol}),
-    )
-    .await
-    .assert_empty_object(200);
+    for (ride, rider) in [(bobs, &alice), (bobs, &carol), (alices, &carol)] {
+        send(&c, Method::POST, &format!("{rides}/{ride}"), &json!({"username": rider}))
+            .await
+            .assert_empty_object(200);
+    }
 
     call(
         &c,
