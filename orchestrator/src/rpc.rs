@@ -71,10 +71,6 @@ impl Rpc {
         self.min_epoch.fetch_max(epoch, Ordering::SeqCst);
     }
 
-    pub async fn connected(&self) -> bool {
-        self.link.read().await.as_ref().is_some_and(|l| l.conn.status().connected())
-    }
-
     pub async fn read(&self, msg: &ReadMsg, timeout: Duration) -> Result<Reply, RpcError> {
         let body = serde_json::to_vec(msg).expect("read messages serialize");
         self.call(READ_Q, body, timeout, false).await

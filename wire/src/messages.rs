@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::query::{ReadRequest, Value, WriteRequest};
+use crate::query::{ReadRequest, WriteRequest};
 
 /// A result row: column name → value, in the order requested.
 pub type Row = serde_json::Map<String, serde_json::Value>;
@@ -119,13 +119,4 @@ pub struct SnapshotHeader {
     pub seq: u64,
     /// The serving master's epoch (newer than the file's own after a promotion).
     pub epoch: u64,
-}
-
-/// Convert a wire value into plain JSON (for rows built by hand in tests).
-pub fn json_of(v: &Value) -> serde_json::Value {
-    match v {
-        Value::Null => serde_json::Value::Null,
-        Value::Int(i) => (*i).into(),
-        Value::Text(s) => s.clone().into(),
-    }
 }

@@ -153,9 +153,12 @@ async fn handle_batch(
         let outcomes = match outcomes {
             Ok(o) => o,
             Err(e) => {
-                // The transaction failed as a whole: nothing was applied.
+                // The transaction failed as a whole: nothing was applied, and
+                // every caller hears so.
                 error!(error = %e, "write batch failed");
-                todo.iter().map(|_| Err(StoreError::Sqlite(rusqlite::Error::InvalidQuery))).collect()
+                let error = format!("write failed: {e}");
+                replies.extend(todo.iter().map(|(i, _)| (*i, Reply::Unavailable { error: error.clone() })));
+                Vec::new()
             }
         };
         // Publish every change, then wait for all the confirms together.

@@ -325,10 +325,6 @@ impl Cluster {
         Ok(pids)
     }
 
-    pub async fn slave_count(&self) -> usize {
-        self.state.lock().await.slaves().count()
-    }
-
     /// Bring the number of slaves to `n`: start new ones (they catch up before
     /// taking reads), or stop the highest-pid ones gracefully (they finish
     /// the reads in hand; the rest go back to `readQ`). Returns (before, after).
@@ -458,16 +454,8 @@ impl Cluster {
         Ok(())
     }
 
-    pub async fn epoch(&self) -> u64 {
-        self.state.lock().await.epoch
-    }
-
     /// See `adopted_seq`.
     pub fn adopted_seq(&self) -> u64 {
         self.adopted_seq.load(Ordering::SeqCst)
-    }
-
-    pub fn runtime_name(&self) -> &'static str {
-        self.runtime.kind_name()
     }
 }
