@@ -46,6 +46,10 @@ pub struct Rpc {
     url: String,
     link: RwLock<Option<Link>>,
     pending: Pending,
+    /// Correlation ids are `<instance>.<n>`: replies still queued on the
+    /// durable `responseQ` for an earlier orchestrator process must never
+    /// match this one's requests.
+    instance: u64,
     next_id: AtomicU64,
     next_channel: AtomicUsize,
     /// Replies from a master older than this epoch are dropped (fencing).
@@ -59,6 +63,7 @@ impl Rpc {
             url,
             link: RwLock::new(None),
             pending: Mutex::new(HashMap::new()),
+            instance: rand::random(),
             next_id: AtomicU64::new(1),
             next_channel: AtomicUsize::new(0),
             min_epoch: AtomicU64::new(0),
@@ -90,7 +95,7 @@ impl Rpc {
         // broker, so a timed-out request is not executed later.
         let mut props = BasicProperties::default()
             .with_reply_to(RESPONSE_Q.into())
-            .with_correlation_id(id.to_string().into())
+            .with_correlation_id(format!("{:016x}.{id}", self.instance).into())
             .with_expiration(timeout.as_millis().to_string().into());
         if persistent {
             props = props.with_delivery_mode(2);
@@ -154,8 +159,8 @@ impl Rpc {
 
     async fn dispatch(&self, mut consumer: lapin::Consumer) {
         while let Some(Ok(d)) = consumer.next().await {
-            let Some(id) = d.properties.correlation_id().as_ref().and_then(|c| c.as_str().parse::<u64>().ok()) else {
-                continue;
+            let Some(id) = d.properties.correlation_id().as_ref().and_then(|c| self.own_request(c.as_str())) else {
+                continue; // not ours: a reply to an earlier orchestrator process
             };
             let reply: Reply = match serde_json::from_slice(&d.data) {
                 Ok(r) => r,
@@ -178,6 +183,15 @@ impl Rpc {
     }
 }
 
+impl Rpc {
+    /// The request number of a correlation id made by this process.
+    fn own_request(&self, correlation_id: &str) -> Option<u64> {
+        let (instance, n) = correlation_id.split_once('.')?;
+        (u64::from_str_radix(instance, 16).ok()? == self.instance).then_some(())?;
+        n.parse().ok()
+    }
+}
+
 /// Removes a caller's entry when it stops waiting (answer, timeout or error).
 struct PendingGuard<'a> {
     pending: &'a Pending,
@@ -187,5 +201,20 @@ struct PendingGuard<'a> {
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.pending.lock().expect("pending lock").remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replies_meant_for_another_orchestrator_process_are_not_ours() {
+        let rpc = Rpc::start("amqp://127.0.0.1:1/%2f".into());
+        let mine = format!("{:016x}.5", rpc.instance);
+        assert_eq!(rpc.own_request(&mine), Some(5));
+        assert_eq!(rpc.own_request(&format!("{:016x}.5", rpc.instance ^ 1)), None);
+        assert_eq!(rpc.own_request("5"), None);
+        assert_eq!(rpc.own_request("zz.5"), None);
     }
 }
