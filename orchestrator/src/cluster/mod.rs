@@ -205,6 +205,13 @@ impl Cluster {
             ("ZK_SESSION_TIMEOUT_MS".to_owned(), self.cfg.zk_session_timeout.as_millis().to_string()),
             ("RUST_LOG".to_owned(), self.cfg.worker_log.clone()),
         ];
+        // Worker tuning set on the orchestrator reaches every worker (a
+        // container does not inherit the orchestrator's environment).
+        for name in ["READ_PREFETCH", "READ_WAIT_MS", "READER_CONNECTIONS"] {
+            if let Ok(v) = std::env::var(name) {
+                env.push((name.to_owned(), v));
+            }
+        }
         if bootstrap_master {
             env.push(("BOOTSTRAP_MASTER".to_owned(), "1".to_owned()));
         }
