@@ -129,6 +129,24 @@ async fn call<T>(
     }
 }
 
+/// `call` for the first contact with the engine: a failure there means no
+/// engine answers (`Connect`), which `Runtime::connect` turns into the choice
+/// of the process runtime.
+async fn connect_call<T>(
+    what: &'static str,
+    fut: impl Future<Output = Result<T, BollardError>>,
+) -> Result<T, RuntimeError> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(RuntimeError::Connect { call: what, source }),
+        Err(_) => Err(RuntimeError::Timeout {
+            call: what,
+            id: String::new(),
+            after: CALL_TIMEOUT,
+        }),
+    }
+}
+
 fn status_of(e: &RuntimeError) -> Option<u16> {
     match e {
         RuntimeError::Docker {
@@ -175,38 +193,8 @@ impl DockerRuntime {
         docker: Docker,
         cfg: RuntimeConfig,
     ) -> Result<DockerRuntime, RuntimeError> {
-        let docker = match tokio::time::timeout(CALL_TIMEOUT, docker.negotiate_version()).await {
-            Ok(Ok(d)) => d,
-            Ok(Err(source)) => {
-                return Err(RuntimeError::Connect {
-                    call: "version",
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(RuntimeError::Timeout {
-                    call: "version",
-                    id: String::new(),
-                    after: CALL_TIMEOUT,
-                })
-            }
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, docker.ping()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(source)) => {
-                return Err(RuntimeError::Connect {
-                    call: "ping",
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(RuntimeError::Timeout {
-                    call: "ping",
-                    id: String::new(),
-                    after: CALL_TIMEOUT,
-                })
-            }
-        }
+        let docker = connect_call("version", docker.negotiate_version()).await?;
+        connect_call("ping", docker.ping()).await?;
         let (exits, _) = broadcast::channel(EXIT_CHANNEL_CAPACITY);
         let shared = Arc::new(Shared {
             cluster_id: cfg.cluster_id.clone(),
