@@ -12,12 +12,17 @@ pub use wire::broker::declare_topology;
 
 /// Answer an RPC on its `reply_to` queue with its correlation id.
 pub async fn reply(ch: &Channel, props: &BasicProperties, reply: &Reply) -> lapin::Result<()> {
-    let Some(to) = props.reply_to() else { return Ok(()) };
     let body = serde_json::to_vec(reply).expect("replies serialize");
-    let mut out = BasicProperties::default().with_content_type("application/json".into());
+    reply_bytes(ch, props, &body, BasicProperties::default().with_content_type("application/json".into())).await
+}
+
+/// Send `body` to a request's `reply_to` queue, with its correlation id added
+/// to `out` (nothing is sent for a request that asked for no answer).
+pub async fn reply_bytes(ch: &Channel, props: &BasicProperties, body: &[u8], mut out: BasicProperties) -> lapin::Result<()> {
+    let Some(to) = props.reply_to() else { return Ok(()) };
     if let Some(id) = props.correlation_id() {
         out = out.with_correlation_id(id.clone());
     }
-    ch.basic_publish("".into(), to.clone(), BasicPublishOptions::default(), &body, out).await?;
+    ch.basic_publish("".into(), to.clone(), BasicPublishOptions::default(), body, out).await?;
     Ok(())
 }

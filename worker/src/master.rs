@@ -73,7 +73,8 @@ pub async fn run(
     let snap = tokio::spawn(serve_snapshots(conn.create_channel().await?, shared.clone(), epoch));
 
     let write_ch = conn.create_channel().await?;
-    write_ch.basic_qos(64, BasicQosOptions::default()).await?;
+    // The prefetch bounds a batch: every write in hand goes into the next one.
+    write_ch.basic_qos(MAX_BATCH, BasicQosOptions::default()).await?;
     let mut writes = write_ch
         .basic_consume(
             WRITE_Q.into(),
@@ -91,7 +92,7 @@ pub async fn run(
                 let Some(d) = d else { break Err(anyhow!("writeQ consumer closed")) };
                 // Group commit: everything already delivered goes in one batch.
                 let mut batch = vec![d?];
-                while batch.len() < MAX_BATCH {
+                while batch.len() < usize::from(MAX_BATCH) {
                     match writes.next().now_or_never() {
                         Some(Some(d)) => batch.push(d?),
                         _ => break,
@@ -103,7 +104,7 @@ pub async fn run(
             }
             _ = master.changed() => {
                 let rec = master.borrow_and_update().clone();
-                if rec.as_ref().map_or(true, |r| r.id != shared.cfg.worker_id || r.epoch != epoch) {
+                if !still_master(shared, epoch) {
                     warn!(worker = %shared.cfg.worker_id, epoch, now = ?rec, "deposed: no longer master");
                     break Ok(MasterExit::Deposed);
                 }
@@ -115,8 +116,9 @@ pub async fn run(
     result
 }
 
-/// The most writes committed in one transaction.
-const MAX_BATCH: usize = 256;
+/// The most writes in hand (the `writeQ` prefetch), so the most committed
+/// in one transaction.
+const MAX_BATCH: u16 = 64;
 
 /// Commit a batch of writes, fan their changes out, and only once the broker
 /// confirmed every change, answer and acknowledge them.
@@ -252,13 +254,7 @@ async fn serve_snapshots(ch: Channel, shared: Shared, epoch: u64) -> Result<()> 
                 let mut body = serde_json::to_vec(&SnapshotHeader { seq: pos.seq, epoch }).expect("serializes");
                 body.push(b'\n');
                 body.extend_from_slice(&bytes);
-                if let Some(to) = d.properties.reply_to() {
-                    let mut props = BasicProperties::default();
-                    if let Some(id) = d.properties.correlation_id() {
-                        props = props.with_correlation_id(id.clone());
-                    }
-                    ch.basic_publish("".into(), to.clone(), BasicPublishOptions::default(), &body, props).await?;
-                }
+                crate::broker::reply_bytes(&ch, &d.properties, &body, BasicProperties::default()).await?;
                 info!(seq = pos.seq, bytes = bytes.len(), "snapshot served");
                 d.acker.ack(BasicAckOptions::default()).await?;
             }

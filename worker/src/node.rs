@@ -115,22 +115,14 @@ pub async fn run(cfg: Config) -> Result<()> {
                     error!(worker = %shared.cfg.worker_id, now = ?rec, "deposed while disconnected; exiting");
                     std::process::exit(EXIT_DEPOSED);
                 }
-                match master::run(&conn, db.clone(), &shared, *epoch, stop.clone()).await {
-                    Ok(MasterExit::Deposed) => std::process::exit(EXIT_DEPOSED),
-                    Ok(MasterExit::Stopped) => Ok(()),
-                    Err(e) => Err(e),
-                }
+                serve_as_master(&conn, db.clone(), &shared, *epoch, &stop).await
             }
             None => match slave::run(&conn, &shared, stop.clone()).await {
                 Ok(SlaveExit::Promoted { db, epoch }) => {
                     info!(worker = %shared.cfg.worker_id, epoch, seq = shared.applied_seq(), "promoted to master");
                     master_db = Some((db.clone(), epoch));
                     // Straight on as master, on the same connection: writes wait.
-                    match master::run(&conn, db, &shared, epoch, stop.clone()).await {
-                        Ok(MasterExit::Deposed) => std::process::exit(EXIT_DEPOSED),
-                        Ok(MasterExit::Stopped) => Ok(()),
-                        Err(e) => Err(e),
-                    }
+                    serve_as_master(&conn, db, &shared, epoch, &stop).await
                 }
                 Ok(SlaveExit::Stopped) => Ok(()),
                 Err(e) => Err(e),
@@ -142,6 +134,22 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         // A connection in a broken state may never confirm its close.
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "worker leaving".into())).await;
+    }
+}
+
+/// Run the master role; a deposed master leaves the process at once (its
+/// data is no longer the cluster's).
+async fn serve_as_master(
+    conn: &lapin::Connection,
+    db: Arc<Mutex<Db>>,
+    shared: &Shared,
+    epoch: u64,
+    stop: &watch::Receiver<bool>,
+) -> Result<()> {
+    match master::run(conn, db, shared, epoch, stop.clone()).await {
+        Ok(MasterExit::Deposed) => std::process::exit(EXIT_DEPOSED),
+        Ok(MasterExit::Stopped) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

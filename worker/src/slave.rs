@@ -80,10 +80,7 @@ pub async fn run(conn: &Connection, shared: &Shared, mut stop: tokio::sync::watc
     let mut applier = tokio::spawn(apply_loop(changes, db.clone(), shared.clone(), known_epoch.clone(), markers.clone()));
 
     // 4. Caught up once everything queued before this point is applied.
-    tokio::select! {
-        r = reach_marker(&sync_ch, &queue, &markers) => r?,
-        r = &mut applier => return Err(anyhow!("applying changes stopped during catch-up: {:?}", r)),
-    }
+    drain_to_marker(&sync_ch, &queue, &markers, &mut applier, "catch-up").await?;
     let caught_up = shared.applied_seq();
     shared.set_position(Role::Slave, caught_up, known_epoch.load(Ordering::SeqCst));
 
@@ -130,10 +127,7 @@ pub async fn run(conn: &Connection, shared: &Shared, mut stop: tokio::sync::watc
             let seq = shared.applied_seq();
             shared.set_position(Role::Promoting, seq, epoch);
             info!(worker = %id, epoch, "promotion: applying every change held");
-            tokio::select! {
-                r = reach_marker(&sync_ch, &queue, &markers) => r?,
-                r = &mut applier => bail!("applying changes stopped during promotion: {:?}", r),
-            }
+            drain_to_marker(&sync_ch, &queue, &markers, &mut applier, "promotion").await?;
             applier.abort();
             sync_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.ok();
             Ok(SlaveExit::Promoted { db, epoch })
@@ -174,6 +168,21 @@ async fn fetch_snapshot(conn: &Connection, id: &str) -> Result<(Vec<u8>, Snapsho
             Ok(None) => bail!("snapshot reply queue closed"),
             Err(_) => warn!(worker = %id, attempt, "no snapshot yet; asking again"),
         }
+    }
+}
+
+/// Everything queued for this slave so far is applied: its marker was
+/// reached, unless the applier stopped first (then an error saying `during`).
+async fn drain_to_marker(
+    ch: &Channel,
+    queue: &str,
+    markers: &Markers,
+    applier: &mut tokio::task::JoinHandle<Result<()>>,
+    during: &str,
+) -> Result<()> {
+    tokio::select! {
+        r = reach_marker(ch, queue, markers) => r,
+        r = applier => bail!("applying changes stopped during {during}: {r:?}"),
     }
 }
 
