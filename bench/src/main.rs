@@ -145,7 +145,12 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn comm(pid: u32) -> String {
@@ -187,7 +192,9 @@ fn processes(stack: &Stack) -> Vec<Proc> {
         }
     }
     // The load balancer stand-in: nginx's master and its worker processes.
-    if let Some(master) = std::fs::read_to_string(stack.dir.join("lb/nginx.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+    if let Some(master) =
+        std::fs::read_to_string(stack.dir.join("lb/nginx.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok())
+    {
         out.push(Proc { name: "nginx".into(), pid: master });
         for (n, pid) in children(master).into_iter().enumerate() {
             out.push(Proc { name: format!("nginx-w{}", n + 1), pid });
@@ -330,7 +337,10 @@ async fn one(http: &reqwest::Client, kind: &Kind, i: u64) -> Result<(), String> 
         return Err(format!("{status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])));
     }
     if !expect.is_empty() && !contains(&body, expect.as_bytes()) {
-        return Err(format!("wrong answer (wanted {expect}): {}", String::from_utf8_lossy(&body[..body.len().min(200)])));
+        return Err(format!(
+            "wrong answer (wanted {expect}): {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ));
     }
     Ok(())
 }
@@ -340,7 +350,14 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Run `conc` callers for `secs` (or until `max` requests were issued).
-async fn drive(http: &reqwest::Client, kind: &Kind, conc: usize, secs: f64, max: u64, counter: &Arc<AtomicU64>) -> (Vec<TaskResult>, f64) {
+async fn drive(
+    http: &reqwest::Client,
+    kind: &Kind,
+    conc: usize,
+    secs: f64,
+    max: u64,
+    counter: &Arc<AtomicU64>,
+) -> (Vec<TaskResult>, f64) {
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let issued = Arc::new(AtomicU64::new(0));
@@ -430,11 +447,17 @@ async fn cell(
 }
 
 fn print_header(procs: &[Proc]) {
-    print!("{:<22} {:>5} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} |", "scenario", "conc", "ok/s", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms");
+    print!(
+        "{:<22} {:>5} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} |",
+        "scenario", "conc", "ok/s", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
     for p in procs {
         print!(" {:>8}", short(&p.name));
     }
-    println!(" {:>7} {:>6} {:>8}   (cpu % of one core; us/req = CPU of all but bench per request)", "other", "busy", "us/req");
+    println!(
+        " {:>7} {:>6} {:>8}   (cpu % of one core; us/req = CPU of all but bench per request)",
+        "other", "busy", "us/req"
+    );
 }
 
 fn short(s: &str) -> String {
@@ -480,7 +503,9 @@ fn read_bodies(users: usize, consistency: Consistency) -> Arc<Vec<(Bytes, String
         x ^= x >> 7;
         x ^= x << 17;
         let name = user_name((x % users as u64) as usize);
-        let mut r = ReadRequest::table("users").columns(&["username", "password"]).filter(Condition::eq("username", name.as_str()));
+        let mut r = ReadRequest::table("users")
+            .columns(&["username", "password"])
+            .filter(Condition::eq("username", name.as_str()));
         r.consistency = consistency;
         v.push((Bytes::from(serde_json::to_vec(&r).expect("serializes")), format!("\"{name}\"")));
     }
@@ -620,10 +645,16 @@ async fn main() -> Result<()> {
     let read_url = stack.url("/api/v1/db/read");
     let mut scenarios: Vec<(String, Kind)> = vec![];
     if wants(&opts, "read") {
-        scenarios.push(("db/read strong".into(), Kind::Post { url: read_url.clone(), bodies: read_bodies(opts.users, Consistency::Strong) }));
+        scenarios.push((
+            "db/read strong".into(),
+            Kind::Post { url: read_url.clone(), bodies: read_bodies(opts.users, Consistency::Strong) },
+        ));
     }
     if wants(&opts, "eventual") {
-        scenarios.push(("db/read eventual".into(), Kind::Post { url: read_url.clone(), bodies: read_bodies(opts.users, Consistency::Eventual) }));
+        scenarios.push((
+            "db/read eventual".into(),
+            Kind::Post { url: read_url.clone(), bodies: read_bodies(opts.users, Consistency::Eventual) },
+        ));
     }
     if opts.services && wants(&opts, "services") {
         let n = opts.users.clamp(1, 100_000);
@@ -656,7 +687,12 @@ async fn main() -> Result<()> {
     let peak_rss: Vec<RssEntry> = procs
         .iter()
         .filter(|p| p.name != "bench")
-        .map(|p| RssEntry { name: p.name.clone(), pid: p.pid, vm_hwm_kb: status_kb(p.pid, "VmHWM:"), vm_rss_kb: status_kb(p.pid, "VmRSS:") })
+        .map(|p| RssEntry {
+            name: p.name.clone(),
+            pid: p.pid,
+            vm_hwm_kb: status_kb(p.pid, "VmHWM:"),
+            vm_rss_kb: status_kb(p.pid, "VmRSS:"),
+        })
         .collect();
     println!("\npeak RSS (VmHWM):");
     for r in &peak_rss {

@@ -46,7 +46,14 @@ pub async fn run(counter: Arc<ReadCounter>, cluster: Arc<Cluster>, cfg: ScaleCon
         let reads = counter.count.swap(0, Ordering::Relaxed);
         let want = desired_slaves(reads, &cfg);
         let (before, after) = cluster.scale_to(want).await;
-        info!(window, window_secs = cfg.window.as_secs_f64(), reads, slaves_before = before, slaves_after = after, "scaling decision");
+        info!(
+            window,
+            window_secs = cfg.window.as_secs_f64(),
+            reads,
+            slaves_before = before,
+            slaves_after = after,
+            "scaling decision"
+        );
     }
 }
 

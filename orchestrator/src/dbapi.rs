@@ -83,6 +83,8 @@ fn unexpected(reply: Reply) -> ApiError {
         Reply::Conflict { error, .. } => ApiError::Conflict(error),
         Reply::Invalid { error } => ApiError::Invalid(error),
         Reply::Unavailable { error } => ApiError::Unavailable(error),
-        Reply::Rows(_) | Reply::Written { .. } => ApiError::Unavailable("worker answered the wrong kind of reply".into()),
+        Reply::Rows(_) | Reply::Written { .. } => {
+            ApiError::Unavailable("worker answered the wrong kind of reply".into())
+        }
     }
 }

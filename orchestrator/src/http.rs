@@ -89,11 +89,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         warp::any().map(move || app.clone())
     };
 
-    let read = warp::path!("api" / "v1" / "db" / "read")
-        .and(warp::post())
-        .and(body())
-        .and(with_app.clone())
-        .then(|body: Bytes, app: Arc<App>| async move {
+    let read = warp::path!("api" / "v1" / "db" / "read").and(warp::post()).and(body()).and(with_app.clone()).then(
+        |body: Bytes, app: Arc<App>| async move {
             app.reads.count_read();
             let req = match parse(&body) {
                 Ok(r) => r,
@@ -103,13 +100,11 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
                 Ok(rows) => json_reply(StatusCode::OK, &rows),
                 Err(e) => api_error(e),
             }
-        });
+        },
+    );
 
-    let write = warp::path!("api" / "v1" / "db" / "write")
-        .and(warp::post())
-        .and(body())
-        .and(with_app.clone())
-        .then(|body: Bytes, app: Arc<App>| async move {
+    let write = warp::path!("api" / "v1" / "db" / "write").and(warp::post()).and(body()).and(with_app.clone()).then(
+        |body: Bytes, app: Arc<App>| async move {
             let req = match parse(&body) {
                 Ok(r) => r,
                 Err(resp) => return resp,
@@ -118,7 +113,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
                 Ok(outcome) => json_reply(StatusCode::CREATED, &outcome),
                 Err(e) => api_error(e),
             }
-        });
+        },
+    );
 
     let clear = warp::path!("api" / "v1" / "db" / "clear")
         .and(warp::post())

@@ -6,7 +6,8 @@ async fn main() -> anyhow::Result<()> {
         // Colour only on a terminal (fmt writes to stdout): log files stay plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,lapin=warn,zookeeper_client=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn,zookeeper_client=warn".into()),
         )
         .init();
     let cfg = orchestrator::config::Config::from_env()?;

@@ -137,8 +137,9 @@ impl Rpc {
     }
 
     async fn connect(&self) -> Result<lapin::Consumer, lapin::Error> {
-        let conn = Connection::connect(&self.url, ConnectionProperties::default().with_connection_name("orchestrator".into()))
-            .await?;
+        let conn =
+            Connection::connect(&self.url, ConnectionProperties::default().with_connection_name("orchestrator".into()))
+                .await?;
         let ch = conn.create_channel().await?;
         wire::broker::declare_topology(&ch).await?;
         let consumer = ch

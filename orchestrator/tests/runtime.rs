@@ -21,13 +21,10 @@ use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::{
-    InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-};
+use bollard::query_parameters::{InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder};
 use bollard::Docker;
 use orchestrator::runtime::{
-    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, WorkerExit, WorkerInfo, WorkerSpec,
-    CLUSTER_LABEL, WORKER_LABEL,
+    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, WorkerExit, WorkerInfo, WorkerSpec, CLUSTER_LABEL, WORKER_LABEL,
 };
 use tokio::sync::broadcast;
 
@@ -35,51 +32,34 @@ const IMAGE: &str = "rideshare-worker:latest";
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
 
 fn cluster(prefix: &str) -> String {
-    format!(
-        "rttest-{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
+    format!("rttest-{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
 
 fn worker_env() -> Vec<(String, String)> {
     vec![
-        (
-            "AMQP_URL".into(),
-            "amqp://guest:guest@127.0.0.1:1/%2f".into(),
-        ),
+        ("AMQP_URL".into(), "amqp://guest:guest@127.0.0.1:1/%2f".into()),
         ("ZK_ADDR".into(), "127.0.0.1:2".into()),
         ("RUST_LOG".into(), "info".into()),
     ]
 }
 
 fn spec(id: &str) -> WorkerSpec {
-    WorkerSpec {
-        id: id.into(),
-        env: worker_env(),
-    }
+    WorkerSpec { id: id.into(), env: worker_env() }
 }
 
 /// Builds the image once per test binary if the engine lacks it.
 fn ensure_image() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let present = Command::new("docker")
-            .args(["image", "inspect", IMAGE])
-            .output()
-            .map(|o| o.status.success());
+        let present = Command::new("docker").args(["image", "inspect", IMAGE]).output().map(|o| o.status.success());
         if present.unwrap_or(false) {
             return;
         }
@@ -98,24 +78,13 @@ struct ContainerGuard(Vec<String>);
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
         for c in &self.0 {
-            let out = Command::new("docker")
-                .args([
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label={CLUSTER_LABEL}={c}"),
-                ])
-                .output();
+            let out =
+                Command::new("docker").args(["ps", "-aq", "--filter", &format!("label={CLUSTER_LABEL}={c}")]).output();
             if let Ok(out) = out {
-                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect();
+                let ids: Vec<String> =
+                    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
                 if !ids.is_empty() {
-                    let _ = Command::new("docker")
-                        .args(["rm", "-f"])
-                        .args(&ids)
-                        .output();
+                    let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
                 }
             }
         }
@@ -160,11 +129,7 @@ fn proc_exists(pid: u32) -> bool {
 
 fn proc_state(pid: u32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s[s.rfind(')')? + 1..]
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
+    s[s.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
 }
 
 fn as_map(v: &[WorkerInfo]) -> BTreeMap<String, u32> {
@@ -210,20 +175,12 @@ async fn engine() -> Docker {
 async fn engine_view(d: &Docker, cluster: &str) -> BTreeMap<String, u32> {
     let filters = HashMap::from([("label", vec![format!("{CLUSTER_LABEL}={cluster}")])]);
     let list = d
-        .list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .all(false)
-                .filters(&filters)
-                .build(),
-        ))
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(false).filters(&filters).build()))
         .await
         .unwrap();
     let mut out = BTreeMap::new();
     for c in list {
-        let info = d
-            .inspect_container(c.id.as_deref().unwrap(), None::<InspectContainerOptions>)
-            .await
-            .unwrap();
+        let info = d.inspect_container(c.id.as_deref().unwrap(), None::<InspectContainerOptions>).await.unwrap();
         let labels = info.config.as_ref().unwrap().labels.clone().unwrap();
         let st = info.state.unwrap();
         if st.running == Some(true) {
@@ -234,9 +191,7 @@ async fn engine_view(d: &Docker, cluster: &str) -> BTreeMap<String, u32> {
 }
 
 async fn container_exists(d: &Docker, name: &str) -> bool {
-    d.inspect_container(name, None::<InspectContainerOptions>)
-        .await
-        .is_ok()
+    d.inspect_container(name, None::<InspectContainerOptions>).await.is_ok()
 }
 
 fn docker_cfg(cluster: &str) -> RuntimeConfig {
@@ -257,9 +212,7 @@ async fn docker_runtime_against_real_engine() {
     let _guard = ContainerGuard(vec![a.clone(), b.clone()]);
     let d = engine().await;
 
-    let rt = Runtime::connect(docker_cfg(&a))
-        .await
-        .expect("connect to docker");
+    let rt = Runtime::connect(docker_cfg(&a)).await.expect("connect to docker");
     assert_eq!(rt.kind_name(), "docker");
     let mut exits = rt.exits();
 
@@ -283,27 +236,15 @@ async fn docker_runtime_against_real_engine() {
         assert!(proc_exists(*pid), "/proc/{pid} missing on the host");
     }
     // The container is named <cluster>-<id> and has WORKER_ID in its env.
-    let info = d
-        .inspect_container(&format!("{a}-w1"), None::<InspectContainerOptions>)
-        .await
-        .unwrap();
+    let info = d.inspect_container(&format!("{a}-w1"), None::<InspectContainerOptions>).await.unwrap();
     let env = info.config.unwrap().env.unwrap();
     assert!(env.contains(&"WORKER_ID=w1".to_string()), "{env:?}");
     assert!(env.contains(&"ZK_ADDR=127.0.0.1:2".to_string()), "{env:?}");
-    assert_eq!(
-        info.host_config.unwrap().network_mode.as_deref(),
-        Some("host")
-    );
+    assert_eq!(info.host_config.unwrap().network_mode.as_deref(), Some("host"));
 
     // Same worker id running twice is refused; a bad id never reaches the engine.
-    assert!(matches!(
-        rt.start(spec("w1")).await,
-        Err(RuntimeError::AlreadyRunning(_))
-    ));
-    assert!(matches!(
-        rt.start(spec("../x")).await,
-        Err(RuntimeError::InvalidId(_))
-    ));
+    assert!(matches!(rt.start(spec("w1")).await, Err(RuntimeError::AlreadyRunning(_))));
+    assert!(matches!(rt.start(spec("../x")).await, Err(RuntimeError::InvalidId(_))));
 
     // Another cluster on the same engine, even with the same worker id, is
     // invisible to this one (and vice versa).
@@ -312,10 +253,7 @@ async fn docker_runtime_against_real_engine() {
     let listed = as_map(&rt.list().await.unwrap());
     assert_eq!(listed, started);
     assert!(!listed.values().any(|p| *p == o1.pid));
-    assert_eq!(
-        as_map(&other.list().await.unwrap()),
-        BTreeMap::from([("w1".to_string(), o1.pid)])
-    );
+    assert_eq!(as_map(&other.list().await.unwrap()), BTreeMap::from([("w1".to_string(), o1.pid)]));
 
     // kill: returns the pid, the worker is gone from list and from the
     // engine, and its exit is reported with that pid.
@@ -324,20 +262,13 @@ async fn docker_runtime_against_real_engine() {
     let listed = as_map(&rt.list().await.unwrap());
     assert!(!listed.contains_key("w2"));
     // Removal of the dead container follows the kill in the background.
-    eventually("the killed container to be removed", || async {
-        !container_exists(&d, &format!("{a}-w2")).await
-    })
-    .await;
+    eventually("the killed container to be removed", || async { !container_exists(&d, &format!("{a}-w2")).await })
+        .await;
     let e = expect_exit(&mut exits, "w2").await;
     assert_eq!(e.pid, killed);
-    eventually("killed pid gone from /proc", || async {
-        !proc_exists(killed) || proc_state(killed) == Some('Z')
-    })
-    .await;
-    assert!(matches!(
-        rt.kill("w2").await,
-        Err(RuntimeError::NotFound(_))
-    ));
+    eventually("killed pid gone from /proc", || async { !proc_exists(killed) || proc_state(killed) == Some('Z') })
+        .await;
+    assert!(matches!(rt.kill("w2").await, Err(RuntimeError::NotFound(_))));
 
     // stop: graceful (the worker handles SIGTERM well before the grace ends),
     // container removed, exit reported.
@@ -345,25 +276,16 @@ async fn docker_runtime_against_real_engine() {
     rt.stop("w3", Duration::from_secs(20)).await.unwrap();
     let took = t0.elapsed();
     eprintln!("docker stop w3: {took:?}");
-    assert!(
-        took < Duration::from_secs(15),
-        "stop needed the SIGKILL fallback ({took:?})"
-    );
+    assert!(took < Duration::from_secs(15), "stop needed the SIGKILL fallback ({took:?})");
     assert!(!container_exists(&d, &format!("{a}-w3")).await);
     assert_eq!(expect_exit(&mut exits, "w3").await.pid, started["w3"]);
-    assert_eq!(
-        as_map(&rt.list().await.unwrap()),
-        BTreeMap::from([("w1".to_string(), started["w1"])])
-    );
+    assert_eq!(as_map(&rt.list().await.unwrap()), BTreeMap::from([("w1".to_string(), started["w1"])]));
 
     // A crash the runtime did not cause (killed behind its back): the die
     // event is reported with the pid, and the dead container is removed.
-    d.kill_container(
-        &format!("{a}-w1"),
-        Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build()),
-    )
-    .await
-    .unwrap();
+    d.kill_container(&format!("{a}-w1"), Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build()))
+        .await
+        .unwrap();
     assert_eq!(expect_exit(&mut exits, "w1").await.pid, started["w1"]);
     let name = format!("{a}-w1");
     eventually("crashed container removed", || {
@@ -378,10 +300,7 @@ async fn docker_runtime_against_real_engine() {
     let w4 = rt.start(spec("w4")).await.unwrap();
     let adopter = Runtime::connect(docker_cfg(&a)).await.unwrap();
     let mut adopter_exits = adopter.exits();
-    assert_eq!(
-        as_map(&adopter.list().await.unwrap()),
-        BTreeMap::from([("w4".to_string(), w4.pid)])
-    );
+    assert_eq!(as_map(&adopter.list().await.unwrap()), BTreeMap::from([("w4".to_string(), w4.pid)]));
     assert_eq!(adopter.kill("w4").await.unwrap(), w4.pid);
     assert_eq!(expect_exit(&mut adopter_exits, "w4").await.pid, w4.pid);
     assert_eq!(expect_exit(&mut exits, "w4").await.pid, w4.pid);
@@ -395,23 +314,14 @@ async fn docker_runtime_against_real_engine() {
 async fn auto_picks_docker_when_the_engine_answers() {
     let c = cluster("auto");
     let _guard = ContainerGuard(vec![c.clone()]);
-    let rt = Runtime::connect(RuntimeConfig {
-        kind: RuntimeKind::Auto,
-        ..docker_cfg(&c)
-    })
-    .await
-    .unwrap();
+    let rt = Runtime::connect(RuntimeConfig { kind: RuntimeKind::Auto, ..docker_cfg(&c) }).await.unwrap();
     assert_eq!(rt.kind_name(), "docker");
     assert!(rt.list().await.unwrap().is_empty());
 }
 
 fn worker_bin() -> PathBuf {
     let bin = target_dir().join("release/worker");
-    assert!(
-        bin.exists(),
-        "{} not built (cargo build --release -p worker)",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} not built (cargo build --release -p worker)", bin.display());
     bin
 }
 
@@ -420,10 +330,7 @@ async fn process_runtime_start_list_kill_stop_adopt() {
     let a = cluster("proc");
     let b = cluster("procother");
     let dir = std::env::temp_dir().join(&a);
-    let _guard = ProcessGuard {
-        clusters: vec![a.clone(), b.clone()],
-        dir: dir.clone(),
-    };
+    let _guard = ProcessGuard { clusters: vec![a.clone(), b.clone()], dir: dir.clone() };
     let cfg = |c: &str| RuntimeConfig {
         kind: RuntimeKind::Process,
         cluster_id: c.to_string(),
@@ -444,30 +351,17 @@ async fn process_runtime_start_list_kill_stop_adopt() {
         started.insert(id.to_string(), info.pid);
     }
     assert_eq!(as_map(&rt.list().await.unwrap()), started);
-    assert!(matches!(
-        rt.start(spec("p1")).await,
-        Err(RuntimeError::AlreadyRunning(_))
-    ));
+    assert!(matches!(rt.start(spec("p1")).await, Err(RuntimeError::AlreadyRunning(_))));
 
     // Each worker: its own process group, cwd data_dir/<id>, DB_PATH there,
     // output appended to worker.log.
     let pid = started["p1"];
-    assert_eq!(
-        unsafe { libc::getpgid(pid as i32) },
-        pid as i32,
-        "not its own process group"
-    );
+    assert_eq!(unsafe { libc::getpgid(pid as i32) }, pid as i32, "not its own process group");
     let wdir = std::fs::canonicalize(dir.join("p1")).unwrap();
-    assert_eq!(
-        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
-        wdir
-    );
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), wdir);
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let db = format!("DB_PATH={}", wdir.join("worker.db").display());
-    assert!(
-        environ.split(|b| *b == 0).any(|v| v == db.as_bytes()),
-        "DB_PATH not set to {db}"
-    );
+    assert!(environ.split(|b| *b == 0).any(|v| v == db.as_bytes()), "DB_PATH not set to {db}");
     assert!(environ.split(|b| *b == 0).any(|v| v == b"WORKER_ID=p1"));
     eventually("worker.log written", || {
         let p = wdir.join("worker.log");
@@ -479,20 +373,14 @@ async fn process_runtime_start_list_kill_stop_adopt() {
     let other = Runtime::connect(cfg(&b)).await.unwrap();
     let o1 = other.start(spec("p1")).await.unwrap();
     assert_eq!(as_map(&rt.list().await.unwrap()), started);
-    assert_eq!(
-        as_map(&other.list().await.unwrap()),
-        BTreeMap::from([("p1".to_string(), o1.pid)])
-    );
+    assert_eq!(as_map(&other.list().await.unwrap()), BTreeMap::from([("p1".to_string(), o1.pid)]));
 
     // kill: SIGKILL, the pid returned, the exit reported, the child reaped.
     let killed = rt.kill("p1").await.unwrap();
     assert_eq!(killed, started["p1"]);
     assert_eq!(expect_exit(&mut exits, "p1").await.pid, killed);
     assert!(!rt.list().await.unwrap().iter().any(|w| w.id == "p1"));
-    eventually("killed child reaped (no zombie)", || async move {
-        proc_state(killed) != Some('Z')
-    })
-    .await;
+    eventually("killed child reaped (no zombie)", || async move { proc_state(killed) != Some('Z') }).await;
 
     // stop: SIGTERM is enough for the worker; well before the grace ends.
     let t0 = Instant::now();
@@ -506,26 +394,17 @@ async fn process_runtime_start_list_kill_stop_adopt() {
     // the adopted worker is reported by the adopter too.
     let adopter = Runtime::connect(cfg(&a)).await.unwrap();
     let mut adopter_exits = adopter.exits();
-    assert_eq!(
-        as_map(&adopter.list().await.unwrap()),
-        BTreeMap::from([("p2".to_string(), started["p2"])])
-    );
+    assert_eq!(as_map(&adopter.list().await.unwrap()), BTreeMap::from([("p2".to_string(), started["p2"])]));
     // A crash behind both runtimes' backs.
     unsafe { libc::kill(started["p2"] as i32, libc::SIGKILL) };
-    assert_eq!(
-        expect_exit(&mut adopter_exits, "p2").await.pid,
-        started["p2"]
-    );
+    assert_eq!(expect_exit(&mut adopter_exits, "p2").await.pid, started["p2"]);
     assert_eq!(expect_exit(&mut exits, "p2").await.pid, started["p2"]);
     assert!(adopter.list().await.unwrap().is_empty());
     assert!(rt.list().await.unwrap().is_empty());
 
     // The adopter can start, and stop, workers itself.
     let p4 = adopter.start(spec("p4")).await.unwrap();
-    assert_eq!(
-        as_map(&rt.list().await.unwrap()),
-        BTreeMap::from([("p4".to_string(), p4.pid)])
-    );
+    assert_eq!(as_map(&rt.list().await.unwrap()), BTreeMap::from([("p4".to_string(), p4.pid)]));
     assert_eq!(rt.kill("p4").await.unwrap(), p4.pid);
     assert_eq!(expect_exit(&mut adopter_exits, "p4").await.pid, p4.pid);
 
@@ -551,20 +430,14 @@ impl EngineProxy {
         let accept = tokio::spawn(async move {
             while let Ok((mut down, _)) = listener.accept().await {
                 let h = tokio::spawn(async move {
-                    if let Ok(mut up) =
-                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
-                    {
+                    if let Ok(mut up) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
                         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
                     }
                 });
                 c2.lock().unwrap().push(h);
             }
         });
-        EngineProxy {
-            path: path.to_path_buf(),
-            accept: Some(accept),
-            conns,
-        }
+        EngineProxy { path: path.to_path_buf(), accept: Some(accept), conns }
     }
 
     fn cut(&mut self) {
@@ -601,14 +474,8 @@ async fn docker_events_survive_engine_outage() {
     let d = engine().await;
     let sock = std::env::temp_dir().join(format!("{c}.sock"));
     let mut proxy = EngineProxy::start(&sock);
-    let client =
-        Docker::connect_with_unix(sock.to_str().unwrap(), 30, bollard::API_DEFAULT_VERSION)
-            .unwrap();
-    let rt = Runtime::Docker(
-        DockerRuntime::with_client(client, docker_cfg(&c))
-            .await
-            .unwrap(),
-    );
+    let client = Docker::connect_with_unix(sock.to_str().unwrap(), 30, bollard::API_DEFAULT_VERSION).unwrap();
+    let rt = Runtime::Docker(DockerRuntime::with_client(client, docker_cfg(&c)).await.unwrap());
     let mut exits = rt.exits();
     let w1 = rt.start(spec("w1")).await.unwrap();
     let w2 = rt.start(spec("w2")).await.unwrap();
@@ -617,13 +484,8 @@ async fn docker_events_survive_engine_outage() {
     // dies, and its die event goes nowhere.
     proxy.cut();
     let kill = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
-    d.kill_container(&format!("{c}-w1"), Some(kill.clone()))
-        .await
-        .unwrap();
-    assert!(
-        rt.list().await.is_err(),
-        "list must fail while the engine is unreachable"
-    );
+    d.kill_container(&format!("{c}-w1"), Some(kill.clone())).await.unwrap();
+    assert!(rt.list().await.is_err(), "list must fail while the engine is unreachable");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _proxy = EngineProxy::start(&sock);
 
@@ -636,9 +498,7 @@ async fn docker_events_survive_engine_outage() {
     })
     .await;
     // And live events flow again.
-    d.kill_container(&format!("{c}-w2"), Some(kill))
-        .await
-        .unwrap();
+    d.kill_container(&format!("{c}-w2"), Some(kill)).await.unwrap();
     assert_eq!(expect_exit(&mut exits, "w2").await.pid, w2.pid);
     assert!(rt.list().await.unwrap().is_empty());
 }

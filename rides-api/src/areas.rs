@@ -11,11 +11,7 @@ use serde_json::Value;
 const CSV: &str = include_str!("../data/AreaNameEnum.csv");
 
 static AREAS: LazyLock<BTreeSet<u64>> = LazyLock::new(|| {
-    CSV.lines()
-        .skip(1)
-        .filter_map(|l| l.split(',').next())
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
+    CSV.lines().skip(1).filter_map(|l| l.split(',').next()).filter_map(|n| n.trim().parse().ok()).collect()
 });
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,19 +75,10 @@ mod tests {
     #[test]
     fn refusals() {
         assert!(matches!(parse_json(&json!(0)), Err(AreaError::Unknown(_))));
-        assert!(matches!(
-            parse_json(&json!(199)),
-            Err(AreaError::Unknown(_))
-        ));
+        assert!(matches!(parse_json(&json!(199)), Err(AreaError::Unknown(_))));
         assert!(matches!(parse_json(&json!(-3)), Err(AreaError::Unknown(_))));
-        assert!(matches!(
-            parse_json(&json!("0")),
-            Err(AreaError::Unknown(_))
-        ));
-        assert!(matches!(
-            parse_json(&json!("199")),
-            Err(AreaError::Unknown(_))
-        ));
+        assert!(matches!(parse_json(&json!("0")), Err(AreaError::Unknown(_))));
+        assert!(matches!(parse_json(&json!("199")), Err(AreaError::Unknown(_))));
         assert_eq!(parse_json(&json!("1e3")), Err(AreaError::NotANumber));
         assert_eq!(parse_json(&json!(12.0)), Err(AreaError::NotANumber));
         assert_eq!(parse_json(&json!("")), Err(AreaError::NotANumber));
@@ -106,10 +93,7 @@ mod tests {
     fn huge_numbers() {
         let big: Value = serde_json::from_str("99999999999999999999999").unwrap();
         assert!(parse_json(&big).is_err());
-        assert!(
-            serde_json::from_str::<Value>("1e400").is_err(),
-            "the body parser already refuses it"
-        );
+        assert!(serde_json::from_str::<Value>("1e400").is_err(), "the body parser already refuses it");
         let digits = "9".repeat(100_000);
         let e = parse_str(&digits).unwrap_err();
         assert!(e.to_string().len() < 200);

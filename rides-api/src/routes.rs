@@ -34,11 +34,7 @@ pub struct State {
 
 impl State {
     pub fn new(db: Db, users: UserCheck) -> State {
-        State {
-            db,
-            users,
-            count: RequestCounter::new(COUNTED),
-        }
+        State { db, users, count: RequestCounter::new(COUNTED) }
     }
 }
 
@@ -119,9 +115,7 @@ type Answer = Result<Response, Fail>;
 
 /// A JSON object body, or the 400 for why it is not one.
 async fn object_body(body: Body) -> Result<serde_json::Map<String, Value>, Fail> {
-    let bytes = http::read_body(body)
-        .await
-        .map_err(|e| Fail::Bad(e.to_string()))?;
+    let bytes = http::read_body(body).await.map_err(|e| Fail::Bad(e.to_string()))?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => bad("body must be a JSON object"),
@@ -139,9 +133,7 @@ fn string_field(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Stri
 }
 
 fn area_field(obj: &serde_json::Map<String, Value>, name: &str) -> Result<i64, Fail> {
-    let v = obj
-        .get(name)
-        .ok_or_else(|| Fail::Bad(format!("missing field {name}")))?;
+    let v = obj.get(name).ok_or_else(|| Fail::Bad(format!("missing field {name}")))?;
     areas::parse_json(v).map_err(|e| Fail::Bad(format!("{name}: {e}")))
 }
 
@@ -150,8 +142,7 @@ fn ride_id(s: &str) -> Result<i64, Fail> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return bad(format!("rideId {:?} is not a number", http::short(s)));
     }
-    s.parse()
-        .map_err(|_| Fail::Bad(format!("rideId {:?} is out of range", http::short(s))))
+    s.parse().map_err(|_| Fail::Bad(format!("rideId {:?} is out of range", http::short(s))))
 }
 
 async fn ensure_user(st: &State, name: &str) -> Result<(), Fail> {
@@ -195,21 +186,16 @@ async fn create(st: &State, body: Body) -> Answer {
 }
 
 fn query_area(query: &str, name: &str) -> Result<i64, Fail> {
-    let v = http::query_param(query, name)
-        .ok_or_else(|| Fail::Bad(format!("missing query parameter {name}")))?;
+    let v = http::query_param(query, name).ok_or_else(|| Fail::Bad(format!("missing query parameter {name}")))?;
     areas::parse_str(&v).map_err(|e| Fail::Bad(format!("{name}: {e}")))
 }
 
 fn int(row: &Row, col: &str) -> Result<i64, Fail> {
-    row.get(col)
-        .and_then(Value::as_i64)
-        .ok_or_else(|| DbError::Failed(format!("row without {col}")).into())
+    row.get(col).and_then(Value::as_i64).ok_or_else(|| DbError::Failed(format!("row without {col}")).into())
 }
 
 fn text<'a>(row: &'a Row, col: &str) -> Result<&'a str, Fail> {
-    row.get(col)
-        .and_then(Value::as_str)
-        .ok_or_else(|| DbError::Failed(format!("row without {col}")).into())
+    row.get(col).and_then(Value::as_str).ok_or_else(|| DbError::Failed(format!("row without {col}")).into())
 }
 
 async fn upcoming(st: &State, query: &str) -> Answer {
@@ -241,9 +227,7 @@ async fn upcoming(st: &State, query: &str) -> Answer {
 }
 
 async fn find_ride(st: &State, id: i64) -> Result<Option<Row>, Fail> {
-    let read = ReadRequest::table("rides")
-        .filter(Condition::eq("ride_id", id))
-        .limit(1);
+    let read = ReadRequest::table("rides").filter(Condition::eq("ride_id", id)).limit(1);
     Ok(st.db.read(&read).await?.into_iter().next())
 }
 
@@ -261,10 +245,7 @@ async fn details(st: &State, id: &str) -> Answer {
                 .order("username", false),
         )
         .await?;
-    let users = riders
-        .iter()
-        .map(|r| text(r, "username"))
-        .collect::<Result<Vec<_>, _>>()?;
+    let users = riders.iter().map(|r| text(r, "username")).collect::<Result<Vec<_>, _>>()?;
     Ok(http::json(
         StatusCode::OK,
         &json!({
@@ -289,21 +270,12 @@ async fn join(st: &State, id: &str, body: Body) -> Answer {
         return bad("the creator of a ride cannot join it");
     }
     ensure_user(st, &username).await?;
-    let insert = WriteRequest::insert(
-        "ride_riders",
-        [
-            ("ride_id", id.into()),
-            ("username", username.clone().into()),
-        ],
-    );
+    let insert = WriteRequest::insert("ride_riders", [("ride_id", id.into()), ("username", username.clone().into())]);
     match st.db.write(&insert).await {
         Ok(_) => Ok(http::empty_object(StatusCode::OK)),
         // The primary key (ride_id, username) says the user is on the ride
         // already (or the ride or user vanished since the checks above).
-        Err(DbError::Conflict(_)) => bad(format!(
-            "{:?} has already joined ride {id}",
-            http::short(&username)
-        )),
+        Err(DbError::Conflict(_)) => bad(format!("{:?} has already joined ride {id}", http::short(&username))),
         Err(e) => Err(e.into()),
     }
 }
@@ -311,13 +283,7 @@ async fn join(st: &State, id: &str, body: Body) -> Answer {
 async fn delete(st: &State, id: &str) -> Answer {
     let id = ride_id(id)?;
     // ON DELETE CASCADE takes the riders off with it.
-    let outcome = st
-        .db
-        .write(&WriteRequest::delete(
-            "rides",
-            vec![Condition::eq("ride_id", id)],
-        ))
-        .await?;
+    let outcome = st.db.write(&WriteRequest::delete("rides", vec![Condition::eq("ride_id", id)])).await?;
     if outcome.rows_affected == 0 {
         return bad(format!("no ride {id}"));
     }
@@ -369,82 +335,28 @@ mod tests {
             format!(r#"{{"created_by":"a","timestamp":"{ts}","source":{s},"destination":{d}}}"#)
         };
         let ok_ts = "01-01-2030:00-00-00";
-        assert_eq!(
-            status("POST", "/api/v1/rides/count", String::new()).await,
-            405
-        );
-        assert_eq!(
-            status("DELETE", "/api/v1/rides/count", String::new()).await,
-            405
-        );
+        assert_eq!(status("POST", "/api/v1/rides/count", String::new()).await, 405);
+        assert_eq!(status("DELETE", "/api/v1/rides/count", String::new()).await, 405);
         assert_eq!(status("PUT", "/api/v1/rides", String::new()).await, 405);
         assert_eq!(status("PUT", "/api/v1/rides/3", String::new()).await, 405);
         assert_eq!(status("GET", "/api/v1/rides/abc", String::new()).await, 400);
-        assert_eq!(
-            status("DELETE", "/api/v1/rides/abc", String::new()).await,
-            400
-        );
+        assert_eq!(status("DELETE", "/api/v1/rides/abc", String::new()).await, 400);
         assert_eq!(status("POST", "/api/v1/rides", "nope".into()).await, 400);
-        assert_eq!(
-            status(
-                "POST",
-                "/api/v1/rides",
-                ride("31-02-2030:00-00-00", "1", "2")
-            )
-            .await,
-            400
-        );
-        assert_eq!(
-            status("POST", "/api/v1/rides", ride(ok_ts, "0", "2")).await,
-            400
-        );
-        assert_eq!(
-            status("POST", "/api/v1/rides", ride(ok_ts, "1e400", "2")).await,
-            400
-        );
-        assert_eq!(
-            status(
-                "POST",
-                "/api/v1/rides",
-                ride(ok_ts, "99999999999999999999999", "2")
-            )
-            .await,
-            400
-        );
-        assert_eq!(
-            status("POST", "/api/v1/rides", ride(ok_ts, "\"12\"", "12")).await,
-            400
-        );
-        assert_eq!(
-            status("GET", "/api/v1/rides?source=1", String::new()).await,
-            400
-        );
-        assert_eq!(
-            status(
-                "GET",
-                "/api/v1/rides?source=1&destination=199",
-                String::new()
-            )
-            .await,
-            400
-        );
-        assert_eq!(
-            status("POST", "/api/v1/rides/3", r#"{"user":"a"}"#.into()).await,
-            400
-        );
+        assert_eq!(status("POST", "/api/v1/rides", ride("31-02-2030:00-00-00", "1", "2")).await, 400);
+        assert_eq!(status("POST", "/api/v1/rides", ride(ok_ts, "0", "2")).await, 400);
+        assert_eq!(status("POST", "/api/v1/rides", ride(ok_ts, "1e400", "2")).await, 400);
+        assert_eq!(status("POST", "/api/v1/rides", ride(ok_ts, "99999999999999999999999", "2")).await, 400);
+        assert_eq!(status("POST", "/api/v1/rides", ride(ok_ts, "\"12\"", "12")).await, 400);
+        assert_eq!(status("GET", "/api/v1/rides?source=1", String::new()).await, 400);
+        assert_eq!(status("GET", "/api/v1/rides?source=1&destination=199", String::new()).await, 400);
+        assert_eq!(status("POST", "/api/v1/rides/3", r#"{"user":"a"}"#.into()).await, 400);
         assert_eq!(status("GET", "/api/v1/ridesX", String::new()).await, 404);
         assert_eq!(st.count.get(), 16);
         assert_eq!(status("GET", "/api/v1/users", String::new()).await, 404);
         assert_eq!(st.count.get(), 16);
         // Valid requests reach the dead backends: 503, not a hang or a 500.
-        assert_eq!(
-            status("POST", "/api/v1/rides", ride(ok_ts, "\"12\"", "13")).await,
-            503
-        );
-        assert_eq!(
-            status("GET", "/api/v1/rides/count", String::new()).await,
-            503
-        );
+        assert_eq!(status("POST", "/api/v1/rides", ride(ok_ts, "\"12\"", "13")).await, 503);
+        assert_eq!(status("GET", "/api/v1/rides/count", String::new()).await, 503);
         assert_eq!(status("POST", "/api/v1/db/clear", String::new()).await, 503);
     }
 }

@@ -54,42 +54,18 @@ mod tests {
         assert_eq!(t, 1895627045, "2030-01-26 03:04:05 UTC");
         assert_eq!(format(t), s);
         assert_eq!(parse("01-01-1970:00-00-00"), Ok(0));
-        assert_eq!(
-            parse("29-02-2024:59-59-23").map(format).as_deref(),
-            Ok("29-02-2024:59-59-23")
-        );
+        assert_eq!(parse("29-02-2024:59-59-23").map(format).as_deref(), Ok("29-02-2024:59-59-23"));
     }
 
     #[test]
     fn impossible_dates() {
-        assert_eq!(
-            parse("31-02-2025:00-00-00"),
-            Err(TimestampError::Impossible)
-        );
-        assert_eq!(
-            parse("29-02-2025:00-00-00"),
-            Err(TimestampError::Impossible)
-        );
-        assert_eq!(
-            parse("00-01-2025:00-00-00"),
-            Err(TimestampError::Impossible)
-        );
-        assert_eq!(
-            parse("01-13-2025:00-00-00"),
-            Err(TimestampError::Impossible)
-        );
-        assert_eq!(
-            parse("01-01-2025:60-00-00"),
-            Err(TimestampError::Impossible)
-        );
-        assert_eq!(
-            parse("01-01-2025:00-60-00"),
-            Err(TimestampError::Impossible)
-        );
-        assert_eq!(
-            parse("01-01-2025:00-00-24"),
-            Err(TimestampError::Impossible)
-        );
+        assert_eq!(parse("31-02-2025:00-00-00"), Err(TimestampError::Impossible));
+        assert_eq!(parse("29-02-2025:00-00-00"), Err(TimestampError::Impossible));
+        assert_eq!(parse("00-01-2025:00-00-00"), Err(TimestampError::Impossible));
+        assert_eq!(parse("01-13-2025:00-00-00"), Err(TimestampError::Impossible));
+        assert_eq!(parse("01-01-2025:60-00-00"), Err(TimestampError::Impossible));
+        assert_eq!(parse("01-01-2025:00-60-00"), Err(TimestampError::Impossible));
+        assert_eq!(parse("01-01-2025:00-00-24"), Err(TimestampError::Impossible));
     }
 
     #[test]

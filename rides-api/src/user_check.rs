@@ -40,20 +40,13 @@ impl UserCheck {
             .timeout(Duration::from_secs(15))
             .connect_timeout(Duration::from_secs(3))
             .build()?;
-        let origin = HeaderValue::from_str(public_url).map_err(|_| {
-            anyhow::anyhow!("RIDES_PUBLIC_URL {public_url:?} is not a valid header value")
-        })?;
-        Ok(UserCheck {
-            http,
-            url: format!("{}/api/v1/users", lb_url.trim_end_matches('/')),
-            origin,
-        })
+        let origin = HeaderValue::from_str(public_url)
+            .map_err(|_| anyhow::anyhow!("RIDES_PUBLIC_URL {public_url:?} is not a valid header value"))?;
+        Ok(UserCheck { http, url: format!("{}/api/v1/users", lb_url.trim_end_matches('/')), origin })
     }
 
     pub async fn exists(&self, name: &str) -> Result<bool, CheckError> {
-        let query = form_urlencoded::Serializer::new(String::new())
-            .append_pair("username", name)
-            .finish();
+        let query = form_urlencoded::Serializer::new(String::new()).append_pair("username", name).finish();
         let resp = self
             .http
             .get(format!("{}?{query}", self.url))
@@ -65,17 +58,14 @@ impl UserCheck {
         match status.as_u16() {
             204 => Ok(false),
             200 => {
-                let names: Vec<String> = resp.json().await.map_err(|e| {
-                    CheckError::Unavailable(format!("users service answer unreadable: {e}"))
-                })?;
+                let names: Vec<String> = resp
+                    .json()
+                    .await
+                    .map_err(|e| CheckError::Unavailable(format!("users service answer unreadable: {e}")))?;
                 Ok(names.iter().any(|n| n == name))
             }
-            400..=499 => Err(CheckError::Refused(format!(
-                "users service answered {status}"
-            ))),
-            _ => Err(CheckError::Unavailable(format!(
-                "users service answered {status}"
-            ))),
+            400..=499 => Err(CheckError::Refused(format!("users service answered {status}"))),
+            _ => Err(CheckError::Unavailable(format!("users service answered {status}"))),
         }
     }
 }

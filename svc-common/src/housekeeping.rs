@@ -42,12 +42,7 @@ impl Housekeeping {
         }
     }
 
-    async fn answer(
-        self,
-        method: &Method,
-        db: &Db,
-        count: &RequestCounter,
-    ) -> Result<Response, DbError> {
+    async fn answer(self, method: &Method, db: &Db, count: &RequestCounter) -> Result<Response, DbError> {
         Ok(match (self, method) {
             (Housekeeping::Clear, &Method::POST) => {
                 db.clear().await?;
@@ -88,10 +83,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers() {
-        let st = Arc::new(State {
-            db: Db::new("http://127.0.0.1:9", None).unwrap(),
-            count: RequestCounter::new("/x"),
-        });
+        let st = Arc::new(State { db: Db::new("http://127.0.0.1:9", None).unwrap(), count: RequestCounter::new("/x") });
         let r = http::routes(st.clone(), handle);
         let call = |method: &str, path: &str| {
             let req = warp::test::request().method(method).path(path);

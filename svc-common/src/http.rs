@@ -48,12 +48,7 @@ where
         .and(warp::path::full())
         .and(raw_query())
         .and(body())
-        .map(|method, path: FullPath, query, body| Request {
-            method,
-            path: path.as_str().to_owned(),
-            query,
-            body,
-        })
+        .map(|method, path: FullPath, query, body| Request { method, path: path.as_str().to_owned(), query, body })
         .and(warp::any().map(move || state.clone()))
         .then(handle)
 }
@@ -69,8 +64,7 @@ where
     S: futures::Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf,
 {
-    s.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining())))
-        .boxed()
+    s.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining()))).boxed()
 }
 
 /// Empty when there is none, so a missing query is the same as one without
@@ -126,12 +120,8 @@ pub fn not_found() -> Response {
 }
 
 pub fn method_not_allowed(allow: &'static str) -> Response {
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed on this route",
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route");
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -149,16 +139,12 @@ pub fn item_segment(path: &str, prefix: &str) -> Option<String> {
 /// A path segment as the client meant it (`%20` → space); bytes that are not
 /// UTF-8 become U+FFFD, which no stored name can match.
 pub fn decode_segment(seg: &str) -> String {
-    percent_encoding::percent_decode_str(seg)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(seg).decode_utf8_lossy().into_owned()
 }
 
 /// Only the first value counts, so a repeated parameter cannot widen a query.
 pub fn query_param(query: &str, key: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
 /// Quote a client value in an error message without echoing a megabyte back.
@@ -180,24 +166,15 @@ mod tests {
     #[test]
     fn decodes_segments_and_queries() {
         assert_eq!(decode_segment("a%20b%2Fc"), "a b/c");
-        assert_eq!(
-            query_param("x=1&username=a%2Bb+c", "username").as_deref(),
-            Some("a+b c")
-        );
+        assert_eq!(query_param("x=1&username=a%2Bb+c", "username").as_deref(), Some("a+b c"));
         assert_eq!(query_param("x=1", "username"), None);
     }
 
     #[test]
     fn item_segments() {
         let p = "/api/v1/users/";
-        assert_eq!(
-            item_segment("/api/v1/users/a%20b", p).as_deref(),
-            Some("a b")
-        );
-        assert_eq!(
-            item_segment("/api/v1/users/a%2Fb", p).as_deref(),
-            Some("a/b")
-        );
+        assert_eq!(item_segment("/api/v1/users/a%20b", p).as_deref(), Some("a b"));
+        assert_eq!(item_segment("/api/v1/users/a%2Fb", p).as_deref(), Some("a/b"));
         assert_eq!(item_segment("/api/v1/users/", p), None);
         assert_eq!(item_segment("/api/v1/users/a/b", p), None);
         assert_eq!(item_segment("/api/v1/users", p), None);
@@ -215,8 +192,7 @@ mod tests {
     async fn body_limit() {
         let small: Body = futures::stream::iter(vec![Ok(Bytes::from_static(b"abc"))]).boxed();
         assert_eq!(&read_body(small).await.unwrap()[..], b"abc");
-        let big: Body =
-            futures::stream::iter((0..100).map(|_| Ok(Bytes::from(vec![b'x'; 1024])))).boxed();
+        let big: Body = futures::stream::iter((0..100).map(|_| Ok(Bytes::from(vec![b'x'; 1024])))).boxed();
         assert!(matches!(read_body(big).await, Err(BodyError::TooLarge)));
     }
 

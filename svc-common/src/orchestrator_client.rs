@@ -48,15 +48,8 @@ pub struct Db {
 
 impl Db {
     pub fn new(base: &str, admin_token: Option<String>) -> anyhow::Result<Db> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()?;
-        Ok(Db {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
-            admin_token,
-        })
+        let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).connect_timeout(CONNECT_TIMEOUT).build()?;
+        Ok(Db { http, base: base.trim_end_matches('/').to_owned(), admin_token })
     }
 
     pub async fn read(&self, req: &ReadRequest) -> Result<Vec<Row>, DbError> {
@@ -78,41 +71,27 @@ impl Db {
     }
 
     pub async fn clear(&self) -> Result<(), DbError> {
-        let _: serde_json::Value = self
-            .post("/api/v1/db/clear", &serde_json::json!({}))
-            .await?;
+        let _: serde_json::Value = self.post("/api/v1/db/clear", &serde_json::json!({})).await?;
         Ok(())
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<R, DbError> {
+    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, DbError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.post(&url).json(body);
         if let Some(t) = &self.admin_token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| DbError::Unavailable(format!("orchestrator unreachable: {e}")))?;
+        let resp = req.send().await.map_err(|e| DbError::Unavailable(format!("orchestrator unreachable: {e}")))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| DbError::Unavailable(format!("orchestrator answer cut off: {e}")))?;
+        let bytes =
+            resp.bytes().await.map_err(|e| DbError::Unavailable(format!("orchestrator answer cut off: {e}")))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                DbError::Failed(format!("orchestrator answered unreadable JSON: {e}"))
-            });
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| DbError::Failed(format!("orchestrator answered unreadable JSON: {e}")));
         }
         let msg = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error)
-            .unwrap_or_else(|_| {
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
-            });
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned());
         Err(match status.as_u16() {
             409 => DbError::Conflict(msg),
             400..=499 => DbError::Invalid(msg),
@@ -141,28 +120,21 @@ mod tests {
         let clear = warp::path!("api" / "v1" / "db" / "clear")
             .and(warp::header::optional::<String>("authorization"))
             .map(|auth: Option<String>| match auth.as_deref() {
-                Some("Bearer s3cret") => warp::reply::with_status(
-                    warp::reply::json(&serde_json::json!({})),
-                    StatusCode::OK,
-                ),
-                Some(_) => warp::reply::with_status(
-                    warp::reply::json(&ErrorBody::new("bad token")),
-                    StatusCode::UNAUTHORIZED,
-                ),
+                Some("Bearer s3cret") => {
+                    warp::reply::with_status(warp::reply::json(&serde_json::json!({})), StatusCode::OK)
+                }
+                Some(_) => {
+                    warp::reply::with_status(warp::reply::json(&ErrorBody::new("bad token")), StatusCode::UNAUTHORIZED)
+                }
                 None => warp::reply::with_status(
                     warp::reply::json(&ErrorBody::new("no leader")),
                     StatusCode::SERVICE_UNAVAILABLE,
                 ),
             });
-        let boom = warp::any()
-            .map(|| warp::reply::with_status("plain text", StatusCode::INTERNAL_SERVER_ERROR));
+        let boom = warp::any().map(|| warp::reply::with_status("plain text", StatusCode::INTERNAL_SERVER_ERROR));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            warp::serve(write.or(read).or(clear).or(boom))
-                .incoming(listener)
-                .run(),
-        );
+        tokio::spawn(warp::serve(write.or(read).or(clear).or(boom)).incoming(listener).run());
         format!("http://{addr}/")
     }
 
@@ -170,17 +142,9 @@ mod tests {
     async fn statuses_map_to_errors() {
         let base = fake().await;
         let db = Db::new(&base, Some("s3cret".into())).unwrap();
-        assert_eq!(
-            db.count(&ReadRequest::table("rides").counting())
-                .await
-                .unwrap(),
-            3
-        );
+        assert_eq!(db.count(&ReadRequest::table("rides").counting()).await.unwrap(), 3);
         db.clear().await.unwrap();
-        let e = db
-            .write(&WriteRequest::delete("users", vec![]))
-            .await
-            .unwrap_err();
+        let e = db.write(&WriteRequest::delete("users", vec![])).await.unwrap_err();
         assert!(matches!(&e, DbError::Conflict(m) if m == "UNIQUE constraint failed"));
         assert_eq!(e.status(), StatusCode::CONFLICT);
 
@@ -194,14 +158,8 @@ mod tests {
         assert!(matches!(&e, DbError::Unavailable(m) if m == "no leader"));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
 
-        let e = none
-            .post::<_, serde_json::Value>("/elsewhere", &())
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&e, DbError::Failed(m) if m == "500 Internal Server Error: plain text"),
-            "{e:?}"
-        );
+        let e = none.post::<_, serde_json::Value>("/elsewhere", &()).await.unwrap_err();
+        assert!(matches!(&e, DbError::Failed(m) if m == "500 Internal Server Error: plain text"), "{e:?}");
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
     }
 

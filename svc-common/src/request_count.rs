@@ -15,10 +15,7 @@ pub struct RequestCounter {
 
 impl RequestCounter {
     pub const fn new(prefix: &'static str) -> RequestCounter {
-        RequestCounter {
-            prefix,
-            n: AtomicU64::new(0),
-        }
+        RequestCounter { prefix, n: AtomicU64::new(0) }
     }
 
     /// Called before routing, so 404s and 405s under the prefix count too.
@@ -63,12 +60,7 @@ mod tests {
         for p in ["/api/v1/rides", "/api/v1/rides/7", "/api/v1/ridesX"] {
             c.observe(p);
         }
-        for p in [
-            "/api/v1/_count",
-            "/api/v1/db/clear",
-            "/health",
-            "/api/v1/users",
-        ] {
+        for p in ["/api/v1/_count", "/api/v1/db/clear", "/health", "/api/v1/users"] {
             c.observe(p);
         }
         assert_eq!(c.get(), 3);

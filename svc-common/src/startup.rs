@@ -13,19 +13,14 @@ use warp::Filter;
 pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
 }
 
 /// An empty variable counts as unset, so `USERS_ADDR= users-api` falls back
 /// to the default instead of failing to listen on "".
 pub fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
+    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
 }
 
 pub fn orchestrator_url() -> String {
@@ -38,9 +33,7 @@ pub fn admin_token() -> Option<String> {
 }
 
 pub async fn listen(addr: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Serves until SIGTERM or Ctrl-C, letting requests in flight finish.
@@ -48,11 +41,7 @@ pub async fn serve<F>(name: &str, listener: TcpListener, routes: F)
 where
     F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
 {
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown())
-        .run()
-        .await;
+    warp::serve(routes).incoming(listener).graceful(shutdown()).run().await;
     tracing::info!("{name} stopped");
 }
 

@@ -187,7 +187,8 @@ impl Stack {
         let dir = root().join("var/test").join(&name);
         std::fs::create_dir_all(&dir)?;
         let infra = if opts.dedicated_infra {
-            let infra = Infra { amqp_port: free_port(), zk_port: free_port(), dist_port: free_port(), dir: dir.join("infra") };
+            let infra =
+                Infra { amqp_port: free_port(), zk_port: free_port(), dist_port: free_port(), dir: dir.join("infra") };
             infra.script("up")?;
             Some(infra)
         } else {
@@ -196,7 +197,10 @@ impl Stack {
         let mut vhost = Command::new(root().join("scripts/infra.sh"));
         vhost.args(["vhost", &name]);
         if let Some(i) = &infra {
-            vhost.env("VAR_DIR", &i.dir).env("AMQP_PORT", i.amqp_port.to_string()).env("RABBITMQ_DIST_PORT", i.dist_port.to_string());
+            vhost
+                .env("VAR_DIR", &i.dir)
+                .env("AMQP_PORT", i.amqp_port.to_string())
+                .env("RABBITMQ_DIST_PORT", i.dist_port.to_string());
         }
         if !vhost.status()?.success() {
             bail!("creating vhost {name} failed");
@@ -226,7 +230,14 @@ impl Stack {
             ("ZK_ADDR".into(), format!("127.0.0.1:{zk_port}")),
             ("ZK_ROOT".into(), stack.zk_root.clone()),
             ("CLUSTER_ID".into(), stack.name.clone()),
-            ("WORKER_RUNTIME".into(), match opts.runtime { WorkerRuntime::Process => "process", WorkerRuntime::Docker => "docker" }.into()),
+            (
+                "WORKER_RUNTIME".into(),
+                match opts.runtime {
+                    WorkerRuntime::Process => "process",
+                    WorkerRuntime::Docker => "docker",
+                }
+                .into(),
+            ),
             ("WORKER_BIN".into(), bin("worker").display().to_string()),
             ("WORKER_DATA_DIR".into(), stack.dir.join("workers").display().to_string()),
             ("SCALE_WINDOW_SECS".into(), opts.scale_window_secs.to_string()),
@@ -249,7 +260,9 @@ impl Stack {
     }
 
     fn spawn_orchestrator(&mut self) -> Result<()> {
-        let n = std::fs::read_dir(&self.dir)?.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("orchestrator"))).count();
+        let n = std::fs::read_dir(&self.dir)?
+            .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("orchestrator")))
+            .count();
         let log = self.dir.join(format!("orchestrator{}.log", if n == 0 { String::new() } else { format!(".{n}") }));
         self.orch = Some(spawn_logged(&bin("orchestrator"), &self.orchestrator_env, &log)?);
         Ok(())
@@ -277,7 +290,10 @@ impl Stack {
         self.rides = format!("http://127.0.0.1:{rp}");
         self.lb = format!("http://127.0.0.1:{lp}");
         self.rides_public_url = format!("http://rides-{}.test:{rp}", self.name);
-        let mut common = vec![("ORCHESTRATOR_URL".to_owned(), self.orchestrator.clone()), ("RUST_LOG".to_owned(), "info".to_owned())];
+        let mut common = vec![
+            ("ORCHESTRATOR_URL".to_owned(), self.orchestrator.clone()),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ];
         if let Some(t) = &opts.admin_token {
             common.push(("ADMIN_TOKEN".into(), t.clone()));
         }
@@ -342,7 +358,12 @@ impl Stack {
 
     /// `worker/list` with an `Authorization` header (stacks with an admin token).
     pub async fn worker_pids_with(&self, authorization: &str) -> Vec<u32> {
-        let r = Self::http().get(self.url("/api/v1/worker/list")).header("authorization", authorization).send().await.unwrap();
+        let r = Self::http()
+            .get(self.url("/api/v1/worker/list"))
+            .header("authorization", authorization)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "worker/list answered {}", r.status());
         r.json().await.unwrap()
     }
@@ -433,7 +454,10 @@ impl Stack {
                 let (pid, id) = text.split_once(' ')?;
                 let dest = self.dir.join("copies").join(format!("{id}-{}", COPY.fetch_add(1, Ordering::Relaxed)));
                 std::fs::create_dir_all(&dest).ok()?;
-                let st = Command::new("docker").args(["cp", &format!("{cid}:/data/."), &dest.display().to_string()]).status().ok()?;
+                let st = Command::new("docker")
+                    .args(["cp", &format!("{cid}:/data/."), &dest.display().to_string()])
+                    .status()
+                    .ok()?;
                 if !st.success() {
                     return None;
                 }
@@ -501,7 +525,10 @@ impl Drop for Stack {
         }
         let _ = Command::new("sh")
             .arg("-c")
-            .arg(format!("docker ps -aq --filter label=rideshare.cluster={} | xargs -r docker rm -f >/dev/null 2>&1", self.name))
+            .arg(format!(
+                "docker ps -aq --filter label=rideshare.cluster={} | xargs -r docker rm -f >/dev/null 2>&1",
+                self.name
+            ))
             .status();
         if let Some(infra) = &self.infra {
             let _ = infra.script("down");

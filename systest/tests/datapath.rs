@@ -181,7 +181,12 @@ async fn constraint_violations_are_conflicts_and_change_nothing() {
     assert_eq!(status, 409, "{body}");
     let orphan = WriteRequest::insert(
         "rides",
-        [("created_by", Value::from("nobody")), ("start_time", Value::Int(1)), ("source", Value::Int(1)), ("destination", Value::Int(2))],
+        [
+            ("created_by", Value::from("nobody")),
+            ("start_time", Value::Int(1)),
+            ("source", Value::Int(1)),
+            ("destination", Value::Int(2)),
+        ],
     );
     assert_eq!(stack.write(&orphan).await.unwrap().0, 409);
     assert_eq!(count(&stack, "users").await, 1);
@@ -247,7 +252,12 @@ async fn operator_endpoints_require_the_admin_token_when_one_is_set() {
     let http = Stack::http();
     let pids = stack.worker_pids_with("Bearer s3cret").await;
     assert_eq!(pids.len(), 2);
-    for (method, path) in [("POST", "/api/v1/crash/slave"), ("POST", "/api/v1/crash/master"), ("POST", "/api/v1/db/clear"), ("GET", "/api/v1/worker/list")] {
+    for (method, path) in [
+        ("POST", "/api/v1/crash/slave"),
+        ("POST", "/api/v1/crash/master"),
+        ("POST", "/api/v1/db/clear"),
+        ("GET", "/api/v1/worker/list"),
+    ] {
         for auth in [None, Some("Bearer wrong")] {
             let mut req = http.request(method.parse().unwrap(), stack.url(path));
             if let Some(a) = auth {

@@ -21,7 +21,12 @@ fn user(name: &str) -> WriteRequest {
 fn ride(tag: i64) -> WriteRequest {
     WriteRequest::insert(
         "rides",
-        [("created_by", Value::from(OWNER)), ("start_time", Value::Int(tag)), ("source", Value::Int(1)), ("destination", Value::Int(2))],
+        [
+            ("created_by", Value::from(OWNER)),
+            ("start_time", Value::Int(tag)),
+            ("source", Value::Int(1)),
+            ("destination", Value::Int(2)),
+        ],
     )
 }
 
@@ -34,7 +39,12 @@ struct Ledger {
 }
 
 /// `n` writers inserting rides with unique tags until `stop` is set.
-fn start_writers(stack: &Arc<Stack>, n: u64, ledger: &Arc<Ledger>, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+fn start_writers(
+    stack: &Arc<Stack>,
+    n: u64,
+    ledger: &Arc<Ledger>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..n)
         .map(|w| {
             let (stack, ledger, stop) = (stack.clone(), ledger.clone(), stop.clone());
@@ -127,7 +137,11 @@ async fn new_stack(opts: StackOptions) -> Arc<Stack> {
 }
 
 /// Stop the writers, wait for them, and wait until every copy is in step.
-async fn stop_and_settle(stack: &Stack, stop: &AtomicBool, writers: Vec<tokio::task::JoinHandle<()>>) -> Vec<systest::LiveWorker> {
+async fn stop_and_settle(
+    stack: &Stack,
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+) -> Vec<systest::LiveWorker> {
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
@@ -151,9 +165,11 @@ async fn master_crashes_under_write_load(runtime: WorkerRuntime, rounds: usize) 
     for round in 0..rounds {
         settle_with(&stack, runtime == WorkerRuntime::Process).await;
         let before = ledger.acked.lock().unwrap().len();
-        poll("writes flowing", Duration::from_secs(30), || async { (ledger.acked.lock().unwrap().len() > before + 20).then_some(()) })
-            .await
-            .unwrap();
+        poll("writes flowing", Duration::from_secs(30), || async {
+            (ledger.acked.lock().unwrap().len() > before + 20).then_some(())
+        })
+        .await
+        .unwrap();
         // Timed from the moment the crash is asked for.
         let crashed_at = Instant::now();
         let (status, killed) = stack.post("/api/v1/crash/master").await.unwrap();
@@ -202,7 +218,11 @@ async fn a_master_killed_outside_the_orchestrator_is_replaced() {
     let live = settle(&stack).await;
     let lowest_slave_pid = live.iter().map(|w| w.pid).max().unwrap(); // the master started first: lower pid
     let master = live.iter().find(|w| w.pid != lowest_slave_pid).unwrap().clone();
-    poll("writes flowing", Duration::from_secs(30), || async { (ledger.acked.lock().unwrap().len() > 50).then_some(()) }).await.unwrap();
+    poll("writes flowing", Duration::from_secs(30), || async {
+        (ledger.acked.lock().unwrap().len() > 50).then_some(())
+    })
+    .await
+    .unwrap();
     std::process::Command::new("kill").args(["-9", &master.pid.to_string()]).status().unwrap();
     let t = Instant::now();
     let (s, _) = stack.write(&user("after-kill")).await.unwrap();
@@ -236,7 +256,11 @@ async fn a_deposed_master_cannot_get_a_write_applied() {
     let stop = Arc::new(AtomicBool::new(false));
     let live = settle(&stack).await;
     let writers = start_writers(&stack, 2, &ledger, &stop);
-    poll("writes flowing", Duration::from_secs(30), || async { (ledger.acked.lock().unwrap().len() > 30).then_some(()) }).await.unwrap();
+    poll("writes flowing", Duration::from_secs(30), || async {
+        (ledger.acked.lock().unwrap().len() > 30).then_some(())
+    })
+    .await
+    .unwrap();
     let master = {
         // The master is the worker whose pid worker/list shows and whose role
         // is master in ZooKeeper; with two workers, it is the one started first.
@@ -265,7 +289,10 @@ async fn a_deposed_master_cannot_get_a_write_applied() {
     // one: it was under way); it is never acknowledged and no other copy takes
     // it (older epoch). Nothing new is started after the pause.
     let after = applied_seq(&master.db);
-    assert!(after <= paused_at_seq + 1, "the deposed master applied writes after it was paused: {paused_at_seq} -> {after}");
+    assert!(
+        after <= paused_at_seq + 1,
+        "the deposed master applied writes after it was paused: {paused_at_seq} -> {after}"
+    );
     let live = stop_and_settle(&stack, &stop, writers).await;
     check_copies(&live, &ledger);
 }
@@ -276,8 +303,15 @@ async fn rabbitmq_then_zookeeper_restarts_are_survived() {
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(&stack, 2, &ledger, &stop);
-    for (what, restart) in [("rabbitmq", Stack::restart_rabbitmq as fn(&Stack) -> anyhow::Result<()>), ("zookeeper", Stack::restart_zookeeper)] {
-        poll("writes flowing", Duration::from_secs(30), || async { (!ledger.acked.lock().unwrap().is_empty()).then_some(()) }).await.unwrap();
+    for (what, restart) in [
+        ("rabbitmq", Stack::restart_rabbitmq as fn(&Stack) -> anyhow::Result<()>),
+        ("zookeeper", Stack::restart_zookeeper),
+    ] {
+        poll("writes flowing", Duration::from_secs(30), || async {
+            (!ledger.acked.lock().unwrap().is_empty()).then_some(())
+        })
+        .await
+        .unwrap();
         restart(&stack).unwrap();
         let t = Instant::now();
         let acked = ledger.acked.lock().unwrap().len();
@@ -314,7 +348,10 @@ async fn a_restarted_orchestrator_adopts_the_running_workers() {
     assert_eq!((s, body["rows"][0]["count"].as_i64()), (200, Some(1)));
     let (s, second) = stack.write(&ride(2)).await.unwrap();
     assert_eq!(s, 201);
-    assert!(second["last_insert_id"].as_i64() > first["last_insert_id"].as_i64(), "ride ids go on: {first} then {second}");
+    assert!(
+        second["last_insert_id"].as_i64() > first["last_insert_id"].as_i64(),
+        "ride ids go on: {first} then {second}"
+    );
     // Still whole a little later: nothing decided the adopted workers were strangers.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stack.worker_processes(), before);

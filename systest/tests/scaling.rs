@@ -56,7 +56,11 @@ async fn engine_workers(stack: &Stack) -> Vec<Container> {
             continue;
         }
         let env = info.config.and_then(|c| c.env).unwrap_or_default();
-        out.push(Container { id: cid, pid: pid as u32, bootstrap_master: env.iter().any(|e| e == "BOOTSTRAP_MASTER=1") });
+        out.push(Container {
+            id: cid,
+            pid: pid as u32,
+            bootstrap_master: env.iter().any(|e| e == "BOOTSTRAP_MASTER=1"),
+        });
     }
     out.sort_by_key(|c| c.pid);
     out
@@ -73,9 +77,11 @@ fn process_alive(pid: u32) -> bool {
 
 /// A killed worker's container is removed shortly after the crash call.
 async fn gone(cid: &str) {
-    poll("the killed container to be removed", Duration::from_secs(15), || async { (!container_exists(cid).await).then_some(()) })
-        .await
-        .unwrap();
+    poll("the killed container to be removed", Duration::from_secs(15), || async {
+        (!container_exists(cid).await).then_some(())
+    })
+    .await
+    .unwrap();
 }
 
 async fn container_exists(cid: &str) -> bool {
@@ -117,7 +123,8 @@ fn line_time(line: &str) -> Option<f64> {
     let stamp = line.split_whitespace().next()?;
     let t = stamp.split('T').nth(1)?.trim_end_matches('Z');
     let mut parts = t.split(':');
-    let (h, m, s) = (parts.next()?.parse::<f64>().ok()?, parts.next()?.parse::<f64>().ok()?, parts.next()?.parse::<f64>().ok()?);
+    let (h, m, s) =
+        (parts.next()?.parse::<f64>().ok()?, parts.next()?.parse::<f64>().ok()?, parts.next()?.parse::<f64>().ok()?);
     Some(h * 3600.0 + m * 60.0 + s)
 }
 
@@ -152,7 +159,8 @@ fn decisions(stack: &Stack) -> Vec<Decision> {
         .filter(|l| l.contains("scaling decision"))
         .map(|l| {
             let f = fields(l);
-            let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("no {k}= in {l:?}"));
+            let num =
+                |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("no {k}= in {l:?}"));
             Decision {
                 window: num("window"),
                 reads: num("reads"),
@@ -318,9 +326,14 @@ fn report_start_to_serving(stack: &Stack, c: &Container, logs: &str, crash_to_re
     };
     let secs = |a: &str, b: &str| {
         let d = line_time(b).unwrap() - line_time(a).unwrap();
-        if d < 0.0 { d + 86400.0 } else { d }
+        if d < 0.0 {
+            d + 86400.0
+        } else {
+            d
+        }
     };
-    let create_ms = container_started.map(|l| fields(l).get("elapsed_ms").cloned().unwrap_or_default()).unwrap_or_default();
+    let create_ms =
+        container_started.map(|l| fields(l).get("elapsed_ms").cloned().unwrap_or_default()).unwrap_or_default();
     eprintln!(
         "START-TO-SERVING (docker): container create+start {create_ms} ms; orchestrator 'slave started' -> worker 'caught up; serving reads' {:.3} s; worker 'worker started' -> 'caught up' {:.3} s; crash/slave call -> first read answered by the replacement {:.3} s",
         secs(started, caught_up),
@@ -431,7 +444,14 @@ struct ReadLoad {
 
 /// `n` readers reading the known row back to back, each pausing `pause`
 /// between reads, until `stop` is set; every answer must be 200 and right.
-fn steady_readers(stack: &Arc<Stack>, n: usize, pause: Duration, name: &str, stop: &Arc<AtomicBool>, load: &Arc<ReadLoad>) -> Vec<tokio::task::JoinHandle<()>> {
+fn steady_readers(
+    stack: &Arc<Stack>,
+    n: usize,
+    pause: Duration,
+    name: &str,
+    stop: &Arc<AtomicBool>,
+    load: &Arc<ReadLoad>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..n)
         .map(|_| {
             let (stack, stop, load, name) = (stack.clone(), stop.clone(), load.clone(), name.to_owned());
@@ -499,7 +519,12 @@ async fn scale_in_under_read_load_loses_no_read() {
         .collect()
         .await;
     let burst_took = t_burst.elapsed();
-    assert!(burst_failures.is_empty(), "{} burst reads failed: {:?}", burst_failures.len(), &burst_failures[..burst_failures.len().min(10)]);
+    assert!(
+        burst_failures.is_empty(),
+        "{} burst reads failed: {:?}",
+        burst_failures.len(),
+        &burst_failures[..burst_failures.len().min(10)]
+    );
     assert!(burst_took < window * 3 / 4, "{BURST} reads took {burst_took:?}: too slow to fit in one {W}s window");
     let up = next_decision(&stack, seen, window * 2 + Duration::from_secs(20)).await;
     seen += 1;
@@ -550,7 +575,12 @@ async fn scale_in_under_read_load_loses_no_read() {
         down.line
     );
     let failures = load.first_failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "{} reads failed during the scale-in: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    assert!(
+        failures.is_empty(),
+        "{} reads failed during the scale-in: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
     assert_eq!(assert_list_matches_engine(&stack).await, two);
     assert!(
         decisions(&stack).iter().any(|d| d.before == 3 && d.after < 3),

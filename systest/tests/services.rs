@@ -15,12 +15,7 @@ const PASSWORD: &str = "3d725109c7e7c0bfb9d709836735b56d943d263f";
 const FUTURE: &str = "26-01-2099:05-04-03";
 
 async fn stack() -> Stack {
-    Stack::start(StackOptions {
-        services: true,
-        ..Default::default()
-    })
-    .await
-    .expect("the stack starts")
+    Stack::start(StackOptions { services: true, ..Default::default() }).await.expect("the stack starts")
 }
 
 fn uniq(prefix: &str) -> String {
@@ -35,18 +30,13 @@ struct Resp {
 
 impl Resp {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     /// A refusal must say why in `{"error": "..."}`.
     fn assert_error(&self, status: u16) {
         assert_eq!(self.status, status, "{:?}", self);
-        assert!(
-            self.json()["error"].is_string(),
-            "error body {:?}",
-            self.body
-        );
+        assert!(self.json()["error"].is_string(), "error body {:?}", self.body);
     }
 
     fn assert_empty_object(&self, status: u16) {
@@ -65,10 +55,7 @@ async fn call(c: &Client, method: Method, url: &str, body: Option<String>) -> Re
     if let Some(b) = body {
         req = req.header("content-type", "application/json").body(b);
     }
-    let r = req
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let r = req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = r.status().as_u16();
     let body = r.text().await.expect("a readable body");
     Resp { status, body }
@@ -83,13 +70,7 @@ async fn send(c: &Client, method: Method, url: &str, body: &Value) -> Resp {
 }
 
 async fn add_user(c: &Client, lb: &str, name: &str) {
-    let r = send(
-        c,
-        Method::PUT,
-        &format!("{lb}/api/v1/users"),
-        &json!({"username": name, "password": PASSWORD}),
-    )
-    .await;
+    let r = send(c, Method::PUT, &format!("{lb}/api/v1/users"), &json!({"username": name, "password": PASSWORD})).await;
     r.assert_empty_object(201);
 }
 
@@ -98,23 +79,14 @@ fn ride(by: &str, ts: &str, source: Value, destination: Value) -> Value {
 }
 
 async fn add_ride(c: &Client, lb: &str, by: &str, ts: &str, source: u32, destination: u32) {
-    let r = send(
-        c,
-        Method::POST,
-        &format!("{lb}/api/v1/rides"),
-        &ride(by, ts, json!(source), json!(destination)),
-    )
-    .await;
+    let r =
+        send(c, Method::POST, &format!("{lb}/api/v1/rides"), &ride(by, ts, json!(source), json!(destination))).await;
     r.assert_empty_object(201);
 }
 
 /// The upcoming rides of a route, `[]` for a 204.
 async fn upcoming(c: &Client, lb: &str, source: u32, destination: u32) -> Vec<Value> {
-    let r = get(
-        c,
-        &format!("{lb}/api/v1/rides?source={source}&destination={destination}"),
-    )
-    .await;
+    let r = get(c, &format!("{lb}/api/v1/rides?source={source}&destination={destination}")).await;
     match r.status {
         204 => {
             r.assert_no_content();
@@ -129,20 +101,14 @@ async fn upcoming(c: &Client, lb: &str, source: u32, destination: u32) -> Vec<Va
 async fn only_ride_id(c: &Client, lb: &str, source: u32, destination: u32) -> u64 {
     let list = upcoming(c, lb, source, destination).await;
     assert_eq!(list.len(), 1, "{list:?}");
-    list[0]["rideId"]
-        .as_u64()
-        .expect("rideId is an unsigned integer")
+    list[0]["rideId"].as_u64().expect("rideId is an unsigned integer")
 }
 
 async fn count_of(c: &Client, base: &str) -> u64 {
     let r = get(c, &format!("{base}/api/v1/_count")).await;
     assert_eq!(r.status, 200, "{r:?}");
     let v = r.json();
-    assert_eq!(
-        v.as_array().map(Vec::len),
-        Some(1),
-        "_count answers [n]: {v}"
-    );
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "_count answers [n]: {v}");
     v[0].as_u64().expect("a count")
 }
 
@@ -162,23 +128,10 @@ async fn users_service_routes() {
 
     let ann = uniq("ann");
     add_user(&c, &s.lb, &ann).await;
-    send(
-        &c,
-        Method::PUT,
-        &users,
-        &json!({"username": ann, "password": PASSWORD}),
-    )
-    .await
-    .assert_error(400);
+    send(&c, Method::PUT, &users, &json!({"username": ann, "password": PASSWORD})).await.assert_error(400);
     // Usernames are case-sensitive; passwords are hex in either case.
     let ann_upper = ann.to_uppercase();
-    let r = send(
-        &c,
-        Method::PUT,
-        &users,
-        &json!({"username": ann_upper, "password": PASSWORD.to_uppercase()}),
-    )
-    .await;
+    let r = send(&c, Method::PUT, &users, &json!({"username": ann_upper, "password": PASSWORD.to_uppercase()})).await;
     r.assert_empty_object(201);
 
     let bad_bodies = [
@@ -196,12 +149,8 @@ async fn users_service_routes() {
         let r = send(&c, Method::PUT, &users, b).await;
         assert_eq!(r.status, 400, "{b} gave {r:?}");
     }
-    call(&c, Method::PUT, &users, Some("{not json".into()))
-        .await
-        .assert_error(400);
-    call(&c, Method::PUT, &users, Some(String::new()))
-        .await
-        .assert_error(400);
+    call(&c, Method::PUT, &users, Some("{not json".into())).await.assert_error(400);
+    call(&c, Method::PUT, &users, Some(String::new())).await.assert_error(400);
 
     let r = get(&c, &users).await;
     assert_eq!(r.status, 200);
@@ -209,34 +158,15 @@ async fn users_service_routes() {
     listed.sort();
     let mut expected = vec![ann.clone(), ann_upper.clone()];
     expected.sort();
-    assert_eq!(
-        listed, expected,
-        "only the users created, none of the refused ones"
-    );
+    assert_eq!(listed, expected, "only the users created, none of the refused ones");
 
     // The narrowed list rides-api uses for its user check.
-    assert_eq!(
-        get(&c, &format!("{users}?username={ann}")).await.json(),
-        json!([ann])
-    );
-    get(&c, &format!("{users}?username={}", uniq("nobody")))
-        .await
-        .assert_no_content();
+    assert_eq!(get(&c, &format!("{users}?username={ann}")).await.json(), json!([ann]));
+    get(&c, &format!("{users}?username={}", uniq("nobody"))).await.assert_no_content();
 
-    call(&c, Method::DELETE, &format!("{users}/{ann}"), None)
-        .await
-        .assert_empty_object(200);
-    call(&c, Method::DELETE, &format!("{users}/{ann}"), None)
-        .await
-        .assert_error(400);
-    call(
-        &c,
-        Method::DELETE,
-        &format!("{users}/{}", uniq("ghost")),
-        None,
-    )
-    .await
-    .assert_error(400);
+    call(&c, Method::DELETE, &format!("{users}/{ann}"), None).await.assert_empty_object(200);
+    call(&c, Method::DELETE, &format!("{users}/{ann}"), None).await.assert_error(400);
+    call(&c, Method::DELETE, &format!("{users}/{}", uniq("ghost")), None).await.assert_error(400);
     assert_eq!(get(&c, &users).await.json(), json!([ann_upper]));
 
     // Known routes, other methods: 405. Unknown routes: 404.
@@ -250,40 +180,16 @@ async fn users_service_routes() {
     ] {
         call(&c, m.clone(), &url, None).await.assert_error(405);
     }
-    call(&c, Method::DELETE, &format!("{users}/a/b"), None)
-        .await
-        .assert_error(404);
-    call(&c, Method::GET, &format!("{}/api/v1/nothing", s.lb), None)
-        .await
-        .assert_error(404);
-    call(
-        &c,
-        Method::GET,
-        &format!("{}/api/v1/nothing", s.users),
-        None,
-    )
-    .await
-    .assert_error(404);
+    call(&c, Method::DELETE, &format!("{users}/a/b"), None).await.assert_error(404);
+    call(&c, Method::GET, &format!("{}/api/v1/nothing", s.lb), None).await.assert_error(404);
+    call(&c, Method::GET, &format!("{}/api/v1/nothing", s.users), None).await.assert_error(404);
     // The users service does not serve rides routes.
-    call(
-        &c,
-        Method::GET,
-        &format!("{}/api/v1/rides/count", s.users),
-        None,
-    )
-    .await
-    .assert_error(404);
+    call(&c, Method::GET, &format!("{}/api/v1/rides/count", s.users), None).await.assert_error(404);
 
     for base in [&s.users, &s.rides] {
-        call(&c, Method::GET, &format!("{base}/api/v1/db/clear"), None)
-            .await
-            .assert_error(405);
-        call(&c, Method::PUT, &format!("{base}/api/v1/_count"), None)
-            .await
-            .assert_error(405);
-        call(&c, Method::POST, &format!("{base}/api/v1/_count"), None)
-            .await
-            .assert_error(405);
+        call(&c, Method::GET, &format!("{base}/api/v1/db/clear"), None).await.assert_error(405);
+        call(&c, Method::PUT, &format!("{base}/api/v1/_count"), None).await.assert_error(405);
+        call(&c, Method::POST, &format!("{base}/api/v1/_count"), None).await.assert_error(405);
     }
 }
 
@@ -300,22 +206,12 @@ async fn rides_service_routes() {
 
     // Areas as integers or strings of digits.
     add_ride(&c, &s.lb, &bob, FUTURE, 1, 198).await;
-    send(
-        &c,
-        Method::POST,
-        &rides,
-        &ride(&bob, "01-01-2098:00-00-12", json!("1"), json!("198")),
-    )
-    .await
-    .assert_empty_object(201);
-    send(
-        &c,
-        Method::POST,
-        &rides,
-        &ride(&eve, "31-12-2099:59-59-23", json!(1), json!("198")),
-    )
-    .await
-    .assert_empty_object(201);
+    send(&c, Method::POST, &rides, &ride(&bob, "01-01-2098:00-00-12", json!("1"), json!("198")))
+        .await
+        .assert_empty_object(201);
+    send(&c, Method::POST, &rides, &ride(&eve, "31-12-2099:59-59-23", json!(1), json!("198")))
+        .await
+        .assert_empty_object(201);
     // Past rides exist but are not upcoming.
     add_ride(&c, &s.lb, &eve, "01-01-2001:00-00-00", 1, 198).await;
     assert_eq!(rides_count(&c, &s.lb).await, 4);
@@ -323,12 +219,7 @@ async fn rides_service_routes() {
     let list = upcoming(&c, &s.lb, 1, 198).await;
     let summary: Vec<(String, String)> = list
         .iter()
-        .map(|r| {
-            (
-                r["username"].as_str().unwrap().to_owned(),
-                r["timestamp"].as_str().unwrap().to_owned(),
-            )
-        })
+        .map(|r| (r["username"].as_str().unwrap().to_owned(), r["timestamp"].as_str().unwrap().to_owned()))
         .collect();
     assert_eq!(
         summary,
@@ -339,20 +230,9 @@ async fn rides_service_routes() {
         ],
         "upcoming only, soonest first, timestamps in the request's format"
     );
-    let ids: Vec<u64> = list
-        .iter()
-        .map(|r| r["rideId"].as_u64().expect("rideId"))
-        .collect();
-    assert_eq!(
-        list[0].as_object().unwrap().len(),
-        3,
-        "rideId, username, timestamp: {}",
-        list[0]
-    );
-    assert!(
-        upcoming(&c, &s.lb, 198, 1).await.is_empty(),
-        "the route has a direction"
-    );
+    let ids: Vec<u64> = list.iter().map(|r| r["rideId"].as_u64().expect("rideId")).collect();
+    assert_eq!(list[0].as_object().unwrap().len(), 3, "rideId, username, timestamp: {}", list[0]);
+    assert!(upcoming(&c, &s.lb, 198, 1).await.is_empty(), "the route has a direction");
 
     // Bad rides: nothing is created.
     let bad = [
@@ -381,14 +261,8 @@ async fn rides_service_routes() {
         let r = send(&c, Method::POST, &rides, b).await;
         assert_eq!(r.status, 400, "{b} gave {r:?}");
     }
-    call(&c, Method::POST, &rides, Some("created_by=bob".into()))
-        .await
-        .assert_error(400);
-    assert_eq!(
-        rides_count(&c, &s.lb).await,
-        4,
-        "no refused ride was stored"
-    );
+    call(&c, Method::POST, &rides, Some("created_by=bob".into())).await.assert_error(400);
+    assert_eq!(rides_count(&c, &s.lb).await, 4, "no refused ride was stored");
 
     // Listing needs both areas, valid.
     for q in [
@@ -402,9 +276,7 @@ async fn rides_service_routes() {
     ] {
         get(&c, &format!("{rides}?{q}")).await.assert_error(400);
     }
-    get(&c, &format!("{rides}?source=5&destination=6"))
-        .await
-        .assert_no_content();
+    get(&c, &format!("{rides}?source=5&destination=6")).await.assert_no_content();
 
     // Details.
     let id = ids[1];
@@ -414,9 +286,7 @@ async fn rides_service_routes() {
         r.json(),
         json!({"rideId": id, "Created_by": bob, "users": [], "Timestamp": FUTURE, "source": 1, "destination": 198})
     );
-    get(&c, &format!("{rides}/999999999"))
-        .await
-        .assert_no_content();
+    get(&c, &format!("{rides}/999999999")).await.assert_no_content();
     get(&c, &format!("{rides}/abc")).await.assert_error(400);
     get(&c, &format!("{rides}/-1")).await.assert_error(400);
 
@@ -425,56 +295,27 @@ async fn rides_service_routes() {
         let (c, url) = (c.clone(), format!("{rides}/{id}"));
         async move { send(&c, Method::POST, &url, &body).await }
     };
-    join(id, json!({"username": eve}))
-        .await
-        .assert_empty_object(200);
-    join(id, json!({"username": zed}))
-        .await
-        .assert_empty_object(200);
+    join(id, json!({"username": eve})).await.assert_empty_object(200);
+    join(id, json!({"username": zed})).await.assert_empty_object(200);
     join(id, json!({"username": eve})).await.assert_error(400);
     join(id, json!({"username": bob})).await.assert_error(400);
-    join(id, json!({"username": uniq("ghost")}))
-        .await
-        .assert_error(400);
+    join(id, json!({"username": uniq("ghost")})).await.assert_error(400);
     join(id, json!({"user": eve})).await.assert_error(400);
     join(id, json!({"username": 5})).await.assert_error(400);
-    call(
-        &c,
-        Method::POST,
-        &format!("{rides}/{id}"),
-        Some("nope".into()),
-    )
-    .await
-    .assert_error(400);
-    join(999999999, json!({"username": eve}))
-        .await
-        .assert_no_content();
-    call(
-        &c,
-        Method::POST,
-        &format!("{rides}/abc"),
-        Some(json!({"username": eve}).to_string()),
-    )
-    .await
-    .assert_error(400);
+    call(&c, Method::POST, &format!("{rides}/{id}"), Some("nope".into())).await.assert_error(400);
+    join(999999999, json!({"username": eve})).await.assert_no_content();
+    call(&c, Method::POST, &format!("{rides}/abc"), Some(json!({"username": eve}).to_string())).await.assert_error(400);
     let mut riders: Vec<String> =
-        serde_json::from_value(get(&c, &format!("{rides}/{id}")).await.json()["users"].clone())
-            .unwrap();
+        serde_json::from_value(get(&c, &format!("{rides}/{id}")).await.json()["users"].clone()).unwrap();
     riders.sort();
     let mut expected = vec![eve.clone(), zed.clone()];
     expected.sort();
     assert_eq!(riders, expected);
 
     // Delete.
-    call(&c, Method::DELETE, &format!("{rides}/{id}"), None)
-        .await
-        .assert_empty_object(200);
-    call(&c, Method::DELETE, &format!("{rides}/{id}"), None)
-        .await
-        .assert_error(400);
-    call(&c, Method::DELETE, &format!("{rides}/abc"), None)
-        .await
-        .assert_error(400);
+    call(&c, Method::DELETE, &format!("{rides}/{id}"), None).await.assert_empty_object(200);
+    call(&c, Method::DELETE, &format!("{rides}/{id}"), None).await.assert_error(400);
+    call(&c, Method::DELETE, &format!("{rides}/abc"), None).await.assert_error(400);
     get(&c, &format!("{rides}/{id}")).await.assert_no_content();
     assert_eq!(rides_count(&c, &s.lb).await, 3);
     assert_eq!(upcoming(&c, &s.lb, 1, 198).await.len(), 2);
@@ -482,28 +323,16 @@ async fn rides_service_routes() {
     // /rides/count is a route of its own; other methods are 405 there even
     // though POST and DELETE exist on /rides/{rideId}.
     for m in [Method::POST, Method::DELETE, Method::PUT] {
-        call(&c, m, &format!("{rides}/count"), None)
-            .await
-            .assert_error(405);
+        call(&c, m, &format!("{rides}/count"), None).await.assert_error(405);
     }
     for m in [Method::PUT, Method::DELETE, Method::PATCH] {
         call(&c, m, &rides, None).await.assert_error(405);
     }
-    call(&c, Method::PUT, &format!("{rides}/{}", ids[0]), None)
-        .await
-        .assert_error(405);
-    call(&c, Method::PATCH, &format!("{rides}/{}", ids[0]), None)
-        .await
-        .assert_error(405);
-    get(&c, &format!("{rides}/{}/riders", ids[0]))
-        .await
-        .assert_error(404);
-    get(&c, &format!("{}/api/v1/ridez", s.lb))
-        .await
-        .assert_error(404);
-    get(&c, &format!("{}/api/v1/users", s.rides))
-        .await
-        .assert_error(404);
+    call(&c, Method::PUT, &format!("{rides}/{}", ids[0]), None).await.assert_error(405);
+    call(&c, Method::PATCH, &format!("{rides}/{}", ids[0]), None).await.assert_error(405);
+    get(&c, &format!("{rides}/{}/riders", ids[0])).await.assert_error(404);
+    get(&c, &format!("{}/api/v1/ridez", s.lb)).await.assert_error(404);
+    get(&c, &format!("{}/api/v1/users", s.rides)).await.assert_error(404);
     assert_eq!(rides_count(&c, &s.lb).await, 3, "the 405s changed nothing");
 }
 
@@ -517,88 +346,23 @@ async fn huge_and_malformed_inputs_are_400s() {
     add_user(&c, &s.lb, &bob).await;
 
     let huge = "u".repeat(10 << 20);
-    send(
-        &c,
-        Method::PUT,
-        &users,
-        &json!({"username": huge, "password": PASSWORD}),
-    )
-    .await
-    .assert_error(400);
-    send(
-        &c,
-        Method::PUT,
-        &users,
-        &json!({"username": uniq("p"), "password": huge}),
-    )
-    .await
-    .assert_error(400);
-    send(
-        &c,
-        Method::POST,
-        &rides,
-        &ride(&huge, FUTURE, json!(1), json!(2)),
-    )
-    .await
-    .assert_error(400);
-    send(
-        &c,
-        Method::POST,
-        &rides,
-        &ride(&bob, &huge, json!(1), json!(2)),
-    )
-    .await
-    .assert_error(400);
-    send(
-        &c,
-        Method::POST,
-        &format!("{rides}/1"),
-        &json!({"username": huge}),
-    )
-    .await
-    .assert_error(400);
+    send(&c, Method::PUT, &users, &json!({"username": huge, "password": PASSWORD})).await.assert_error(400);
+    send(&c, Method::PUT, &users, &json!({"username": uniq("p"), "password": huge})).await.assert_error(400);
+    send(&c, Method::POST, &rides, &ride(&huge, FUTURE, json!(1), json!(2))).await.assert_error(400);
+    send(&c, Method::POST, &rides, &ride(&bob, &huge, json!(1), json!(2))).await.assert_error(400);
+    send(&c, Method::POST, &format!("{rides}/1"), &json!({"username": huge})).await.assert_error(400);
     let digits = "9".repeat(100_000);
-    send(
-        &c,
-        Method::POST,
-        &rides,
-        &ride(&bob, FUTURE, json!(digits), json!(2)),
-    )
-    .await
-    .assert_error(400);
-    for number in [
-        "1e400",
-        "99999999999999999999999",
-        "-99999999999999999999999",
-        "1e3",
-        "12.0",
-    ] {
-        let body = format!(
-            r#"{{"created_by":"{bob}","timestamp":"{FUTURE}","source":{number},"destination":2}}"#
-        );
-        call(&c, Method::POST, &rides, Some(body))
-            .await
-            .assert_error(400);
+    send(&c, Method::POST, &rides, &ride(&bob, FUTURE, json!(digits), json!(2))).await.assert_error(400);
+    for number in ["1e400", "99999999999999999999999", "-99999999999999999999999", "1e3", "12.0"] {
+        let body = format!(r#"{{"created_by":"{bob}","timestamp":"{FUTURE}","source":{number},"destination":2}}"#);
+        call(&c, Method::POST, &rides, Some(body)).await.assert_error(400);
     }
-    get(&c, &format!("{rides}/99999999999999999999999"))
-        .await
-        .assert_error(400);
-    get(
-        &c,
-        &format!("{rides}?source=99999999999999999999999&destination=2"),
-    )
-    .await
-    .assert_error(400);
+    get(&c, &format!("{rides}/99999999999999999999999")).await.assert_error(400);
+    get(&c, &format!("{rides}?source=99999999999999999999999&destination=2")).await.assert_error(400);
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    call(&c, Method::PUT, &users, Some(deep.clone()))
-        .await
-        .assert_error(400);
-    call(&c, Method::POST, &rides, Some(deep))
-        .await
-        .assert_error(400);
-    call(&c, Method::PUT, &users, Some("\u{0}\u{1}\u{ff}".into()))
-        .await
-        .assert_error(400);
+    call(&c, Method::PUT, &users, Some(deep.clone())).await.assert_error(400);
+    call(&c, Method::POST, &rides, Some(deep)).await.assert_error(400);
+    call(&c, Method::PUT, &users, Some("\u{0}\u{1}\u{ff}".into())).await.assert_error(400);
 
     // A long but reasonable name still works end to end, user check included.
     let long = format!("{}-{}", "l".repeat(5_000), uniq("x"));
@@ -610,16 +374,11 @@ async fn huge_and_malformed_inputs_are_400s() {
     add_user(&c, &s.lb, &odd).await;
     add_ride(&c, &s.lb, &odd, FUTURE, 5, 6).await;
     let escaped: String = odd.bytes().map(|b| format!("%{b:02X}")).collect();
-    call(&c, Method::DELETE, &format!("{users}/{escaped}"), None)
-        .await
-        .assert_empty_object(200);
+    call(&c, Method::DELETE, &format!("{users}/{escaped}"), None).await.assert_empty_object(200);
     assert!(upcoming(&c, &s.lb, 5, 6).await.is_empty());
 
     // Still alive and serving.
-    assert_eq!(
-        get(&c, &format!("{users}?username={bob}")).await.json(),
-        json!([bob])
-    );
+    assert_eq!(get(&c, &format!("{users}?username={bob}")).await.json(), json!([bob]));
     assert_eq!(get(&c, &format!("{}/health", s.rides)).await.status, 200);
 }
 
@@ -629,9 +388,7 @@ async fn count_is_exact_under_concurrency_and_resets() {
     let c = Stack::http();
 
     for base in [&s.users, &s.rides] {
-        call(&c, Method::DELETE, &format!("{base}/api/v1/_count"), None)
-            .await
-            .assert_empty_object(200);
+        call(&c, Method::DELETE, &format!("{base}/api/v1/_count"), None).await.assert_empty_object(200);
         assert_eq!(count_of(&c, base).await, 0);
     }
 
@@ -640,10 +397,7 @@ async fn count_is_exact_under_concurrency_and_resets() {
     let users_urls = |i: usize| match i % 5 {
         0 => (Method::GET, format!("{}/api/v1/users", s.users)),
         1 => (Method::POST, format!("{}/api/v1/users", s.users)),
-        2 => (
-            Method::DELETE,
-            format!("{}/api/v1/users/nobody-{i}", s.users),
-        ),
+        2 => (Method::DELETE, format!("{}/api/v1/users/nobody-{i}", s.users)),
         3 => (Method::PUT, format!("{}/api/v1/users", s.users)),
         _ => (Method::GET, format!("{}/api/v1/users/a/b", s.users)),
     };
@@ -667,32 +421,15 @@ async fn count_is_exact_under_concurrency_and_resets() {
                 .await
         }
     };
-    let (a, b) = tokio::join!(
-        fire((0..500).map(users_urls).collect()),
-        fire((0..500).map(rides_urls).collect())
-    );
+    let (a, b) = tokio::join!(fire((0..500).map(users_urls).collect()), fire((0..500).map(rides_urls).collect()));
     assert!(a.iter().chain(&b).all(|s| *s < 500), "no 5xx: {a:?} {b:?}");
     assert_eq!(count_of(&c, &s.users).await, 500);
     assert_eq!(count_of(&c, &s.rides).await, 500);
 
     // _count itself, db/clear and /health are not counted.
     count_of(&c, &s.users).await;
-    call(
-        &c,
-        Method::POST,
-        &format!("{}/api/v1/db/clear", s.users),
-        None,
-    )
-    .await
-    .assert_empty_object(200);
-    call(
-        &c,
-        Method::POST,
-        &format!("{}/api/v1/db/clear", s.rides),
-        None,
-    )
-    .await
-    .assert_empty_object(200);
+    call(&c, Method::POST, &format!("{}/api/v1/db/clear", s.users), None).await.assert_empty_object(200);
+    call(&c, Method::POST, &format!("{}/api/v1/db/clear", s.rides), None).await.assert_empty_object(200);
     get(&c, &format!("{}/health", s.users)).await;
     assert_eq!(count_of(&c, &s.users).await, 500);
     assert_eq!(count_of(&c, &s.rides).await, 500);
@@ -704,20 +441,9 @@ async fn count_is_exact_under_concurrency_and_resets() {
     assert_eq!(count_of(&c, &s.users).await, 501);
     assert_eq!(count_of(&c, &s.rides).await, 502);
 
-    call(
-        &c,
-        Method::DELETE,
-        &format!("{}/api/v1/_count", s.users),
-        None,
-    )
-    .await
-    .assert_empty_object(200);
+    call(&c, Method::DELETE, &format!("{}/api/v1/_count", s.users), None).await.assert_empty_object(200);
     assert_eq!(count_of(&c, &s.users).await, 0);
-    assert_eq!(
-        count_of(&c, &s.rides).await,
-        502,
-        "each service has its own counter"
-    );
+    assert_eq!(count_of(&c, &s.rides).await, 502, "each service has its own counter");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -744,16 +470,8 @@ async fn a_new_user_can_create_a_ride_at_once() {
         .buffer_unordered(8)
         .collect::<Vec<_>>()
         .await;
-    let failed: Vec<_> = results
-        .iter()
-        .filter(|(u, r, _)| (*u, *r) != (201, 201))
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of 200 pairs failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    let failed: Vec<_> = results.iter().filter(|(u, r, _)| (*u, *r) != (201, 201)).collect();
+    assert!(failed.is_empty(), "{} of 200 pairs failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
     assert_eq!(rides_count(&c, &s.lb).await, 200);
     assert_eq!(upcoming(&c, &s.lb, 10, 20).await.len(), 200);
 }
@@ -772,44 +490,19 @@ async fn deleting_a_user_removes_its_rides_and_takes_it_off_others() {
     let alices = only_ride_id(&c, &s.lb, 1, 2).await;
     let bobs = only_ride_id(&c, &s.lb, 2, 3).await;
     for (ride, rider) in [(bobs, &alice), (bobs, &carol), (alices, &carol)] {
-        send(&c, Method::POST, &format!("{rides}/{ride}"), &json!({"username": rider}))
-            .await
-            .assert_empty_object(200);
+        send(&c, Method::POST, &format!("{rides}/{ride}"), &json!({"username": rider})).await.assert_empty_object(200);
     }
 
-    call(
-        &c,
-        Method::DELETE,
-        &format!("{}/api/v1/users/{alice}", s.lb),
-        None,
-    )
-    .await
-    .assert_empty_object(200);
+    call(&c, Method::DELETE, &format!("{}/api/v1/users/{alice}", s.lb), None).await.assert_empty_object(200);
 
-    get(&c, &format!("{rides}/{alices}"))
-        .await
-        .assert_no_content();
+    get(&c, &format!("{rides}/{alices}")).await.assert_no_content();
     assert!(upcoming(&c, &s.lb, 1, 2).await.is_empty());
     assert_eq!(rides_count(&c, &s.lb).await, 1);
     let r = get(&c, &format!("{rides}/{bobs}")).await;
     assert_eq!(r.json()["users"], json!([carol]));
     // The deleted user is unknown from now on.
-    send(
-        &c,
-        Method::POST,
-        &rides,
-        &ride(&alice, FUTURE, json!(1), json!(2)),
-    )
-    .await
-    .assert_error(400);
-    send(
-        &c,
-        Method::POST,
-        &format!("{rides}/{bobs}"),
-        &json!({"username": alice}),
-    )
-    .await
-    .assert_error(400);
+    send(&c, Method::POST, &rides, &ride(&alice, FUTURE, json!(1), json!(2))).await.assert_error(400);
+    send(&c, Method::POST, &format!("{rides}/{bobs}"), &json!({"username": alice})).await.assert_error(400);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -821,41 +514,18 @@ async fn clear_empties_everything_and_ride_ids_are_not_reused() {
     add_ride(&c, &s.lb, &ann, FUTURE, 7, 8).await;
     let first = only_ride_id(&c, &s.lb, 7, 8).await;
 
-    call(
-        &c,
-        Method::POST,
-        &format!("{}/api/v1/db/clear", s.rides),
-        None,
-    )
-    .await
-    .assert_empty_object(200);
-    get(&c, &format!("{}/api/v1/users", s.lb))
-        .await
-        .assert_no_content();
+    call(&c, Method::POST, &format!("{}/api/v1/db/clear", s.rides), None).await.assert_empty_object(200);
+    get(&c, &format!("{}/api/v1/users", s.lb)).await.assert_no_content();
     assert_eq!(rides_count(&c, &s.lb).await, 0);
-    get(&c, &format!("{}/api/v1/rides/{first}", s.lb))
-        .await
-        .assert_no_content();
+    get(&c, &format!("{}/api/v1/rides/{first}", s.lb)).await.assert_no_content();
 
     add_user(&c, &s.lb, &ann).await;
     add_ride(&c, &s.lb, &ann, FUTURE, 7, 8).await;
     let second = only_ride_id(&c, &s.lb, 7, 8).await;
-    assert!(
-        second > first,
-        "rideId {second} after clear must not reuse {first}"
-    );
+    assert!(second > first, "rideId {second} after clear must not reuse {first}");
 
-    call(
-        &c,
-        Method::POST,
-        &format!("{}/api/v1/db/clear", s.users),
-        None,
-    )
-    .await
-    .assert_empty_object(200);
-    get(&c, &format!("{}/api/v1/users", s.lb))
-        .await
-        .assert_no_content();
+    call(&c, Method::POST, &format!("{}/api/v1/db/clear", s.users), None).await.assert_empty_object(200);
+    get(&c, &format!("{}/api/v1/users", s.lb)).await.assert_no_content();
     assert_eq!(rides_count(&c, &s.lb).await, 0);
     add_user(&c, &s.lb, &ann).await;
     add_ride(&c, &s.lb, &ann, FUTURE, 7, 8).await;
@@ -878,32 +548,16 @@ async fn the_user_check_goes_through_the_lb_with_origin() {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         let line = log.lines().find(|l| l.contains(&needle));
         if let Some(line) = line {
-            assert!(
-                line.contains(&origin),
-                "user check without rides-api's Origin: {line}"
-            );
-            assert!(
-                line.contains(" 200 "),
-                "user check not answered 200: {line}"
-            );
-            assert!(
-                line.contains("target=users"),
-                "user check not routed to users-api: {line}"
-            );
+            assert!(line.contains(&origin), "user check without rides-api's Origin: {line}");
+            assert!(line.contains(" 200 "), "user check not answered 200: {line}");
+            assert!(line.contains("target=users"), "user check not routed to users-api: {line}");
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no user check for {name} in {}:\n{log}",
-            log_path.display()
-        );
+        assert!(Instant::now() < deadline, "no user check for {name} in {}:\n{log}", log_path.display());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Client requests carry no Origin; only rides-api's own calls do.
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let ride_post = log
-        .lines()
-        .find(|l| l.contains("POST /api/v1/rides "))
-        .expect("the client's POST is logged");
+    let ride_post = log.lines().find(|l| l.contains("POST /api/v1/rides ")).expect("the client's POST is logged");
     assert!(ride_post.contains("target=rides"), "{ride_post}");
 }

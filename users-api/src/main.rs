@@ -16,10 +16,7 @@ async fn main() -> anyhow::Result<()> {
     let addr = startup::env_or("USERS_ADDR", "127.0.0.1:8081");
     let orchestrator = startup::orchestrator_url();
 
-    let state = Arc::new(routes::State::new(Db::new(
-        &orchestrator,
-        startup::admin_token(),
-    )?));
+    let state = Arc::new(routes::State::new(Db::new(&orchestrator, startup::admin_token())?));
     let listener = startup::listen(&addr).await?;
     tracing::info!(addr = %listener.local_addr()?, %orchestrator, "users-api listening");
     startup::serve("users-api", listener, http::routes(state, routes::handle)).await;

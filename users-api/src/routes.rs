@@ -31,10 +31,7 @@ pub struct State {
 
 impl State {
     pub fn new(db: Db) -> State {
-        State {
-            db,
-            count: RequestCounter::new(COUNTED),
-        }
+        State { db, count: RequestCounter::new(COUNTED) }
     }
 }
 
@@ -83,19 +80,13 @@ async fn create(st: &State, body: Body) -> Response {
         Ok(u) => u,
         Err(e) => return http::error(StatusCode::BAD_REQUEST, e.0),
     };
-    let insert = WriteRequest::insert(
-        "users",
-        [
-            ("username", user.username.clone().into()),
-            ("password", user.password.into()),
-        ],
-    );
+    let insert =
+        WriteRequest::insert("users", [("username", user.username.clone().into()), ("password", user.password.into())]);
     match st.db.write(&insert).await {
         Ok(_) => http::empty_object(StatusCode::CREATED),
-        Err(DbError::Conflict(_)) => http::error(
-            StatusCode::BAD_REQUEST,
-            format!("username {:?} is taken", http::short(&user.username)),
-        ),
+        Err(DbError::Conflict(_)) => {
+            http::error(StatusCode::BAD_REQUEST, format!("username {:?} is taken", http::short(&user.username)))
+        }
         Err(e) => db_error(e),
     }
 }
@@ -110,10 +101,7 @@ async fn list(st: &State, query: &str) -> Response {
     };
     match st.db.read(&read).await {
         Ok(rows) => {
-            let names: Vec<&str> = rows
-                .iter()
-                .filter_map(|r| r.get("username").and_then(|v| v.as_str()))
-                .collect();
+            let names: Vec<&str> = rows.iter().filter_map(|r| r.get("username").and_then(|v| v.as_str())).collect();
             if names.is_empty() {
                 http::no_content()
             } else {
@@ -127,18 +115,10 @@ async fn list(st: &State, query: &str) -> Response {
 async fn delete(st: &State, name: String) -> Response {
     // The schema's ON DELETE CASCADE removes the user's rides and takes it
     // off the rides it joined, in the same statement.
-    match st
-        .db
-        .write(&WriteRequest::delete(
-            "users",
-            vec![Condition::eq("username", name.clone())],
-        ))
-        .await
-    {
-        Ok(o) if o.rows_affected == 0 => http::error(
-            StatusCode::BAD_REQUEST,
-            format!("no user {:?}", http::short(&name)),
-        ),
+    match st.db.write(&WriteRequest::delete("users", vec![Condition::eq("username", name.clone())])).await {
+        Ok(o) if o.rows_affected == 0 => {
+            http::error(StatusCode::BAD_REQUEST, format!("no user {:?}", http::short(&name)))
+        }
         Ok(_) => http::empty_object(StatusCode::OK),
         Err(e) => db_error(e),
     }
@@ -157,10 +137,7 @@ mod tests {
     #[test]
     fn route_table() {
         assert_eq!(Route::of("/api/v1/users"), Some(Route::Users));
-        assert_eq!(
-            Route::of("/api/v1/users/a%20b"),
-            Some(Route::User("a b".into()))
-        );
+        assert_eq!(Route::of("/api/v1/users/a%20b"), Some(Route::User("a b".into())));
         assert_eq!(Route::of("/api/v1/users/"), None);
         assert_eq!(Route::of("/api/v1/users/a/b"), None);
         assert_eq!(Route::of("/api/v1/rides"), None);
@@ -178,14 +155,8 @@ mod tests {
         assert_eq!(status("POST", "/api/v1/users", "").await, 405);
         assert_eq!(status("GET", "/api/v1/users/ann", "").await, 405);
         assert_eq!(status("PUT", "/api/v1/users", "not json").await, 400);
-        assert_eq!(
-            status("PUT", "/api/v1/users", r#"{"username":"a","password":"x"}"#).await,
-            400
-        );
-        let huge = format!(
-            r#"{{"username":"{}","password":"x"}}"#,
-            "u".repeat(10 << 20)
-        );
+        assert_eq!(status("PUT", "/api/v1/users", r#"{"username":"a","password":"x"}"#).await, 400);
+        let huge = format!(r#"{{"username":"{}","password":"x"}}"#, "u".repeat(10 << 20));
         assert_eq!(status("PUT", "/api/v1/users", &huge).await, 400);
         assert_eq!(status("GET", "/api/v1/nope", "").await, 404);
         assert_eq!(status("PUT", "/api/v1/_count", "").await, 405);

@@ -20,11 +20,8 @@ pub fn password_ok(p: &str) -> bool {
 pub struct Invalid(pub String);
 
 pub fn new_user(body: &[u8]) -> Result<NewUser, Invalid> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| Invalid(format!("body is not JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Invalid("body must be a JSON object".into()))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| Invalid(format!("body is not JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| Invalid("body must be a JSON object".into()))?;
     let field = |name: &str| -> Result<String, Invalid> {
         match obj.get(name) {
             Some(Value::String(s)) => Ok(s.clone()),
@@ -39,10 +36,7 @@ pub fn new_user(body: &[u8]) -> Result<NewUser, Invalid> {
         return Err(Invalid("username must not be empty".into()));
     }
     if !password_ok(&password) {
-        return Err(Invalid(format!(
-            "password {:?} is not exactly 40 hex digits",
-            short(&password)
-        )));
+        return Err(Invalid(format!("password {:?} is not exactly 40 hex digits", short(&password))));
     }
     Ok(NewUser { username, password })
 }
@@ -68,8 +62,7 @@ mod tests {
 
     #[test]
     fn bodies() {
-        let ok =
-            new_user(format!(r#"{{"username":"ann","password":"{HEX40}"}}"#).as_bytes()).unwrap();
+        let ok = new_user(format!(r#"{{"username":"ann","password":"{HEX40}"}}"#).as_bytes()).unwrap();
         assert_eq!(ok.username, "ann");
         assert!(new_user(b"not json").is_err());
         assert!(new_user(b"[]").is_err());
@@ -83,8 +76,7 @@ mod tests {
     #[test]
     fn long_values_are_not_echoed() {
         let long = "x".repeat(100_000);
-        let e =
-            new_user(format!(r#"{{"username":"a","password":"{long}"}}"#).as_bytes()).unwrap_err();
+        let e = new_user(format!(r#"{{"username":"a","password":"{long}"}}"#).as_bytes()).unwrap_err();
         assert!(e.0.len() < 200);
     }
 }

@@ -11,6 +11,7 @@
 
 #[cfg(feature = "broker")]
 pub mod broker;
+pub mod contract;
 pub mod coord;
 pub mod messages;
 pub mod query;

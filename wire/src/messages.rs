@@ -81,11 +81,18 @@ pub enum Reply {
         epoch: u64,
     },
     /// A constraint said no (duplicate key, unknown foreign key): 409.
-    Conflict { error: String, epoch: u64 },
+    Conflict {
+        error: String,
+        epoch: u64,
+    },
     /// The request was malformed after all: 400.
-    Invalid { error: String },
+    Invalid {
+        error: String,
+    },
     /// The worker could not serve it now (behind, shutting down): 503.
-    Unavailable { error: String },
+    Unavailable {
+        error: String,
+    },
 }
 
 /// One committed change, fanned out on `syncQ` to every slave.
@@ -106,11 +113,16 @@ pub enum SyncMsg {
     Change(Change),
     /// Put by a slave on its own queue: once it reaches it, everything queued
     /// before has been applied (catch-up done; safe to promote).
-    Marker { token: String },
+    Marker {
+        token: String,
+    },
     /// First message of a new master: it holds every change up to `seq`.
     /// After it, changes of older epochs are refused (a deposed master's), and
     /// a slave already past `seq` has applied such a change and must reload.
-    Epoch { epoch: u64, seq: u64 },
+    Epoch {
+        epoch: u64,
+        seq: u64,
+    },
 }
 
 /// First line of a snapshot reply; the SQLite file's bytes follow the newline.

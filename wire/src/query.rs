@@ -276,9 +276,7 @@ fn known_column(t: &Table, name: &str) -> Result<&'static str, Invalid> {
 fn typed_value(t: &Table, column: &str, v: &Value) -> Result<(), Invalid> {
     let col = t.column(column).expect("column checked before");
     match (col.ty, v) {
-        (_, Value::Null) | (ColumnType::Integer, Value::Int(_)) | (ColumnType::Text, Value::Text(_)) => {
-            Ok(())
-        }
+        (_, Value::Null) | (ColumnType::Integer, Value::Int(_)) | (ColumnType::Text, Value::Text(_)) => Ok(()),
         (ty, v) => invalid(format!("column {} takes {:?}, got {}", column, ty, v.kind())),
     }
 }
@@ -432,8 +430,9 @@ mod tests {
 
     #[test]
     fn accepts_a_plain_select() {
-        let r = read(r#"{"table":"users","columns":["username"],"where":[{"column":"username","op":"=","value":"a"}]}"#)
-            .unwrap();
+        let r =
+            read(r#"{"table":"users","columns":["username"],"where":[{"column":"username","op":"=","value":"a"}]}"#)
+                .unwrap();
         assert_eq!(r.table.name, "users");
         assert_eq!(r.columns, vec!["username"]);
     }
@@ -457,7 +456,8 @@ mod tests {
     fn refuses_wrong_types_and_huge_numbers() {
         assert!(write(r#"{"op":"insert","table":"rides","values":{"source":"3"}}"#).is_err());
         assert!(read(r#"{"table":"rides","where":[{"column":"source","op":"=","value":1e999}]}"#).is_err());
-        assert!(read(r#"{"table":"rides","where":[{"column":"source","op":"=","value":99999999999999999999999}]}"#).is_err());
+        assert!(read(r#"{"table":"rides","where":[{"column":"source","op":"=","value":99999999999999999999999}]}"#)
+            .is_err());
         assert!(read(r#"{"table":"rides","where":[{"column":"source","op":"LIKE","value":1}]}"#).is_err());
         assert!(read(r#"{"table":"rides","where":[{"column":"source","op":"=","value":true}]}"#).is_err());
     }

@@ -47,10 +47,7 @@ const fn col(name: &'static str, ty: ColumnType) -> Column {
 /// Every table requests may touch. Bookkeeping tables (prefixed `_`) are absent
 /// on purpose: no request can read or write them.
 pub const TABLES: &[Table] = &[
-    Table {
-        name: "users",
-        columns: &[col("username", ColumnType::Text), col("password", ColumnType::Text)],
-    },
+    Table { name: "users", columns: &[col("username", ColumnType::Text), col("password", ColumnType::Text)] },
     Table {
         name: "rides",
         columns: &[
@@ -61,10 +58,7 @@ pub const TABLES: &[Table] = &[
             col("destination", ColumnType::Integer),
         ],
     },
-    Table {
-        name: "ride_riders",
-        columns: &[col("ride_id", ColumnType::Integer), col("username", ColumnType::Text)],
-    },
+    Table { name: "ride_riders", columns: &[col("ride_id", ColumnType::Integer), col("username", ColumnType::Text)] },
 ];
 
 /// Tables in the order `clear` empties them (children first).

@@ -18,7 +18,12 @@ pub async fn reply(ch: &Channel, props: &BasicProperties, reply: &Reply) -> lapi
 
 /// Send `body` to a request's `reply_to` queue, with its correlation id added
 /// to `out` (nothing is sent for a request that asked for no answer).
-pub async fn reply_bytes(ch: &Channel, props: &BasicProperties, body: &[u8], mut out: BasicProperties) -> lapin::Result<()> {
+pub async fn reply_bytes(
+    ch: &Channel,
+    props: &BasicProperties,
+    body: &[u8],
+    mut out: BasicProperties,
+) -> lapin::Result<()> {
     let Some(to) = props.reply_to() else { return Ok(()) };
     if let Some(id) = props.correlation_id() {
         out = out.with_correlation_id(id.clone());

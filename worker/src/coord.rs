@@ -103,9 +103,8 @@ async fn session(
     record_rx: &mut watch::Receiver<WorkerRecord>,
     lease: &Lease,
 ) -> Result<(), zk::Error> {
-    let client = tokio::time::timeout(cfg.zk_session_timeout, connect(cfg))
-        .await
-        .map_err(|_| zk::Error::ConnectionLoss)??;
+    let client =
+        tokio::time::timeout(cfg.zk_session_timeout, connect(cfg)).await.map_err(|_| zk::Error::ConnectionLoss)??;
     client.mkdir(&workers_path(&cfg.zk_root), &persistent()).await?;
     let me = worker_path(&cfg.zk_root, &cfg.worker_id);
     let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
@@ -22,7 +23,6 @@ use rusqlite::Connection as Db;
 use tracing::{error, info, warn};
 use wire::coord::Role;
 use wire::queues::{SNAPSHOT_Q, SYNC_X, WRITE_Q};
-use lapin::message::Delivery;
 use wire::{Reply, SnapshotHeader, SyncMsg, WriteMsg, WriteRequest};
 
 use crate::store::{self, Applied, StoreError};
@@ -150,8 +150,9 @@ async fn handle_batch(
     if !todo.is_empty() {
         let reqs: Vec<WriteRequest> = todo.iter().map(|(_, w)| w.clone()).collect();
         let db = db.clone();
-        let outcomes = tokio::task::spawn_blocking(move || store::execute_writes(&mut db.lock().expect("db lock"), &reqs, epoch))
-            .await?;
+        let outcomes =
+            tokio::task::spawn_blocking(move || store::execute_writes(&mut db.lock().expect("db lock"), &reqs, epoch))
+                .await?;
         let outcomes = match outcomes {
             Ok(o) => o,
             Err(e) => {
@@ -173,7 +174,13 @@ async fn handle_batch(
                     let body = serde_json::to_vec(&SyncMsg::Change(change)).expect("sync messages serialize");
                     confirms.push(
                         sync_ch
-                            .basic_publish(SYNC_X.into(), "".into(), BasicPublishOptions::default(), &body, BasicProperties::default())
+                            .basic_publish(
+                                SYNC_X.into(),
+                                "".into(),
+                                BasicPublishOptions::default(),
+                                &body,
+                                BasicProperties::default(),
+                            )
                             .await
                             .context("publishing change on syncQ")?,
                     );
@@ -215,7 +222,12 @@ async fn handle_batch(
 
 /// Give a whole batch back to `writeQ` for the next master.
 async fn write_ch_nack_all(batch: &[Delivery]) -> Result<()> {
-    batch.last().expect("batches are never empty").acker.nack(BasicNackOptions { requeue: true, multiple: true }).await?;
+    batch
+        .last()
+        .expect("batches are never empty")
+        .acker
+        .nack(BasicNackOptions { requeue: true, multiple: true })
+        .await?;
     Ok(())
 }
 

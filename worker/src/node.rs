@@ -64,7 +64,8 @@ pub const EXIT_DEPOSED: i32 = 3;
 pub const EXIT_NOT_PROMOTABLE: i32 = 4;
 
 pub async fn run(cfg: Config) -> Result<()> {
-    let record = WorkerRecord { id: cfg.worker_id.clone(), pid: std::process::id(), role: Role::CatchingUp, seq: 0, epoch: 0 };
+    let record =
+        WorkerRecord { id: cfg.worker_id.clone(), pid: std::process::id(), role: Role::CatchingUp, seq: 0, epoch: 0 };
     let coord = coord::spawn(cfg.clone(), record);
     let (applied, _) = watch::channel((0, 0));
     let shared = Shared { cfg: Arc::new(cfg), coord, applied: Arc::new(applied) };

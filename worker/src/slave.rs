@@ -16,8 +16,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -43,7 +43,11 @@ pub enum SlaveExit {
 /// Markers this slave put on its own sync queue, waiting to be reached.
 type Markers = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
-pub async fn run(conn: &Connection, shared: &Shared, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<SlaveExit> {
+pub async fn run(
+    conn: &Connection,
+    shared: &Shared,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<SlaveExit> {
     let id = shared.cfg.worker_id.clone();
     shared.set_position(Role::CatchingUp, 0, 0);
 
@@ -62,7 +66,12 @@ pub async fn run(conn: &Connection, shared: &Shared, mut stop: tokio::sync::watc
         .queue_bind(queue.as_str().into(), SYNC_X.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
         .await?;
     let changes = sync_ch
-        .basic_consume(queue.as_str().into(), format!("sync-{id}").into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            format!("sync-{id}").into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
 
     // 2. The snapshot.
@@ -77,7 +86,8 @@ pub async fn run(conn: &Connection, shared: &Shared, mut stop: tokio::sync::watc
 
     // 3. Apply changes from here on.
     let markers: Markers = Arc::default();
-    let mut applier = tokio::spawn(apply_loop(changes, db.clone(), shared.clone(), known_epoch.clone(), markers.clone()));
+    let mut applier =
+        tokio::spawn(apply_loop(changes, db.clone(), shared.clone(), known_epoch.clone(), markers.clone()));
 
     // 4. Caught up once everything queued before this point is applied.
     drain_to_marker(&sync_ch, &queue, &markers, &mut applier, "catch-up").await?;
@@ -144,15 +154,26 @@ pub async fn run(conn: &Connection, shared: &Shared, mut stop: tokio::sync::watc
 async fn fetch_snapshot(conn: &Connection, id: &str) -> Result<(Vec<u8>, SnapshotHeader)> {
     let ch = conn.create_channel().await?;
     let q = ch
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
         .await?;
     let mut replies = ch
-        .basic_consume(q.name().clone(), format!("snapshot-{id}").into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            q.name().clone(),
+            format!("snapshot-{id}").into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
         .await?;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let props = BasicProperties::default().with_reply_to(q.name().clone()).with_correlation_id(format!("{id}-{attempt}").into());
+        let props = BasicProperties::default()
+            .with_reply_to(q.name().clone())
+            .with_correlation_id(format!("{id}-{attempt}").into());
         ch.basic_publish("".into(), SNAPSHOT_Q.into(), BasicPublishOptions::default(), id.as_bytes(), props).await?;
         let wait = tokio::time::timeout(Duration::from_secs(10), replies.next()).await;
         match wait {

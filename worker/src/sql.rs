@@ -108,9 +108,8 @@ mod tests {
 
     #[test]
     fn quotes_in_values_stay_parameters() {
-        let w = wire::WriteRequest::insert("users", [("username", "o'; DROP TABLE users; --".into())])
-            .validate()
-            .unwrap();
+        let w =
+            wire::WriteRequest::insert("users", [("username", "o'; DROP TABLE users; --".into())]).validate().unwrap();
         let s = &write(&w)[0];
         assert_eq!(s.sql, "INSERT INTO \"users\" (\"username\") VALUES (?)");
         assert_eq!(s.params, vec![SqlValue::Text("o'; DROP TABLE users; --".into())]);

@@ -177,8 +177,7 @@ fn record(tx: &Connection, request_id: &str, seq: u64, epoch: u64, outcome: &Wri
             .execute(params![request_id, seq as i64, serde_json::to_string(outcome)?])?;
     }
     if seq % 1000 == 0 && seq > REQUEST_IDS_KEPT {
-        tx.prepare_cached("DELETE FROM _requests WHERE seq <= ?")?
-            .execute([(seq - REQUEST_IDS_KEPT) as i64])?;
+        tx.prepare_cached("DELETE FROM _requests WHERE seq <= ?")?.execute([(seq - REQUEST_IDS_KEPT) as i64])?;
     }
     Ok(())
 }
@@ -236,7 +235,12 @@ impl ReaderPool {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|n| *n > 0)
             .unwrap_or((2 * cores).max(4));
-        ReaderPool { path: path.to_owned(), max, state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }), returned: Condvar::new() }
+        ReaderPool {
+            path: path.to_owned(),
+            max,
+            state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
+            returned: Condvar::new(),
+        }
     }
 
     /// Run a read on a pooled connection (blocking: call from `spawn_blocking`).
@@ -413,13 +417,23 @@ mod tests {
             user("ann"),
             WriteRequest::insert(
                 "rides",
-                [("created_by", "ann".into()), ("start_time", 5.into()), ("source", 1.into()), ("destination", 2.into())],
+                [
+                    ("created_by", "ann".into()),
+                    ("start_time", 5.into()),
+                    ("source", 1.into()),
+                    ("destination", 2.into()),
+                ],
             ),
             WriteRequest::clear(),
             user("bob"),
             WriteRequest::insert(
                 "rides",
-                [("created_by", "bob".into()), ("start_time", 5.into()), ("source", 1.into()), ("destination", 2.into())],
+                [
+                    ("created_by", "bob".into()),
+                    ("start_time", 5.into()),
+                    ("source", 1.into()),
+                    ("destination", 2.into()),
+                ],
             ),
         ]
         .into_iter()
@@ -438,7 +452,10 @@ mod tests {
         assert_eq!(pos.seq, 5);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0]["ride_id"], 2);
-        assert!(matches!(apply_changes(&mut slave, &[Change { seq: 9, ..changes[0].clone() }]), Err(StoreError::Gap { .. })));
+        assert!(matches!(
+            apply_changes(&mut slave, &[Change { seq: 9, ..changes[0].clone() }]),
+            Err(StoreError::Gap { .. })
+        ));
     }
 
     #[test]
@@ -450,7 +467,12 @@ mod tests {
             user("bob"),
             WriteRequest::insert(
                 "rides",
-                [("created_by", "ann".into()), ("start_time", 5.into()), ("source", 1.into()), ("destination", 2.into())],
+                [
+                    ("created_by", "ann".into()),
+                    ("start_time", 5.into()),
+                    ("source", 1.into()),
+                    ("destination", 2.into()),
+                ],
             ),
             WriteRequest::insert("ride_riders", [("ride_id", 1.into()), ("username", "bob".into())]),
             WriteRequest::delete("users", vec![Condition::eq("username", "ann")]),
@@ -458,7 +480,8 @@ mod tests {
             execute_write(&mut c, &w, 1).unwrap();
         }
         let pool = ReaderPool::new(&db);
-        let count = |t: &str| pool.read(&ReadRequest::table(t).counting().validate().unwrap()).unwrap().0[0]["count"].clone();
+        let count =
+            |t: &str| pool.read(&ReadRequest::table(t).counting().validate().unwrap()).unwrap().0[0]["count"].clone();
         assert_eq!(count("rides"), 0);
         assert_eq!(count("ride_riders"), 0);
         assert_eq!(count("users"), 1);

@@ -50,7 +50,15 @@ struct Member {
 
 impl Member {
     fn new(pid: u32, role: MemberRole) -> Member {
-        Member { pid, role, stopping: false, started: Instant::now(), missing_since: None, registered: false, serving: false }
+        Member {
+            pid,
+            role,
+            stopping: false,
+            started: Instant::now(),
+            missing_since: None,
+            registered: false,
+            serving: false,
+        }
     }
 }
 
@@ -168,7 +176,8 @@ impl Cluster {
         let top = registered.values().map(|r| r.seq).max().unwrap_or(0);
         self.adopted_seq.store(top, Ordering::SeqCst);
         for w in running {
-            let role = if record.as_ref().is_some_and(|r| r.id == w.id) { MemberRole::Master } else { MemberRole::Slave };
+            let role =
+                if record.as_ref().is_some_and(|r| r.id == w.id) { MemberRole::Master } else { MemberRole::Slave };
             if role == MemberRole::Slave && !registered.contains_key(&w.id) {
                 warn!(worker = %w.id, pid = w.pid, "adopted worker has no znode yet");
             }
@@ -263,7 +272,10 @@ impl Cluster {
             registered = self.zk.workers().await.unwrap_or_default();
         };
         let Some((pid, id)) = candidates.first().cloned() else {
-            error!(?how, "no caught-up slave to promote: starting an empty master (data held by the lost master is gone)");
+            error!(
+                ?how,
+                "no caught-up slave to promote: starting an empty master (data held by the lost master is gone)"
+            );
             return self.bootstrap(st).await;
         };
         st.epoch += 1;
@@ -326,8 +338,14 @@ impl Cluster {
 
     /// `/api/v1/worker/list`: the pids of every worker, as the runtime reports them.
     pub async fn worker_pids(&self) -> Result<Vec<u32>> {
-        let mut pids: Vec<u32> =
-            self.runtime.list().await.map_err(|e| anyhow!("listing workers: {e}"))?.into_iter().map(|w| w.pid).collect();
+        let mut pids: Vec<u32> = self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| anyhow!("listing workers: {e}"))?
+            .into_iter()
+            .map(|w| w.pid)
+            .collect();
         pids.sort_unstable();
         Ok(pids)
     }
@@ -379,7 +397,9 @@ impl Cluster {
                         self.handle_loss(&mut st, &exit.id, Detected::RuntimeExit).await;
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "exit events lagged; reconciling"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "exit events lagged; reconciling")
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }

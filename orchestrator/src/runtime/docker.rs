@@ -15,9 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    StartContainerOptions,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -25,8 +24,8 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::{
-    RuntimeConfig, RuntimeError, WorkerExit, WorkerInfo, WorkerSpec, CALL_TIMEOUT, CLUSTER_ENV,
-    CLUSTER_LABEL, EXIT_CHANNEL_CAPACITY, EXIT_TIMEOUT, WORKER_ID_ENV, WORKER_LABEL,
+    RuntimeConfig, RuntimeError, WorkerExit, WorkerInfo, WorkerSpec, CALL_TIMEOUT, CLUSTER_ENV, CLUSTER_LABEL,
+    EXIT_CHANNEL_CAPACITY, EXIT_TIMEOUT, WORKER_ID_ENV, WORKER_LABEL,
 };
 
 /// Poll interval while waiting for a signalled container to stop running;
@@ -88,10 +87,7 @@ impl Shared {
             }
             match (k.running.remove(cid), worker) {
                 (Some((id, pid)), _) => WorkerExit { id, pid },
-                (None, Some(id)) => WorkerExit {
-                    id: id.to_string(),
-                    pid: pid_hint,
-                },
+                (None, Some(id)) => WorkerExit { id: id.to_string(), pid: pid_hint },
                 (None, None) => return,
             }
         };
@@ -116,16 +112,8 @@ async fn call<T>(
 ) -> Result<T, RuntimeError> {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(RuntimeError::Docker {
-            call: what,
-            id: id.to_string(),
-            source,
-        }),
-        Err(_) => Err(RuntimeError::Timeout {
-            call: what,
-            id: id.to_string(),
-            after: CALL_TIMEOUT,
-        }),
+        Ok(Err(source)) => Err(RuntimeError::Docker { call: what, id: id.to_string(), source }),
+        Err(_) => Err(RuntimeError::Timeout { call: what, id: id.to_string(), after: CALL_TIMEOUT }),
     }
 }
 
@@ -139,29 +127,21 @@ async fn connect_call<T>(
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(source)) => Err(RuntimeError::Connect { call: what, source }),
-        Err(_) => Err(RuntimeError::Timeout {
-            call: what,
-            id: String::new(),
-            after: CALL_TIMEOUT,
-        }),
+        Err(_) => Err(RuntimeError::Timeout { call: what, id: String::new(), after: CALL_TIMEOUT }),
     }
 }
 
 fn status_of(e: &RuntimeError) -> Option<u16> {
     match e {
-        RuntimeError::Docker {
-            source: BollardError::DockerResponseServerError { status_code, .. },
-            ..
-        } => Some(*status_code),
+        RuntimeError::Docker { source: BollardError::DockerResponseServerError { status_code, .. }, .. } => {
+            Some(*status_code)
+        }
         _ => None,
     }
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn running_pid(info: &ContainerInspectResponse) -> Option<u32> {
@@ -169,9 +149,7 @@ fn running_pid(info: &ContainerInspectResponse) -> Option<u32> {
     if st.running != Some(true) {
         return None;
     }
-    st.pid
-        .filter(|p| *p > 0)
-        .and_then(|p| u32::try_from(p).ok())
+    st.pid.filter(|p| *p > 0).and_then(|p| u32::try_from(p).ok())
 }
 
 impl DockerRuntime {
@@ -179,28 +157,19 @@ impl DockerRuntime {
     /// 20.10 speaks 1.41, older than bollard's default), and pings, so that a
     /// missing engine fails here rather than at the first worker start.
     pub async fn connect(cfg: RuntimeConfig) -> Result<DockerRuntime, RuntimeError> {
-        let docker =
-            Docker::connect_with_local_defaults().map_err(|source| RuntimeError::Connect {
-                call: "connect",
-                source,
-            })?;
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|source| RuntimeError::Connect { call: "connect", source })?;
         Self::with_client(docker, cfg).await
     }
 
     /// As `connect`, over a client the caller made (another socket path or
     /// host; the tests use it to put a cuttable proxy in front of the engine).
-    pub async fn with_client(
-        docker: Docker,
-        cfg: RuntimeConfig,
-    ) -> Result<DockerRuntime, RuntimeError> {
+    pub async fn with_client(docker: Docker, cfg: RuntimeConfig) -> Result<DockerRuntime, RuntimeError> {
         let docker = connect_call("version", docker.negotiate_version()).await?;
         connect_call("ping", docker.ping()).await?;
         let (exits, _) = broadcast::channel(EXIT_CHANNEL_CAPACITY);
-        let shared = Arc::new(Shared {
-            cluster_id: cfg.cluster_id.clone(),
-            exits,
-            known: Mutex::new(Known::default()),
-        });
+        let shared =
+            Arc::new(Shared { cluster_id: cfg.cluster_id.clone(), exits, known: Mutex::new(Known::default()) });
         let events_task = tokio::spawn(watch_events(docker.clone(), shared.clone()));
         let v = docker.client_version();
         tracing::info!(
@@ -208,12 +177,7 @@ impl DockerRuntime {
             api = %format!("{}.{}", v.major_version, v.minor_version),
             "worker runtime: docker"
         );
-        Ok(DockerRuntime {
-            docker,
-            cfg,
-            shared,
-            events_task,
-        })
+        Ok(DockerRuntime { docker, cfg, shared, events_task })
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -237,19 +201,9 @@ impl DockerRuntime {
     /// Inspects a container of this cluster by worker id; `None` if there is
     /// none (or the name belongs to a container without our label, which is
     /// never ours to touch).
-    async fn inspect_worker(
-        &self,
-        id: &str,
-    ) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
+    async fn inspect_worker(&self, id: &str) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
         let name = self.container_name(id);
-        match call(
-            "inspect",
-            id,
-            self.docker
-                .inspect_container(&name, None::<InspectContainerOptions>),
-        )
-        .await
-        {
+        match call("inspect", id, self.docker.inspect_container(&name, None::<InspectContainerOptions>)).await {
             Ok(info) => {
                 let ours = info
                     .config
@@ -272,22 +226,11 @@ impl DockerRuntime {
         remove_container(&self.docker, cid, id).await?;
         let deadline = Instant::now() + EXIT_TIMEOUT;
         loop {
-            match call(
-                "inspect",
-                id,
-                self.docker
-                    .inspect_container(cid, None::<InspectContainerOptions>),
-            )
-            .await
-            {
+            match call("inspect", id, self.docker.inspect_container(cid, None::<InspectContainerOptions>)).await {
                 Err(e) if status_of(&e) == Some(404) => return Ok(()),
                 Err(e) => return Err(e),
                 Ok(_) if Instant::now() >= deadline => {
-                    return Err(RuntimeError::Timeout {
-                        call: "remove",
-                        id: id.to_string(),
-                        after: EXIT_TIMEOUT,
-                    })
+                    return Err(RuntimeError::Timeout { call: "remove", id: id.to_string(), after: EXIT_TIMEOUT })
                 }
                 Ok(_) => tokio::time::sleep(POLL).await,
             }
@@ -311,10 +254,7 @@ impl DockerRuntime {
             image: Some(self.cfg.image.clone()),
             env: Some(env),
             labels: Some(labels),
-            host_config: Some(HostConfig {
-                network_mode: Some(self.cfg.network.clone()),
-                ..Default::default()
-            }),
+            host_config: Some(HostConfig { network_mode: Some(self.cfg.network.clone()), ..Default::default() }),
             ..Default::default()
         }
     }
@@ -356,65 +296,31 @@ impl DockerRuntime {
         };
         let cid = created.id;
 
-        if let Err(e) = call(
-            "start",
-            id,
-            self.docker
-                .start_container(&cid, None::<StartContainerOptions>),
-        )
-        .await
-        {
+        if let Err(e) = call("start", id, self.docker.start_container(&cid, None::<StartContainerOptions>)).await {
             let _ = self.remove(&cid, id).await;
             return Err(e);
         }
-        let info = call(
-            "inspect",
-            id,
-            self.docker
-                .inspect_container(&cid, None::<InspectContainerOptions>),
-        )
-        .await?;
+        let info = call("inspect", id, self.docker.inspect_container(&cid, None::<InspectContainerOptions>)).await?;
         let Some(pid) = running_pid(&info) else {
             let st = info.state.unwrap_or_default();
-            let detail = format!(
-                "state {:?}, exit code {:?}, error {:?}",
-                st.status, st.exit_code, st.error
-            );
+            let detail = format!("state {:?}, exit code {:?}, error {:?}", st.status, st.exit_code, st.error);
             let _ = self.remove(&cid, id).await;
-            return Err(RuntimeError::StartFailed {
-                id: id.to_string(),
-                detail,
-            });
+            return Err(RuntimeError::StartFailed { id: id.to_string(), detail });
         };
         self.shared.note_running(&cid, id, pid);
         tracing::info!(
             cluster = %self.cfg.cluster_id, id, pid, container = %&cid[..cid.len().min(12)],
             elapsed_ms = t0.elapsed().as_millis() as u64, "worker container started"
         );
-        Ok(WorkerInfo {
-            id: id.to_string(),
-            pid,
-        })
+        Ok(WorkerInfo { id: id.to_string(), pid })
     }
 
     /// Polls until the container no longer runs (or no longer exists);
     /// `false` if `limit` passed first.
-    async fn wait_stopped(
-        &self,
-        cid: &str,
-        id: &str,
-        limit: Duration,
-    ) -> Result<bool, RuntimeError> {
+    async fn wait_stopped(&self, cid: &str, id: &str, limit: Duration) -> Result<bool, RuntimeError> {
         let deadline = Instant::now() + limit;
         loop {
-            match call(
-                "inspect",
-                id,
-                self.docker
-                    .inspect_container(cid, None::<InspectContainerOptions>),
-            )
-            .await
-            {
+            match call("inspect", id, self.docker.inspect_container(cid, None::<InspectContainerOptions>)).await {
                 Ok(info) if running_pid(&info).is_none() => return Ok(true),
                 Ok(_) => {}
                 Err(e) if status_of(&e) == Some(404) => return Ok(true),
@@ -439,10 +345,7 @@ impl DockerRuntime {
     }
 
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let info = self
-            .inspect_worker(id)
-            .await?
-            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        let info = self.inspect_worker(id).await?.ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
         let cid = info.id.clone().unwrap_or_else(|| self.container_name(id));
         let pid = running_pid(&info);
         let t0 = Instant::now();
@@ -471,19 +374,12 @@ impl DockerRuntime {
     }
 
     pub async fn kill(&self, id: &str) -> Result<u32, RuntimeError> {
-        let info = self
-            .inspect_worker(id)
-            .await?
-            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        let info = self.inspect_worker(id).await?.ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
         let pid = running_pid(&info).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
         let cid = info.id.clone().unwrap_or_else(|| self.container_name(id));
         self.signal(&cid, id, "SIGKILL").await?;
         if !self.wait_stopped(&cid, id, EXIT_TIMEOUT).await? {
-            return Err(RuntimeError::Timeout {
-                call: "kill",
-                id: id.to_string(),
-                after: EXIT_TIMEOUT,
-            });
+            return Err(RuntimeError::Timeout { call: "kill", id: id.to_string(), after: EXIT_TIMEOUT });
         }
         self.shared.note_dead(&cid, Some(id), pid);
         tracing::info!(cluster = %self.cfg.cluster_id, id, pid, "worker container killed (SIGKILL)");
@@ -509,30 +405,15 @@ impl DockerRuntime {
 
 /// Running containers of a cluster with their engine pids, keyed by container
 /// id. Listing alone gives no pid, so each is inspected (concurrently).
-async fn list_running(
-    docker: &Docker,
-    cluster: &str,
-) -> Result<Vec<(String, WorkerInfo)>, RuntimeError> {
+async fn list_running(docker: &Docker, cluster: &str) -> Result<Vec<(String, WorkerInfo)>, RuntimeError> {
     let filters = HashMap::from([("label", vec![format!("{CLUSTER_LABEL}={cluster}")])]);
-    let opts = ListContainersOptionsBuilder::new()
-        .all(false)
-        .filters(&filters)
-        .build();
+    let opts = ListContainersOptionsBuilder::new().all(false).filters(&filters).build();
     let summaries = call("list", "*", docker.list_containers(Some(opts))).await?;
     let inspections = summaries.into_iter().filter_map(|s| {
         let cid = s.id?;
-        let worker = s
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(WORKER_LABEL))
-            .cloned()?;
+        let worker = s.labels.as_ref().and_then(|l| l.get(WORKER_LABEL)).cloned()?;
         Some(async move {
-            let r = call(
-                "inspect",
-                &worker,
-                docker.inspect_container(&cid, None::<InspectContainerOptions>),
-            )
-            .await;
+            let r = call("inspect", &worker, docker.inspect_container(&cid, None::<InspectContainerOptions>)).await;
             (cid, worker, r)
         })
     });
@@ -553,10 +434,7 @@ async fn list_running(
 }
 
 async fn remove_container(docker: &Docker, cid: &str, id: &str) -> Result<(), RuntimeError> {
-    let opts = RemoveContainerOptionsBuilder::new()
-        .force(true)
-        .v(true)
-        .build();
+    let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
     match call("remove", id, docker.remove_container(cid, Some(opts))).await {
         Ok(()) => Ok(()),
         // 404: already removed; 409: a removal is already in progress (the
@@ -574,19 +452,10 @@ async fn remove_container(docker: &Docker, cid: &str, id: &str) -> Result<(), Ru
 async fn reconcile(docker: &Docker, shared: &Shared) -> Result<(), RuntimeError> {
     let before: Vec<(String, String)> = {
         let k = shared.known.lock().unwrap();
-        k.running
-            .iter()
-            .map(|(cid, (id, _))| (cid.clone(), id.clone()))
-            .collect()
+        k.running.iter().map(|(cid, (id, _))| (cid.clone(), id.clone())).collect()
     };
-    let filters = HashMap::from([(
-        "label",
-        vec![format!("{CLUSTER_LABEL}={}", shared.cluster_id)],
-    )]);
-    let opts = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
+    let filters = HashMap::from([("label", vec![format!("{CLUSTER_LABEL}={}", shared.cluster_id)])]);
+    let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
     let all = call("list", "*", docker.list_containers(Some(opts))).await?;
     let running = list_running(docker, &shared.cluster_id).await?;
     let running_ids: HashSet<&str> = running.iter().map(|(cid, _)| cid.as_str()).collect();
@@ -606,12 +475,7 @@ async fn reconcile(docker: &Docker, shared: &Shared) -> Result<(), RuntimeError>
             continue;
         };
         if matches!(state, S::EXITED | S::DEAD) {
-            let worker = s
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(WORKER_LABEL))
-                .cloned()
-                .unwrap_or_default();
+            let worker = s.labels.as_ref().and_then(|l| l.get(WORKER_LABEL)).cloned().unwrap_or_default();
             if !worker.is_empty() {
                 shared.note_dead(&cid, Some(&worker), 0);
             }
@@ -632,18 +496,12 @@ async fn watch_events(docker: Docker, shared: Arc<Shared>) {
         let filters = HashMap::from([
             ("type", vec!["container".to_string()]),
             ("event", vec!["die".to_string()]),
-            (
-                "label",
-                vec![format!("{CLUSTER_LABEL}={}", shared.cluster_id)],
-            ),
+            ("label", vec![format!("{CLUSTER_LABEL}={}", shared.cluster_id)]),
         ]);
         // `since` a little in the past replays deaths that happened while
         // the reconciliation below ran; duplicates are filtered by note_dead.
         let since = now_secs().saturating_sub(2).to_string();
-        let opts = EventsOptionsBuilder::new()
-            .since(&since)
-            .filters(&filters)
-            .build();
+        let opts = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
         let mut stream = docker.events(Some(opts));
         match reconcile(&docker, &shared).await {
             Ok(()) => {
@@ -670,9 +528,7 @@ async fn watch_events(docker: Docker, shared: Arc<Shared>) {
                     let Some(actor) = ev.actor else { continue };
                     let Some(cid) = actor.id else { continue };
                     let attrs = actor.attributes.unwrap_or_default();
-                    if attrs.get(CLUSTER_LABEL).map(String::as_str)
-                        != Some(shared.cluster_id.as_str())
-                    {
+                    if attrs.get(CLUSTER_LABEL).map(String::as_str) != Some(shared.cluster_id.as_str()) {
                         continue;
                     }
                     let worker = attrs.get(WORKER_LABEL).cloned();

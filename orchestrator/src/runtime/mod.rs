@@ -174,11 +174,7 @@ pub enum RuntimeError {
         source: bollard::errors::Error,
     },
     #[error("{call} for worker {id:?} timed out after {after:?}")]
-    Timeout {
-        call: &'static str,
-        id: String,
-        after: Duration,
-    },
+    Timeout { call: &'static str, id: String, after: Duration },
     #[error("worker {id:?}: {call} failed: {source}")]
     Io {
         call: &'static str,
@@ -286,9 +282,7 @@ pub(crate) fn validate_worker_id(id: &str) -> Result<(), RuntimeError> {
         && id.len() <= 128
         && !id.starts_with('.')
         && !id.starts_with('-')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if ok {
         Ok(())
     } else {
@@ -300,9 +294,7 @@ fn validate_cluster_id(id: &str) -> Result<(), RuntimeError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if ok {
         Ok(())
     } else {
@@ -326,10 +318,7 @@ mod tests {
         assert!(validate_worker_id(".x").is_err());
         assert!(validate_cluster_id("rideshare").is_ok());
         assert!(validate_cluster_id("-x").is_err());
-        assert_eq!(
-            "Docker".parse::<RuntimeKind>().unwrap(),
-            RuntimeKind::Docker
-        );
+        assert_eq!("Docker".parse::<RuntimeKind>().unwrap(), RuntimeKind::Docker);
         assert!("k8s".parse::<RuntimeKind>().is_err());
     }
 }

@@ -22,8 +22,8 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::{
-    RuntimeConfig, RuntimeError, WorkerExit, WorkerInfo, WorkerSpec, CLUSTER_ENV,
-    EXIT_CHANNEL_CAPACITY, EXIT_TIMEOUT, WORKER_ID_ENV,
+    RuntimeConfig, RuntimeError, WorkerExit, WorkerInfo, WorkerSpec, CLUSTER_ENV, EXIT_CHANNEL_CAPACITY, EXIT_TIMEOUT,
+    WORKER_ID_ENV,
 };
 
 /// How often adopted workers (not our children) are checked for life.
@@ -67,10 +67,7 @@ impl Shared {
         };
         if was_tracked {
             tracing::info!(cluster = %self.cluster_id, id, pid, "worker process exited");
-            let _ = self.exits.send(WorkerExit {
-                id: id.to_string(),
-                pid,
-            });
+            let _ = self.exits.send(WorkerExit { id: id.to_string(), pid });
         }
     }
 }
@@ -114,9 +111,7 @@ fn alive(pid: u32, start_time: u64) -> bool {
 }
 
 fn has_env(pid: u32, var: &str) -> bool {
-    fs::read(format!("/proc/{pid}/environ"))
-        .map(|e| e.split(|b| *b == 0).any(|v| v == var.as_bytes()))
-        .unwrap_or(false)
+    fs::read(format!("/proc/{pid}/environ")).map(|e| e.split(|b| *b == 0).any(|v| v == var.as_bytes())).unwrap_or(false)
 }
 
 /// Every live process of the current uid that belongs to `cluster`.
@@ -158,12 +153,7 @@ fn scan(cluster: &str) -> Vec<Found> {
         if state == 'Z' || state == 'X' {
             continue;
         }
-        found.push(Found {
-            pid,
-            ppid,
-            start_time,
-            id,
-        });
+        found.push(Found { pid, ppid, start_time, id });
     }
     // A worker's own children inherit its environment; the worker is the one
     // whose parent is not itself a process of the same worker.
@@ -173,8 +163,7 @@ fn scan(cluster: &str) -> Vec<Found> {
 }
 
 fn send_signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     if unsafe { libc::kill(pid, sig) } == 0 {
         Ok(())
     } else {
@@ -195,11 +184,7 @@ impl ProcessRuntime {
     pub fn new(cfg: RuntimeConfig) -> Result<ProcessRuntime, RuntimeError> {
         let (exits, _) = broadcast::channel(EXIT_CHANNEL_CAPACITY);
         let rt = ProcessRuntime {
-            shared: Arc::new(Shared {
-                cluster_id: cfg.cluster_id.clone(),
-                exits,
-                workers: Mutex::new(HashMap::new()),
-            }),
+            shared: Arc::new(Shared { cluster_id: cfg.cluster_id.clone(), exits, workers: Mutex::new(HashMap::new()) }),
             cfg,
         };
         let adopted = rt.refresh();
@@ -229,9 +214,7 @@ impl ProcessRuntime {
         let found = scan(&self.cfg.cluster_id);
         let mut w = self.shared.workers.lock().unwrap();
         for f in &found {
-            let same = w
-                .get(&f.id)
-                .is_some_and(|t| t.pid == f.pid && t.start_time == f.start_time);
+            let same = w.get(&f.id).is_some_and(|t| t.pid == f.pid && t.start_time == f.start_time);
             if same {
                 continue;
             }
@@ -239,33 +222,14 @@ impl ProcessRuntime {
                 old.watcher.abort();
             }
             tracing::info!(cluster = %self.cfg.cluster_id, id = %f.id, pid = f.pid, "adopted running worker process");
-            let watcher = tokio::spawn(watch_adopted(
-                self.shared.clone(),
-                f.id.clone(),
-                f.pid,
-                f.start_time,
-            ));
-            w.insert(
-                f.id.clone(),
-                Tracked {
-                    pid: f.pid,
-                    start_time: f.start_time,
-                    watcher,
-                },
-            );
+            let watcher = tokio::spawn(watch_adopted(self.shared.clone(), f.id.clone(), f.pid, f.start_time));
+            w.insert(f.id.clone(), Tracked { pid: f.pid, start_time: f.start_time, watcher });
         }
         found
     }
 
-    fn io_err<'a>(
-        id: &'a str,
-        call: &'static str,
-    ) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
-        move |source| RuntimeError::Io {
-            call,
-            id: id.to_string(),
-            source,
-        }
+    fn io_err<'a>(id: &'a str, call: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
+        move |source| RuntimeError::Io { call, id: id.to_string(), source }
     }
 
     pub async fn start(&self, spec: WorkerSpec) -> Result<WorkerInfo, RuntimeError> {
@@ -278,25 +242,17 @@ impl ProcessRuntime {
         // Absolute paths: the worker's cwd is its own directory, so a
         // relative data_dir or binary path would resolve wrongly there.
         let dir = fs::canonicalize(&dir).map_err(Self::io_err(id, "resolve data dir"))?;
-        let bin =
-            absolute(&self.cfg.worker_bin).map_err(Self::io_err(id, "resolve worker binary"))?;
+        let bin = absolute(&self.cfg.worker_bin).map_err(Self::io_err(id, "resolve worker binary"))?;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("worker.log"))
             .map_err(Self::io_err(id, "open worker.log"))?;
-        let log2 = log
-            .try_clone()
-            .map_err(Self::io_err(id, "open worker.log"))?;
+        let log2 = log.try_clone().map_err(Self::io_err(id, "open worker.log"))?;
 
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.current_dir(&dir)
-            .envs(
-                spec.env
-                    .iter()
-                    .filter(|(k, _)| k != WORKER_ID_ENV && k != CLUSTER_ENV && k != "DB_PATH")
-                    .cloned(),
-            )
+            .envs(spec.env.iter().filter(|(k, _)| k != WORKER_ID_ENV && k != CLUSTER_ENV && k != "DB_PATH").cloned())
             .env("DB_PATH", dir.join("worker.db"))
             .env(CLUSTER_ENV, &self.cfg.cluster_id)
             .env(WORKER_ID_ENV, id)
@@ -310,10 +266,8 @@ impl ProcessRuntime {
             .kill_on_drop(false);
         let t0 = Instant::now();
         let mut child = cmd.spawn().map_err(Self::io_err(id, "spawn worker"))?;
-        let pid = child.id().ok_or_else(|| RuntimeError::StartFailed {
-            id: id.to_string(),
-            detail: "no pid".into(),
-        })?;
+        let pid =
+            child.id().ok_or_else(|| RuntimeError::StartFailed { id: id.to_string(), detail: "no pid".into() })?;
         // The start time pins the pid to this process; if it is already
         // unreadable the child died at once (e.g. a bad binary).
         let start_time = match proc_stat(pid) {
@@ -322,10 +276,7 @@ impl ProcessRuntime {
                 let status = child.wait().await.ok();
                 return Err(RuntimeError::StartFailed {
                     id: id.to_string(),
-                    detail: format!(
-                        "exited at once with {status:?}; see {}",
-                        dir.join("worker.log").display()
-                    ),
+                    detail: format!("exited at once with {status:?}; see {}", dir.join("worker.log").display()),
                 });
             }
         };
@@ -339,10 +290,7 @@ impl ProcessRuntime {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(RuntimeError::StartFailed {
                     id: id.to_string(),
-                    detail: format!(
-                        "exited at once with {status}; see {}",
-                        dir.join("worker.log").display()
-                    ),
+                    detail: format!("exited at once with {status}; see {}", dir.join("worker.log").display()),
                 });
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -358,14 +306,7 @@ impl ProcessRuntime {
                 tracing::debug!(id = %wid, pid, ?status, "worker process reaped");
                 shared.exited(&wid, pid);
             });
-            if let Some(old) = w.insert(
-                id.to_string(),
-                Tracked {
-                    pid,
-                    start_time,
-                    watcher,
-                },
-            ) {
+            if let Some(old) = w.insert(id.to_string(), Tracked { pid, start_time, watcher }) {
                 old.watcher.abort();
             }
         }
@@ -373,10 +314,7 @@ impl ProcessRuntime {
             cluster = %self.cfg.cluster_id, id, pid, dir = %dir.display(),
             elapsed_ms = t0.elapsed().as_millis() as u64, "worker process started"
         );
-        Ok(WorkerInfo {
-            id: id.to_string(),
-            pid,
-        })
+        Ok(WorkerInfo { id: id.to_string(), pid })
     }
 
     /// The worker's pid and start time: from our table, else from /proc
@@ -413,13 +351,7 @@ impl ProcessRuntime {
     async fn wait_reported(&self, id: &str, pid: u32, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let tracked = self
-                .shared
-                .workers
-                .lock()
-                .unwrap()
-                .get(id)
-                .is_some_and(|t| t.pid == pid);
+            let tracked = self.shared.workers.lock().unwrap().get(id).is_some_and(|t| t.pid == pid);
             if !tracked {
                 return;
             }
@@ -436,11 +368,7 @@ impl ProcessRuntime {
         let (pid, start_time) = self.locate(id)?;
         send_signal(pid, libc::SIGKILL).map_err(Self::io_err(id, "kill(SIGKILL)"))?;
         if !Self::wait_gone(pid, start_time, EXIT_TIMEOUT).await {
-            return Err(RuntimeError::Timeout {
-                call: "kill",
-                id: id.to_string(),
-                after: EXIT_TIMEOUT,
-            });
+            return Err(RuntimeError::Timeout { call: "kill", id: id.to_string(), after: EXIT_TIMEOUT });
         }
         self.wait_reported(id, pid, ADOPTED_POLL * 2).await;
         tracing::info!(cluster = %self.cfg.cluster_id, id, pid, "worker process killed (SIGKILL)");
@@ -458,11 +386,7 @@ impl ProcessRuntime {
                 send_signal(pid, libc::SIGKILL).map_err(Self::io_err(id, "kill(SIGKILL)"))?;
             }
             if !Self::wait_gone(pid, start_time, EXIT_TIMEOUT).await {
-                return Err(RuntimeError::Timeout {
-                    call: "stop (SIGKILL)",
-                    id: id.to_string(),
-                    after: EXIT_TIMEOUT,
-                });
+                return Err(RuntimeError::Timeout { call: "stop (SIGKILL)", id: id.to_string(), after: EXIT_TIMEOUT });
             }
         }
         self.wait_reported(id, pid, ADOPTED_POLL * 2).await;
@@ -474,14 +398,7 @@ impl ProcessRuntime {
     }
 
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, RuntimeError> {
-        Ok(self
-            .refresh()
-            .into_iter()
-            .map(|f| WorkerInfo {
-                id: f.id,
-                pid: f.pid,
-            })
-            .collect())
+        Ok(self.refresh().into_iter().map(|f| WorkerInfo { id: f.id, pid: f.pid }).collect())
     }
 }
 
