@@ -1,0 +1,53 @@
+//! What every process of the system does the same way around its own work:
+//! its long-lived tasks are owned and watched ([`Supervisor`]), it has one
+//! stop signal handed down to everything ([`CancellationToken`], cancelled on
+//! SIGTERM or Ctrl-C by [`cancel_on_signal`]), and it logs through
+//! [`init_tracing`].
+//!
+//! Invariant: no long-lived task ends unseen. A task spawned through a
+//! [`Supervisor`] reports how it ended (returned, failed, panicked) with its
+//! name; the owner decides to restart it or to end the process, and says which
+//! in a log line.
+
+mod supervisor;
+
+pub use supervisor::{Supervisor, TaskEnd, TaskExit};
+pub use tokio_util::sync::CancellationToken;
+
+/// Cancel `token` on SIGTERM (what the stack scripts and Docker send) or
+/// Ctrl-C. The returned handle belongs to the caller's supervisor, or may be
+/// dropped: the signal task ends itself after the first signal.
+pub fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install a SIGTERM handler; stopping");
+                token.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: stopping"),
+            _ = token.cancelled() => return,
+        }
+        token.cancel();
+    })
+}
+
+/// Log lines on stdout: human-readable by default, JSON lines with
+/// `LOG_FORMAT=json`. `RUST_LOG` filters, `default_filter` otherwise. Colours
+/// only on a terminal, so log files stay plain text.
+pub fn init_tracing(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.trim().eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).init();
+    }
+}
