@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Integration tests of the worker runtime against the REAL Docker engine and
 //! real processes. Nothing is skipped: if the engine does not answer, the
 //! Docker tests fail.

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! The data path end to end: orchestrator → RabbitMQ → workers with SQLite,
 //! against the real broker and ZooKeeper (process runtime: the Docker runtime
 //! has its own tests).

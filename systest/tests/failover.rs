@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! High availability: crashes, promotion, fencing, restarts of the broker,
 //! the ensemble and the orchestrator (process runtime: each worker's SQLite
 //! file can be opened directly to check what every copy holds).

@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! Issue 4, end to end against the real Docker engine: `worker/list` is the
 //! engine's view, the crash endpoints kill what they say and the cluster heals,
 //! the autoscaler follows SPEC section 7 (and logs each decision), and a

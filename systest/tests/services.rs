@@ -1,3 +1,4 @@
+#![cfg(feature = "e2e")]
 //! users-api and rides-api as a client sees them (SPEC sections 2-4), driven
 //! through the load balancer, plus `_count` and `db/clear` on each service
 //! directly. Every test starts its own stack (free ports, own database), so
