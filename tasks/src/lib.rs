@@ -2,13 +2,15 @@
 //! its long-lived tasks are owned and watched ([`Supervisor`]), it has one
 //! stop signal handed down to everything ([`CancellationToken`], cancelled on
 //! SIGTERM or Ctrl-C by [`cancel_on_signal`]), and it logs through
-//! [`init_tracing`].
+//! [`init_tracing`]; its settings are read through [`config::load`] (clap
+//! derive with `env`, empty = unset, values trimmed).
 //!
 //! Invariant: no long-lived task ends unseen. A task spawned through a
 //! [`Supervisor`] reports how it ended (returned, failed, panicked) with its
 //! name; the owner decides to restart it or to end the process, and says which
 //! in a log line.
 
+pub mod config;
 mod supervisor;
 
 pub use supervisor::{Supervisor, TaskEnd, TaskExit};
