@@ -22,6 +22,8 @@
 //!       [--max-requests N] [--out PATH] [--label TEXT] [--hold SECS]
 //!       [--worker-bin PATH]
 //! ```
+//!
+//! Each flag also has an environment variable (`bench --help` lists them).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,79 +31,81 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bytes::Bytes;
+use clap::Parser;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use systest::{Stack, StackOptions, WorkerRuntime};
 use wire::{Condition, Consistency, ReadRequest, Value, WriteRequest};
 
-#[derive(Debug, Clone, Serialize)]
+/// The benchmark's settings: each a flag and an environment variable (`--help`
+/// lists them with their defaults); checked before any stack starts.
+#[derive(Debug, Clone, Serialize, Parser)]
+#[command(name = "bench", about = "Benchmark of the data path on an isolated stack of its own")]
 struct Opts {
+    /// Measured seconds per cell, in (0, 600].
+    #[arg(long = "duration", env = "BENCH_DURATION_SECS", default_value_t = 10.0, value_parser = duration_secs)]
     duration_secs: f64,
+    /// Warm-up seconds before each cell (not measured).
+    #[arg(long = "warmup", env = "BENCH_WARMUP_SECS", default_value_t = 1.0)]
     warmup_secs: f64,
+    /// Concurrency levels, comma-separated, each in 1..=1024.
+    #[arg(
+        long = "conc",
+        env = "BENCH_CONC",
+        value_delimiter = ',',
+        default_value = "1,16,64",
+        value_parser = conc_level
+    )]
     concurrency: Vec<usize>,
+    /// Users seeded (and read by key).
+    #[arg(long, env = "BENCH_USERS", default_value_t = 10_000)]
     users: usize,
+    /// Slaves (fixed: the autoscaler is kept out of the way).
+    #[arg(long, env = "BENCH_SLAVES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     slaves: u32,
+    /// Also start the services and the load balancer, and measure through them.
+    #[arg(long, env = "BENCH_SERVICES")]
     services: bool,
+    /// Only these scenarios, comma-separated: read, eventual, write, services (default: all).
+    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',')]
     only: Vec<String>,
+    /// At most this many requests per cell.
+    #[arg(long, env = "BENCH_MAX_REQUESTS", default_value_t = 1_000_000)]
     max_requests: u64,
+    /// Where the JSON results go.
+    #[arg(long, env = "BENCH_OUT", default_value_os_t = systest::root().join("bench/results/latest.json"))]
     out: PathBuf,
+    /// A label stored with the results.
+    #[arg(long, env = "BENCH_LABEL", default_value = "")]
     label: String,
-    /// Keep the stack up this long after the run (for attaching a profiler).
+    /// Keep the stack up this long after the run (for attaching a profiler), at most 600 s.
+    #[arg(long = "hold", env = "BENCH_HOLD_SECS", default_value_t = 0)]
     hold_secs: u64,
     /// Worker binary to run instead of target/release/worker (A/B comparisons).
+    #[arg(long, env = "BENCH_WORKER_BIN", value_parser = existing_file)]
     worker_bin: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Opts> {
-    let mut o = Opts {
-        duration_secs: 10.0,
-        warmup_secs: 1.0,
-        concurrency: vec![1, 16, 64],
-        users: 10_000,
-        slaves: 1,
-        services: false,
-        only: vec![],
-        max_requests: 1_000_000,
-        out: systest::root().join("bench/results/latest.json"),
-        label: String::new(),
-        hold_secs: 0,
-        worker_bin: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--duration" => o.duration_secs = val()?.parse()?,
-            "--warmup" => o.warmup_secs = val()?.parse()?,
-            "--conc" => o.concurrency = val()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?,
-            "--users" => o.users = val()?.parse()?,
-            "--slaves" => o.slaves = val()?.parse()?,
-            "--services" => o.services = true,
-            "--only" => o.only = val()?.split(',').map(|s| s.trim().to_owned()).collect(),
-            "--max-requests" => o.max_requests = val()?.parse()?,
-            "--out" => o.out = PathBuf::from(val()?),
-            "--label" => o.label = val()?,
-            "--hold" => o.hold_secs = val()?.parse()?,
-            "--worker-bin" => o.worker_bin = Some(std::fs::canonicalize(val()?)?),
-            "-h" | "--help" => {
-                println!("see bench/src/main.rs for the options");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other}"),
-        }
+fn duration_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 0.0 && v <= 600.0 {
+        Ok(v)
+    } else {
+        Err("must be in (0, 600]".into())
     }
-    if o.duration_secs <= 0.0 || o.duration_secs > 600.0 {
-        bail!("--duration must be in (0, 600]");
+}
+
+fn conc_level(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(c @ 1..=1024) => Ok(c),
+        _ => Err("a concurrency level is a number in 1..=1024".into()),
     }
-    if o.concurrency.iter().any(|c| *c == 0 || *c > 1024) {
-        bail!("--conc levels must be in 1..=1024");
-    }
-    if o.slaves == 0 {
-        bail!("--slaves must be at least 1");
-    }
-    Ok(o)
+}
+
+fn existing_file(s: &str) -> Result<PathBuf, String> {
+    std::fs::canonicalize(s).map_err(|e| format!("{s}: {e}"))
 }
 
 fn wants(o: &Opts, what: &str) -> bool {
@@ -165,13 +169,13 @@ struct Proc {
 }
 
 /// The processes of this stack (and the shared broker), labelled by role.
-fn processes(stack: &Stack) -> Vec<Proc> {
+async fn processes(stack: &Stack) -> Result<Vec<Proc>> {
     let mut out = vec![];
     if let Some(pid) = stack.orchestrator_pid() {
         out.push(Proc { name: "orchestrator".into(), pid });
     }
     let mut slave_n = 0;
-    for pid in stack.worker_processes() {
+    for pid in stack.worker_processes().await? {
         // The worker's cwd is its data directory; its log says whether it is master.
         let log = std::fs::read_link(format!("/proc/{pid}/cwd"))
             .ok()
@@ -207,7 +211,7 @@ fn processes(stack: &Stack) -> Vec<Proc> {
         out.push(Proc { name: "rabbitmq".into(), pid });
     }
     out.push(Proc { name: "bench".into(), pid: std::process::id() });
-    out
+    Ok(out)
 }
 
 /// Pids whose parent is `parent`.
@@ -593,9 +597,13 @@ fn git(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let opts = parse_args()?;
+fn main() -> Result<()> {
+    // Settings are read before any thread starts (they normalise the environment).
+    let opts: Opts = tasks::config::load();
+    tokio::runtime::Runtime::new()?.block_on(run(opts))
+}
+
+async fn run(opts: Opts) -> Result<()> {
     let loadavg_before = loadavg();
     println!("load average before: {loadavg_before}; starting a stack with {} slave(s)", opts.slaves);
     let stack = Stack::start(StackOptions {
@@ -633,7 +641,7 @@ async fn main() -> Result<()> {
     // Give extra slaves time to finish catching up before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let procs = processes(&stack);
+    let procs = processes(&stack).await?;
     println!("processes: {}", procs.iter().map(|p| format!("{}={}", p.name, p.pid)).collect::<Vec<_>>().join(" "));
     println!(
         "each cell: {:.0} s warm-up + {:.0} s measured, at most {} requests\n",

@@ -13,8 +13,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use anyhow::{anyhow, bail, Context, Result};
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
 use serde_json::Value as Json;
+use wire::contract::{env, labels};
 use wire::{ReadRequest, WriteRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,16 +407,17 @@ impl Stack {
         self.infra.as_ref().context("restart_zookeeper needs dedicated_infra")?.script("restart-zookeeper")
     }
 
-    /// Pids (host view) of this stack's workers, found without the orchestrator.
-    pub fn worker_processes(&self) -> Vec<u32> {
+    /// Pids (host view) of this stack's workers, found without the orchestrator:
+    /// from /proc for the process runtime, from the engine for Docker.
+    pub async fn worker_processes(&self) -> Result<Vec<u32>> {
         match self.runtime {
-            WorkerRuntime::Process => processes_with_env("RIDESHARE_CLUSTER", &self.name),
-            WorkerRuntime::Docker => docker_pids(&self.name),
+            WorkerRuntime::Process => Ok(processes_with_env(env::CLUSTER, &self.name)),
+            WorkerRuntime::Docker => Ok(worker_containers(&self.name).await?.into_iter().map(|c| c.pid).collect()),
         }
     }
 }
 
-/// A live worker of a process-runtime stack: its pid, id and database file.
+/// A live worker of a stack: its pid, id and (a readable copy of) its database file.
 #[derive(Debug, Clone)]
 pub struct LiveWorker {
     pub pid: u32,
@@ -417,54 +427,143 @@ pub struct LiveWorker {
 
 impl Stack {
     /// The live workers, found without the orchestrator: from /proc for the
-    /// process runtime; for Docker from the engine, with each container's
-    /// `/data` copied out (`docker cp`) so its SQLite file can be opened.
-    pub fn live_workers(&self) -> Vec<LiveWorker> {
+    /// process runtime (`db` is the live file); for Docker from the engine,
+    /// with each container's `/data` copied out so its SQLite file can be opened.
+    pub async fn live_workers(&self) -> Result<Vec<LiveWorker>> {
         if self.runtime == WorkerRuntime::Docker {
-            return self.live_containers();
+            return self.live_containers().await;
         }
-        processes_with_env("RIDESHARE_CLUSTER", &self.name)
+        let id_prefix = format!("{}=", env::WORKER_ID);
+        Ok(processes_with_env(env::CLUSTER, &self.name)
             .into_iter()
             .filter_map(|pid| {
-                let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-                let id = env.split(|b| *b == 0).find_map(|kv| kv.strip_prefix(b"WORKER_ID="))?;
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+                let id = environ.split(|b| *b == 0).find_map(|kv| kv.strip_prefix(id_prefix.as_bytes()))?;
                 let id = String::from_utf8_lossy(id).into_owned();
                 let db = self.dir.join("workers").join(&id).join("worker.db");
                 Some(LiveWorker { pid, id, db })
             })
-            .collect()
+            .collect())
+    }
+
+    async fn live_containers(&self) -> Result<Vec<LiveWorker>> {
+        static COPY: AtomicU32 = AtomicU32::new(0);
+        let d = docker()?;
+        let mut out = vec![];
+        for c in worker_containers(&self.name).await? {
+            let dest = self.dir.join("copies").join(format!("{}-{}", c.worker, COPY.fetch_add(1, Ordering::Relaxed)));
+            // A container that went away meanwhile is not live: skip it.
+            let Ok(tar) = download(&d, &c.id, "/data").await else { continue };
+            std::fs::create_dir_all(&dest)?;
+            tar::Archive::new(tar.as_slice())
+                .unpack(&dest)
+                .with_context(|| format!("unpacking /data of {} into {}", c.id, dest.display()))?;
+            // The archive holds the folder itself: data/worker.db.
+            out.push(LiveWorker { pid: c.pid, id: c.worker, db: dest.join("data/worker.db") });
+        }
+        Ok(out)
     }
 }
 
-impl Stack {
-    fn live_containers(&self) -> Vec<LiveWorker> {
-        static COPY: AtomicU32 = AtomicU32::new(0);
-        let out = Command::new("docker")
-            .args(["ps", "-q", "--filter", &format!("label=rideshare.cluster={}", self.name)])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-            .unwrap_or_default();
-        out.iter()
-            .filter_map(|cid| {
-                let o = Command::new("docker")
-                    .args(["inspect", "-f", "{{.State.Pid}} {{index .Config.Labels \"rideshare.worker\"}}", cid])
-                    .output()
-                    .ok()?;
-                let text = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-                let (pid, id) = text.split_once(' ')?;
-                let dest = self.dir.join("copies").join(format!("{id}-{}", COPY.fetch_add(1, Ordering::Relaxed)));
-                std::fs::create_dir_all(&dest).ok()?;
-                let st = Command::new("docker")
-                    .args(["cp", &format!("{cid}:/data/."), &dest.display().to_string()])
-                    .status()
-                    .ok()?;
-                if !st.success() {
-                    return None;
-                }
-                Some(LiveWorker { pid: pid.parse().ok()?, id: id.to_owned(), db: dest.join("worker.db") })
-            })
-            .collect()
+/// The Docker engine as the tests reach it (the local socket). A new client per
+/// use: a client's pooled connections belong to the runtime that made them, and
+/// every test has its own runtime.
+pub fn docker() -> Result<Docker> {
+    Docker::connect_with_local_defaults().context("the Docker engine must be reachable")
+}
+
+/// A running worker container, as the engine reports it.
+#[derive(Debug, Clone)]
+pub struct WorkerContainer {
+    /// The container id.
+    pub id: String,
+    /// Its main process as the host sees it (`State.Pid`).
+    pub pid: u32,
+    /// The worker id (label [`labels::WORKER`]).
+    pub worker: String,
+    /// Its environment, `KEY=value` each.
+    pub env: Vec<String>,
+}
+
+impl WorkerContainer {
+    /// Whether its environment sets `key` to `value`.
+    pub fn has_env(&self, key: &str, value: &str) -> bool {
+        self.env.iter().any(|kv| kv.split_once('=') == Some((key, value)))
     }
+}
+
+/// The running worker containers of a cluster (label [`labels::CLUSTER`]),
+/// sorted by pid. A container gone between listing and inspection is skipped.
+pub async fn worker_containers(cluster: &str) -> Result<Vec<WorkerContainer>> {
+    let d = docker()?;
+    let mut out = vec![];
+    for cid in cluster_container_ids(&d, cluster, true).await? {
+        let info = match d.inspect_container(&cid, None::<InspectContainerOptions>).await {
+            Ok(i) => i,
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => return Err(e).with_context(|| format!("docker: inspect {cid}")),
+        };
+        let state = info.state.unwrap_or_default();
+        let pid = state.pid.unwrap_or(0);
+        if state.running != Some(true) || pid <= 0 {
+            continue;
+        }
+        let config = info.config.unwrap_or_default();
+        let worker = config.labels.unwrap_or_default().get(labels::WORKER).cloned().unwrap_or_default();
+        out.push(WorkerContainer { id: cid, pid: pid as u32, worker, env: config.env.unwrap_or_default() });
+    }
+    out.sort_by_key(|c| c.pid);
+    Ok(out)
+}
+
+/// Ids of a cluster's containers (`all`: stopped ones too).
+async fn cluster_container_ids(d: &Docker, cluster: &str, all: bool) -> Result<Vec<String>> {
+    let filters = HashMap::from([("label", vec![format!("{}={cluster}", labels::CLUSTER)])]);
+    let opts = ListContainersOptionsBuilder::new().all(all).filters(&filters).build();
+    let list = d.list_containers(Some(opts)).await.context("docker: list containers")?;
+    Ok(list.into_iter().filter_map(|c| c.id).collect())
+}
+
+/// Force-remove every container of a cluster (running or not).
+pub async fn remove_cluster_containers(cluster: &str) -> Result<()> {
+    let d = docker()?;
+    for cid in cluster_container_ids(&d, cluster, true).await? {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+        match d.remove_container(&cid, Some(opts)).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("docker: remove {cid}")),
+        }
+    }
+    Ok(())
+}
+
+/// A path of a container as a tar archive (what `docker cp` reads).
+async fn download(d: &Docker, cid: &str, path: &str) -> Result<Vec<u8>> {
+    let opts = DownloadFromContainerOptionsBuilder::new().path(path).build();
+    let mut stream = d.download_from_container(cid, Some(opts));
+    let mut tar = vec![];
+    while let Some(chunk) = stream.next().await {
+        tar.extend_from_slice(&chunk.with_context(|| format!("docker: copy {cid}:{path}"))?);
+    }
+    Ok(tar)
+}
+
+/// A container's log (stdout and stderr, in order).
+pub async fn container_logs(cid: &str) -> Result<String> {
+    let d = docker()?;
+    let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
+    let mut stream = d.logs(cid, Some(opts));
+    let mut text = String::new();
+    while let Some(out) = stream.next().await {
+        text.push_str(&out.with_context(|| format!("docker: logs of {cid}"))?.to_string());
+    }
+    Ok(text)
+}
+
+/// Whether the engine said "no such container".
+pub fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
 /// Open a worker's SQLite file read-only (it keeps running and writing).
@@ -492,24 +591,6 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
     out
 }
 
-fn docker_pids(cluster: &str) -> Vec<u32> {
-    let ids = Command::new("docker")
-        .args(["ps", "-q", "--filter", &format!("label=rideshare.cluster={cluster}")])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let mut pids: Vec<u32> = ids
-        .iter()
-        .filter_map(|id| {
-            let o = Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", id]).output().ok()?;
-            String::from_utf8_lossy(&o.stdout).trim().parse().ok()
-        })
-        .filter(|p| *p != 0)
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
 impl Drop for Stack {
     fn drop(&mut self) {
         self.kill_orchestrator();
@@ -520,16 +601,24 @@ impl Drop for Stack {
         if self.lb_started {
             let _ = Command::new(root().join("scripts/lb.sh")).arg("stop").env("LB_DIR", self.dir.join("lb")).status();
         }
-        for pid in processes_with_env("RIDESHARE_CLUSTER", &self.name) {
+        for pid in processes_with_env(env::CLUSTER, &self.name) {
             unsafe_kill(pid);
         }
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter label=rideshare.cluster={} | xargs -r docker rm -f >/dev/null 2>&1",
-                self.name
-            ))
-            .status();
+        if self.runtime == WorkerRuntime::Docker {
+            // Drop cannot await, and may run inside a runtime: a thread of its own.
+            let name = self.name.clone();
+            let removed = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(remove_cluster_containers(&name)))
+            })
+            .join();
+            if let Ok(Err(e)) = removed {
+                eprintln!("systest: removing the containers of {}: {e:#}", self.name);
+            }
+        }
         if let Some(infra) = &self.infra {
             let _ = infra.script("down");
         }

@@ -204,7 +204,7 @@ async fn with_the_workers_stopped_reads_and_writes_get_503_in_time() {
         ..Default::default()
     };
     let stack = Stack::start(opts).await.unwrap();
-    let workers = stack.worker_processes();
+    let workers = stack.worker_processes().await.unwrap();
     assert_eq!(workers.len(), 2);
     // Stopped, not dead: nothing answers, and nothing replaces them yet.
     for pid in &workers {

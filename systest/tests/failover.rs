@@ -94,7 +94,7 @@ async fn settle(stack: &Stack) -> Vec<systest::LiveWorker> {
 async fn settle_with(stack: &Stack, in_step: bool) -> Vec<systest::LiveWorker> {
     poll("the cluster to be whole and in step", Duration::from_secs(60), || async {
         let pids = stack.worker_pids().await.ok()?;
-        let live = stack.live_workers();
+        let live = stack.live_workers().await.ok()?;
         if pids.len() != 2 || live.len() != 2 {
             return None;
         }
@@ -342,7 +342,7 @@ async fn a_restarted_orchestrator_adopts_the_running_workers() {
     assert_eq!(before.len(), 2);
     stack.kill_orchestrator();
     // Workers keep running without it.
-    assert_eq!(stack.worker_processes(), before);
+    assert_eq!(stack.worker_processes().await.unwrap(), before);
     stack.restart_orchestrator().await.unwrap();
     assert_eq!(stack.worker_pids().await.unwrap(), before, "the same workers, no second set");
     let (s, body) = stack.read(&ReadRequest::table("rides").counting()).await.unwrap();
@@ -355,5 +355,5 @@ async fn a_restarted_orchestrator_adopts_the_running_workers() {
     );
     // Still whole a little later: nothing decided the adopted workers were strangers.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(stack.worker_processes(), before);
+    assert_eq!(stack.worker_processes().await.unwrap(), before);
 }

@@ -14,57 +14,33 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
-use bollard::Docker;
+use bollard::query_parameters::InspectContainerOptions;
 use futures::stream::{self, StreamExt};
 use serde_json::json;
 use systest::{poll, Stack, StackOptions, WorkerRuntime};
+use wire::contract::env;
 use wire::{Condition, ReadRequest, Value, WriteRequest};
 
 // ---------------------------------------------------------------- helpers
-
-fn docker() -> Docker {
-    Docker::connect_with_local_defaults().expect("the Docker engine must be reachable for these tests")
-}
 
 /// One of this stack's worker containers, as the engine reports it.
 #[derive(Debug, Clone)]
 struct Container {
     id: String,
     pid: u32,
-    /// Started with BOOTSTRAP_MASTER=1: the cluster's first master.
+    /// Started with the bootstrap flag (`contract::env::BOOTSTRAP_MASTER=1`): the cluster's first master.
     bootstrap_master: bool,
 }
 
 /// The engine's own view of the stack's running worker containers (label
-/// `rideshare.cluster=<stack.name>`, pid from `State.Pid`), sorted by pid.
+/// `contract::labels::CLUSTER=<stack.name>`, pid from `State.Pid`), sorted by pid.
 async fn engine_workers(stack: &Stack) -> Vec<Container> {
-    let d = docker();
-    let filters = HashMap::from([("label", vec![format!("rideshare.cluster={}", stack.name)])]);
-    let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-    let list = d.list_containers(Some(opts)).await.expect("docker: list containers");
-    let mut out = vec![];
-    for c in list {
-        let Some(cid) = c.id else { continue };
-        let info = match d.inspect_container(&cid, None::<InspectContainerOptions>).await {
-            Ok(i) => i,
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => continue,
-            Err(e) => panic!("docker: inspect {cid}: {e}"),
-        };
-        let state = info.state.unwrap_or_default();
-        let pid = state.pid.unwrap_or(0);
-        if state.running != Some(true) || pid <= 0 {
-            continue;
-        }
-        let env = info.config.and_then(|c| c.env).unwrap_or_default();
-        out.push(Container {
-            id: cid,
-            pid: pid as u32,
-            bootstrap_master: env.iter().any(|e| e == "BOOTSTRAP_MASTER=1"),
-        });
-    }
-    out.sort_by_key(|c| c.pid);
-    out
+    systest::worker_containers(&stack.name)
+        .await
+        .expect("the Docker engine must answer for these tests")
+        .into_iter()
+        .map(|c| Container { bootstrap_master: c.has_env(env::BOOTSTRAP_MASTER, "1"), id: c.id, pid: c.pid })
+        .collect()
 }
 
 async fn engine_pids(stack: &Stack) -> Vec<u32> {
@@ -86,17 +62,17 @@ async fn gone(cid: &str) {
 }
 
 async fn container_exists(cid: &str) -> bool {
-    match docker().inspect_container(cid, None::<InspectContainerOptions>).await {
+    let d = systest::docker().expect("the Docker engine must be reachable");
+    match d.inspect_container(cid, None::<InspectContainerOptions>).await {
         Ok(_) => true,
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => false,
+        Err(e) if systest::is_not_found(&e) => false,
         Err(e) => panic!("docker: inspect {cid}: {e}"),
     }
 }
 
-/// `docker logs` of a container, colour codes removed.
-fn container_logs(cid: &str) -> String {
-    let out = std::process::Command::new("docker").args(["logs", cid]).output().expect("docker logs");
-    strip_ansi(&format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+/// The log of a container, colour codes removed.
+async fn container_logs(cid: &str) -> String {
+    strip_ansi(&systest::container_logs(cid).await.unwrap_or_else(|e| panic!("{e:#}")))
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -247,7 +223,7 @@ async fn worker_list_is_the_engines_view() {
     for pid in &pids {
         assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} is a live host process");
     }
-    assert_eq!(stack.worker_processes(), pids, "the harness' docker CLI view agrees");
+    assert_eq!(stack.worker_processes().await.unwrap(), pids, "the harness' view agrees");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,7 +256,7 @@ async fn crash_slave_then_master_heal_with_docker() {
     assert_eq!(assert_list_matches_engine(&stack).await, pids);
     let replacement = engine_workers(&stack).await.into_iter().find(|c| c.pid != master.pid).expect("replacement");
     let logs = poll("the replacement's 'caught up' log line", Duration::from_secs(10), || async {
-        let l = container_logs(&replacement.id);
+        let l = container_logs(&replacement.id).await;
         l.contains("caught up; serving reads").then_some(l)
     })
     .await
@@ -370,7 +346,7 @@ async fn crash_slave_kills_the_highest_pid_slave() {
     assert_eq!(assert_list_matches_engine(&stack).await, after);
     let new = engine_workers(&stack).await.into_iter().find(|c| !before.contains(&c.pid)).expect("the replacement");
     poll("the replacement to serve reads", Duration::from_secs(30), || async {
-        container_logs(&new.id).contains("caught up; serving reads").then_some(())
+        container_logs(&new.id).await.contains("caught up; serving reads").then_some(())
     })
     .await
     .unwrap();
@@ -537,7 +513,7 @@ async fn scale_in_under_read_load_loses_no_read() {
     // Every new slave serves before the scale-in starts.
     for c in engine_workers(&stack).await.iter().filter(|c| !c.bootstrap_master) {
         poll("each slave to serve reads", Duration::from_secs(30), || async {
-            container_logs(&c.id).contains("caught up; serving reads").then_some(())
+            container_logs(&c.id).await.contains("caught up; serving reads").then_some(())
         })
         .await
         .unwrap();
