@@ -7,7 +7,7 @@
 //! binary. `make test` builds them first (scripts/build-images.sh); when the
 //! image is missing, these tests run `scripts/build-images.sh` themselves.
 //!
-//!   cargo test --release -p orchestrator --test runtime -- --nocapture
+//!   cargo test --release -p orchestrator --features e2e --test runtime -- --nocapture
 //!
 //! Every test uses its own cluster id (random suffix), so tests run in
 //! parallel and never see each other's (or a running system's) workers; a
@@ -22,12 +22,13 @@ use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::{InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder};
-use bollard::Docker;
-use orchestrator::runtime::{
-    Runtime, RuntimeConfig, RuntimeError, RuntimeKind, WorkerExit, WorkerInfo, WorkerSpec, CLUSTER_LABEL, WORKER_LABEL,
+use bollard::query_parameters::{
+    InspectContainerOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
+use bollard::Docker;
+use orchestrator::runtime::{Runtime, RuntimeConfig, RuntimeError, RuntimeKind, WorkerExit, WorkerInfo, WorkerSpec};
 use tokio::sync::broadcast;
+use wire::contract::{env as contract_env, labels};
 
 const IMAGE: &str = "rideshare-worker:latest";
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -46,9 +47,9 @@ fn cluster(prefix: &str) -> String {
 
 fn worker_env() -> Vec<(String, String)> {
     vec![
-        ("AMQP_URL".into(), "amqp://guest:guest@127.0.0.1:1/%2f".into()),
-        ("ZK_ADDR".into(), "127.0.0.1:2".into()),
-        ("RUST_LOG".into(), "info".into()),
+        (contract_env::AMQP_URL.into(), "amqp://guest:guest@127.0.0.1:1/%2f".into()),
+        (contract_env::ZK_ADDR.into(), "127.0.0.1:2".into()),
+        (contract_env::RUST_LOG.into(), "info".into()),
     ]
 }
 
@@ -60,8 +61,11 @@ fn spec(id: &str) -> WorkerSpec {
 fn ensure_image() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let present = Command::new("docker").args(["image", "inspect", IMAGE]).output().map(|o| o.status.success());
-        if present.unwrap_or(false) {
+        let present = on_own_runtime(async {
+            let d = Docker::connect_with_local_defaults().expect("docker socket");
+            d.inspect_image(IMAGE).await.is_ok()
+        });
+        if present {
             return;
         }
         eprintln!("{IMAGE} missing: running scripts/build-images.sh");
@@ -73,22 +77,31 @@ fn ensure_image() {
     });
 }
 
+/// Runs `f` to completion on a runtime of its own, on a thread of its own:
+/// callable from sync code (a `Drop`, a `Once`) inside or outside a runtime.
+fn on_own_runtime<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f))
+        .join()
+        .expect("helper thread")
+}
+
 /// Removes every container of a cluster, on drop, so a failed assertion
 /// leaves nothing running.
 struct ContainerGuard(Vec<String>);
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        for c in &self.0 {
-            let out =
-                Command::new("docker").args(["ps", "-aq", "--filter", &format!("label={CLUSTER_LABEL}={c}")]).output();
-            if let Ok(out) = out {
-                let ids: Vec<String> =
-                    String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-                if !ids.is_empty() {
-                    let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        let clusters = self.0.clone();
+        on_own_runtime(async move {
+            let Ok(d) = Docker::connect_with_local_defaults() else { return };
+            for c in clusters {
+                let filters = HashMap::from([("label", vec![format!("{}={c}", labels::CLUSTER)])]);
+                let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+                for id in d.list_containers(Some(opts)).await.unwrap_or_default().into_iter().filter_map(|c| c.id) {
+                    let _ =
+                        d.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await;
                 }
             }
-        }
+        });
     }
 }
 
@@ -101,7 +114,7 @@ struct ProcessGuard {
 impl Drop for ProcessGuard {
     fn drop(&mut self) {
         for c in &self.clusters {
-            for pid in pids_with_env(&format!("RIDESHARE_CLUSTER={c}")) {
+            for pid in pids_with_env(&format!("{}={c}", contract_env::CLUSTER)) {
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
@@ -174,7 +187,7 @@ async fn engine() -> Docker {
 
 /// What the engine itself says runs for a cluster: worker id → State.Pid.
 async fn engine_view(d: &Docker, cluster: &str) -> BTreeMap<String, u32> {
-    let filters = HashMap::from([("label", vec![format!("{CLUSTER_LABEL}={cluster}")])]);
+    let filters = HashMap::from([("label", vec![format!("{}={cluster}", labels::CLUSTER)])]);
     let list = d
         .list_containers(Some(ListContainersOptionsBuilder::new().all(false).filters(&filters).build()))
         .await
@@ -182,10 +195,10 @@ async fn engine_view(d: &Docker, cluster: &str) -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
     for c in list {
         let info = d.inspect_container(c.id.as_deref().unwrap(), None::<InspectContainerOptions>).await.unwrap();
-        let labels = info.config.as_ref().unwrap().labels.clone().unwrap();
+        let lbl = info.config.as_ref().unwrap().labels.clone().unwrap();
         let st = info.state.unwrap();
         if st.running == Some(true) {
-            out.insert(labels[WORKER_LABEL].clone(), st.pid.unwrap() as u32);
+            out.insert(lbl[labels::WORKER].clone(), st.pid.unwrap() as u32);
         }
     }
     out
@@ -239,8 +252,8 @@ async fn docker_runtime_against_real_engine() {
     // The container is named <cluster>-<id> and has WORKER_ID in its env.
     let info = d.inspect_container(&format!("{a}-w1"), None::<InspectContainerOptions>).await.unwrap();
     let env = info.config.unwrap().env.unwrap();
-    assert!(env.contains(&"WORKER_ID=w1".to_string()), "{env:?}");
-    assert!(env.contains(&"ZK_ADDR=127.0.0.1:2".to_string()), "{env:?}");
+    assert!(env.contains(&format!("{}=w1", contract_env::WORKER_ID)), "{env:?}");
+    assert!(env.contains(&format!("{}=127.0.0.1:2", contract_env::ZK_ADDR)), "{env:?}");
     assert_eq!(info.host_config.unwrap().network_mode.as_deref(), Some("host"));
 
     // Same worker id running twice is refused; a bad id never reaches the engine.
@@ -361,9 +374,10 @@ async fn process_runtime_start_list_kill_stop_adopt() {
     let wdir = std::fs::canonicalize(dir.join("p1")).unwrap();
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), wdir);
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let db = format!("DB_PATH={}", wdir.join("worker.db").display());
+    let db = format!("{}={}", contract_env::DB_PATH, wdir.join("worker.db").display());
     assert!(environ.split(|b| *b == 0).any(|v| v == db.as_bytes()), "DB_PATH not set to {db}");
-    assert!(environ.split(|b| *b == 0).any(|v| v == b"WORKER_ID=p1"));
+    let id = format!("{}=p1", contract_env::WORKER_ID);
+    assert!(environ.split(|b| *b == 0).any(|v| v == id.as_bytes()), "{} not set to p1", contract_env::WORKER_ID);
     eventually("worker.log written", || {
         let p = wdir.join("worker.log");
         async move { std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false) }
