@@ -1,10 +1,14 @@
-//! The autoscaler of SPEC section 7: reads counted at the orchestrator, a
-//! fixed window started by the first read, `max(min, ceil(n / per_slave))`
-//! slaves (capped at max) at each window's end, and the count reset.
+//! The autoscaler (docs/api.md, autoscaling): reads counted at the
+//! orchestrator, a fixed window started by the first read,
+//! `max(min, ceil(n / per_slave))` slaves (capped at max) at each window's
+//! end, and the count reset. The decision is [`desired_slaves`], a pure
+//! function; [`run`] only keeps time and carries it out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use anyhow::Result;
+use tasks::CancellationToken;
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -13,8 +17,7 @@ use crate::config::ScaleConfig;
 
 /// The slaves a window with `reads` reads asks for.
 pub fn desired_slaves(reads: u64, cfg: &ScaleConfig) -> usize {
-    let wanted = reads.div_ceil(cfg.reads_per_slave) as usize;
-    wanted.clamp(cfg.min_slaves, cfg.max_slaves)
+    reads.div_ceil(cfg.reads_per_slave).clamp(cfg.min_slaves, cfg.max_slaves) as usize
 }
 
 /// The read counter; `db/read` bumps it, the scaler task drains it.
@@ -32,23 +35,35 @@ impl ReadCounter {
     }
 }
 
-/// Wait for the first read, then decide at the end of every window.
-pub async fn run(counter: Arc<ReadCounter>, cluster: Arc<Cluster>, cfg: ScaleConfig) {
+/// Wait for the first read, then decide at the end of every window, until stopped.
+pub async fn run(
+    counter: Arc<ReadCounter>,
+    cluster: Arc<Cluster>,
+    cfg: ScaleConfig,
+    stop: CancellationToken,
+) -> Result<()> {
     if counter.count.load(Ordering::Relaxed) == 0 {
-        counter.first.notified().await;
+        tokio::select! {
+            _ = counter.first.notified() => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
     }
+    let window_len = cfg.window.0;
     let start = tokio::time::Instant::now();
-    let mut ticks = tokio::time::interval_at(start + cfg.window, cfg.window);
+    let mut ticks = tokio::time::interval_at(start + window_len, window_len);
     let mut window = 0u64;
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
         window += 1;
         let reads = counter.count.swap(0, Ordering::Relaxed);
         let want = desired_slaves(reads, &cfg);
         let (before, after) = cluster.scale_to(want).await;
         info!(
             window,
-            window_secs = cfg.window.as_secs_f64(),
+            window_secs = window_len.as_secs_f64(),
             reads,
             slaves_before = before,
             slaves_after = after,
@@ -62,8 +77,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn cfg(min: usize, max: usize) -> ScaleConfig {
-        ScaleConfig { window: Duration::from_secs(120), reads_per_slave: 20, min_slaves: min, max_slaves: max }
+    fn cfg(min: u64, max: u64) -> ScaleConfig {
+        ScaleConfig {
+            window: tasks::config::Secs(Duration::from_secs(120)),
+            reads_per_slave: 20,
+            min_slaves: min,
+            max_slaves: max,
+        }
     }
 
     #[test]

@@ -1,87 +1,180 @@
-//! Orchestrator settings, from the environment (listed in the README).
+//! Orchestrator settings: every one a flag and an environment variable
+//! (`orchestrator --help` lists them with their defaults), read once at start
+//! through `tasks::config::load` (empty = unset, values trimmed, a bad value
+//! is an error at start).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use clap::{Args, Parser};
+use tasks::config::{Millis, Secs};
+use wire::contract::timing;
 
 use crate::runtime::RuntimeConfig;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "orchestrator",
+    version,
+    about = "The database orchestrator: HTTP front of the database, RPC client and supervisor of the workers"
+)]
 pub struct Config {
+    /// HTTP listen address.
+    #[arg(long, env = "ORCH_ADDR", default_value = "127.0.0.1:8090")]
     pub addr: SocketAddr,
+    /// RabbitMQ (passed on to the workers).
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=2")]
     pub amqp_url: String,
+    /// ZooKeeper connect string (passed on to the workers).
+    #[arg(long, env = "ZK_ADDR", default_value = "127.0.0.1:2181")]
     pub zk_addr: String,
+    /// ZooKeeper root of this cluster; several clusters may share an ensemble.
+    #[arg(long, env = "ZK_ROOT", default_value = "/rideshare", value_parser = parse_zk_root)]
     pub zk_root: String,
-    pub zk_session_timeout: Duration,
-    /// The longest a `db/read` waits for a slave's answer before a 503.
-    pub read_timeout: Duration,
-    /// The longest a `db/write` waits for the master; covers a failover.
-    pub write_timeout: Duration,
-    /// Bearer token for crash, clear and other operator endpoints; None = open.
+    /// ZooKeeper session timeout (ms) of the orchestrator and the workers.
+    #[arg(long = "zk-session-timeout-ms", env = "ZK_SESSION_TIMEOUT_MS", default_value_t = Millis(timing::ZK_SESSION_TIMEOUT))]
+    pub zk_session_timeout: Millis,
+    /// A `db/read` gets a 503 when no slave answered within this (ms).
+    #[arg(long = "read-timeout-ms", env = "READ_TIMEOUT_MS", default_value_t = Millis(timing::READ_TIMEOUT))]
+    pub read_timeout: Millis,
+    /// A `db/write` gets a 503 when the master did not answer within this (ms); covers a failover.
+    #[arg(long = "write-timeout-ms", env = "WRITE_TIMEOUT_MS", default_value_t = Millis(timing::WRITE_TIMEOUT))]
+    pub write_timeout: Millis,
+    /// Bearer token for crash, clear and worker/list; open when unset.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    #[command(flatten)]
     pub scale: ScaleConfig,
+    #[command(flatten)]
     pub runtime: RuntimeConfig,
-    /// Passed to workers as `RUST_LOG`.
-    pub worker_log: String,
+    #[command(flatten)]
+    pub worker: WorkerTuning,
 }
 
-/// The autoscaler's settings (SPEC section 7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The autoscaler's settings (docs/api.md, autoscaling).
+#[derive(Debug, Clone, Copy, PartialEq, Args)]
 pub struct ScaleConfig {
-    pub window: Duration,
+    /// Length of a counting window (seconds; fractions allowed).
+    #[arg(long = "scale-window-secs", env = "SCALE_WINDOW_SECS", default_value_t = Secs(Duration::from_secs(120)))]
+    pub window: Secs,
+    /// Reads per window that one slave is meant to serve.
+    #[arg(long, env = "READS_PER_SLAVE", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub reads_per_slave: u64,
-    pub min_slaves: usize,
-    pub max_slaves: usize,
+    /// Fewest slaves, whatever the load.
+    #[arg(long, env = "MIN_SLAVES", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_slaves: u64,
+    /// Most slaves, whatever the load.
+    #[arg(long, env = "MAX_SLAVES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_slaves: u64,
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+/// What the orchestrator passes on to every worker it starts (a container
+/// does not inherit the orchestrator's environment).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerTuning {
+    /// The workers' log filter (their `RUST_LOG`).
+    #[arg(long = "worker-log", env = "WORKER_LOG", default_value = "info,lapin=warn")]
+    pub log: String,
+    /// Reads a slave works on at once (its readQ prefetch); the worker's default when unset.
+    #[arg(long, env = "READ_PREFETCH")]
+    pub read_prefetch: Option<u16>,
+    /// Longest wait (ms) of a slave for a strong read's floor; the worker's default when unset.
+    #[arg(long, env = "READ_WAIT_MS")]
+    pub read_wait_ms: Option<u64>,
+    /// SQLite read connections per slave; the worker's default when unset.
+    #[arg(long, env = "READER_CONNECTIONS")]
+    pub reader_connections: Option<u16>,
+    /// `json` for JSON log lines (this process and its workers).
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<String>,
 }
 
-fn num<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
-where
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    match var(name) {
-        Some(v) => v.trim().parse().with_context(|| format!("{name}={v:?} is not a valid number")),
-        None => Ok(default),
+impl WorkerTuning {
+    /// The environment each worker gets from these settings.
+    pub fn env(&self) -> Vec<(String, String)> {
+        use wire::contract::env;
+        let mut out = vec![(env::RUST_LOG.to_owned(), self.log.clone())];
+        let optional = [
+            (env::READ_PREFETCH, self.read_prefetch.map(|v| v.to_string())),
+            (env::READ_WAIT_MS, self.read_wait_ms.map(|v| v.to_string())),
+            (env::READER_CONNECTIONS, self.reader_connections.map(|v| v.to_string())),
+            (env::LOG_FORMAT, self.log_format.clone()),
+        ];
+        out.extend(optional.into_iter().filter_map(|(k, v)| Some((k.to_owned(), v?))));
+        out
     }
 }
 
+fn parse_zk_root(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.len() < 2 || s.ends_with('/') {
+        return Err(format!("{s:?} is not an absolute path like /rideshare"));
+    }
+    Ok(s.to_owned())
+}
+
 impl Config {
-    pub fn from_env() -> Result<Config> {
-        let scale = ScaleConfig {
-            window: Duration::from_secs_f64(num("SCALE_WINDOW_SECS", 120.0)?),
-            reads_per_slave: num("READS_PER_SLAVE", 20)?,
-            min_slaves: num("MIN_SLAVES", 1)?,
-            max_slaves: num("MAX_SLAVES", 10)?,
-        };
-        if scale.reads_per_slave == 0 {
-            bail!("READS_PER_SLAVE must be at least 1");
+    /// Read and check the settings (see the module doc).
+    pub fn load() -> Result<Config> {
+        let cfg: Config = tasks::config::load();
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// What no single flag can check.
+    pub fn check(&self) -> Result<()> {
+        if self.scale.min_slaves > self.scale.max_slaves {
+            bail!("need MIN_SLAVES <= MAX_SLAVES (got {} and {})", self.scale.min_slaves, self.scale.max_slaves);
         }
-        if scale.min_slaves == 0 || scale.min_slaves > scale.max_slaves {
-            bail!("need 1 <= MIN_SLAVES <= MAX_SLAVES (got {} and {})", scale.min_slaves, scale.max_slaves);
+        crate::timing::check(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("orchestrator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.read_timeout.0, timing::READ_TIMEOUT);
+        assert_eq!(c.write_timeout.0, timing::WRITE_TIMEOUT);
+        assert_eq!(c.zk_session_timeout.0, timing::ZK_SESSION_TIMEOUT);
+        assert_eq!(
+            c.scale,
+            ScaleConfig { window: Secs(Duration::from_secs(120)), reads_per_slave: 20, min_slaves: 1, max_slaves: 10 }
+        );
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for bad in [
+            &["--zk-root", "rideshare"][..],
+            &["--zk-root", "/a/"],
+            &["--reads-per-slave", "0"],
+            &["--min-slaves", "0"],
+            &["--scale-window-secs", "0"],
+            &["--scale-window-secs", "-1"],
+            &["--read-timeout-ms", "5s"],
+            &["--addr", "localhost"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
-        if scale.window.is_zero() {
-            bail!("SCALE_WINDOW_SECS must be positive");
-        }
-        let zk_root = var("ZK_ROOT").unwrap_or_else(|| "/rideshare".into());
-        if !zk_root.starts_with('/') || zk_root.len() < 2 || zk_root.ends_with('/') {
-            bail!("ZK_ROOT must be an absolute path like /rideshare");
-        }
-        Ok(Config {
-            addr: var("ORCH_ADDR").unwrap_or_else(|| "127.0.0.1:8090".into()).parse().context("ORCH_ADDR")?,
-            amqp_url: var("AMQP_URL").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=2".into()),
-            zk_addr: var("ZK_ADDR").unwrap_or_else(|| "127.0.0.1:2181".into()),
-            zk_root,
-            zk_session_timeout: Duration::from_millis(num("ZK_SESSION_TIMEOUT_MS", 4000)?),
-            read_timeout: Duration::from_millis(num("READ_TIMEOUT_MS", 5000)?),
-            write_timeout: Duration::from_millis(num("WRITE_TIMEOUT_MS", 15000)?),
-            admin_token: var("ADMIN_TOKEN"),
-            scale,
-            runtime: RuntimeConfig::from_env().map_err(|e| anyhow::anyhow!("{e}"))?,
-            worker_log: var("WORKER_LOG").unwrap_or_else(|| "info,lapin=warn".into()),
-        })
+        let c = parse(&["--min-slaves", "3", "--max-slaves", "2"]).unwrap();
+        assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn tuning_is_passed_on_only_when_set() {
+        let c = parse(&["--read-prefetch", "32", "--log-format", "json"]).unwrap();
+        let env = c.worker.env();
+        assert!(env.contains(&("READ_PREFETCH".into(), "32".into())));
+        assert!(env.contains(&("LOG_FORMAT".into(), "json".into())));
+        assert!(!env.iter().any(|(k, _)| k == "READ_WAIT_MS"));
     }
 }

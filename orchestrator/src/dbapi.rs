@@ -5,29 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use thiserror::Error;
+use wire::contract::ErrorKind;
 use wire::{Consistency, ReadMsg, ReadRequest, ReadResponse, Reply, WriteMsg, WriteOutcome, WriteRequest};
 
-use crate::rpc::{Rpc, RpcError};
-
-#[derive(Debug, Error)]
-pub enum ApiError {
-    /// 400: the request is malformed or names something that does not exist.
-    #[error("{0}")]
-    Invalid(String),
-    /// 409: a constraint of the schema refused the write.
-    #[error("{0}")]
-    Conflict(String),
-    /// 503: no worker could answer in time.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl From<RpcError> for ApiError {
-    fn from(e: RpcError) -> Self {
-        ApiError::Unavailable(e.to_string())
-    }
-}
+use crate::error::ApiError;
+use crate::rpc::Rpc;
 
 pub struct DbApi {
     rpc: Arc<Rpc>,
@@ -46,7 +28,7 @@ impl DbApi {
     }
 
     pub async fn read(&self, req: ReadRequest) -> Result<ReadResponse, ApiError> {
-        req.validate().map_err(|e| ApiError::Invalid(e.0))?;
+        req.validate().map_err(|e| ApiError::invalid(e.0))?;
         let min_seq = match req.consistency {
             Consistency::Strong => self.floor.load(Ordering::SeqCst),
             Consistency::Eventual => 0,
@@ -59,7 +41,7 @@ impl DbApi {
     }
 
     pub async fn write(&self, mut req: WriteRequest) -> Result<WriteOutcome, ApiError> {
-        req.validate().map_err(|e| ApiError::Invalid(e.0))?;
+        req.validate().map_err(|e| ApiError::invalid(e.0))?;
         if req.request_id.is_none() {
             req.request_id = Some(uuid::Uuid::new_v4().to_string());
         }
@@ -80,11 +62,11 @@ impl DbApi {
 
 fn unexpected(reply: Reply) -> ApiError {
     match reply {
-        Reply::Conflict { error, .. } => ApiError::Conflict(error),
-        Reply::Invalid { error } => ApiError::Invalid(error),
-        Reply::Unavailable { error } => ApiError::Unavailable(error),
+        Reply::Conflict { error, .. } => ApiError::conflict(error),
+        Reply::Invalid { error } => ApiError::invalid(error),
+        Reply::Unavailable { error } => ApiError::unavailable(error),
         Reply::Rows(_) | Reply::Written { .. } => {
-            ApiError::Unavailable("worker answered the wrong kind of reply".into())
+            ApiError::new(ErrorKind::Failed, "worker answered the wrong kind of reply")
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The orchestrator's HTTP API (SPEC section 5) on warp.
+//! The orchestrator's HTTP API (docs/api.md, the database API) on warp.
 //!
 //! Every error is a JSON `{"error": ...}` with a 4xx or 503 status: a bad
 //! request never reaches a worker, and a missing worker never hangs a caller.
@@ -14,7 +14,9 @@ use wire::ErrorBody;
 
 use crate::autoscale::ReadCounter;
 use crate::cluster::Cluster;
-use crate::dbapi::{ApiError, DbApi};
+use crate::dbapi::DbApi;
+use crate::error::ApiError;
+use wire::contract::ErrorKind;
 
 /// Largest request body accepted; structured requests are small.
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -38,15 +40,19 @@ fn error(status: StatusCode, msg: impl Into<String>) -> warp::reply::Response {
 }
 
 fn api_error(e: ApiError) -> warp::reply::Response {
-    match e {
-        ApiError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
-        ApiError::Conflict(m) => error(StatusCode::CONFLICT, m),
-        ApiError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
-    }
+    e.into_response()
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, warp::reply::Response> {
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("bad request body: {e}")))
+}
+
+/// Whether `authorization` carries the bearer token, compared in constant
+/// time (a timing difference must not reveal how much of a guess was right).
+fn token_matches(authorization: Option<&str>, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(given) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else { return false };
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// Rejects with 401 unless the bearer token matches (when one is configured).
@@ -57,7 +63,7 @@ fn admin(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> + Clone 
             async move {
                 match &app.admin_token {
                     None => Ok(()),
-                    Some(t) if auth.as_deref() == Some(&format!("Bearer {t}")) => Ok(()),
+                    Some(t) if token_matches(auth.as_deref(), t) => Ok(()),
                     Some(_) => Err(warp::reject::custom(Unauthorized)),
                 }
             }
@@ -94,7 +100,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
             app.reads.count_read();
             let req = match parse(&body) {
                 Ok(r) => r,
-                Err(resp) => return resp,
+                Err(e) => return e.into_response(),
             };
             match app.db.read(req).await {
                 Ok(rows) => json_reply(StatusCode::OK, &rows),
@@ -107,7 +113,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         |body: Bytes, app: Arc<App>| async move {
             let req = match parse(&body) {
                 Ok(r) => r,
-                Err(resp) => return resp,
+                Err(e) => return e.into_response(),
             };
             match app.db.write(req).await {
                 Ok(outcome) => json_reply(StatusCode::CREATED, &outcome),
@@ -146,7 +152,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .then(|app: Arc<App>| async move {
             match app.cluster.worker_pids().await {
                 Ok(pids) => json_reply(StatusCode::OK, &pids),
-                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+                Err(e) => ApiError::unavailable(format!("{e:#}")).into_response(),
             }
         });
 
@@ -171,8 +177,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
 fn pid_reply(r: anyhow::Result<Option<u32>>, none: &str) -> warp::reply::Response {
     match r {
         Ok(Some(pid)) => json_reply(StatusCode::OK, &[pid]),
-        Ok(None) => error(StatusCode::CONFLICT, none),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        Ok(None) => ApiError::conflict(none).into_response(),
+        Err(e) => ApiError::unavailable(format!("{e:#}")).into_response(),
     }
 }
 
@@ -180,12 +186,32 @@ async fn rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> 
     Ok(if err.is_not_found() {
         error(StatusCode::NOT_FOUND, "no such route")
     } else if err.find::<Unauthorized>().is_some() {
-        error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+        ApiError::new(ErrorKind::Unauthorized, "missing or wrong bearer token").into_response()
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
         error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() || err.find::<TooLarge>().is_some() {
-        error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+        ApiError::new(ErrorKind::TooLarge, "request body too large").into_response()
     } else {
-        error(StatusCode::BAD_REQUEST, format!("bad request: {err:?}"))
+        ApiError::invalid(format!("bad request: {err:?}")).into_response()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn bearer_token() {
+        for (header, ok) in [
+            (Some("Bearer s3cret"), true),
+            (Some("Bearer s3cre"), false),
+            (Some("Bearer s3cret "), false),
+            (Some("bearer s3cret"), false),
+            (Some("s3cret"), false),
+            (Some("Bearer "), false),
+            (None, false),
+        ] {
+            assert_eq!(token_matches(header, "s3cret"), ok, "{header:?}");
+        }
+    }
 }

@@ -1,34 +1,79 @@
 //! The database orchestrator: the HTTP front of the database (`http`,
 //! `dbapi`), the RPC client of the workers over RabbitMQ (`rpc`), and the
 //! worker supervisor (`cluster`: runtime, ZooKeeper, failover; `autoscale`).
+//! Why it is built this way: DESIGN.md beside this crate.
 
 pub mod autoscale;
 pub mod cluster;
 pub mod config;
 pub mod dbapi;
+pub mod error;
 pub mod http;
 pub mod rpc;
 pub mod runtime;
+pub mod timing;
 
 use std::sync::Arc;
 
-use anyhow::Result;
-use tracing::info;
+use anyhow::{bail, Result};
+use tasks::{CancellationToken, Supervisor, TaskEnd};
+use tracing::{error, info};
 
-/// Start everything and serve HTTP until the process ends.
-pub async fn run(cfg: config::Config) -> Result<()> {
-    let rpc = rpc::Rpc::start(cfg.amqp_url.clone());
-    let cluster = cluster::Cluster::start(cfg.clone(), rpc.clone()).await?;
+/// Start everything and serve HTTP until `stop` is cancelled (then finish the
+/// requests in flight, close the broker connection and return) or a
+/// background task ends (then return its error: a restarted orchestrator
+/// adopts the running workers, so leaving is safe, and a half-alive one that
+/// no longer fails over or scales is not).
+pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
+    let mut tasks = Supervisor::new(stop.clone());
+    let rpc = rpc::Rpc::new(cfg.amqp_url.clone());
+    tasks.spawn("rabbitmq connection", |t| rpc.clone().maintain(t));
+    let cluster = tokio::select! {
+        c = cluster::Cluster::start(cfg.clone(), rpc.clone()) => c?,
+        _ = stop.cancelled() => return Ok(()),
+    };
+    tasks.spawn("worker exit watch", |t| cluster.clone().watch_exits(t));
+    tasks.spawn("replacement slaves", |t| cluster.clone().replenish_loop(t));
+    tasks.spawn("reconcile", |t| cluster.clone().reconcile_loop(t));
     let reads = Arc::new(autoscale::ReadCounter::default());
-    tokio::spawn(autoscale::run(reads.clone(), cluster.clone(), cfg.scale));
+    tasks.spawn("autoscaler", |t| autoscale::run(reads.clone(), cluster.clone(), cfg.scale, t));
+
     let app = Arc::new(http::App {
-        db: dbapi::DbApi::new(rpc, cfg.read_timeout, cfg.write_timeout, cluster.adopted_seq()),
+        db: dbapi::DbApi::new(rpc, cfg.read_timeout.0, cfg.write_timeout.0, cluster.adopted_seq()),
         cluster,
         reads,
         admin_token: cfg.admin_token.clone(),
     });
-    let server = warp::serve(http::routes(app)).bind(cfg.addr).await;
-    info!(addr = %cfg.addr, "orchestrator listening");
-    server.run().await;
-    Ok(())
+    let http_stop = stop.clone();
+    let listener = tokio::net::TcpListener::bind(cfg.addr).await?;
+    info!(addr = %listener.local_addr()?, "orchestrator listening");
+    let server = warp::serve(http::routes(app)).incoming(listener).graceful(async move { http_stop.cancelled().await });
+    let mut server = tokio::spawn(server.run());
+
+    let failure = tokio::select! {
+        exit = tasks.next_exit() => Some(exit),
+        _ = stop.cancelled() => None,
+        r = &mut server => Some(tasks::TaskExit { name: "http server", end: match r {
+            Ok(()) => TaskEnd::Returned,
+            Err(e) => TaskEnd::Panicked(e.to_string()),
+        }}),
+    };
+    if let Some(exit) = &failure {
+        error!(task = exit.name, "{exit}; exiting (a restarted orchestrator adopts the running workers)");
+    }
+    stop.cancel();
+    let grace = timing::SHUTDOWN_GRACE;
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        server.abort();
+    }
+    for exit in tasks.shutdown(grace).await {
+        error!(task = exit.name, "{exit} while stopping");
+    }
+    match failure {
+        Some(exit) => bail!("{exit}"),
+        None => {
+            info!("orchestrator stopped");
+            Ok(())
+        }
+    }
 }

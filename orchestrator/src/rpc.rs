@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::timing::{CLOSE_TIMEOUT, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tasks::CancellationToken;
 use thiserror::Error;
 use tokio::sync::{oneshot, RwLock};
 use tracing::{info, warn};
@@ -57,9 +59,10 @@ pub struct Rpc {
 }
 
 impl Rpc {
-    /// Start the connection task; requests made before it connects get 503.
-    pub fn start(url: String) -> Arc<Rpc> {
-        let rpc = Arc::new(Rpc {
+    /// A client with no connection yet: run [`Rpc::maintain`] to connect
+    /// (requests made before it connects get 503).
+    pub fn new(url: String) -> Arc<Rpc> {
+        Arc::new(Rpc {
             url,
             link: RwLock::new(None),
             pending: Mutex::new(HashMap::new()),
@@ -67,9 +70,7 @@ impl Rpc {
             next_id: AtomicU64::new(1),
             next_channel: AtomicUsize::new(0),
             min_epoch: AtomicU64::new(0),
-        });
-        tokio::spawn(rpc.clone().maintain());
-        rpc
+        })
     }
 
     pub fn set_min_epoch(&self, epoch: u64) {
@@ -113,27 +114,46 @@ impl Rpc {
         }
     }
 
-    /// Connect, declare, consume replies; on loss fail the waiters and retry.
-    async fn maintain(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.connect().await {
+    /// Connect, declare, consume replies; on loss fail the waiters and
+    /// reconnect with backoff (a broker fault is recovered here, never the
+    /// end of this task); on `stop`, close the connection and return.
+    pub async fn maintain(self: Arc<Self>, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = RPC_BACKOFF_MIN;
+        while !stop.is_cancelled() {
+            let connected = tokio::select! {
+                c = self.connect() => c,
+                _ = stop.cancelled() => break,
+            };
+            match connected {
                 Ok(consumer) => {
-                    backoff = Duration::from_millis(100);
+                    backoff = RPC_BACKOFF_MIN;
                     info!("connected to rabbitmq");
-                    self.dispatch(consumer).await;
-                    warn!("rabbitmq connection lost; failing requests in flight and reconnecting");
+                    tokio::select! {
+                        _ = self.dispatch(consumer) => warn!("rabbitmq connection lost; failing requests in flight and reconnecting"),
+                        _ = stop.cancelled() => {}
+                    }
                 }
                 Err(e) => warn!(error = %e, "rabbitmq unreachable; retrying"),
             }
-            if let Some(old) = self.link.write().await.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(2), old.conn.close(200, "reconnecting".into())).await;
+            self.disconnect().await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => {}
             }
-            // Dropping the senders wakes every waiter with an error (503).
-            self.pending.lock().expect("pending lock").clear();
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(RPC_BACKOFF_MAX);
         }
+        self.disconnect().await;
+        info!("rabbitmq connection closed");
+        Ok(())
+    }
+
+    /// Close the connection (bounded) and answer every waiter (503).
+    async fn disconnect(&self) {
+        if let Some(old) = self.link.write().await.take() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.conn.close(200, "orchestrator leaving".into())).await;
+        }
+        // Dropping the senders wakes every waiter with an error (503).
+        self.pending.lock().expect("pending lock").clear();
     }
 
     async fn connect(&self) -> Result<lapin::Consumer, lapin::Error> {
@@ -211,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn replies_meant_for_another_orchestrator_process_are_not_ours() {
-        let rpc = Rpc::start("amqp://127.0.0.1:1/%2f".into());
+        let rpc = Rpc::new("amqp://127.0.0.1:1/%2f".into());
         let mine = format!("{:016x}.5", rpc.instance);
         assert_eq!(rpc.own_request(&mine), Some(5));
         assert_eq!(rpc.own_request(&format!("{:016x}.5", rpc.instance ^ 1)), None);

@@ -1,5 +1,5 @@
 //! The worker supervisor: which workers exist, which one is master, and what
-//! happens when one disappears.
+//! happens when one disappears (docs/guarantees.md, failover; DESIGN.md).
 //!
 //! Membership is the orchestrator's own list of the workers it runs. Every
 //! change goes through one lock, so a crash, a scaling decision and an
@@ -9,83 +9,48 @@
 //! seen from the runtime (a container `die` event or a child's exit: fast) or
 //! from ZooKeeper (its ephemeral znode gone for longer than a grace period
 //! while the process still runs: a paused or cut-off worker).
+//!
+//! The decisions (which slave to promote, what a reconcile pass found) are
+//! pure functions in [`decide`]; this module gathers their inputs and carries
+//! out their answers.
 
+pub mod decide;
 pub mod zk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
+use tasks::CancellationToken;
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
-use wire::coord::{MasterRecord, Role};
+use wire::coord::{MasterRecord, WorkerRecord};
 
 use crate::config::Config;
 use crate::rpc::Rpc;
 use crate::runtime::{Runtime, WorkerSpec};
+use crate::timing;
+pub use decide::{Detected, Member, MemberRole};
+use decide::{FailoverStep, Fix};
 use zk::Zk;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemberRole {
-    Master,
-    Slave,
-}
-
-#[derive(Debug, Clone)]
-struct Member {
-    pid: u32,
-    role: MemberRole,
-    /// Being stopped on purpose (scale-in): its exit is not a crash.
-    stopping: bool,
-    started: Instant,
-    /// When its znode was first seen missing while the process still ran.
-    missing_since: Option<Instant>,
-    /// Its znode has been seen: from then on, a missing znode means trouble.
-    registered: bool,
-    /// It reported role slave (caught up, serving reads) at least once.
-    serving: bool,
-}
-
-impl Member {
-    fn new(pid: u32, role: MemberRole) -> Member {
-        Member {
-            pid,
-            role,
-            stopping: false,
-            started: Instant::now(),
-            missing_since: None,
-            registered: false,
-            serving: false,
-        }
-    }
-}
-
 #[derive(Debug, Default)]
-struct State {
+struct Membership {
     members: BTreeMap<String, Member>,
     epoch: u64,
     /// Workers removed on purpose or declared failed: exits are not crashes.
     retired: HashMap<String, Instant>,
 }
 
-impl State {
+impl Membership {
     fn master(&self) -> Option<(&String, &Member)> {
         self.members.iter().find(|(_, m)| m.role == MemberRole::Master)
     }
     fn slaves(&self) -> impl Iterator<Item = (&String, &Member)> {
-        self.members.iter().filter(|(_, m)| m.role == MemberRole::Slave && !m.stopping)
+        self.members.iter().filter(|(_, m)| m.is_active_slave())
     }
-}
-
-/// How a worker's departure was noticed (for the log line).
-#[derive(Debug, Clone, Copy)]
-pub enum Detected {
-    CrashEndpoint,
-    RuntimeExit,
-    ZnodeGone,
-    NotRunning,
 }
 
 pub struct Cluster {
@@ -93,7 +58,7 @@ pub struct Cluster {
     runtime: Runtime,
     zk: Zk,
     rpc: Arc<Rpc>,
-    state: Mutex<State>,
+    state: Mutex<Membership>,
     next_id: AtomicU64,
     /// The master's sequence number when this orchestrator adopted a running
     /// cluster: writes acknowledged by a previous orchestrator are at or below
@@ -103,41 +68,27 @@ pub struct Cluster {
     replenish: tokio::sync::Notify,
 }
 
-/// A worker that has not registered by then is declared failed.
-const NEVER_REGISTERED: Duration = Duration::from_secs(60);
-
-/// How long a failover waits for a catching-up slave to become promotable
-/// when no slave is caught up yet.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
-
-/// How long a znode may be missing while its process runs before the worker
-/// is declared failed. The znode itself is only gone once its session
-/// expired; this covers a worker re-registering after a ZooKeeper outage
-/// (the listing is only trusted while the orchestrator's own session is up).
-const ZNODE_GRACE: Duration = Duration::from_secs(2);
-
 impl Cluster {
-    /// Connect to the runtime and ZooKeeper, adopt running workers or start a
-    /// fresh master and slaves, and start supervising.
+    /// Connect to the runtime and ZooKeeper, and adopt running workers or
+    /// start a fresh master and slaves. The loops that keep it so
+    /// (`watch_exits`, `replenish_loop`, `reconcile_loop`) are the caller's to
+    /// run and watch.
     pub async fn start(cfg: Config, rpc: Arc<Rpc>) -> Result<Arc<Cluster>> {
         let runtime = Runtime::connect(cfg.runtime.clone()).await.map_err(|e| anyhow!("worker runtime: {e}"))?;
         info!(runtime = runtime.kind_name(), cluster = runtime.cluster_id(), "worker runtime ready");
-        let zk = Zk::new(&cfg.zk_addr, &cfg.zk_root, cfg.zk_session_timeout);
+        let zk = Zk::new(&cfg.zk_addr, &cfg.zk_root, cfg.zk_session_timeout.0);
         let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let cluster = Arc::new(Cluster {
             cfg,
             runtime,
             zk,
             rpc,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Membership::default()),
             next_id: AtomicU64::new(base << 8),
             adopted_seq: AtomicU64::new(0),
             replenish: tokio::sync::Notify::new(),
         });
         cluster.adopt_or_bootstrap().await?;
-        tokio::spawn(cluster.clone().watch_exits());
-        tokio::spawn(cluster.clone().replenish_loop());
-        tokio::spawn(cluster.clone().reconcile_loop());
         Ok(cluster)
     }
 
@@ -150,16 +101,26 @@ impl Cluster {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, zk::ZkError>>,
     {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + timing::ZK_RETRY_FOR;
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) if Instant::now() < deadline => {
                     warn!(error = %e, "{what}: retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(timing::ZK_RETRY_EVERY).await;
                 }
                 Err(e) => return Err(anyhow!("{what}: {e}")),
             }
+        }
+    }
+
+    /// The workers' znodes, or None when ZooKeeper cannot be trusted right
+    /// now (unreadable, or our session is not connected: a missing znode
+    /// would mean nothing).
+    async fn registry(&self) -> Option<HashMap<String, WorkerRecord>> {
+        match self.zk.workers().await {
+            Ok(r) if self.zk.healthy().await => Some(r),
+            _ => None,
         }
     }
 
@@ -181,7 +142,7 @@ impl Cluster {
             if role == MemberRole::Slave && !registered.contains_key(&w.id) {
                 warn!(worker = %w.id, pid = w.pid, "adopted worker has no znode yet");
             }
-            st.members.insert(w.id.clone(), Member::new(w.pid, role));
+            st.members.insert(w.id.clone(), Member::new(w.pid, role, Instant::now()));
             info!(worker = %w.id, pid = w.pid, ?role, "adopted running worker");
         }
         if st.master().is_none() {
@@ -193,56 +154,50 @@ impl Cluster {
     }
 
     /// A fresh cluster: a new master with an empty database, then the slaves.
-    async fn bootstrap(&self, st: &mut State) -> Result<()> {
+    async fn bootstrap(&self, st: &mut Membership) -> Result<()> {
         st.epoch += 1;
         let id = self.new_id();
         let rec = MasterRecord { id: id.clone(), epoch: st.epoch };
         self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
         self.rpc.set_min_epoch(st.epoch);
         let pid = self.start_worker(&id, true).await?;
-        st.members.insert(id.clone(), Member::new(pid, MemberRole::Master));
+        st.members.insert(id.clone(), Member::new(pid, MemberRole::Master, Instant::now()));
         info!(worker = %id, pid, epoch = st.epoch, "master started");
         self.fill_slaves(st).await;
         Ok(())
     }
 
     async fn start_worker(&self, id: &str, bootstrap_master: bool) -> Result<u32> {
-        let mut env = vec![
-            ("AMQP_URL".to_owned(), self.cfg.amqp_url.clone()),
-            ("ZK_ADDR".to_owned(), self.cfg.zk_addr.clone()),
-            ("ZK_ROOT".to_owned(), self.cfg.zk_root.clone()),
-            ("ZK_SESSION_TIMEOUT_MS".to_owned(), self.cfg.zk_session_timeout.as_millis().to_string()),
-            ("RUST_LOG".to_owned(), self.cfg.worker_log.clone()),
+        use wire::contract::env;
+        let mut vars = vec![
+            (env::AMQP_URL.to_owned(), self.cfg.amqp_url.clone()),
+            (env::ZK_ADDR.to_owned(), self.cfg.zk_addr.clone()),
+            (env::ZK_ROOT.to_owned(), self.cfg.zk_root.clone()),
+            (env::ZK_SESSION_TIMEOUT_MS.to_owned(), self.cfg.zk_session_timeout.to_string()),
         ];
-        // Worker tuning set on the orchestrator reaches every worker (a
-        // container does not inherit the orchestrator's environment).
-        for name in ["READ_PREFETCH", "READ_WAIT_MS", "READER_CONNECTIONS"] {
-            if let Ok(v) = std::env::var(name) {
-                env.push((name.to_owned(), v));
-            }
-        }
+        vars.extend(self.cfg.worker.env());
         if bootstrap_master {
-            env.push(("BOOTSTRAP_MASTER".to_owned(), "1".to_owned()));
+            vars.push((env::BOOTSTRAP_MASTER.to_owned(), "1".to_owned()));
         }
         let info = self
             .runtime
-            .start(WorkerSpec { id: id.to_owned(), env })
+            .start(WorkerSpec { id: id.to_owned(), env: vars })
             .await
             .map_err(|e| anyhow!("starting worker {id}: {e}"))?;
         Ok(info.pid)
     }
 
-    async fn start_slave(&self, st: &mut State) -> Result<()> {
+    async fn start_slave(&self, st: &mut Membership) -> Result<()> {
         let id = self.new_id();
         let pid = self.start_worker(&id, false).await?;
-        st.members.insert(id.clone(), Member::new(pid, MemberRole::Slave));
+        st.members.insert(id.clone(), Member::new(pid, MemberRole::Slave, Instant::now()));
         info!(worker = %id, pid, "slave started");
         Ok(())
     }
 
     /// Start slaves until the minimum is met (after a crash or on start).
-    async fn fill_slaves(&self, st: &mut State) {
-        while st.slaves().count() < self.cfg.scale.min_slaves {
+    async fn fill_slaves(&self, st: &mut Membership) {
+        while (st.slaves().count() as u64) < self.cfg.scale.min_slaves {
             if let Err(e) = self.start_slave(st).await {
                 error!(error = %e, "could not start a slave");
                 break;
@@ -250,33 +205,24 @@ impl Cluster {
         }
     }
 
-    /// Promote the lowest-pid caught-up slave (SPEC section 8); the new epoch
-    /// fences the old master. The caller removed the old master already.
-    async fn failover(&self, st: &mut State, how: Detected) -> Result<()> {
-        let mut registered = self.zk.workers().await.unwrap_or_default();
+    /// Promote the lowest-pid caught-up slave (docs/api.md, failover); the
+    /// new epoch fences the old master. The caller removed the old master.
+    async fn failover(&self, st: &mut Membership, how: Detected) -> Result<()> {
         // A slave that is still catching up (a replacement started just
         // before the crash) turns promotable as soon as it has applied what
         // was queued for it: wait for it, bounded, rather than start empty.
-        let wait_until = Instant::now() + CATCH_UP_WAIT;
-        let candidates = loop {
-            let mut candidates: Vec<(u32, String)> = st
-                .slaves()
-                .filter(|(id, _)| registered.get(*id).map_or(registered.is_empty(), |r| r.role == Role::Slave))
-                .map(|(id, m)| (m.pid, id.clone()))
-                .collect();
-            candidates.sort();
-            if !candidates.is_empty() || st.slaves().next().is_none() || Instant::now() >= wait_until {
-                break candidates;
+        let wait_until = Instant::now() + timing::CATCH_UP_WAIT;
+        let (id, pid, registry) = loop {
+            let registry = self.registry().await;
+            match decide::failover_step(&st.members, registry.as_ref(), Instant::now() >= wait_until) {
+                FailoverStep::Promote { id, pid } => break (id, pid, registry),
+                FailoverStep::Wait => tokio::time::sleep(timing::CATCH_UP_POLL).await,
+                FailoverStep::StartEmptyMaster => {
+                    error!(?how, "no caught-up slave to promote: starting an empty master (data held by the lost master is gone)");
+                    return self.bootstrap(st).await;
+                }
+                FailoverStep::Postpone => bail!("zookeeper unreadable: failover postponed until it answers"),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            registered = self.zk.workers().await.unwrap_or_default();
-        };
-        let Some((pid, id)) = candidates.first().cloned() else {
-            error!(
-                ?how,
-                "no caught-up slave to promote: starting an empty master (data held by the lost master is gone)"
-            );
-            return self.bootstrap(st).await;
         };
         st.epoch += 1;
         let rec = MasterRecord { id: id.clone(), epoch: st.epoch };
@@ -285,13 +231,14 @@ impl Cluster {
         if let Some(m) = st.members.get_mut(&id) {
             m.role = MemberRole::Master;
         }
-        info!(worker = %id, pid, epoch = st.epoch, seq = registered.get(&id).map(|r| r.seq), "promoted slave to master");
+        let seq = registry.as_ref().and_then(|r| r.get(&id)).map(|r| r.seq);
+        info!(worker = %id, pid, epoch = st.epoch, seq, "promoted slave to master");
         Ok(())
     }
 
     /// A member left without being stopped: fail over if it was the master,
     /// and replace it.
-    async fn handle_loss(&self, st: &mut State, id: &str, how: Detected) {
+    async fn handle_loss(&self, st: &mut Membership, id: &str, how: Detected) {
         let Some(m) = st.members.remove(id) else { return };
         st.retired.insert(id.to_owned(), Instant::now());
         if m.stopping {
@@ -310,9 +257,12 @@ impl Cluster {
     }
 
     /// Start replacements whenever a loss left fewer slaves than the minimum.
-    async fn replenish_loop(self: Arc<Self>) {
+    pub async fn replenish_loop(self: Arc<Self>, stop: CancellationToken) -> Result<()> {
         loop {
-            self.replenish.notified().await;
+            tokio::select! {
+                _ = self.replenish.notified() => {}
+                _ = stop.cancelled() => return Ok(()),
+            }
             let mut st = self.state.lock().await;
             self.fill_slaves(&mut st).await;
         }
@@ -379,7 +329,7 @@ impl Cluster {
         drop(st);
         // Graceful stops wait for reads in flight: not under the lock.
         let stops = to_stop.iter().map(|id| async move {
-            if let Err(e) = self.runtime.stop(id, Duration::from_secs(10)).await {
+            if let Err(e) = self.runtime.stop(id, timing::SCALE_IN_GRACE).await {
                 warn!(worker = %id, error = %e, "graceful stop failed");
             }
         });
@@ -387,30 +337,40 @@ impl Cluster {
         (before, after)
     }
 
-    async fn watch_exits(self: Arc<Self>) {
+    /// Handle every exit the runtime reports. Ends with an error when the
+    /// runtime's exit feed closes (exits would go unseen).
+    pub async fn watch_exits(self: Arc<Self>, stop: CancellationToken) -> Result<()> {
+        use tokio::sync::broadcast::error::RecvError;
         let mut exits = self.runtime.exits();
         loop {
-            match exits.recv().await {
+            let exit = tokio::select! {
+                e = exits.recv() => e,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            match exit {
                 Ok(exit) => {
                     let mut st = self.state.lock().await;
                     if st.members.contains_key(&exit.id) {
                         self.handle_loss(&mut st, &exit.id, Detected::RuntimeExit).await;
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(missed = n, "exit events lagged; reconciling")
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Err(RecvError::Lagged(n)) => warn!(missed = n, "exit events lagged; reconcile catches up"),
+                Err(RecvError::Closed) => bail!("the worker runtime's exit feed closed"),
             }
         }
     }
 
-    /// Compare membership with the runtime and ZooKeeper: catches losses the
-    /// exit events missed (engine restart) and workers whose znode vanished
-    /// while their process still runs (paused, cut off).
-    async fn reconcile_loop(self: Arc<Self>) {
+    /// Compare membership with the runtime and ZooKeeper on every change of
+    /// the workers' znodes (and at least every `RECONCILE_EVERY`): catches
+    /// losses the exit events missed (engine restart), workers whose znode
+    /// vanished while their process still runs (paused, cut off), and a
+    /// postponed failover.
+    pub async fn reconcile_loop(self: Arc<Self>, stop: CancellationToken) -> Result<()> {
         loop {
-            self.zk.children_changed(Duration::from_millis(500)).await;
+            tokio::select! {
+                _ = self.zk.children_changed(timing::RECONCILE_EVERY) => {}
+                _ = stop.cancelled() => return Ok(()),
+            }
             if let Err(e) = self.reconcile().await {
                 warn!(error = %e, "reconcile failed");
             }
@@ -420,60 +380,59 @@ impl Cluster {
     async fn reconcile(&self) -> Result<()> {
         let listed_at = Instant::now();
         let running = self.runtime.list().await.map_err(|e| anyhow!("listing workers: {e}"))?;
-        let registered = match self.zk.workers().await {
-            Ok(r) if self.zk.healthy().await => Some(r),
-            _ => None,
-        };
+        let registry = self.registry().await;
         let mut st = self.state.lock().await;
         let now = Instant::now();
-        let grace = ZNODE_GRACE;
-        let ids: Vec<String> = st.members.keys().cloned().collect();
-        for id in ids {
-            if !running.iter().any(|w| w.id == id) {
-                // Started while we waited for the lock (a scale-out holds it
-                // while it starts slaves): newer than the listing, not gone.
-                if st.members.get(&id).is_some_and(|m| m.started > listed_at) {
-                    continue;
+        st.retired.retain(|_, at| now.duration_since(*at) < timing::RETIRED_FORGET);
+        let fixes = decide::reconcile(
+            &st.members,
+            &running,
+            registry.as_ref(),
+            &st.retired,
+            now,
+            listed_at,
+            &decide::Limits {
+                grace: timing::ZNODE_GRACE,
+                never_registered: timing::NEVER_REGISTERED,
+                retired_grace: timing::RETIRED_GRACE,
+            },
+        );
+        for fix in fixes {
+            match fix {
+                Fix::Lost { id, how } => {
+                    if how == Detected::NeverRegistered {
+                        warn!(worker = %id, "worker never registered in zookeeper");
+                    }
+                    self.handle_loss(&mut st, &id, how).await;
                 }
-                self.handle_loss(&mut st, &id, Detected::NotRunning).await;
-                continue;
-            }
-            let Some(reg) = &registered else { continue };
-            let Some(m) = st.members.get_mut(&id) else { continue };
-            if let Some(rec) = reg.get(&id) {
-                m.registered = true;
-                m.missing_since = None;
-                if rec.role == Role::Slave && !m.serving {
-                    m.serving = true;
-                    info!(worker = %id, pid = m.pid, seq = rec.seq, after_ms = m.started.elapsed().as_millis() as u64, "slave caught up and serving reads");
+                Fix::Registered { id } => {
+                    if let Some(m) = st.members.get_mut(&id) {
+                        m.registered = true;
+                        m.missing_since = None;
+                    }
                 }
-                continue;
-            }
-            if m.stopping {
-                continue;
-            }
-            if !m.registered {
-                if now.duration_since(m.started) > NEVER_REGISTERED {
-                    warn!(worker = %id, pid = m.pid, "worker never registered in zookeeper");
-                    self.handle_loss(&mut st, &id, Detected::ZnodeGone).await;
+                Fix::Serving { id, seq } => {
+                    if let Some(m) = st.members.get_mut(&id) {
+                        m.serving = true;
+                        let after_ms = m.started.elapsed().as_millis() as u64;
+                        info!(worker = %id, pid = m.pid, seq, after_ms, "slave caught up and serving reads");
+                    }
                 }
-                continue;
-            }
-            let since = *m.missing_since.get_or_insert(now);
-            if now.duration_since(since) >= grace {
-                self.handle_loss(&mut st, &id, Detected::ZnodeGone).await;
-            }
-        }
-        // Workers we retired but which still run (a deposed master resumed):
-        // stop them once they had time to notice and leave by themselves.
-        st.retired.retain(|_, at| now.duration_since(*at) < Duration::from_secs(120));
-        for w in &running {
-            if !st.members.contains_key(&w.id) {
-                match st.retired.get(&w.id) {
-                    Some(at) if now.duration_since(*at) < Duration::from_secs(30) => {}
-                    _ => {
-                        warn!(worker = %w.id, pid = w.pid, "stopping a worker that is no longer a member");
-                        let _ = self.runtime.kill(&w.id).await;
+                Fix::MissingSince { id, since } => {
+                    if let Some(m) = st.members.get_mut(&id) {
+                        m.missing_since = Some(since);
+                    }
+                }
+                Fix::KillStray { id, pid } => {
+                    warn!(worker = %id, pid, "stopping a worker that is no longer a member");
+                    if let Err(e) = self.runtime.kill(&id).await {
+                        warn!(worker = %id, error = %e, "could not stop it");
+                    }
+                }
+                Fix::Failover => {
+                    warn!("no master: failing over");
+                    if let Err(e) = self.failover(&mut st, Detected::NotRunning).await {
+                        error!(error = %e, "failover failed");
                     }
                 }
             }

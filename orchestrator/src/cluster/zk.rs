@@ -16,8 +16,7 @@ pub struct Zk {
     client: Mutex<Option<zk::Client>>,
 }
 
-/// Every ZooKeeper call is bounded, so a dead ensemble cannot hang a request.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::timing::{ZK_CALL_TIMEOUT as CALL_TIMEOUT, ZK_CONNECT_TIMEOUT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZkError {
@@ -43,7 +42,7 @@ impl Zk {
         }
         let connect = zk::Client::connector()
             .with_session_timeout(self.session_timeout)
-            .with_connection_timeout(Duration::from_secs(2))
+            .with_connection_timeout(ZK_CONNECT_TIMEOUT)
             .connect(&self.addr);
         let c = tokio::time::timeout(CALL_TIMEOUT, connect).await.map_err(|_| ZkError::Timeout(CALL_TIMEOUT))??;
         let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());

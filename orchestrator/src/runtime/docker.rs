@@ -41,12 +41,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub struct DockerRuntime {
     docker: Docker,
     cfg: RuntimeConfig,
-    shared: Arc<Shared>,
+    shared: Arc<ExitFeed>,
     events_task: JoinHandle<()>,
 }
 
 /// State shared with the events task.
-struct Shared {
+struct ExitFeed {
     cluster_id: String,
     exits: broadcast::Sender<WorkerExit>,
     known: Mutex<Known>,
@@ -61,7 +61,7 @@ struct Known {
     dead_order: VecDeque<String>,
 }
 
-impl Shared {
+impl ExitFeed {
     fn note_running(&self, cid: &str, worker: &str, pid: u32) {
         let mut k = self.known.lock().unwrap();
         // A container that died before its start was confirmed must not come
@@ -169,7 +169,7 @@ impl DockerRuntime {
         connect_call("ping", docker.ping()).await?;
         let (exits, _) = broadcast::channel(EXIT_CHANNEL_CAPACITY);
         let shared =
-            Arc::new(Shared { cluster_id: cfg.cluster_id.clone(), exits, known: Mutex::new(Known::default()) });
+            Arc::new(ExitFeed { cluster_id: cfg.cluster_id.clone(), exits, known: Mutex::new(Known::default()) });
         let events_task = tokio::spawn(watch_events(docker.clone(), shared.clone()));
         let v = docker.client_version();
         tracing::info!(
@@ -449,7 +449,7 @@ async fn remove_container(docker: &Docker, cid: &str, id: &str) -> Result<(), Ru
 /// every container without a replayable event) are reported, dead leftovers
 /// of this cluster are removed, and running workers started by an earlier
 /// orchestrator get their pids cached.
-async fn reconcile(docker: &Docker, shared: &Shared) -> Result<(), RuntimeError> {
+async fn reconcile(docker: &Docker, shared: &ExitFeed) -> Result<(), RuntimeError> {
     let before: Vec<(String, String)> = {
         let k = shared.known.lock().unwrap();
         k.running.iter().map(|(cid, (id, _))| (cid.clone(), id.clone())).collect()
@@ -489,7 +489,7 @@ async fn reconcile(docker: &Docker, shared: &Shared) -> Result<(), RuntimeError>
 /// runtime's whole life. The stream ends when the engine restarts or the
 /// socket drops; it is re-established with exponential backoff, and each
 /// (re)subscription is followed by a reconciliation so no death is missed.
-async fn watch_events(docker: Docker, shared: Arc<Shared>) {
+async fn watch_events(docker: Docker, shared: Arc<ExitFeed>) {
     let mut backoff = BACKOFF_MIN;
     let mut first = true;
     loop {

@@ -26,26 +26,17 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-/// Label carrying the cluster id on every worker container. The orchestrator
-/// filters on it so that two clusters (or a test run) on one engine never
-/// touch each other's containers.
-pub const CLUSTER_LABEL: &str = "rideshare.cluster";
-/// Label carrying the worker id, so a listing needs no name parsing.
-pub const WORKER_LABEL: &str = "rideshare.worker";
-/// Environment variable that marks a worker process as belonging to a
-/// cluster; the process runtime finds its workers in /proc by it.
-pub const CLUSTER_ENV: &str = "RIDESHARE_CLUSTER";
-/// Environment variable carrying the worker id (both runtimes set it: the
-/// worker uses it as its identity in ZooKeeper).
-pub const WORKER_ID_ENV: &str = "WORKER_ID";
+// The labels and environment names a worker carries are the contract in
+// `wire::contract`; the orchestrator filters on the cluster label (and the
+// process runtime on the cluster variable) so that two clusters, or a test
+// run, on one engine never touch each other's workers.
+pub use wire::contract::env::{CLUSTER as CLUSTER_ENV, WORKER_ID as WORKER_ID_ENV};
+pub use wire::contract::labels::{CLUSTER as CLUSTER_LABEL, WORKER as WORKER_LABEL};
 
-/// Longest a single engine call may take before it is reported as an error;
-/// the spec forbids unbounded waits, and an engine that hangs must surface as
-/// a failed start/kill rather than a stuck orchestrator.
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long `kill` (and `stop` after its SIGKILL) waits for the worker to be
-/// gone; a SIGKILLed process that is still there after this is an engine fault.
-pub(crate) const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+// An engine that hangs must surface as a failed start/kill rather than a
+// stuck orchestrator; a SIGKILLed worker still there after the exit timeout
+// is an engine fault.
+pub(crate) use crate::timing::{RUNTIME_CALL_TIMEOUT as CALL_TIMEOUT, RUNTIME_EXIT_TIMEOUT as EXIT_TIMEOUT};
 /// Capacity of the exit broadcast; a subscriber that lags more than this many
 /// exits behind loses the oldest (and learns it from `RecvError::Lagged`).
 pub(crate) const EXIT_CHANNEL_CAPACITY: usize = 1024;
@@ -74,23 +65,30 @@ impl FromStr for RuntimeKind {
     }
 }
 
-#[derive(Clone, Debug)]
+/// How workers are run (flattened into the orchestrator's settings).
+#[derive(Clone, Debug, clap::Args)]
 pub struct RuntimeConfig {
+    /// `docker`, `process`, or `auto` (Docker where an engine answers, else processes).
+    #[arg(long = "worker-runtime", env = "WORKER_RUNTIME", default_value = "auto")]
     pub kind: RuntimeKind,
     /// Scopes every worker this runtime sees or touches (container label,
     /// container name prefix, process environment marker).
+    #[arg(long, env = "CLUSTER_ID", default_value = "rideshare")]
     pub cluster_id: String,
     /// Docker: the worker image; it must already exist in the engine (built by
     /// scripts/build-images.sh), since no registry is assumed reachable.
+    #[arg(long = "worker-image", env = "WORKER_IMAGE", default_value = "rideshare-worker:latest")]
     pub image: String,
-    /// Docker: network mode for worker containers. `host` lets workers reach
-    /// RabbitMQ and ZooKeeper on 127.0.0.1; in a compose deploy it is the
+    /// Docker: network of the worker containers. `host` lets workers reach
+    /// RabbitMQ and ZooKeeper on 127.0.0.1; in a compose deployment it is the
     /// compose network's name so workers resolve `rabbitmq`/`zookeeper`.
+    #[arg(long = "docker-network", env = "DOCKER_NETWORK", default_value = "host")]
     pub network: String,
     /// Process: the worker executable.
+    #[arg(long, env = "WORKER_BIN", default_value = "target/release/worker")]
     pub worker_bin: PathBuf,
-    /// Process: each worker runs in `data_dir/<id>/` with its SQLite file and
-    /// its log there.
+    /// Process: each worker runs in `<dir>/<id>/` with its SQLite file and its log.
+    #[arg(long = "worker-data-dir", env = "WORKER_DATA_DIR", default_value = "var/workers")]
     pub data_dir: PathBuf,
 }
 
@@ -104,35 +102,6 @@ impl Default for RuntimeConfig {
             worker_bin: PathBuf::from("target/release/worker"),
             data_dir: PathBuf::from("var/workers"),
         }
-    }
-}
-
-impl RuntimeConfig {
-    /// Reads the operator's settings: `WORKER_RUNTIME` (docker|process|auto),
-    /// `CLUSTER_ID`, `WORKER_IMAGE`, `DOCKER_NETWORK`, `WORKER_BIN`,
-    /// `WORKER_DATA_DIR`; anything unset keeps its default.
-    pub fn from_env() -> Result<RuntimeConfig, RuntimeError> {
-        let mut cfg = RuntimeConfig::default();
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        if let Some(v) = var("WORKER_RUNTIME") {
-            cfg.kind = v.parse()?;
-        }
-        if let Some(v) = var("CLUSTER_ID") {
-            cfg.cluster_id = v;
-        }
-        if let Some(v) = var("WORKER_IMAGE") {
-            cfg.image = v;
-        }
-        if let Some(v) = var("DOCKER_NETWORK") {
-            cfg.network = v;
-        }
-        if let Some(v) = var("WORKER_BIN") {
-            cfg.worker_bin = PathBuf::from(v);
-        }
-        if let Some(v) = var("WORKER_DATA_DIR") {
-            cfg.data_dir = PathBuf::from(v);
-        }
-        Ok(cfg)
     }
 }
 

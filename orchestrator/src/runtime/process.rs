@@ -33,10 +33,10 @@ const WAIT_POLL: Duration = Duration::from_millis(10);
 
 pub struct ProcessRuntime {
     cfg: RuntimeConfig,
-    shared: Arc<Shared>,
+    shared: Arc<ChildTable>,
 }
 
-struct Shared {
+struct ChildTable {
     cluster_id: String,
     exits: broadcast::Sender<WorkerExit>,
     /// worker id → the process we believe is it.
@@ -52,7 +52,7 @@ struct Tracked {
     watcher: JoinHandle<()>,
 }
 
-impl Shared {
+impl ChildTable {
     /// Reports an exit once: only if the tracked entry is still this process.
     fn exited(&self, id: &str, pid: u32) {
         let was_tracked = {
@@ -184,7 +184,11 @@ impl ProcessRuntime {
     pub fn new(cfg: RuntimeConfig) -> Result<ProcessRuntime, RuntimeError> {
         let (exits, _) = broadcast::channel(EXIT_CHANNEL_CAPACITY);
         let rt = ProcessRuntime {
-            shared: Arc::new(Shared { cluster_id: cfg.cluster_id.clone(), exits, workers: Mutex::new(HashMap::new()) }),
+            shared: Arc::new(ChildTable {
+                cluster_id: cfg.cluster_id.clone(),
+                exits,
+                workers: Mutex::new(HashMap::new()),
+            }),
             cfg,
         };
         let adopted = rt.refresh();
@@ -415,7 +419,7 @@ fn absolute(p: &Path) -> std::io::Result<PathBuf> {
 
 /// Watches a worker we did not spawn: it is not our child, so there is no
 /// wait(); /proc is polled instead.
-async fn watch_adopted(shared: Arc<Shared>, id: String, pid: u32, start_time: u64) {
+async fn watch_adopted(shared: Arc<ChildTable>, id: String, pid: u32, start_time: u64) {
     loop {
         tokio::time::sleep(ADOPTED_POLL).await;
         if !alive(pid, start_time) {

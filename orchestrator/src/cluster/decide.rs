@@ -1,0 +1,355 @@
+//! The supervisor's decisions as pure functions of what it knows: which slave
+//! a failover promotes, and what a reconcile pass finds wrong. No I/O here:
+//! `cluster` gathers the state (runtime listing, ZooKeeper registry, its own
+//! membership), asks these functions, and carries out what they return. The
+//! tables in the tests are the specification (docs/guarantees.md, failover).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use wire::coord::{Role, WorkerRecord};
+
+use crate::runtime::WorkerInfo;
+
+/// A worker's role in the orchestrator's own membership list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberRole {
+    Master,
+    Slave,
+}
+
+/// What the orchestrator knows of one of its workers.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub pid: u32,
+    pub role: MemberRole,
+    /// Being stopped on purpose (scale-in): its exit is not a crash.
+    pub stopping: bool,
+    pub started: Instant,
+    /// When its znode was first seen missing while the process still ran.
+    pub missing_since: Option<Instant>,
+    /// Its znode has been seen: from then on, a missing znode means trouble.
+    pub registered: bool,
+    /// It reported role slave (caught up, serving reads) at least once.
+    pub serving: bool,
+}
+
+impl Member {
+    pub fn new(pid: u32, role: MemberRole, now: Instant) -> Member {
+        Member { pid, role, stopping: false, started: now, missing_since: None, registered: false, serving: false }
+    }
+
+    /// A slave that counts toward the slave count (not being stopped).
+    pub fn is_active_slave(&self) -> bool {
+        self.role == MemberRole::Slave && !self.stopping
+    }
+}
+
+/// How a worker's departure was noticed (for the log line and the status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    /// `/api/v1/crash/*`.
+    CrashEndpoint,
+    /// The runtime reported its exit (container `die` event, child exit).
+    RuntimeExit,
+    /// Its znode stayed gone past the grace while the process ran (paused, cut off).
+    ZnodeGone,
+    /// It never registered in ZooKeeper.
+    NeverRegistered,
+    /// It is not in the runtime's listing any more (an exit event was missed).
+    NotRunning,
+}
+
+/// The registry as read from ZooKeeper: `None` when it could not be read (or
+/// the orchestrator's session is not connected), which is not the same as
+/// "no worker registered".
+pub type Registry<'a> = Option<&'a HashMap<String, WorkerRecord>>;
+
+/// The next step of a failover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailoverStep {
+    /// Name this slave master: the lowest-pid slave that has caught up.
+    Promote { id: String, pid: u32 },
+    /// No slave is promotable yet, but one may be soon (it is catching up, or
+    /// ZooKeeper cannot be read right now): look again shortly.
+    Wait,
+    /// No slave at all, or none caught up in time (a catching-up slave cannot
+    /// finish without a master to copy from): a new, empty master.
+    StartEmptyMaster,
+    /// ZooKeeper stayed unreadable for the whole wait: no master can be named
+    /// now; reconcile retries once it is back.
+    Postpone,
+}
+
+/// Which slave to promote: SPEC's rule is the lowest pid, among the slaves
+/// that are caught up (registered with role `slave`). A slave whose record
+/// cannot be read is never promotable: an unreadable registry means "wait",
+/// never "everyone qualifies".
+pub fn failover_step(members: &BTreeMap<String, Member>, registry: Registry, waited_out: bool) -> FailoverStep {
+    let slaves: Vec<(u32, &String)> =
+        members.iter().filter(|(_, m)| m.is_active_slave()).map(|(id, m)| (m.pid, id)).collect();
+    let Some(registry) = registry else {
+        return if waited_out { FailoverStep::Postpone } else { FailoverStep::Wait };
+    };
+    let best = slaves
+        .iter()
+        .filter(|(_, id)| registry.get(*id).is_some_and(|r| r.role == Role::Slave))
+        .min_by_key(|(pid, _)| *pid);
+    match best {
+        Some((pid, id)) => FailoverStep::Promote { id: (*id).clone(), pid: *pid },
+        None if slaves.is_empty() || waited_out => FailoverStep::StartEmptyMaster,
+        None => FailoverStep::Wait,
+    }
+}
+
+/// What a reconcile pass found, to be carried out in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fix {
+    /// The member is gone or failed: handle it as a crash (or a planned stop).
+    Lost { id: String, how: Detected },
+    /// Its znode was seen (first time, or back within the grace).
+    Registered { id: String },
+    /// It reported role slave for the first time: caught up and serving.
+    Serving { id: String, seq: u64 },
+    /// Its znode is missing while its process runs: start the grace clock.
+    MissingSince { id: String, since: Instant },
+    /// A running worker that is not a member any more (a deposed master that
+    /// resumed) and had its time to leave by itself.
+    KillStray { id: String, pid: u32 },
+    /// There is no master (a failover was postponed): run one.
+    Failover,
+}
+
+/// How long reconcile tolerates what it sees (see `timing`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A registered worker's znode may be missing this long while it runs.
+    pub grace: Duration,
+    /// A new worker must register within this.
+    pub never_registered: Duration,
+    /// A retired worker still running after this is killed.
+    pub retired_grace: Duration,
+}
+
+/// Compare the membership with the runtime's listing (taken at `listed_at`)
+/// and the registry. `retired` holds workers removed on purpose or declared
+/// failed, with when.
+pub fn reconcile(
+    members: &BTreeMap<String, Member>,
+    running: &[WorkerInfo],
+    registry: Registry,
+    retired: &HashMap<String, Instant>,
+    now: Instant,
+    listed_at: Instant,
+    limits: &Limits,
+) -> Vec<Fix> {
+    let Limits { grace, never_registered, retired_grace } = *limits;
+    let mut fixes = Vec::new();
+    for (id, m) in members {
+        if !running.iter().any(|w| &w.id == id) {
+            // Started after the listing (a scale-out ran meanwhile): not gone.
+            if m.started <= listed_at {
+                fixes.push(Fix::Lost { id: id.clone(), how: Detected::NotRunning });
+            }
+            continue;
+        }
+        let Some(registry) = registry else { continue };
+        if let Some(rec) = registry.get(id) {
+            if !m.registered || m.missing_since.is_some() {
+                fixes.push(Fix::Registered { id: id.clone() });
+            }
+            if rec.role == Role::Slave && m.role == MemberRole::Slave && !m.serving {
+                fixes.push(Fix::Serving { id: id.clone(), seq: rec.seq });
+            }
+            continue;
+        }
+        if m.stopping {
+            continue;
+        }
+        if !m.registered {
+            if now.duration_since(m.started) > never_registered {
+                fixes.push(Fix::Lost { id: id.clone(), how: Detected::NeverRegistered });
+            }
+            continue;
+        }
+        match m.missing_since {
+            None => fixes.push(Fix::MissingSince { id: id.clone(), since: now }),
+            Some(since) if now.duration_since(since) >= grace => {
+                fixes.push(Fix::Lost { id: id.clone(), how: Detected::ZnodeGone })
+            }
+            Some(_) => {}
+        }
+    }
+    let lost_master = fixes
+        .iter()
+        .any(|f| matches!(f, Fix::Lost { id, .. } if members.get(id).is_some_and(|m| m.role == MemberRole::Master)));
+    if !lost_master && !members.values().any(|m| m.role == MemberRole::Master) {
+        fixes.push(Fix::Failover);
+    }
+    for w in running {
+        if members.contains_key(&w.id) {
+            continue;
+        }
+        match retired.get(&w.id) {
+            Some(at) if now.duration_since(*at) < retired_grace => {}
+            _ => fixes.push(Fix::KillStray { id: w.id.clone(), pid: w.pid }),
+        }
+    }
+    fixes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        grace: Duration::from_secs(2),
+        never_registered: Duration::from_secs(60),
+        retired_grace: Duration::from_secs(30),
+    };
+
+    fn rec(id: &str, role: Role, seq: u64) -> (String, WorkerRecord) {
+        (id.into(), WorkerRecord { id: id.into(), pid: 1, role, seq, epoch: 1 })
+    }
+
+    fn member(pid: u32, role: MemberRole, t0: Instant) -> Member {
+        let mut m = Member::new(pid, role, t0);
+        m.registered = true;
+        m
+    }
+
+    fn members(list: &[(&str, u32, MemberRole)], t0: Instant) -> BTreeMap<String, Member> {
+        list.iter().map(|(id, pid, role)| (id.to_string(), member(*pid, *role, t0))).collect()
+    }
+
+    #[test]
+    fn failover_promotes_the_lowest_pid_caught_up_slave() {
+        use MemberRole::*;
+        let t0 = Instant::now();
+        let three = members(&[("a", 30, Slave), ("b", 20, Slave), ("c", 10, Slave)], t0);
+        let all_caught_up: HashMap<_, _> =
+            [rec("a", Role::Slave, 5), rec("b", Role::Slave, 5), rec("c", Role::Slave, 5)].into();
+        let c_catching_up: HashMap<_, _> =
+            [rec("a", Role::Slave, 5), rec("b", Role::Slave, 5), rec("c", Role::CatchingUp, 0)].into();
+        let none_caught_up: HashMap<_, _> = [rec("a", Role::CatchingUp, 0)].into();
+        let empty = HashMap::new();
+        let nobody = BTreeMap::new();
+        let mut c_stopping = three.clone();
+        c_stopping.get_mut("c").unwrap().stopping = true;
+        let promote = |id: &str, pid| FailoverStep::Promote { id: id.into(), pid };
+        // (members, registry, waited out) -> step
+        let table: Vec<(&BTreeMap<String, Member>, Registry, bool, FailoverStep)> = vec![
+            (&three, Some(&all_caught_up), false, promote("c", 10)),
+            (&three, Some(&c_catching_up), false, promote("b", 20)),
+            (&c_stopping, Some(&all_caught_up), false, promote("b", 20)),
+            // Nobody caught up yet: wait, then (no master to copy from) start empty.
+            (&three, Some(&none_caught_up), false, FailoverStep::Wait),
+            (&three, Some(&none_caught_up), true, FailoverStep::StartEmptyMaster),
+            // An empty registry is not "everyone qualifies".
+            (&three, Some(&empty), false, FailoverStep::Wait),
+            // ZooKeeper unreadable: wait; never promote blindly.
+            (&three, None, false, FailoverStep::Wait),
+            (&three, None, true, FailoverStep::Postpone),
+            // No slave at all.
+            (&nobody, Some(&empty), false, FailoverStep::StartEmptyMaster),
+        ];
+        for (i, (m, reg, waited, want)) in table.into_iter().enumerate() {
+            assert_eq!(failover_step(m, reg, waited), want, "row {i}");
+        }
+    }
+
+    fn run(id: &str, pid: u32) -> WorkerInfo {
+        WorkerInfo { id: id.into(), pid }
+    }
+
+    #[test]
+    fn reconcile_table() {
+        use MemberRole::*;
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let base = members(&[("m", 1, Master), ("s", 2, Slave)], t0);
+        let reg: HashMap<_, _> = [rec("m", Role::Master, 9), rec("s", Role::Slave, 9)].into();
+        let only_m: HashMap<_, _> = [rec("m", Role::Master, 9)].into();
+        let no_retired = HashMap::new();
+        let both = vec![run("m", 1), run("s", 2)];
+
+        let check = |members: &BTreeMap<String, Member>,
+                     running: &[WorkerInfo],
+                     registry: Registry,
+                     retired: &HashMap<String, Instant>,
+                     now: Instant,
+                     listed_at: Instant|
+         -> Vec<Fix> { reconcile(members, running, registry, retired, now, listed_at, &LIMITS) };
+
+        // All well, slave seen serving for the first time.
+        assert_eq!(
+            check(&base, &both, Some(&reg), &no_retired, s(1), s(1)),
+            vec![Fix::Serving { id: "s".into(), seq: 9 }]
+        );
+        let mut serving = base.clone();
+        serving.get_mut("s").unwrap().serving = true;
+        assert_eq!(check(&serving, &both, Some(&reg), &no_retired, s(1), s(1)), vec![]);
+
+        // The slave's process is gone: lost, unless it started after the listing.
+        assert_eq!(
+            check(&serving, &[run("m", 1)], Some(&reg), &no_retired, s(5), s(5)),
+            vec![Fix::Lost { id: "s".into(), how: Detected::NotRunning }]
+        );
+        let mut fresh = serving.clone();
+        fresh.get_mut("s").unwrap().started = s(6);
+        assert_eq!(check(&fresh, &[run("m", 1)], Some(&reg), &no_retired, s(7), s(5)), vec![]);
+
+        // Znode missing while running: the clock starts, the grace passes, lost.
+        assert_eq!(
+            check(&serving, &both, Some(&only_m), &no_retired, s(10), s(10)),
+            vec![Fix::MissingSince { id: "s".into(), since: s(10) }]
+        );
+        let mut missing = serving.clone();
+        missing.get_mut("s").unwrap().missing_since = Some(s(10));
+        assert_eq!(check(&missing, &both, Some(&only_m), &no_retired, s(11), s(11)), vec![]);
+        assert_eq!(
+            check(&missing, &both, Some(&only_m), &no_retired, s(12), s(12)),
+            vec![Fix::Lost { id: "s".into(), how: Detected::ZnodeGone }]
+        );
+        // ...back within the grace: registered again.
+        assert_eq!(
+            check(&missing, &both, Some(&reg), &no_retired, s(11), s(11)),
+            vec![Fix::Registered { id: "s".into() }]
+        );
+        // ZooKeeper unreadable: znodes say nothing, nobody is declared lost.
+        assert_eq!(check(&missing, &both, None, &no_retired, s(30), s(30)), vec![]);
+        // Being stopped: a missing znode is expected.
+        let mut stopping = serving.clone();
+        stopping.get_mut("s").unwrap().stopping = true;
+        assert_eq!(check(&stopping, &both, Some(&only_m), &no_retired, s(10), s(10)), vec![]);
+
+        // Never registered: lost after the limit only.
+        let mut new = serving.clone();
+        new.get_mut("s").unwrap().registered = false;
+        assert_eq!(check(&new, &both, Some(&only_m), &no_retired, s(59), s(59)), vec![]);
+        assert_eq!(
+            check(&new, &both, Some(&only_m), &no_retired, s(61), s(61)),
+            vec![Fix::Lost { id: "s".into(), how: Detected::NeverRegistered }]
+        );
+
+        // A stray (retired) worker: left alone for the grace, then killed.
+        let strays = vec![run("m", 1), run("s", 2), run("old", 7)];
+        let retired: HashMap<_, _> = [("old".to_string(), s(0))].into();
+        assert_eq!(check(&serving, &strays, Some(&reg), &retired, s(29), s(29)), vec![]);
+        assert_eq!(
+            check(&serving, &strays, Some(&reg), &retired, s(31), s(31)),
+            vec![Fix::KillStray { id: "old".into(), pid: 7 }]
+        );
+        assert_eq!(
+            check(&serving, &strays, Some(&reg), &no_retired, s(1), s(1)),
+            vec![Fix::KillStray { id: "old".into(), pid: 7 }]
+        );
+
+        // No master among the members (a postponed failover): run one.
+        let headless = members(&[("s", 2, Slave)], t0);
+        assert!(check(&headless, &[run("s", 2)], Some(&reg), &no_retired, s(1), s(1)).contains(&Fix::Failover));
+        // A lost master is handled by its loss (which fails over), not twice.
+        let lost_master = check(&serving, &[run("s", 2)], Some(&reg), &no_retired, s(1), s(1));
+        assert_eq!(lost_master, vec![Fix::Lost { id: "m".into(), how: Detected::NotRunning }]);
+    }
+}

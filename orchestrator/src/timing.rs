@@ -1,0 +1,101 @@
+//! Every duration the orchestrator's decisions depend on, in one place, with
+//! the order between them that the failover and fencing argument needs
+//! (checked at start by [`check`] and in the tests below). Defaults shared
+//! with the workers and the services come from `wire::contract::timing`.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+
+use crate::config::Config;
+
+pub use wire::contract::timing::{CATCH_UP_WAIT, ZNODE_GRACE};
+
+/// A worker that has not registered in ZooKeeper by then is declared failed.
+pub const NEVER_REGISTERED: Duration = Duration::from_secs(60);
+/// How often a failover waiting for a catching-up slave looks again.
+pub const CATCH_UP_POLL: Duration = Duration::from_millis(100);
+/// Every ZooKeeper call is bounded, so a dead ensemble cannot hang a request.
+pub const ZK_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting to one ZooKeeper server.
+pub const ZK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Writing the master record (or reading state at start) is retried this long.
+pub const ZK_RETRY_FOR: Duration = Duration::from_secs(30);
+pub const ZK_RETRY_EVERY: Duration = Duration::from_millis(200);
+/// Reconcile runs on every change of the workers' znodes, and at least this often.
+pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// A retired worker (stopped, deposed) still running after this is killed:
+/// time enough to notice it was deposed and leave by itself.
+pub const RETIRED_GRACE: Duration = Duration::from_secs(30);
+/// Retired ids are forgotten after this.
+pub const RETIRED_FORGET: Duration = Duration::from_secs(120);
+/// A slave stopped by scale-in finishes its reads in hand within this.
+pub const SCALE_IN_GRACE: Duration = Duration::from_secs(10);
+/// RabbitMQ reconnect backoff, from min doubling to max.
+pub const RPC_BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const RPC_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Closing a connection that may be broken.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a single engine call may take before it is reported as an error.
+pub const RUNTIME_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `kill` (and `stop` after its SIGKILL) waits for the worker to be gone.
+pub const RUNTIME_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// On SIGTERM: requests in flight finish and tasks stop within this.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// The orders the safety argument rests on, for the configured values.
+pub fn check(cfg: &Config) -> Result<()> {
+    let session = cfg.zk_session_timeout.0;
+    let lease = wire::contract::timing::lease(session);
+    ensure!(
+        lease < session,
+        "a master's lease ({lease:?}) must end before its ZooKeeper session ({session:?}) can expire"
+    );
+    ensure!(
+        cfg.write_timeout.0 > session + ZNODE_GRACE,
+        "WRITE_TIMEOUT_MS ({:?}) must cover a failover after a lost session ({:?} + grace {:?})",
+        cfg.write_timeout.0,
+        session,
+        ZNODE_GRACE
+    );
+    ensure!(
+        cfg.write_timeout.0 < wire::contract::timing::SERVICE_CLIENT_TIMEOUT,
+        "WRITE_TIMEOUT_MS ({:?}) must be shorter than the services' client timeout ({:?}), so clients see the 503",
+        cfg.write_timeout.0,
+        wire::contract::timing::SERVICE_CLIENT_TIMEOUT
+    );
+    ensure!(
+        cfg.read_timeout.0 < wire::contract::timing::SERVICE_CLIENT_TIMEOUT,
+        "READ_TIMEOUT_MS must be shorter than the services' client timeout"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn orders_hold() {
+        // A znode missing for the grace is gone for good before a write waiting
+        // on the failover gives up.
+        assert!(ZNODE_GRACE + CATCH_UP_WAIT < wire::contract::timing::WRITE_TIMEOUT);
+        // A killed worker is confirmed gone before an engine call times out.
+        assert!(RUNTIME_EXIT_TIMEOUT <= RUNTIME_CALL_TIMEOUT);
+        // A retired worker gets longer than its own lease to notice and leave.
+        assert!(RETIRED_GRACE > wire::contract::timing::lease(wire::contract::timing::ZK_SESSION_TIMEOUT));
+        assert!(RETIRED_GRACE < RETIRED_FORGET);
+        assert!(ZK_CONNECT_TIMEOUT < ZK_CALL_TIMEOUT);
+    }
+
+    #[test]
+    fn settings_that_break_an_order_are_refused() {
+        let ok = Config::try_parse_from(["o"]).unwrap();
+        check(&ok).unwrap();
+        let short = Config::try_parse_from(["o", "--write-timeout-ms", "3000"]).unwrap();
+        assert!(check(&short).is_err(), "a write timeout shorter than a failover");
+        let long = Config::try_parse_from(["o", "--write-timeout-ms", "30000"]).unwrap();
+        assert!(check(&long).is_err(), "a write timeout the services' client does not wait for");
+    }
+}
