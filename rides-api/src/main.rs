@@ -1,32 +1,37 @@
-//! rides-api: the rides service of SPEC section 3. It keeps no data: every
-//! read and write goes to the orchestrator, and user checks go to the users
+//! rides-api: the rides service (docs/api.md). It keeps no data: every read
+//! and write goes to the orchestrator, and user checks go to the users
 //! service through the load balancer.
 
 mod areas;
 mod routes;
+mod settings;
 mod timestamp;
 mod user_check;
 
 use std::sync::Arc;
 
+use svc_common::config;
 use svc_common::http;
-use svc_common::orchestrator_client::Db;
+use svc_common::orchestrator_client::OrchestratorClient;
 use svc_common::startup;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    startup::init_tracing();
-    let addr = startup::env_or("RIDES_ADDR", "127.0.0.1:8082");
-    let orchestrator = startup::orchestrator_url();
-    let lb = startup::env_or("LB_URL", "http://127.0.0.1:8080");
-    let public = startup::env_or("RIDES_PUBLIC_URL", "http://127.0.0.1:8082");
+fn main() -> anyhow::Result<()> {
+    // Before any thread starts: it normalises the environment it reads.
+    let settings: settings::Settings = tasks::config::load();
+    tokio::runtime::Runtime::new()?.block_on(run(settings))
+}
 
-    let state = Arc::new(routes::State::new(
-        Db::new(&orchestrator, startup::admin_token())?,
-        user_check::UserCheck::new(&lb, &public)?,
-    ));
-    let listener = startup::listen(&addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, %orchestrator, lb = %lb, origin = %public, "rides-api listening");
-    startup::serve("rides-api", listener, http::routes(state, routes::handle)).await;
+async fn run(settings: settings::Settings) -> anyhow::Result<()> {
+    tasks::init_tracing("info");
+    let stop = tasks::CancellationToken::new();
+    let db = OrchestratorClient::new(&settings.orchestrator)?;
+    let orchestrator = db.base().to_owned();
+    let lb = config::base(&settings.lb_url);
+    let users = user_check::UserCheck::new(&lb, &settings.public_url)?;
+    let origin = users.origin().to_owned();
+    let state = Arc::new(routes::State::new(db, users));
+    let listener = startup::listen(settings.addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, %orchestrator, %lb, %origin, "rides-api listening");
+    startup::serve("rides-api", listener, http::routes(state, routes::handle), stop).await;
     Ok(())
 }

@@ -1,7 +1,7 @@
-//! The rides service's routes (SPEC section 3).
+//! The rides service's routes (docs/api.md).
 //!
 //! Routing is done by hand on the path rather than with warp's combinators:
-//! SPEC wants 405 for a known route with another method and 404 otherwise,
+//! the API wants 405 for a known route with another method and 404 otherwise,
 //! `/api/v1/rides/count` to be its own route next to `/api/v1/rides/{rideId}`,
 //! and every `/api/v1/rides*` request counted whatever its fate.
 //!
@@ -17,23 +17,23 @@ use wire::{Condition, Op, ReadRequest, Row, WriteRequest};
 
 use svc_common::housekeeping;
 use svc_common::http::{self, Body, Request};
-use svc_common::orchestrator_client::{Db, DbError};
+use svc_common::orchestrator_client::{DbError, OrchestratorClient};
 use svc_common::request_count::RequestCounter;
 
 use crate::user_check::UserCheck;
 use crate::{areas, timestamp};
 
-/// SPEC section 4: what `_count` counts.
+/// What `_count` counts (docs/api.md).
 const COUNTED: &str = "/api/v1/rides";
 
 pub struct State {
-    pub db: Db,
+    pub db: OrchestratorClient,
     pub users: UserCheck,
     pub count: RequestCounter,
 }
 
 impl State {
-    pub fn new(db: Db, users: UserCheck) -> State {
+    pub fn new(db: OrchestratorClient, users: UserCheck) -> State {
         State { db, users, count: RequestCounter::new(COUNTED) }
     }
 }
@@ -57,8 +57,8 @@ impl Route {
 }
 
 pub async fn handle(req: Request, st: Arc<State>) -> Response {
-    if let Some(answer) = housekeeping::intercept(&req.method, &req.path, &st.db, &st.count).await {
-        return answer.unwrap_or_else(|e| Fail::from(e).into_response());
+    if let Some(answer) = housekeeping::intercept(&req, &st.db, &st.count).await {
+        return answer.unwrap_or_else(DbError::into_response);
     }
     let Some(route) = Route::of(&req.path) else {
         return http::not_found();
@@ -88,6 +88,8 @@ enum Fail {
     #[error("{0}")]
     Bad(String),
     #[error(transparent)]
+    Body(#[from] http::BodyError),
+    #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
     Check(#[from] crate::user_check::CheckError),
@@ -95,15 +97,18 @@ enum Fail {
 
 impl Fail {
     fn into_response(self) -> Response {
-        let status = match &self {
-            Fail::Bad(_) => StatusCode::BAD_REQUEST,
-            Fail::Db(e) => e.status(),
-            Fail::Check(e) => e.status(),
-        };
-        if status.is_server_error() {
-            tracing::warn!("request failed: {self}");
+        match self {
+            Fail::Bad(m) => http::error(StatusCode::BAD_REQUEST, m),
+            Fail::Body(e) => e.response(),
+            Fail::Db(e) => e.into_response(),
+            Fail::Check(e) => {
+                let status = e.status();
+                if status.is_server_error() {
+                    tracing::warn!("user check failed: {e}");
+                }
+                http::error(status, e.to_string())
+            }
         }
-        http::error(status, self.to_string())
     }
 }
 
@@ -114,8 +119,8 @@ fn bad<T>(msg: impl Into<String>) -> Result<T, Fail> {
 type Answer = Result<Response, Fail>;
 
 /// A JSON object body, or the 400 for why it is not one.
-async fn object_body(body: Body) -> Result<serde_json::Map<String, Value>, Fail> {
-    let bytes = http::read_body(body).await.map_err(|e| Fail::Bad(e.to_string()))?;
+fn object_body(body: Body) -> Result<serde_json::Map<String, Value>, Fail> {
+    let bytes = body?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => bad("body must be a JSON object"),
@@ -154,7 +159,7 @@ async fn ensure_user(st: &State, name: &str) -> Result<(), Fail> {
 }
 
 async fn create(st: &State, body: Body) -> Answer {
-    let obj = object_body(body).await?;
+    let obj = object_body(body)?;
     let created_by = string_field(&obj, "created_by")?;
     let ts = match obj.get("timestamp") {
         Some(Value::String(s)) => s,
@@ -261,7 +266,7 @@ async fn details(st: &State, id: &str) -> Answer {
 
 async fn join(st: &State, id: &str, body: Body) -> Answer {
     let id = ride_id(id)?;
-    let obj = object_body(body).await?;
+    let obj = object_body(body)?;
     let username = string_field(&obj, "username")?;
     let Some(ride) = find_ride(st, id).await? else {
         return Ok(http::no_content());
@@ -298,8 +303,8 @@ mod tests {
     /// answer something other than 503.
     fn state() -> Arc<State> {
         Arc::new(State::new(
-            Db::new("http://127.0.0.1:9", None).unwrap(),
-            UserCheck::new("http://127.0.0.1:9", "http://127.0.0.1:8082").unwrap(),
+            OrchestratorClient::with_base("http://127.0.0.1:9", None).unwrap(),
+            UserCheck::new("http://127.0.0.1:9", &"http://127.0.0.1:8082".parse().unwrap()).unwrap(),
         ))
     }
 

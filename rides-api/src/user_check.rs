@@ -1,12 +1,12 @@
 //! "Does this user exist?", asked of the users service.
 //!
-//! SPEC section 3 wants the question to go through the load balancer, with an
+//! The question goes through the load balancer (docs/api.md), with an
 //! `Origin` header naming this service, as a client of the users API would;
 //! `?username=` keeps the answer one name long however many users exist.
 
-use std::time::Duration;
-
 use reqwest::header::{HeaderValue, ORIGIN};
+use reqwest::Url;
+use svc_common::timing;
 use warp::http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +35,24 @@ pub struct UserCheck {
 }
 
 impl UserCheck {
-    pub fn new(lb_url: &str, public_url: &str) -> anyhow::Result<UserCheck> {
+    /// `lb_url` is a base without a trailing slash; the Origin is
+    /// `public_url`'s scheme, host and port.
+    pub fn new(lb_url: &str, public_url: &Url) -> anyhow::Result<UserCheck> {
+        // The user check waits on users-api, which waits on the
+        // orchestrator: the same bound as the service's own orchestrator calls.
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .connect_timeout(Duration::from_secs(3))
+            .timeout(timing::CLIENT_TIMEOUT)
+            .connect_timeout(timing::CONNECT_TIMEOUT)
             .build()?;
-        let origin = HeaderValue::from_str(public_url)
-            .map_err(|_| anyhow::anyhow!("RIDES_PUBLIC_URL {public_url:?} is not a valid header value"))?;
+        let origin = public_url.origin().ascii_serialization();
+        let origin = HeaderValue::from_str(&origin)
+            .map_err(|_| anyhow::anyhow!("RIDES_PUBLIC_URL {public_url} has no usable origin"))?;
         Ok(UserCheck { http, url: format!("{}/api/v1/users", lb_url.trim_end_matches('/')), origin })
+    }
+
+    /// The Origin header this service sends.
+    pub fn origin(&self) -> &str {
+        self.origin.to_str().unwrap_or_default()
     }
 
     pub async fn exists(&self, name: &str) -> Result<bool, CheckError> {
@@ -66,6 +76,24 @@ impl UserCheck {
             }
             400..=499 => Err(CheckError::Refused(format!("users service answered {status}"))),
             _ => Err(CheckError::Unavailable(format!("users service answered {status}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_is_scheme_host_and_port() {
+        for (public, origin) in [
+            ("http://127.0.0.1:8082", "http://127.0.0.1:8082"),
+            ("http://rides-x.test:1234/", "http://rides-x.test:1234"),
+            ("http://rides:80", "http://rides"),
+            ("https://rides.example/some/path", "https://rides.example"),
+        ] {
+            let check = UserCheck::new("http://lb", &Url::parse(public).unwrap()).unwrap();
+            assert_eq!(check.origin(), origin, "{public}");
         }
     }
 }

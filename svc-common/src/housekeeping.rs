@@ -1,5 +1,10 @@
-//! The routes every service has beside its own (SPEC sections 2-4):
+//! What every request of either service goes through before its own routes
+//! (docs/api.md): it is counted, refused if its body could not be taken, and
+//! answered here if it is one of the routes every service has beside its own:
 //! `/api/v1/db/clear`, `/api/v1/_count` and `/health`.
+//!
+//! Invariant: a request whose body was too big (or broken) changes nothing,
+//! whatever its route: it is refused before any route runs.
 //!
 //! A failed clear comes back as the [`DbError`] rather than a response, so
 //! each service answers and logs it the way it does its other database
@@ -8,21 +13,24 @@
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
-use crate::http;
-use crate::orchestrator_client::{Db, DbError};
+use crate::http::{self, Request};
+use crate::orchestrator_client::{DbError, OrchestratorClient};
 use crate::request_count::RequestCounter;
 
 /// What every request goes through before the service's own routes: it is
-/// counted first (SPEC section 4 counts 404s and 405s too), then answered
-/// here if it is housekeeping. `None` leaves it to the service.
+/// counted first (`_count` counts 404s, 405s and refused bodies too), refused
+/// if its body could not be taken, then answered here if it is housekeeping.
+/// `None` leaves it to the service, with a body that was read whole.
 pub async fn intercept(
-    method: &Method,
-    path: &str,
-    db: &Db,
+    req: &Request,
+    db: &OrchestratorClient,
     count: &RequestCounter,
 ) -> Option<Result<Response, DbError>> {
-    count.observe(path);
-    Some(Housekeeping::of(path)?.answer(method, db, count).await)
+    count.observe(&req.path);
+    if let Err(e) = &req.body {
+        return Some(Ok(e.response()));
+    }
+    Some(Housekeeping::of(&req.path)?.answer(&req.method, db, count).await)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +50,12 @@ impl Housekeeping {
         }
     }
 
-    async fn answer(self, method: &Method, db: &Db, count: &RequestCounter) -> Result<Response, DbError> {
+    async fn answer(
+        self,
+        method: &Method,
+        db: &OrchestratorClient,
+        count: &RequestCounter,
+    ) -> Result<Response, DbError> {
         Ok(match (self, method) {
             (Housekeeping::Clear, &Method::POST) => {
                 db.clear().await?;
@@ -70,23 +83,26 @@ mod tests {
     /// A service with no routes of its own. Nobody listens on port 9, so a
     /// clear that gets as far as the database fails.
     struct State {
-        db: Db,
+        db: OrchestratorClient,
         count: RequestCounter,
     }
 
-    async fn handle(req: http::Request, st: Arc<State>) -> Response {
-        match intercept(&req.method, &req.path, &st.db, &st.count).await {
-            Some(answer) => answer.unwrap_or_else(|e| http::error(e.status(), e.to_string())),
+    async fn handle(req: Request, st: Arc<State>) -> Response {
+        match intercept(&req, &st.db, &st.count).await {
+            Some(answer) => answer.unwrap_or_else(DbError::into_response),
             None => http::not_found(),
         }
     }
 
     #[tokio::test]
     async fn answers() {
-        let st = Arc::new(State { db: Db::new("http://127.0.0.1:9", None).unwrap(), count: RequestCounter::new("/x") });
+        let st = Arc::new(State {
+            db: OrchestratorClient::with_base("http://127.0.0.1:9", None).unwrap(),
+            count: RequestCounter::new("/x"),
+        });
         let r = http::routes(st.clone(), handle);
-        let call = |method: &str, path: &str| {
-            let req = warp::test::request().method(method).path(path);
+        let send = |method: &str, path: &str, body: String| {
+            let req = warp::test::request().method(method).path(path).body(body);
             let r = r.clone();
             async move {
                 let resp = req.reply(&r).await;
@@ -94,6 +110,7 @@ mod tests {
                 (resp.status().as_u16(), body)
             }
         };
+        let call = |method: &str, path: &str| send(method, path, String::new());
         assert_eq!(call("GET", "/x").await.0, 404);
         assert_eq!(call("GET", "/x/y").await.0, 404);
         assert_eq!(call("GET", "/api/v1/_count").await, (200, "[2]".into()));
@@ -105,5 +122,15 @@ mod tests {
         assert_eq!(call("GET", "/api/v1/db/clear").await.0, 405);
         assert_eq!(call("POST", "/api/v1/db/clear").await.0, 503);
         assert_eq!(st.count.get(), 0);
+
+        // A body too big is refused before any route, counted all the same,
+        // and with a JSON error.
+        let big = "x".repeat(http::BODY_LIMIT + 1);
+        for (method, path) in [("POST", "/api/v1/db/clear"), ("GET", "/health"), ("GET", "/x"), ("PUT", "/x/y")] {
+            let (status, body) = send(method, path, big.clone()).await;
+            assert_eq!(status, 400, "{method} {path}");
+            assert!(body.contains(r#""error":"request body larger than"#), "{body}");
+        }
+        assert_eq!(st.count.get(), 2);
     }
 }

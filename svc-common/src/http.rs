@@ -1,28 +1,34 @@
 //! HTTP plumbing both services use the same way: the request as the
-//! hand-written routers want it and the path helpers they route with, the bounded body reader, the JSON answers
-//! and the 404/405 shapes of SPEC section 2.
+//! hand-written routers want it and the path helpers they route with, the
+//! body reader, the JSON answers and the 404/405 shapes (docs/api.md).
+//!
+//! Invariant: every request body is read to its end before anything answers,
+//! so neither a client nor the load balancer in front ever has its upload cut
+//! off by an early answer (nginx turns that into a 502). What is too big is
+//! still read (and thrown away) up to [`DRAIN_LIMIT`] and then refused with a
+//! JSON 4xx.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures::{stream::BoxStream, StreamExt};
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 use warp::http::{header, HeaderValue, Method, StatusCode};
 use warp::path::FullPath;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use crate::timing;
+
 /// Far above any real request of either API, far below what would hurt.
 pub const BODY_LIMIT: usize = 64 * 1024;
-/// A too-large body is still read and thrown away up to here, so the caller
-/// (or the load balancer in front) gets a clean 400 instead of a reset
-/// connection; beyond it the connection is dropped.
-const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+/// A too-large body is still read and thrown away up to here (the load
+/// balancer's own `client_max_body_size`), so the caller gets a clean 400;
+/// beyond it the answer is a 413 and the connection is closed.
+pub const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
-pub type Body = BoxStream<'static, Result<Bytes, warp::Error>>;
-
-/// A request taken apart for the hand-written routers.
+/// A request taken apart for the hand-written routers, its body already read.
 pub struct Request {
     pub method: Method,
     /// Still percent-encoded: a `%2F` must not split a segment in two.
@@ -31,10 +37,13 @@ pub struct Request {
     pub body: Body,
 }
 
-/// Hands every request to the service's `handle`, with its state, and lets
-/// warp reject none of them: the services route by hand so that every
-/// request reaches them to be counted and given SPEC's 404 or 405, and warp's
-/// own rejections would answer differently.
+/// The body as read: its bytes, or why it could not be taken.
+pub type Body = Result<Bytes, BodyError>;
+
+/// Hands every request to the service's `handle`, with its state and its body
+/// read, and lets warp reject none of them: the services route by hand so
+/// that every request reaches them to be counted and given the 404 or 405
+/// docs/api.md describes, and warp's own rejections would answer differently.
 pub fn routes<S, H, Fut>(
     state: Arc<S>,
     handle: H,
@@ -47,24 +56,10 @@ where
     warp::method()
         .and(warp::path::full())
         .and(raw_query())
-        .and(body())
+        .and(warp::body::stream().then(|body| read_body(body, timing::BODY_READ_TIMEOUT)))
         .map(|method, path: FullPath, query, body| Request { method, path: path.as_str().to_owned(), query, body })
         .and(warp::any().map(move || state.clone()))
         .then(handle)
-}
-
-/// The body as a stream, so that only the handlers that need it read it, and
-/// then through [`read_body`]'s limit.
-fn body() -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
-    warp::body::stream().map(boxed)
-}
-
-fn boxed<S, B>(s: S) -> Body
-where
-    S: futures::Stream<Item = Result<B, warp::Error>> + Send + 'static,
-    B: Buf,
-{
-    s.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining()))).boxed()
 }
 
 /// Empty when there is none, so a missing query is the same as one without
@@ -73,24 +68,68 @@ fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infalli
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BodyError {
+    /// Read to the end, and too big: the 400 of a huge value.
     #[error("request body larger than {BODY_LIMIT} bytes")]
     TooLarge,
+    /// Too big even to read to the end.
+    #[error("request body larger than {DRAIN_LIMIT} bytes; not read")]
+    FarTooLarge,
+    #[error("request body not sent within {} s", timing::BODY_READ_TIMEOUT.as_secs())]
+    TimedOut,
     #[error("request body could not be read")]
     Broken,
 }
 
-pub async fn read_body(mut body: Body) -> Result<Bytes, BodyError> {
+impl BodyError {
+    /// The refusal; the connection is closed when the body was not read to
+    /// its end (what is left of it cannot be told from the next request).
+    pub fn response(&self) -> Response {
+        let (status, close) = match self {
+            BodyError::TooLarge => (StatusCode::BAD_REQUEST, false),
+            BodyError::FarTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, true),
+            BodyError::TimedOut => (StatusCode::REQUEST_TIMEOUT, true),
+            BodyError::Broken => (StatusCode::BAD_REQUEST, true),
+        };
+        let mut r = error(status, self.to_string());
+        if close {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    }
+}
+
+/// The whole body, read to its end (see the module doc) within `deadline`.
+pub async fn read_body<S, B>(body: S, deadline: std::time::Duration) -> Body
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    match tokio::time::timeout(deadline, read_to_end(body)).await {
+        Ok(read) => read,
+        Err(_) => Err(BodyError::TimedOut),
+    }
+}
+
+async fn read_to_end<S, B>(body: S) -> Body
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
     let mut buf = BytesMut::new();
     let mut seen = 0usize;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|_| BodyError::Broken)?;
-        seen = seen.saturating_add(chunk.len());
+        let mut chunk = chunk.map_err(|_| BodyError::Broken)?;
+        seen = seen.saturating_add(chunk.remaining());
+        if seen > DRAIN_LIMIT {
+            return Err(BodyError::FarTooLarge);
+        }
         if seen <= BODY_LIMIT {
-            buf.extend_from_slice(&chunk);
-        } else if seen > DRAIN_LIMIT {
-            return Err(BodyError::TooLarge);
+            buf.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        } else {
+            chunk.advance(chunk.remaining());
         }
     }
     if seen > BODY_LIMIT {
@@ -188,12 +227,36 @@ mod tests {
         assert_eq!(short(&s), format!("{}…", "x".repeat(63)));
     }
 
+    fn chunks(n: usize, size: usize) -> impl Stream<Item = Result<Bytes, warp::Error>> {
+        futures::stream::iter((0..n).map(move |_| Ok(Bytes::from(vec![b'x'; size]))))
+    }
+
     #[tokio::test]
-    async fn body_limit() {
-        let small: Body = futures::stream::iter(vec![Ok(Bytes::from_static(b"abc"))]).boxed();
-        assert_eq!(&read_body(small).await.unwrap()[..], b"abc");
-        let big: Body = futures::stream::iter((0..100).map(|_| Ok(Bytes::from(vec![b'x'; 1024])))).boxed();
-        assert!(matches!(read_body(big).await, Err(BodyError::TooLarge)));
+    async fn body_limits() {
+        let t = std::time::Duration::from_secs(5);
+        let small = futures::stream::iter(vec![Ok::<_, warp::Error>(Bytes::from_static(b"abc"))]);
+        assert_eq!(&read_body(small, t).await.unwrap()[..], b"abc");
+        assert_eq!(read_body(chunks(64, 1024), t).await.unwrap().len(), BODY_LIMIT);
+        assert_eq!(read_body(chunks(100, 1024), t).await, Err(BodyError::TooLarge));
+        assert_eq!(read_body(chunks(1024, 64 * 1024), t).await, Err(BodyError::TooLarge));
+        assert_eq!(read_body(chunks(1025, 64 * 1024), t).await, Err(BodyError::FarTooLarge));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_coming_times_out() {
+        let stalled = chunks(1, 10).chain(futures::stream::pending());
+        assert_eq!(read_body(stalled, std::time::Duration::from_secs(30)).await, Err(BodyError::TimedOut));
+    }
+
+    #[test]
+    fn body_refusals() {
+        let r = BodyError::TooLarge.response();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(r.headers().get(header::CONNECTION).is_none());
+        let r = BodyError::FarTooLarge.response();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        assert_eq!(BodyError::TimedOut.response().status(), StatusCode::REQUEST_TIMEOUT);
     }
 
     #[tokio::test]

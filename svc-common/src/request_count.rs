@@ -1,4 +1,4 @@
-//! The `_count` counter of SPEC section 4.
+//! The `_count` counter (docs/api.md).
 //!
 //! An atomic rather than a mutex: every counted request touches it, and the
 //! count must stay exact when many arrive at once. It owns the rule of what

@@ -1,56 +1,45 @@
 //! Process setup and shutdown, the same for every service so the stack
-//! scripts can treat them alike (same environment conventions, same logs,
-//! same reaction to SIGTERM).
+//! scripts can treat them alike: one stop token, cancelled on SIGTERM or
+//! Ctrl-C, and a server that stops taking connections when it is cancelled.
+//!
+//! Invariant: after the token is cancelled, requests in flight get up to
+//! `timing::SHUTDOWN_GRACE` to finish; then the process goes, saying so.
+
+use std::net::SocketAddr;
 
 use anyhow::Context;
+use tasks::CancellationToken;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 use warp::reply::Response;
 use warp::Filter;
 
-/// `RUST_LOG` when set, `info` otherwise; colours only on a terminal, so the
-/// stack's log files stay plain text.
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
-}
+use crate::timing;
 
-/// An empty variable counts as unset, so `USERS_ADDR= users-api` falls back
-/// to the default instead of failing to listen on "".
-pub fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
-}
-
-pub fn orchestrator_url() -> String {
-    env_or("ORCHESTRATOR_URL", "http://127.0.0.1:8090")
-}
-
-/// The orchestrator's operator token, passed on to it; empty means none.
-pub fn admin_token() -> Option<String> {
-    std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.is_empty())
-}
-
-pub async fn listen(addr: &str) -> anyhow::Result<TcpListener> {
+pub async fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
 }
 
-/// Serves until SIGTERM or Ctrl-C, letting requests in flight finish.
-pub async fn serve<F>(name: &str, listener: TcpListener, routes: F)
+/// Serves until `stop` is cancelled (SIGTERM and Ctrl-C cancel it), letting
+/// requests in flight finish.
+pub async fn serve<F>(name: &str, listener: TcpListener, routes: F, stop: CancellationToken)
 where
     F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
 {
-    warp::serve(routes).incoming(listener).graceful(shutdown()).run().await;
-    tracing::info!("{name} stopped");
-}
-
-/// SIGTERM (what the stack scripts send) or Ctrl-C.
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
+    let signals = tasks::cancel_on_signal(stop.clone());
+    let server = warp::serve(routes).incoming(listener).graceful(stop.clone().cancelled_owned()).run();
+    let mut server = std::pin::pin!(server);
     tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        () = &mut server => tracing::error!("{name}: the server ended by itself"),
+        () = stop.cancelled() => {
+            tracing::info!("{name} stopping: no new connections; requests in flight finish");
+            if tokio::time::timeout(timing::SHUTDOWN_GRACE, &mut server).await.is_err() {
+                tracing::warn!(
+                    "{name}: requests still in flight after {} s; stopping anyway",
+                    timing::SHUTDOWN_GRACE.as_secs()
+                );
+            }
+        }
     }
+    signals.abort();
+    tracing::info!("{name} stopped");
 }

@@ -1,24 +1,30 @@
-//! users-api: the users service of SPEC section 2. It keeps no data: every
-//! read and write goes to the orchestrator.
+//! users-api: the users service (docs/api.md). It keeps no data: every read
+//! and write goes to the orchestrator.
 
 mod routes;
+mod settings;
 mod validate;
 
 use std::sync::Arc;
 
 use svc_common::http;
-use svc_common::orchestrator_client::Db;
+use svc_common::orchestrator_client::OrchestratorClient;
 use svc_common::startup;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    startup::init_tracing();
-    let addr = startup::env_or("USERS_ADDR", "127.0.0.1:8081");
-    let orchestrator = startup::orchestrator_url();
+fn main() -> anyhow::Result<()> {
+    // Before any thread starts: it normalises the environment it reads.
+    let settings: settings::Settings = tasks::config::load();
+    tokio::runtime::Runtime::new()?.block_on(run(settings))
+}
 
-    let state = Arc::new(routes::State::new(Db::new(&orchestrator, startup::admin_token())?));
-    let listener = startup::listen(&addr).await?;
+async fn run(settings: settings::Settings) -> anyhow::Result<()> {
+    tasks::init_tracing("info");
+    let stop = tasks::CancellationToken::new();
+    let db = OrchestratorClient::new(&settings.orchestrator)?;
+    let orchestrator = db.base().to_owned();
+    let state = Arc::new(routes::State::new(db));
+    let listener = startup::listen(settings.addr).await?;
     tracing::info!(addr = %listener.local_addr()?, %orchestrator, "users-api listening");
-    startup::serve("users-api", listener, http::routes(state, routes::handle)).await;
+    startup::serve("users-api", listener, http::routes(state, routes::handle), stop).await;
     Ok(())
 }

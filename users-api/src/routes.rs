@@ -1,7 +1,7 @@
-//! The users service's routes (SPEC section 2).
+//! The users service's routes (docs/api.md).
 //!
 //! Routing is done by hand on the decoded path rather than with warp's
-//! combinators: SPEC wants 405 for a known route with another method and 404
+//! combinators: the API wants 405 for a known route with another method and 404
 //! otherwise, and every `/api/v1/users*` request counted whatever its fate,
 //! which is one `match` here but a tangle of rejections in warp.
 //!
@@ -16,21 +16,21 @@ use wire::{Condition, ReadRequest, WriteRequest};
 
 use svc_common::housekeeping;
 use svc_common::http::{self, Body, Request};
-use svc_common::orchestrator_client::{Db, DbError};
+use svc_common::orchestrator_client::{DbError, OrchestratorClient};
 use svc_common::request_count::RequestCounter;
 
 use crate::validate;
 
-/// SPEC section 4: what `_count` counts.
+/// What `_count` counts (docs/api.md).
 const COUNTED: &str = "/api/v1/users";
 
 pub struct State {
-    pub db: Db,
+    pub db: OrchestratorClient,
     pub count: RequestCounter,
 }
 
 impl State {
-    pub fn new(db: Db) -> State {
+    pub fn new(db: OrchestratorClient) -> State {
         State { db, count: RequestCounter::new(COUNTED) }
     }
 }
@@ -51,8 +51,8 @@ impl Route {
 }
 
 pub async fn handle(req: Request, st: Arc<State>) -> Response {
-    if let Some(answer) = housekeeping::intercept(&req.method, &req.path, &st.db, &st.count).await {
-        return answer.unwrap_or_else(db_error);
+    if let Some(answer) = housekeeping::intercept(&req, &st.db, &st.count).await {
+        return answer.unwrap_or_else(DbError::into_response);
     }
     let Some(route) = Route::of(&req.path) else {
         return http::not_found();
@@ -66,15 +66,10 @@ pub async fn handle(req: Request, st: Arc<State>) -> Response {
     }
 }
 
-fn db_error(e: DbError) -> Response {
-    tracing::warn!("database call failed: {e}");
-    http::error(e.status(), e.to_string())
-}
-
 async fn create(st: &State, body: Body) -> Response {
-    let bytes = match http::read_body(body).await {
+    let bytes = match body {
         Ok(b) => b,
-        Err(e) => return http::error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return e.response(),
     };
     let user = match validate::new_user(&bytes) {
         Ok(u) => u,
@@ -87,7 +82,7 @@ async fn create(st: &State, body: Body) -> Response {
         Err(DbError::Conflict(_)) => {
             http::error(StatusCode::BAD_REQUEST, format!("username {:?} is taken", http::short(&user.username)))
         }
-        Err(e) => db_error(e),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -108,7 +103,7 @@ async fn list(st: &State, query: &str) -> Response {
                 http::json(StatusCode::OK, &names)
             }
         }
-        Err(e) => db_error(e),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -120,7 +115,7 @@ async fn delete(st: &State, name: String) -> Response {
             http::error(StatusCode::BAD_REQUEST, format!("no user {:?}", http::short(&name)))
         }
         Ok(_) => http::empty_object(StatusCode::OK),
-        Err(e) => db_error(e),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -131,7 +126,7 @@ mod tests {
     /// An orchestrator nobody listens on: routes that never reach the
     /// database can be checked without one.
     fn state() -> Arc<State> {
-        Arc::new(State::new(Db::new("http://127.0.0.1:9", None).unwrap()))
+        Arc::new(State::new(OrchestratorClient::with_base("http://127.0.0.1:9", None).unwrap()))
     }
 
     #[test]

@@ -17,26 +17,26 @@ pub fn password_ok(p: &str) -> bool {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
-pub struct Invalid(pub String);
+pub struct BadUser(pub String);
 
-pub fn new_user(body: &[u8]) -> Result<NewUser, Invalid> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| Invalid(format!("body is not JSON: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| Invalid("body must be a JSON object".into()))?;
-    let field = |name: &str| -> Result<String, Invalid> {
+pub fn new_user(body: &[u8]) -> Result<NewUser, BadUser> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| BadUser(format!("body is not JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| BadUser("body must be a JSON object".into()))?;
+    let field = |name: &str| -> Result<String, BadUser> {
         match obj.get(name) {
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(Invalid(format!("{name} must be a string"))),
-            None => Err(Invalid(format!("missing field {name}"))),
+            Some(_) => Err(BadUser(format!("{name} must be a string"))),
+            None => Err(BadUser(format!("missing field {name}"))),
         }
     };
     let username = field("username")?;
     let password = field("password")?;
     // An empty name could never be addressed by DELETE /api/v1/users/{username}.
     if username.is_empty() {
-        return Err(Invalid("username must not be empty".into()));
+        return Err(BadUser("username must not be empty".into()));
     }
     if !password_ok(&password) {
-        return Err(Invalid(format!("password {:?} is not exactly 40 hex digits", short(&password))));
+        return Err(BadUser(format!("password {:?} is not exactly 40 hex digits", short(&password))));
     }
     Ok(NewUser { username, password })
 }
