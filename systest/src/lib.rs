@@ -6,6 +6,13 @@
 //! orchestrator sees only its own workers) and free ports. RabbitMQ and
 //! ZooKeeper themselves are started by `scripts/infra.sh up` (which `make
 //! test` runs first; the harness runs it too, it is idempotent).
+//!
+//! Nothing here runs by itself: loading or building the harness touches no
+//! network, engine or file; only [`Stack::start`] and the calls on a stack do.
+//! The suites that use it (`tests/*.rs`) are the end-to-end tier, compiled only
+//! with the `e2e` feature (`scripts/test.sh` turns it on). The Docker engine is
+//! reached through bollard; container labels and worker environment names come
+//! from `wire::contract`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

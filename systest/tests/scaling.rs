@@ -1,13 +1,13 @@
 #![cfg(feature = "e2e")]
 //! Issue 4, end to end against the real Docker engine: `worker/list` is the
 //! engine's view, the crash endpoints kill what they say and the cluster heals,
-//! the autoscaler follows SPEC section 7 (and logs each decision), and a
+//! the autoscaler follows docs/api.md §7 (and logs each decision), and a
 //! scale-in under read load loses no read.
 //!
 //! Every test talks to the engine itself (bollard) to check what the
 //! orchestrator claims; an engine that does not answer is a failure, not a skip.
 //!
-//! Run with `cargo test --release -p systest --test scaling -- --test-threads=1`.
+//! Run with `cargo test --release -p systest --features e2e --test scaling -- --test-threads=1`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -353,7 +353,7 @@ async fn crash_slave_kills_the_highest_pid_slave() {
     assert_reads(&stack, "hp").await;
 }
 
-/// SPEC 7 with a 3-second window: 45 reads → 3 slaves; an idle window → 1,
+/// docs/api.md §7 with a 3-second window: 45 reads → 3 slaves; an idle window → 1,
 /// the highest-pid slaves removed; each decision logged with its numbers.
 #[tokio::test(flavor = "multi_thread")]
 async fn autoscaler_follows_the_read_count() {
