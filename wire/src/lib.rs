@@ -16,6 +16,7 @@ pub mod coord;
 pub mod messages;
 pub mod query;
 pub mod schema;
+pub mod status;
 
 pub use messages::*;
 pub use query::*;

@@ -1,0 +1,176 @@
+//! What the orchestrator's status API (`GET /api/v1/status`) and its event
+//! feed (`GET /api/v1/events`, server-sent events) carry: one definition for
+//! the orchestrator that serves it, the operator CLI and the live page that
+//! read it, and the tests that poll it.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Unix time (ms) of this answer.
+    pub at_ms: u64,
+    pub cluster_id: String,
+    /// `docker`, `process` (or `swarm`): how workers run.
+    pub runtime: String,
+    pub master: Option<MasterStatus>,
+    /// Every worker, master first, then slaves by pid.
+    pub workers: Vec<WorkerStatus>,
+    pub autoscaler: AutoscalerStatus,
+    pub broker_connected: bool,
+    pub zookeeper_connected: bool,
+    /// The latest events, oldest first (at most [`EVENTS_KEPT`]).
+    pub events: Vec<Event>,
+}
+
+/// How many events the orchestrator keeps.
+pub const EVENTS_KEPT: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterStatus {
+    pub id: String,
+    pub pid: u32,
+    pub epoch: u64,
+    /// The master's committed sequence number as it last reported it.
+    pub seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerRole {
+    Master,
+    Slave,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Started, loading its snapshot and catching up; takes no reads.
+    CatchingUp,
+    /// Serving: reads (slave) or writes (master).
+    Serving,
+    /// Named master, applying what it holds before taking writes.
+    Promoting,
+    /// Being stopped on purpose (scale-in).
+    Stopping,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: String,
+    pub role: WorkerRole,
+    pub state: WorkerState,
+    /// The pid the runtime reports (host pid; see README for multi-node swarms).
+    pub pid: u32,
+    pub container_id: Option<String>,
+    pub runtime: String,
+    /// Highest sequence number applied, as its znode last said.
+    pub applied_seq: Option<u64>,
+    /// How far behind the master, in sequence numbers and in milliseconds
+    /// (how long ago the master had reached this worker's sequence number).
+    pub lag_seqs: Option<u64>,
+    pub lag_ms: Option<u64>,
+    pub uptime_secs: f64,
+    /// How long ago its znode last changed or was confirmed (ms).
+    pub last_heartbeat_ms_ago: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscalerStatus {
+    /// The scaling policy in use (e.g. `reads-per-window`).
+    pub policy: String,
+    pub window_secs: f64,
+    pub reads_per_slave: u64,
+    pub min_slaves: u64,
+    pub max_slaves: u64,
+    /// Unix time (ms) the current window started; None before the first read.
+    pub window_start_ms: Option<u64>,
+    pub reads_in_window: u64,
+    pub next_decision_ms: Option<u64>,
+    /// The slave count the policy would choose if the window ended now.
+    pub would_choose: u64,
+    pub slaves_running: u64,
+    pub slaves_desired: u64,
+}
+
+/// One thing an operator cares about, with when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix time (ms).
+    pub at_ms: u64,
+    /// Increasing per orchestrator process: the feed's resume point.
+    pub id: u64,
+    #[serde(flatten)]
+    pub what: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    WorkerStarted {
+        worker: String,
+        pid: u32,
+        role: WorkerRole,
+    },
+    CaughtUp {
+        worker: String,
+        pid: u32,
+        seq: u64,
+        after_ms: u64,
+    },
+    /// `detected`: crash_endpoint, runtime_exit, znode_gone, never_registered, not_running.
+    Crashed {
+        worker: String,
+        pid: u32,
+        role: WorkerRole,
+        detected: String,
+    },
+    Stopped {
+        worker: String,
+        pid: u32,
+    },
+    Promoted {
+        worker: String,
+        pid: u32,
+        epoch: u64,
+        seq: Option<u64>,
+        failover_ms: u64,
+    },
+    /// A new, empty master because no slave could be promoted.
+    MasterStarted {
+        worker: String,
+        pid: u32,
+        epoch: u64,
+    },
+    Scaled {
+        window: u64,
+        reads: u64,
+        before: u64,
+        after: u64,
+    },
+    BrokerLost {
+        error: String,
+    },
+    BrokerRegained,
+    ZookeeperLost,
+    ZookeeperRegained,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_flat_json_with_a_kind() {
+        let e = Event {
+            at_ms: 5,
+            id: 1,
+            what: EventKind::Promoted { worker: "w1".into(), pid: 7, epoch: 2, seq: Some(9), failover_ms: 31 },
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["kind"], "promoted");
+        assert_eq!(v["worker"], "w1");
+        assert_eq!(v["epoch"], 2);
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+    }
+}
