@@ -6,6 +6,10 @@
 //! padded value counts as its trimmed self, for every setting of every
 //! binary; a value that does not parse is an error at start.
 
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
 use clap::Parser;
 
 /// Parse `T` from the command line and the environment, after normalising
@@ -47,6 +51,46 @@ fn env_names(cmd: &clap::Command) -> Vec<String> {
     names
 }
 
+/// A duration given in milliseconds (`READ_TIMEOUT_MS=5000`), printed the
+/// same way in `--help`; use it as `default_value_t = Millis(..)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Millis(pub Duration);
+
+/// A duration given in seconds, fractions allowed (`SCALE_WINDOW_SECS=0.5`).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Secs(pub Duration);
+
+impl FromStr for Millis {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<u64>()
+            .map(|v| Millis(Duration::from_millis(v)))
+            .map_err(|e| format!("{s:?} is not a number of milliseconds: {e}"))
+    }
+}
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_millis())
+    }
+}
+
+impl FromStr for Secs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 => Ok(Secs(Duration::from_secs_f64(v))),
+            _ => Err(format!("{s:?} is not a positive number of seconds")),
+        }
+    }
+}
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +127,17 @@ mod tests {
         std::env::set_var("TASKS_TEST_ADDR", "nowhere");
         assert!(try_load_from::<Settings, _>(["t".to_string()]).is_err());
         std::env::remove_var("TASKS_TEST_ADDR");
+    }
+
+    #[test]
+    fn durations_read_and_print_alike() {
+        assert_eq!("1500".parse::<Millis>().unwrap(), Millis(Duration::from_millis(1500)));
+        assert_eq!(Millis(Duration::from_secs(15)).to_string(), "15000");
+        assert!("1.5".parse::<Millis>().is_err());
+        assert_eq!("0.5".parse::<Secs>().unwrap(), Secs(Duration::from_millis(500)));
+        assert_eq!(Secs(Duration::from_secs(120)).to_string(), "120");
+        for bad in ["0", "-1", "inf", "NaN", "soon"] {
+            assert!(bad.parse::<Secs>().is_err(), "{bad}");
+        }
     }
 }
