@@ -1,26 +1,49 @@
-//! A database worker: master or slave, switchable in-process. See `node`.
+//! A database worker: master or slave of one SQLite file, switchable
+//! in-process. See `node` for its life and `worker/DESIGN.md` for why.
+//!
+//! Invariant: the process ends here and only here, with one "worker exiting"
+//! line naming the reason, and the exit code of that reason
+//! ([`wire::contract::ExitReason`]): settings that do not parse, a part the
+//! worker cannot do without, a stop, a deposition.
 
-mod broker;
+mod amqp;
 mod config;
-mod coord;
 mod master;
 mod node;
 mod slave;
 mod sql;
 mod store;
+mod timing;
+mod zk;
 
-pub use node::Shared;
+use tracing::{error, info};
+use wire::contract::ExitReason;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        // Colour only on a terminal (fmt writes to stdout): log files stay plain.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,lapin=warn".into()),
-        )
-        .init();
-    let cfg = config::Config::from_env()?;
-    node::check(&cfg)?;
-    node::run(cfg).await
+async fn main() {
+    tasks::init_tracing("info,lapin=warn");
+    let cfg = match config::Config::parse_from(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version: printed, exit 0
+        Err(e) => {
+            let _ = e.print();
+            let first = e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            error!(reason = %ExitReason::Failed, error = %first, "worker exiting");
+            std::process::exit(ExitReason::Failed.code());
+        }
+    };
+    let stop = tasks::CancellationToken::new();
+    // Ends itself after the first signal; nothing to watch.
+    drop(tasks::cancel_on_signal(stop.clone()));
+    let reason = match node::run(cfg, stop).await {
+        Ok(reason) => {
+            info!(%reason, "worker exiting");
+            reason
+        }
+        Err(e) => {
+            error!(reason = %ExitReason::Failed, error = format!("{e:#}"), "worker exiting");
+            ExitReason::Failed
+        }
+    };
+    std::process::exit(reason.code());
 }

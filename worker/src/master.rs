@@ -7,9 +7,13 @@
 //! between, the write is still unacknowledged on `writeQ`, the broker hands it
 //! to the next master, and its request id makes the replay an answer rather
 //! than a second application.
+//!
+//! The snapshot server runs beside the write loop, owned and watched here: if
+//! it ends, new slaves would ask for a snapshot forever while the master kept
+//! taking writes, so the master role ends with an error instead and the node
+//! reconnects, declaring `snapshotQ` again and restarting both.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::{FutureExt, StreamExt};
@@ -19,14 +23,16 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
-use rusqlite::Connection as Db;
+use rusqlite::Connection as SqliteConn;
+use tasks::{CancellationToken, Supervisor};
 use tracing::{error, info, warn};
 use wire::coord::Role;
 use wire::queues::{SNAPSHOT_Q, SYNC_X, WRITE_Q};
 use wire::{Reply, SnapshotHeader, SyncMsg, WriteMsg, WriteRequest};
 
+use crate::node::NodeCtx;
 use crate::store::{self, Applied, StoreError};
-use crate::Shared;
+use crate::timing;
 
 /// Why the master loop ended without a broker error.
 #[derive(Debug)]
@@ -53,10 +59,10 @@ async fn publish_sync(ch: &Channel, msg: &SyncMsg) -> Result<()> {
 /// Run as master until the broker connection fails or this worker is deposed.
 pub async fn run(
     conn: &Connection,
-    db: Arc<Mutex<Db>>,
-    shared: &Shared,
+    db: Arc<Mutex<SqliteConn>>,
+    ctx: &NodeCtx,
     epoch: u64,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<MasterExit> {
     let sync_ch = conn.create_channel().await?;
     sync_ch.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -68,9 +74,13 @@ pub async fn run(
         tokio::task::spawn_blocking(move || store::position(&db.lock().expect("db lock"))).await??
     };
     publish_sync(&sync_ch, &SyncMsg::Epoch { epoch, seq: pos.seq }).await?;
-    shared.set_position(Role::Master, pos.seq, epoch);
+    ctx.set_position(Role::Master, pos.seq, epoch);
 
-    let snap = tokio::spawn(serve_snapshots(conn.create_channel().await?, shared.clone(), epoch));
+    // Dropped (so aborted) with this function, whichever way it returns.
+    let mut side = Supervisor::new(stop.child_token());
+    let snap_ch = conn.create_channel().await?;
+    let snap_ctx = ctx.clone();
+    side.spawn(SNAPSHOT_SERVER, move |token| serve_snapshots(snap_ch, snap_ctx, epoch, token));
 
     let write_ch = conn.create_channel().await?;
     // The prefetch bounds a batch: every write in hand goes into the next one.
@@ -78,14 +88,14 @@ pub async fn run(
     let mut writes = write_ch
         .basic_consume(
             WRITE_Q.into(),
-            format!("master-{}", shared.cfg.worker_id).into(),
+            format!("master-{}", ctx.cfg.worker_id).into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    info!(worker = %shared.cfg.worker_id, epoch, seq = pos.seq, "serving as master");
+    info!(worker = %ctx.cfg.worker_id, epoch, seq = pos.seq, "serving as master");
 
-    let mut master = shared.coord.master.clone();
+    let mut master = ctx.zk.master.clone();
     let result = loop {
         tokio::select! {
             d = writes.next() => {
@@ -98,23 +108,32 @@ pub async fn run(
                         _ => break,
                     }
                 }
-                if let Err(e) = handle_batch(batch, &db, &sync_ch, &reply_ch, shared, epoch).await {
+                if let Err(e) = handle_batch(batch, &db, &sync_ch, &reply_ch, ctx, epoch).await {
                     break Err(e);
                 }
             }
             _ = master.changed() => {
                 let rec = master.borrow_and_update().clone();
-                if !still_master(shared, epoch) {
-                    warn!(worker = %shared.cfg.worker_id, epoch, now = ?rec, "deposed: no longer master");
+                if !still_master(ctx, epoch) {
+                    warn!(worker = %ctx.cfg.worker_id, epoch, now = ?rec, "deposed: no longer master");
                     break Ok(MasterExit::Deposed);
                 }
             }
-            _ = stop.changed() => break Ok(MasterExit::Stopped),
+            exit = side.next_exit() => {
+                if stop.is_cancelled() {
+                    break Ok(MasterExit::Stopped);
+                }
+                break Err(anyhow!("{exit}; restarting the master role"));
+            }
+            _ = stop.cancelled() => break Ok(MasterExit::Stopped),
         }
     };
-    snap.abort();
+    drop(side);
     result
 }
+
+/// The supervisor's name for the snapshot server.
+pub const SNAPSHOT_SERVER: &str = "snapshot server";
 
 /// The most writes in hand (the `writeQ` prefetch), so the most committed
 /// in one transaction.
@@ -124,15 +143,15 @@ const MAX_BATCH: u16 = 64;
 /// confirmed every change, answer and acknowledge them.
 async fn handle_batch(
     batch: Vec<Delivery>,
-    db: &Arc<Mutex<Db>>,
+    db: &Arc<Mutex<SqliteConn>>,
     sync_ch: &Channel,
     reply_ch: &Channel,
-    shared: &Shared,
+    ctx: &NodeCtx,
     epoch: u64,
 ) -> Result<()> {
     // Fencing: a newer master record, or no fresh lease, means another master
     // may exist already. Nothing of the batch is touched: it all goes back.
-    if !still_master(shared, epoch) || !wait_for_lease(shared).await {
+    if !still_master(ctx, epoch) || !wait_for_lease(ctx).await {
         write_ch_nack_all(&batch).await?;
         bail!("fenced (deposed or lease lost): stopped taking writes");
     }
@@ -203,17 +222,17 @@ async fn handle_batch(
             }
         }
         if let Some(seq) = top {
-            shared.set_position(Role::Master, seq, epoch);
+            ctx.set_position(Role::Master, seq, epoch);
         }
     }
     // Checked again: the lease may have run out while we committed.
-    if !shared.coord.lease.valid() || !still_master(shared, epoch) {
+    if !ctx.zk.lease.valid() || !still_master(ctx, epoch) {
         write_ch_nack_all(&batch).await?;
         bail!("lease lost while writing: stopped taking writes");
     }
     replies.sort_by_key(|(i, _)| *i);
     for (i, reply) in &replies {
-        crate::broker::reply(reply_ch, &batch[*i].properties, reply).await?;
+        crate::amqp::reply(reply_ch, &batch[*i].properties, reply).await?;
     }
     // One ack for the whole batch: every delivery up to the last one's tag.
     batch.last().expect("batches are never empty").acker.ack(BasicAckOptions { multiple: true }).await?;
@@ -231,51 +250,57 @@ async fn write_ch_nack_all(batch: &[Delivery]) -> Result<()> {
     Ok(())
 }
 
-fn still_master(shared: &Shared, epoch: u64) -> bool {
-    shared.coord.master.borrow().as_ref().is_some_and(|r| r.id == shared.cfg.worker_id && r.epoch == epoch)
+fn still_master(ctx: &NodeCtx, epoch: u64) -> bool {
+    ctx.zk.master.borrow().as_ref().is_some_and(|r| r.id == ctx.cfg.worker_id && r.epoch == epoch)
 }
 
 /// A short ZooKeeper hiccup should not drop writes: wait a little for the lease.
-async fn wait_for_lease(shared: &Shared) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while !shared.coord.lease.valid() {
+async fn wait_for_lease(ctx: &NodeCtx) -> bool {
+    let deadline = tokio::time::Instant::now() + timing::LEASE_WAIT;
+    while !ctx.zk.lease.valid() {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(timing::LEASE_POLL).await;
     }
     true
 }
 
-/// Answer snapshot requests of new slaves: header line, then the file.
-async fn serve_snapshots(ch: Channel, shared: Shared, epoch: u64) -> Result<()> {
+/// Answer snapshot requests of new slaves: header line, then the file. Ends
+/// `Ok` only when told to stop; its consumer closing (the queue deleted, the
+/// channel closed) is an error the master role ends on.
+async fn serve_snapshots(ch: Channel, ctx: NodeCtx, epoch: u64, stop: CancellationToken) -> Result<()> {
     ch.basic_qos(1, BasicQosOptions::default()).await?;
     let mut reqs = ch
         .basic_consume(
             SNAPSHOT_Q.into(),
-            format!("snap-{}", shared.cfg.worker_id).into(),
+            format!("snap-{}", ctx.cfg.worker_id).into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    while let Some(d) = reqs.next().await {
+    loop {
+        let d = tokio::select! {
+            d = reqs.next() => d,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        let Some(d) = d else { bail!("its {SNAPSHOT_Q} consumer was closed (queue deleted or channel closed)") };
         let d = d?;
-        let path = shared.cfg.db_path.clone();
+        let path = ctx.cfg.db_path.clone();
         match tokio::task::spawn_blocking(move || store::snapshot(&path)).await? {
             Ok((bytes, pos)) => {
                 let mut body = serde_json::to_vec(&SnapshotHeader { seq: pos.seq, epoch }).expect("serializes");
                 body.push(b'\n');
                 body.extend_from_slice(&bytes);
-                crate::broker::reply_bytes(&ch, &d.properties, &body, BasicProperties::default()).await?;
+                crate::amqp::reply_bytes(&ch, &d.properties, &body, BasicProperties::default()).await?;
                 info!(seq = pos.seq, bytes = bytes.len(), "snapshot served");
                 d.acker.ack(BasicAckOptions::default()).await?;
             }
             Err(e) => {
                 error!(error = %e, "snapshot failed");
                 d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(timing::SNAPSHOT_RETRY_PAUSE).await;
             }
         }
     }
-    Ok(())
 }

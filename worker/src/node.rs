@@ -1,35 +1,45 @@
-//! The worker's life: connect, learn its role from ZooKeeper, run it, and
-//! start over on a broker fault. A slave becomes master in-process.
+//! The worker's life: connect, learn its role from the master record, run it,
+//! and start over on a broker fault; a slave becomes master in-process. See
+//! `worker/DESIGN.md` for the state machine.
+//!
+//! Invariant: the worker serves as master only with a database it holds as
+//! master for the epoch the record names ([`decide_role`], pure and tested
+//! below); every other way out is an [`ExitReason`] returned to `main`, never
+//! an exit from here. The ZooKeeper session task is owned here: if it ends
+//! while the worker runs, the worker ends (Failed).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use rusqlite::Connection as Db;
+use anyhow::{anyhow, Context, Result};
+use rusqlite::Connection as SqliteConn;
+use tasks::{CancellationToken, Supervisor};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+use wire::contract::ExitReason;
 use wire::coord::{MasterRecord, Role, WorkerRecord};
 
 use crate::config::Config;
-use crate::coord::{self, CoordHandle};
 use crate::master::{self, MasterExit};
 use crate::slave::{self, SlaveExit};
-use crate::{broker, store};
+use crate::zk::{self, ZkHandle};
+use crate::{amqp, store, timing};
 
-/// What every part of the worker shares.
+/// What every part of the worker shares: its settings, its ZooKeeper handle,
+/// and how far its database has got.
 #[derive(Clone)]
-pub struct Shared {
+pub struct NodeCtx {
     pub cfg: Arc<Config>,
-    pub coord: CoordHandle,
+    pub zk: ZkHandle,
     /// (sequence applied, epoch): reads wait on it for their floor.
     pub applied: Arc<watch::Sender<(u64, u64)>>,
 }
 
-impl Shared {
+impl NodeCtx {
     /// Record progress: wakes waiting reads and updates the znode.
     pub fn set_position(&self, role: Role, seq: u64, epoch: u64) {
         self.applied.send_replace((seq, epoch));
-        self.coord.record.send_if_modified(|r| {
+        self.zk.record.send_if_modified(|r| {
             let changed = r.role != role || r.seq != seq || r.epoch != epoch;
             r.role = role;
             r.seq = seq;
@@ -45,7 +55,7 @@ impl Shared {
     }
 
     pub fn record_role(&self) -> Role {
-        self.coord.record.borrow().role
+        self.zk.record.borrow().role
     }
 
     /// Wait until `seq` is applied; false if it was not within `timeout`.
@@ -59,140 +69,208 @@ impl Shared {
     }
 }
 
-/// Exit codes the orchestrator may see in logs.
-pub const EXIT_DEPOSED: i32 = 3;
-pub const EXIT_NOT_PROMOTABLE: i32 = 4;
+/// What to do at a (re)connect, given the master record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleDecision {
+    /// The cluster's first master: open (create) the file, then serve as master.
+    OpenAndServeMaster { epoch: u64 },
+    /// Serve as master with the database already held.
+    ServeMaster { epoch: u64 },
+    /// Catch up (snapshot, syncQ) and serve reads.
+    ServeSlave,
+    /// Leave the process.
+    Exit(ExitReason),
+}
 
-pub async fn run(cfg: Config) -> Result<()> {
-    let record =
-        WorkerRecord { id: cfg.worker_id.clone(), pid: std::process::id(), role: Role::CatchingUp, seq: 0, epoch: 0 };
-    let coord = coord::spawn(cfg.clone(), record);
-    let (applied, _) = watch::channel((0, 0));
-    let shared = Shared { cfg: Arc::new(cfg), coord, applied: Arc::new(applied) };
-    let stop = stop_signal();
-    info!(worker = %shared.cfg.worker_id, pid = std::process::id(), "worker started");
-
-    // Set once this worker is master (bootstrap or promotion); kept across
-    // broker reconnects so a master resumes with its own data.
-    let mut master_db: Option<(Arc<Mutex<Db>>, u64)> = None;
-    let bootstrap = std::env::var("BOOTSTRAP_MASTER").is_ok_and(|v| v == "1");
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if *stop.borrow() {
-            info!(worker = %shared.cfg.worker_id, "stopped");
-            return Ok(());
-        }
-        let rec = wait_master_record(&shared.coord, &stop).await;
-        let Some(rec) = rec else { continue };
-        let conn = match broker::connect(&shared.cfg.amqp_url, &format!("worker-{}", shared.cfg.worker_id)).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "rabbitmq unreachable; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        if let Err(e) = broker::declare_topology(&conn.create_channel().await?).await {
-            warn!(error = %e, "declaring topology failed; reconnecting");
-            continue;
-        }
-        let is_me = rec.id == shared.cfg.worker_id;
-        if is_me && master_db.is_none() {
-            if !bootstrap {
-                error!(worker = %shared.cfg.worker_id, "named master without having caught up as slave; exiting");
-                std::process::exit(EXIT_NOT_PROMOTABLE);
-            }
-            let path = shared.cfg.db_path.clone();
-            let db = tokio::task::spawn_blocking(move || store::open_writer(&path))
-                .await?
-                .context("opening the database")?;
-            master_db = Some((Arc::new(Mutex::new(db)), rec.epoch));
-        }
-        let result = match &master_db {
-            Some((db, epoch)) => {
-                if !is_me || rec.epoch != *epoch {
-                    error!(worker = %shared.cfg.worker_id, now = ?rec, "deposed while disconnected; exiting");
-                    std::process::exit(EXIT_DEPOSED);
-                }
-                serve_as_master(&conn, db.clone(), &shared, *epoch, &stop).await
-            }
-            None => match slave::run(&conn, &shared, stop.clone()).await {
-                Ok(SlaveExit::Promoted { db, epoch }) => {
-                    info!(worker = %shared.cfg.worker_id, epoch, seq = shared.applied_seq(), "promoted to master");
-                    master_db = Some((db.clone(), epoch));
-                    // Straight on as master, on the same connection: writes wait.
-                    serve_as_master(&conn, db, &shared, epoch, &stop).await
-                }
-                Ok(SlaveExit::Stopped) => Ok(()),
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = result {
-            warn!(worker = %shared.cfg.worker_id, error = format!("{e:#}"), "role ended; reconnecting");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        // A connection in a broken state may never confirm its close.
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "worker leaving".into())).await;
+/// The role decision. `held_epoch`: the epoch of the master database this
+/// worker holds (None while it never was master).
+pub fn decide_role(rec: &MasterRecord, me: &str, held_epoch: Option<u64>, bootstrap: bool) -> RoleDecision {
+    let named = rec.id == me;
+    match held_epoch {
+        // A master whose record moved on while it was disconnected: its data
+        // is no longer the cluster's.
+        Some(epoch) if !named || rec.epoch != epoch => RoleDecision::Exit(ExitReason::Deposed),
+        Some(epoch) => RoleDecision::ServeMaster { epoch },
+        None if named && bootstrap => RoleDecision::OpenAndServeMaster { epoch: rec.epoch },
+        // Named master without having caught up as a slave: nothing to serve.
+        None if named => RoleDecision::Exit(ExitReason::NotPromotable),
+        None => RoleDecision::ServeSlave,
     }
 }
 
-/// Run the master role; a deposed master leaves the process at once (its
-/// data is no longer the cluster's).
+/// Run the worker until it stops, is deposed, or cannot go on (`Err`).
+pub async fn run(cfg: Config, stop: CancellationToken) -> Result<ExitReason> {
+    let record =
+        WorkerRecord { id: cfg.worker_id.clone(), pid: std::process::id(), role: Role::CatchingUp, seq: 0, epoch: 0 };
+    // The ZooKeeper task has a token of its own, cancelled only once the roles
+    // are done: the znode stays while reads in hand finish.
+    let mut sup = Supervisor::new(CancellationToken::new());
+    let zk = zk::spawn(&mut sup, cfg.clone(), record);
+    let (applied, _) = watch::channel((0, 0));
+    let ctx = NodeCtx { cfg: Arc::new(cfg), zk, applied: Arc::new(applied) };
+    info!(worker = %ctx.cfg.worker_id, pid = std::process::id(), "worker started");
+
+    let result = tokio::select! {
+        r = roles(&ctx, &stop) => r,
+        exit = sup.next_exit() => Err(anyhow!("{exit}: the worker cannot run without its ZooKeeper session")),
+    };
+    for failed in sup.shutdown(timing::ZK_CLOSE_GRACE).await {
+        warn!(%failed, "while stopping");
+    }
+    result
+}
+
+/// Connect, decide, serve; again after each broker fault.
+async fn roles(ctx: &NodeCtx, stop: &CancellationToken) -> Result<ExitReason> {
+    // Set once this worker is master (bootstrap or promotion); kept across
+    // broker reconnects so a master resumes with its own data.
+    let mut master_db: Option<(Arc<Mutex<SqliteConn>>, u64)> = None;
+    let mut backoff = timing::BROKER_BACKOFF_FIRST;
+    let me = ctx.cfg.worker_id.as_str();
+    let conn_name = format!("worker-{me}");
+    loop {
+        let Some(rec) = wait_master_record(&ctx.zk, stop).await else { return Ok(ExitReason::Stopped) };
+        let conn = tokio::select! {
+            c = amqp::connect(&ctx.cfg.amqp_url, &conn_name) => c,
+            _ = stop.cancelled() => return Ok(ExitReason::Stopped),
+        };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "rabbitmq unreachable; retrying");
+                pause(backoff, stop).await;
+                backoff = (backoff * 2).min(timing::BROKER_BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = timing::BROKER_BACKOFF_FIRST;
+        let result = match conn.create_channel().await {
+            Ok(ch) => match amqp::declare_topology(&ch).await {
+                Ok(()) => serve(ctx, &conn, &rec, &mut master_db, stop).await,
+                Err(e) => Err(anyhow!(e).context("declaring the topology")),
+            },
+            Err(e) => Err(anyhow!(e).context("opening a channel")),
+        };
+        // A connection in a broken state may never confirm its close.
+        let _ = tokio::time::timeout(timing::CLOSE_WAIT, conn.close(200, "worker leaving".into())).await;
+        match result {
+            Ok(Some(reason)) => return Ok(reason),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(worker = %me, error = format!("{e:#}"), "role ended; reconnecting");
+                pause(timing::ROLE_RETRY_PAUSE, stop).await;
+            }
+        }
+    }
+}
+
+/// One connection's worth of serving. `Ok(Some(reason))`: leave the process;
+/// `Ok(None)` or `Err`: reconnect.
+async fn serve(
+    ctx: &NodeCtx,
+    conn: &lapin::Connection,
+    rec: &MasterRecord,
+    master_db: &mut Option<(Arc<Mutex<SqliteConn>>, u64)>,
+    stop: &CancellationToken,
+) -> Result<Option<ExitReason>> {
+    let me = ctx.cfg.worker_id.as_str();
+    let held = master_db.as_ref().map(|(_, e)| *e);
+    match decide_role(rec, me, held, ctx.cfg.bootstrap_master) {
+        RoleDecision::Exit(reason) => {
+            error!(worker = %me, now = ?rec, held_epoch = ?held, %reason, "cannot serve under this master record");
+            Ok(Some(reason))
+        }
+        RoleDecision::OpenAndServeMaster { epoch } => {
+            let path = ctx.cfg.db_path.clone();
+            let db = tokio::task::spawn_blocking(move || store::open_writer(&path))
+                .await?
+                .context("opening the database")?;
+            let db = Arc::new(Mutex::new(db));
+            *master_db = Some((db.clone(), epoch));
+            serve_as_master(conn, db, ctx, epoch, stop).await
+        }
+        RoleDecision::ServeMaster { epoch } => {
+            let db = master_db.as_ref().expect("held").0.clone();
+            serve_as_master(conn, db, ctx, epoch, stop).await
+        }
+        RoleDecision::ServeSlave => match slave::run(conn, ctx, stop.clone()).await? {
+            SlaveExit::Promoted { db, epoch } => {
+                info!(worker = %me, epoch, seq = ctx.applied_seq(), "promoted to master");
+                *master_db = Some((db.clone(), epoch));
+                // Straight on as master, on the same connection: writes wait.
+                serve_as_master(conn, db, ctx, epoch, stop).await
+            }
+            SlaveExit::Stopped => Ok(Some(ExitReason::Stopped)),
+        },
+    }
+}
+
 async fn serve_as_master(
     conn: &lapin::Connection,
-    db: Arc<Mutex<Db>>,
-    shared: &Shared,
+    db: Arc<Mutex<SqliteConn>>,
+    ctx: &NodeCtx,
     epoch: u64,
-    stop: &watch::Receiver<bool>,
-) -> Result<()> {
-    match master::run(conn, db, shared, epoch, stop.clone()).await {
-        Ok(MasterExit::Deposed) => std::process::exit(EXIT_DEPOSED),
-        Ok(MasterExit::Stopped) => Ok(()),
-        Err(e) => Err(e),
+    stop: &CancellationToken,
+) -> Result<Option<ExitReason>> {
+    Ok(Some(match master::run(conn, db, ctx, epoch, stop.clone()).await? {
+        MasterExit::Deposed => ExitReason::Deposed,
+        MasterExit::Stopped => ExitReason::Stopped,
+    }))
+}
+
+/// Sleep, unless stopping.
+async fn pause(d: Duration, stop: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.cancelled() => {}
     }
 }
 
 /// The current master record, once there is one (or None when stopping).
-async fn wait_master_record(coord: &CoordHandle, stop: &watch::Receiver<bool>) -> Option<MasterRecord> {
-    let mut rx = coord.master.clone();
-    let mut stop = stop.clone();
+async fn wait_master_record(zk: &ZkHandle, stop: &CancellationToken) -> Option<MasterRecord> {
+    let mut rx = zk.master.clone();
     loop {
+        if stop.is_cancelled() {
+            return None;
+        }
         if let Some(r) = rx.borrow_and_update().clone() {
             return Some(r);
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return None },
-            _ = stop.changed() => return None,
+            _ = stop.cancelled() => return None,
         }
     }
 }
 
-/// SIGTERM or SIGINT flips the returned flag (graceful stop).
-fn stop_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        info!("stop requested");
-        let _ = tx.send(true);
-        // Keep the sender alive so receivers do not see it closed.
-        std::future::pending::<()>().await;
-    });
-    rx
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Refuse obviously wrong settings early.
-pub fn check(cfg: &Config) -> Result<()> {
-    if cfg.zk_root.is_empty() || !cfg.zk_root.starts_with('/') {
-        bail!("ZK_ROOT must be an absolute path");
+    #[test]
+    fn the_role_at_each_connect() {
+        use RoleDecision::*;
+        let rec = |id: &str, epoch| MasterRecord { id: id.into(), epoch };
+        // (record, held master epoch, bootstrap flag) -> decision, for worker "me"
+        let cases = [
+            ("a slave follows another master", rec("m", 3), None, false, ServeSlave),
+            ("the bootstrap flag alone makes no master", rec("m", 3), None, true, ServeSlave),
+            ("the first master opens its file", rec("me", 1), None, true, OpenAndServeMaster { epoch: 1 }),
+            ("named without data", rec("me", 4), None, false, Exit(ExitReason::NotPromotable)),
+            ("a master resumes after a reconnect", rec("me", 4), Some(4), false, ServeMaster { epoch: 4 }),
+            ("a bootstrapped master resumes too", rec("me", 1), Some(1), true, ServeMaster { epoch: 1 }),
+            ("another master named meanwhile", rec("s", 5), Some(4), false, Exit(ExitReason::Deposed)),
+            ("named again under a newer epoch", rec("me", 5), Some(4), false, Exit(ExitReason::Deposed)),
+        ];
+        for (what, r, held, bootstrap, want) in cases {
+            assert_eq!(decide_role(&r, "me", held, bootstrap), want, "{what}");
+        }
     }
-    Ok(())
+
+    #[test]
+    fn exit_reasons_keep_their_codes() {
+        assert_eq!(ExitReason::Stopped.code(), 0);
+        assert_eq!(ExitReason::Deposed.code(), 3);
+        assert_eq!(ExitReason::NotPromotable.code(), 4);
+    }
 }

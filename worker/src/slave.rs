@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::{FutureExt, StreamExt};
@@ -21,21 +20,24 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
-use rusqlite::Connection as Db;
+use rusqlite::Connection as SqliteConn;
+use tasks::CancellationToken;
 use tokio::sync::oneshot;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 use wire::coord::Role;
 use wire::queues::{sync_queue_for, READ_Q, SNAPSHOT_Q, SYNC_X};
 use wire::{Change, ReadMsg, Reply, SnapshotHeader, SyncMsg};
 
+use crate::node::NodeCtx;
 use crate::store::{self, Position, ReaderPool};
-use crate::Shared;
+use crate::timing;
 
 /// How a slave's run ended, other than by a broker error.
 pub enum SlaveExit {
     /// The master record names this worker: it holds every change it was
     /// sent and can take `writeQ` with this database.
-    Promoted { db: Arc<Mutex<Db>>, epoch: u64 },
+    Promoted { db: Arc<Mutex<SqliteConn>>, epoch: u64 },
     /// SIGTERM: reads in flight were finished, none taken after.
     Stopped,
 }
@@ -43,13 +45,9 @@ pub enum SlaveExit {
 /// Markers this slave put on its own sync queue, waiting to be reached.
 type Markers = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
-pub async fn run(
-    conn: &Connection,
-    shared: &Shared,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<SlaveExit> {
-    let id = shared.cfg.worker_id.clone();
-    shared.set_position(Role::CatchingUp, 0, 0);
+pub async fn run(conn: &Connection, ctx: &NodeCtx, stop: CancellationToken) -> Result<SlaveExit> {
+    let id = ctx.cfg.worker_id.clone();
+    ctx.set_position(Role::CatchingUp, 0, 0);
 
     // 1. Our own queue on the syncQ fanout, bound before the snapshot is taken.
     let sync_ch = conn.create_channel().await?;
@@ -74,45 +72,57 @@ pub async fn run(
         )
         .await?;
 
-    // 2. The snapshot.
-    let (bytes, header) = fetch_snapshot(conn, &id).await?;
-    let path = shared.cfg.db_path.clone();
+    // 2. The snapshot (none may come while no master serves: a stop does not wait for it).
+    let (bytes, header) = tokio::select! {
+        r = fetch_snapshot(conn, &id) => r?,
+        _ = stop.cancelled() => return Ok(SlaveExit::Stopped),
+    };
+    let path = ctx.cfg.db_path.clone();
     let (db, pos) = tokio::task::spawn_blocking(move || store::install_snapshot(&path, &bytes)).await??;
     let epoch = header.epoch.max(pos.epoch);
     info!(worker = %id, seq = pos.seq, epoch, "snapshot installed");
     let db = Arc::new(Mutex::new(db));
     let known_epoch = Arc::new(AtomicU64::new(epoch));
-    shared.set_position(Role::CatchingUp, pos.seq, epoch);
+    ctx.set_position(Role::CatchingUp, pos.seq, epoch);
 
     // 3. Apply changes from here on.
     let markers: Markers = Arc::default();
-    let mut applier =
-        tokio::spawn(apply_loop(changes, db.clone(), shared.clone(), known_epoch.clone(), markers.clone()));
+    // Watched in every select below; aborted when dropped, whichever way this returns.
+    let mut applier = AbortOnDropHandle::new(tokio::spawn(apply_loop(
+        changes,
+        db.clone(),
+        ctx.clone(),
+        known_epoch.clone(),
+        markers.clone(),
+    )));
 
     // 4. Caught up once everything queued before this point is applied.
-    drain_to_marker(&sync_ch, &queue, &markers, &mut applier, "catch-up").await?;
-    let caught_up = shared.applied_seq();
-    shared.set_position(Role::Slave, caught_up, known_epoch.load(Ordering::SeqCst));
+    tokio::select! {
+        r = drain_to_marker(&sync_ch, &queue, &markers, &mut applier, "catch-up") => r?,
+        _ = stop.cancelled() => return Ok(SlaveExit::Stopped),
+    }
+    let caught_up = ctx.applied_seq();
+    ctx.set_position(Role::Slave, caught_up, known_epoch.load(Ordering::SeqCst));
 
     // 5. Serve reads.
     let read_ch = conn.create_channel().await?;
-    read_ch.basic_qos(shared.cfg.read_prefetch, BasicQosOptions::default()).await?;
+    read_ch.basic_qos(ctx.cfg.read_prefetch, BasicQosOptions::default()).await?;
     let tag = format!("read-{id}");
     let mut reads = read_ch
         .basic_consume(READ_Q.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
         .await?;
-    let pool = Arc::new(ReaderPool::new(&shared.cfg.db_path));
+    let pool = Arc::new(ReaderPool::new(&ctx.cfg.db_path, ctx.cfg.reader_connections));
     let mut in_flight = tokio::task::JoinSet::new();
     info!(worker = %id, seq = caught_up, "caught up; serving reads");
 
-    let mut master = shared.coord.master.clone();
+    let mut master = ctx.zk.master.clone();
     let exit = loop {
         while in_flight.try_join_next().is_some() {}
         tokio::select! {
             d = reads.next() => {
                 let Some(d) = d else { break Err(anyhow!("readQ consumer closed")) };
                 let d = d?;
-                in_flight.spawn(serve_read(d, read_ch.clone(), pool.clone(), shared.clone()));
+                in_flight.spawn(serve_read(d, read_ch.clone(), pool.clone(), ctx.clone()));
             }
             r = &mut applier => break Err(anyhow!("applying changes stopped: {:?}", r)),
             _ = master.changed() => {
@@ -121,7 +131,7 @@ pub async fn run(
                     break Ok(SlaveExit::Promoted { db: db.clone(), epoch: rec.epoch });
                 }
             }
-            _ = stop.changed() => break Ok(SlaveExit::Stopped),
+            _ = stop.cancelled() => break Ok(SlaveExit::Stopped),
         }
     };
 
@@ -130,12 +140,12 @@ pub async fn run(
     // channel closes, so another slave answers them.
     read_ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
     while in_flight.join_next().await.is_some() {}
-    let _ = tokio::time::timeout(Duration::from_secs(2), read_ch.close(200, "leaving read side".into())).await;
+    let _ = tokio::time::timeout(timing::CLOSE_WAIT, read_ch.close(200, "leaving read side".into())).await;
 
     match exit {
         Ok(SlaveExit::Promoted { db, epoch }) => {
-            let seq = shared.applied_seq();
-            shared.set_position(Role::Promoting, seq, epoch);
+            let seq = ctx.applied_seq();
+            ctx.set_position(Role::Promoting, seq, epoch);
             info!(worker = %id, epoch, "promotion: applying every change held");
             drain_to_marker(&sync_ch, &queue, &markers, &mut applier, "promotion").await?;
             applier.abort();
@@ -175,7 +185,7 @@ async fn fetch_snapshot(conn: &Connection, id: &str) -> Result<(Vec<u8>, Snapsho
             .with_reply_to(q.name().clone())
             .with_correlation_id(format!("{id}-{attempt}").into());
         ch.basic_publish("".into(), SNAPSHOT_Q.into(), BasicPublishOptions::default(), id.as_bytes(), props).await?;
-        let wait = tokio::time::timeout(Duration::from_secs(10), replies.next()).await;
+        let wait = tokio::time::timeout(timing::SNAPSHOT_WAIT, replies.next()).await;
         match wait {
             Ok(Some(d)) => {
                 let d = d?;
@@ -183,7 +193,7 @@ async fn fetch_snapshot(conn: &Connection, id: &str) -> Result<(Vec<u8>, Snapsho
                 let header: SnapshotHeader = serde_json::from_slice(&d.data[..nl])?;
                 let mut bytes = d.data;
                 bytes.drain(..=nl);
-                let _ = tokio::time::timeout(Duration::from_secs(2), ch.close(200, "snapshot received".into())).await;
+                let _ = tokio::time::timeout(timing::CLOSE_WAIT, ch.close(200, "snapshot received".into())).await;
                 return Ok((bytes, header));
             }
             Ok(None) => bail!("snapshot reply queue closed"),
@@ -198,7 +208,7 @@ async fn drain_to_marker(
     ch: &Channel,
     queue: &str,
     markers: &Markers,
-    applier: &mut tokio::task::JoinHandle<Result<()>>,
+    applier: &mut AbortOnDropHandle<Result<()>>,
     during: &str,
 ) -> Result<()> {
     tokio::select! {
@@ -215,15 +225,17 @@ async fn reach_marker(ch: &Channel, queue: &str, markers: &Markers) -> Result<()
     let body = serde_json::to_vec(&SyncMsg::Marker { token }).expect("serializes");
     ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, BasicProperties::default())
         .await?;
-    tokio::time::timeout(Duration::from_secs(30), rx).await.context("marker not reached in 30 s")??;
+    tokio::time::timeout(timing::MARKER_WAIT, rx)
+        .await
+        .with_context(|| format!("marker not reached in {:?}", timing::MARKER_WAIT))??;
     Ok(())
 }
 
 /// Apply `syncQ` messages in order, in batches of whatever has arrived.
 async fn apply_loop(
     mut consumer: Consumer,
-    db: Arc<Mutex<Db>>,
-    shared: Shared,
+    db: Arc<Mutex<SqliteConn>>,
+    ctx: NodeCtx,
     known_epoch: Arc<AtomicU64>,
     markers: Markers,
 ) -> Result<()> {
@@ -260,7 +272,7 @@ async fn apply_loop(
             }
         }
         let pos = apply(&db, to_apply).await?;
-        shared.set_position(shared.record_role(), pos.seq, pos.epoch.max(known_epoch.load(Ordering::SeqCst)));
+        ctx.set_position(ctx.record_role(), pos.seq, pos.epoch.max(known_epoch.load(Ordering::SeqCst)));
         let last = batch.last().expect("batch is never empty");
         last.acker.ack(BasicAckOptions { multiple: true }).await?;
         let mut m = markers.lock().expect("markers");
@@ -272,7 +284,7 @@ async fn apply_loop(
     }
 }
 
-async fn apply(db: &Arc<Mutex<Db>>, changes: Vec<Change>) -> Result<Position> {
+async fn apply(db: &Arc<Mutex<SqliteConn>>, changes: Vec<Change>) -> Result<Position> {
     let db = db.clone();
     Ok(tokio::task::spawn_blocking(move || {
         let mut conn = db.lock().expect("db lock");
@@ -287,7 +299,7 @@ async fn apply(db: &Arc<Mutex<Db>>, changes: Vec<Change>) -> Result<Position> {
 
 /// Answer one read, waiting (bounded) until this slave has applied the
 /// caller's floor so the answer is never older than an acknowledged write.
-async fn serve_read(d: Delivery, ch: Channel, pool: Arc<ReaderPool>, shared: Shared) {
+async fn serve_read(d: Delivery, ch: Channel, pool: Arc<ReaderPool>, ctx: NodeCtx) {
     let reply = match serde_json::from_slice::<ReadMsg>(&d.data) {
         Ok(msg) if wire::expired(msg.deadline_ms) => {
             d.acker.ack(BasicAckOptions::default()).await.ok();
@@ -297,7 +309,7 @@ async fn serve_read(d: Delivery, ch: Channel, pool: Arc<ReaderPool>, shared: Sha
         Ok(msg) => match msg.read.validate() {
             Err(e) => Reply::Invalid { error: e.0 },
             Ok(read) => {
-                if shared.wait_applied(msg.min_seq, shared.cfg.read_wait).await {
+                if ctx.wait_applied(msg.min_seq, ctx.cfg.read_wait).await {
                     match tokio::task::spawn_blocking(move || pool.read(&read)).await {
                         Ok(Ok((rows, pos))) => Reply::Rows(wire::ReadResponse { rows, seq: pos.seq }),
                         Ok(Err(e)) => Reply::Unavailable { error: format!("read failed: {e}") },
@@ -309,7 +321,7 @@ async fn serve_read(d: Delivery, ch: Channel, pool: Arc<ReaderPool>, shared: Sha
             }
         },
     };
-    if let Err(e) = crate::broker::reply(&ch, &d.properties, &reply).await {
+    if let Err(e) = crate::amqp::reply(&ch, &d.properties, &reply).await {
         warn!(error = %e, "could not answer a read");
         return; // unacked: the broker redelivers it when the channel closes
     }

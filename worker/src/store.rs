@@ -10,13 +10,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use thiserror::Error;
 use wire::{Change, Read, Row, Value, Write, WriteOutcome, WriteRequest};
 
-use crate::sql;
+use crate::{sql, timing};
 
 /// How many request ids are kept for answering redeliveries. A redelivery
 /// comes within seconds; this is hours of writes at full speed.
@@ -51,7 +50,7 @@ pub struct Position {
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(timing::SQLITE_BUSY)?;
     // NORMAL in WAL mode survives a process crash (our failure model: a
     // killed container); only an OS crash could lose the last commits.
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
@@ -176,7 +175,7 @@ fn record(tx: &Connection, request_id: &str, seq: u64, epoch: u64, outcome: &Wri
         tx.prepare_cached("INSERT OR REPLACE INTO _requests (request_id, seq, outcome) VALUES (?, ?, ?)")?
             .execute(params![request_id, seq as i64, serde_json::to_string(outcome)?])?;
     }
-    if seq % 1000 == 0 && seq > REQUEST_IDS_KEPT {
+    if seq.is_multiple_of(1000) && seq > REQUEST_IDS_KEPT {
         tx.prepare_cached("DELETE FROM _requests WHERE seq <= ?")?.execute([(seq - REQUEST_IDS_KEPT) as i64])?;
     }
     Ok(())
@@ -209,8 +208,8 @@ pub fn apply_changes(conn: &mut Connection, changes: &[Change]) -> Result<Positi
 /// Read connections, one per concurrent query; SQLite connections are not
 /// shareable across threads at once, and opening one per read is too slow.
 ///
-/// The number of connections is capped (default: twice the cores, at least
-/// 4; `READER_CONNECTIONS` overrides): each one keeps its own page cache, so
+/// The number of connections is capped (`READER_CONNECTIONS`, see
+/// `config`; default twice the cores, at least 4): each one keeps its own page cache, so
 /// one per read in flight (up to the `readQ` prefetch, 64) cost tens of MB of
 /// RSS while two cores cannot run more than two queries at once anyway. A read
 /// that finds every connection busy waits for one to be handed back.
@@ -228,16 +227,11 @@ struct PoolState {
 }
 
 impl ReaderPool {
-    pub fn new(path: &Path) -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let max = std::env::var("READER_CONNECTIONS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or((2 * cores).max(4));
+    /// A pool of at most `max` connections (at least one).
+    pub fn new(path: &Path, max: usize) -> Self {
         ReaderPool {
             path: path.to_owned(),
-            max,
+            max: max.max(1),
             state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
             returned: Condvar::new(),
         }
@@ -274,23 +268,24 @@ impl ReaderPool {
 
     fn open(path: &Path) -> Result<Connection> {
         let c = Connection::open(path)?;
-        c.busy_timeout(Duration::from_secs(5))?;
+        c.busy_timeout(timing::SQLITE_BUSY)?;
         c.execute_batch("PRAGMA query_only=ON;")?;
         Ok(c)
     }
 }
 
 fn read_on(conn: &Connection, r: &Read) -> Result<(Vec<Row>, Position)> {
-    // One transaction so that the rows and the position agree.
-    conn.execute_batch("BEGIN")?;
-    let result = (|| {
-        let pos = position(conn)?;
-        let st = sql::select(r);
-        let mut stmt = conn.prepare_cached(&st.sql)?;
-        let names: Vec<String> =
-            if r.count { vec!["count".to_owned()] } else { r.columns.iter().map(|c| c.to_string()).collect() };
+    // One transaction so that the rows and the position agree; an error drops
+    // it, which rolls it back (the pooled connection is left with none open).
+    let tx = conn.unchecked_transaction()?;
+    let pos = position(&tx)?;
+    let st = sql::select(r);
+    let names: Vec<String> =
+        if r.count { vec!["count".to_owned()] } else { r.columns.iter().map(|c| c.to_string()).collect() };
+    let mut out = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(&st.sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(st.params.iter()))?;
-        let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let mut obj = Row::new();
             for (i, name) in names.iter().enumerate() {
@@ -298,10 +293,9 @@ fn read_on(conn: &Connection, r: &Read) -> Result<(Vec<Row>, Position)> {
             }
             out.push(obj);
         }
-        Ok((out, pos))
-    })();
-    conn.execute_batch("COMMIT")?;
-    result
+    }
+    tx.commit()?;
+    Ok((out, pos))
 }
 
 fn json_of(v: rusqlite::types::ValueRef<'_>) -> serde_json::Value {
@@ -320,7 +314,7 @@ fn json_of(v: rusqlite::types::ValueRef<'_>) -> serde_json::Value {
 /// committed state, even while the master keeps writing.
 pub fn snapshot(db: &Path) -> Result<(Vec<u8>, Position)> {
     let src = Connection::open(db)?;
-    src.busy_timeout(Duration::from_secs(5))?;
+    src.busy_timeout(timing::SQLITE_BUSY)?;
     let tmp = db.with_extension(format!("snapshot-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     src.backup(rusqlite::MAIN_DB, &tmp, None::<fn(rusqlite::backup::Progress)>)?;
@@ -447,7 +441,7 @@ mod tests {
         assert_eq!(changes[4].outcome.last_insert_id, Some(2));
         apply_changes(&mut slave, &changes[..2]).unwrap();
         apply_changes(&mut slave, &changes).unwrap(); // overlap is skipped
-        let pool = ReaderPool::new(&s);
+        let pool = ReaderPool::new(&s, 4);
         let (rows, pos) = pool.read(&ReadRequest::table("rides").validate().unwrap()).unwrap();
         assert_eq!(pos.seq, 5);
         assert_eq!(rows.len(), 1);
@@ -479,12 +473,28 @@ mod tests {
         ] {
             execute_write(&mut c, &w, 1).unwrap();
         }
-        let pool = ReaderPool::new(&db);
+        let pool = ReaderPool::new(&db, 4);
         let count =
             |t: &str| pool.read(&ReadRequest::table(t).counting().validate().unwrap()).unwrap().0[0]["count"].clone();
         assert_eq!(count("rides"), 0);
         assert_eq!(count("ride_riders"), 0);
         assert_eq!(count("users"), 1);
+    }
+
+    #[test]
+    fn a_failed_read_leaves_no_transaction_open() {
+        let db = temp_db("read-err");
+        let mut c = open_writer(&db).unwrap();
+        execute_write(&mut c, &user("ann"), 1).unwrap();
+        let reader = ReaderPool::open(&db).unwrap();
+        let users = ReadRequest::table("users").validate().unwrap();
+        assert_eq!(read_on(&reader, &users).unwrap().0.len(), 1);
+        // The table goes under the reader: its next read fails part-way.
+        c.execute_batch("PRAGMA foreign_keys=OFF; DROP TABLE users;").unwrap();
+        assert!(read_on(&reader, &users).is_err());
+        assert!(reader.is_autocommit(), "the failed read's transaction was rolled back");
+        // The connection goes on serving (a read of another table works).
+        assert!(read_on(&reader, &ReadRequest::table("rides").validate().unwrap()).is_ok());
     }
 
     #[test]

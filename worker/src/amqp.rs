@@ -1,4 +1,6 @@
-//! The RabbitMQ side of a worker: one connection, the spec's topology, replies.
+//! The worker's RabbitMQ connection: connect, declare the topology (defined
+//! once in `wire::broker`), answer RPCs. Replies always carry the request's
+//! correlation id and go to its `reply_to` queue, never anywhere else.
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
