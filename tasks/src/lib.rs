@@ -11,6 +11,7 @@
 //! in a log line.
 
 pub mod config;
+pub mod metrics;
 mod supervisor;
 
 pub use supervisor::{Supervisor, TaskEnd, TaskExit};
