@@ -1,0 +1,206 @@
+//! The orchestrator as the CLI reaches it: its status, event feed, crash and
+//! worker-list endpoints, with the bearer token when one is given.
+//!
+//! Invariant: every request has a deadline (the whole exchange for plain
+//! requests; connecting and each silence for the event feed), and every
+//! failure is one of [`CtlError`]'s cases, whose message tells the operator
+//! what to do: an orchestrator that cannot be reached, a refused token, or
+//! the orchestrator's own `{"error": ...}` with its status.
+
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use serde::de::DeserializeOwned;
+use wire::status::ClusterStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot reach the orchestrator at {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("the orchestrator refused the token: set ADMIN_TOKEN or --token")]
+    Refused,
+    #[error("the orchestrator answered {status}: {message}")]
+    Answered { status: StatusCode, message: String },
+    #[error("the orchestrator at {url} sent an answer this CLI cannot read: {detail}")]
+    Unreadable { url: String, detail: String },
+}
+
+/// Which worker `crash` kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrashTarget {
+    Master,
+    Slave,
+}
+
+impl CrashTarget {
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashTarget::Master => "master",
+            CrashTarget::Slave => "slave",
+        }
+    }
+}
+
+pub struct Orchestrator {
+    base: String,
+    token: Option<String>,
+    timeout: Duration,
+    /// Plain requests: the whole exchange within `timeout`.
+    http: reqwest::Client,
+    /// The event feed: connect within `timeout`; a feed silent for
+    /// `feed_idle` is treated as lost (the orchestrator sends keep-alives).
+    feed: reqwest::Client,
+}
+
+impl Orchestrator {
+    pub fn new(base: &str, token: Option<String>, timeout: Duration, feed_idle: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).build()?;
+        let feed = reqwest::Client::builder().connect_timeout(timeout).read_timeout(feed_idle).build()?;
+        Ok(Orchestrator { base: base.trim_end_matches('/').to_owned(), token, timeout, http, feed })
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus, CtlError> {
+        self.json(self.http.get(self.url("/api/v1/status"))).await
+    }
+
+    /// `POST /api/v1/crash/{master,slave}` → the pid of the worker killed.
+    pub async fn crash(&self, target: CrashTarget) -> Result<u32, CtlError> {
+        let pids: Vec<u32> = self.json(self.http.post(self.url(&format!("/api/v1/crash/{}", target.name())))).await?;
+        pids.first().copied().ok_or_else(|| self.unreadable("an empty pid list"))
+    }
+
+    /// `GET /api/v1/worker/list` → the workers' pids, sorted.
+    pub async fn workers(&self) -> Result<Vec<u32>, CtlError> {
+        self.json(self.http.get(self.url("/api/v1/worker/list"))).await
+    }
+
+    /// `GET /api/v1/events`: the open feed, to read with `Response::chunk`.
+    pub async fn open_feed(&self, last_event_id: Option<u64>) -> Result<Response, CtlError> {
+        let mut req = self.feed.get(self.url("/api/v1/events")).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let resp = self.send(req).await?;
+        self.check(resp).await
+    }
+
+    /// A failure while reading the open feed, said the same way as the others.
+    pub fn feed_error(&self, e: reqwest::Error) -> CtlError {
+        self.unreachable(e)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, CtlError> {
+        let resp = self.check(self.send(req).await?).await?;
+        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        serde_json::from_slice(&body).map_err(|e| self.unreadable(e))
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Response, CtlError> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        req.send().await.map_err(|e| self.unreachable(e))
+    }
+
+    async fn check(&self, resp: Response) -> Result<Response, CtlError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(CtlError::Refused);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Err(CtlError::Answered { status, message: error_message(&body) })
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> CtlError {
+        let detail =
+            if e.is_timeout() { format!("no answer within {} ms", self.timeout.as_millis()) } else { causes(&e) };
+        CtlError::Unreachable { url: self.base.clone(), detail }
+    }
+
+    fn unreadable(&self, e: impl std::fmt::Display) -> CtlError {
+        CtlError::Unreadable { url: self.base.clone(), detail: e.to_string() }
+    }
+}
+
+/// The innermost causes of an error, most specific last
+/// (`error sending request: client error (Connect): tcp connect error: Connection refused (os error 111)`
+/// becomes `tcp connect error: Connection refused (os error 111)`).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        chain.push(c.to_string());
+        cur = c.source();
+    }
+    // The outer layers repeat the URL and "client error"; the last two say what happened.
+    let keep = chain.len().min(2);
+    chain[chain.len() - keep..].join(": ")
+}
+
+/// The `error` of an `{"error": ...}` body, else the body itself (trimmed, short).
+pub fn error_message(body: &str) -> String {
+    if let Ok(e) = serde_json::from_str::<wire::ErrorBody>(body) {
+        return e.error;
+    }
+    let body = body.trim();
+    if body.is_empty() {
+        return "(no body)".to_owned();
+    }
+    body.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_tell_the_operator_what_to_do() {
+        let e = CtlError::Unreachable { url: "http://10.0.0.5:8090".into(), detail: "connection refused".into() };
+        assert_eq!(e.to_string(), "cannot reach the orchestrator at http://10.0.0.5:8090: connection refused");
+        assert_eq!(CtlError::Refused.to_string(), "the orchestrator refused the token: set ADMIN_TOKEN or --token");
+        let e = CtlError::Answered {
+            status: StatusCode::CONFLICT,
+            message: error_message(r#"{"error":"no slave to crash"}"#),
+        };
+        assert_eq!(e.to_string(), "the orchestrator answered 409 Conflict: no slave to crash");
+    }
+
+    #[test]
+    fn error_bodies() {
+        assert_eq!(error_message(r#"{"error": "no master to crash"}"#), "no master to crash");
+        assert_eq!(error_message("  bad gateway \n"), "bad gateway");
+        assert_eq!(error_message(""), "(no body)");
+        assert_eq!(error_message(&"x".repeat(500)).len(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_with_the_url_and_the_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let base = format!("http://127.0.0.1:{port}");
+        let o = Orchestrator::new(&base, None, Duration::from_secs(2), Duration::from_secs(2)).unwrap();
+        let e = o.status().await.unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("cannot reach the orchestrator at {base}: ")), "{text}");
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_orchestrator_times_out() {
+        // Accepted by the kernel (backlog), never answered.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", silent.local_addr().unwrap());
+        let o = Orchestrator::new(&base, None, Duration::from_millis(300), Duration::from_secs(2)).unwrap();
+        let started = std::time::Instant::now();
+        let e = o.workers().await.unwrap_err().to_string();
+        assert_eq!(e, format!("cannot reach the orchestrator at {base}: no answer within 300 ms"));
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    }
+}

@@ -1,0 +1,204 @@
+//! `rideshare-ctl`: the operator's command line for a Rideshare cluster.
+//!
+//!   rideshare-ctl status [--json]      the cluster as a table, master first
+//!   rideshare-ctl events [--follow]    recent events; --follow streams the feed until Ctrl-C
+//!   rideshare-ctl crash master|slave   kill a worker (needs the admin token when one is set)
+//!   rideshare-ctl workers              the workers' pids (needs the admin token when one is set)
+//!
+//! Invariant: it exits 0 only when the orchestrator answered what was asked;
+//! otherwise it prints one line saying why (cannot reach it, token refused,
+//! its error) and exits 1. Every request has a deadline.
+
+mod client;
+mod events;
+mod table;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tasks::config::Millis;
+
+use client::{CrashTarget, CtlError, Orchestrator};
+use events::{Seen, SseParser};
+
+#[derive(Debug, Parser)]
+#[command(name = "rideshare-ctl", version, about = "Operate a Rideshare cluster through its orchestrator")]
+struct Cli {
+    /// The orchestrator's base URL (http only).
+    #[arg(long, global = true, env = "ORCHESTRATOR_URL", default_value = "http://127.0.0.1:8090", value_parser = base_url)]
+    orchestrator: String,
+    /// Bearer token for crash and workers (the orchestrator's ADMIN_TOKEN).
+    #[arg(long, global = true, env = "ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Deadline of each request, in milliseconds (connecting, for the event feed).
+    #[arg(long, global = true, env = "CTL_TIMEOUT_MS", default_value_t = Millis(Duration::from_secs(5)))]
+    timeout_ms: Millis,
+    /// `events --follow`: an event feed silent this long (ms) is reconnected.
+    #[arg(long, global = true, env = "CTL_FEED_IDLE_MS", default_value_t = Millis(Duration::from_secs(60)))]
+    feed_idle_ms: Millis,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The cluster: master, workers (role, state, applied sequence, lag, uptime), autoscaler, connections.
+    Status {
+        /// Print the orchestrator's answer as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The orchestrator's recent events, one per line (UTC time, kind, fields).
+    Events {
+        /// Keep streaming new events until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Kill the master or one slave, as the crash endpoints do; prints its pid.
+    Crash {
+        #[arg(value_enum)]
+        target: CrashTarget,
+    },
+    /// The pids of the running workers, one per line.
+    Workers,
+}
+
+fn base_url(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!("{s:?}: only http:// URLs are supported"));
+    }
+    if url.host_str().is_none() {
+        return Err(format!("{s:?} names no host"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = tasks::config::load();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rideshare-ctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rideshare-ctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let o = Orchestrator::new(&cli.orchestrator, cli.token.clone(), cli.timeout_ms.0, cli.feed_idle_ms.0)?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Status { json: false } => write!(out, "{}", table::render_status(&o.status().await?))?,
+        Command::Status { json: true } => writeln!(out, "{}", serde_json::to_string_pretty(&o.status().await?)?)?,
+        Command::Events { follow } => {
+            let mut seen = Seen::default();
+            for e in o.status().await?.events {
+                if seen.first_time(&e) {
+                    writeln!(out, "{}", events::event_line(&e))?;
+                }
+            }
+            out.flush()?;
+            drop(out);
+            if follow {
+                tokio::select! {
+                    r = follow_feed(&o, &mut seen) => r?,
+                    r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+                }
+            }
+        }
+        Command::Crash { target } => {
+            let pid = o.crash(target).await?;
+            writeln!(out, "crashed {}: pid {pid}", target.name())?;
+        }
+        Command::Workers => {
+            for pid in o.workers().await? {
+                writeln!(out, "{pid}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams the event feed, printing each event once. A lost feed is opened
+/// again (resuming after the last event printed) with a growing pause, and
+/// said on stderr; an orchestrator that refuses the token or answers an error
+/// ends the command.
+async fn follow_feed(o: &Orchestrator, seen: &mut Seen) -> Result<(), CtlError> {
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let lost = match o.open_feed(seen.last_id()).await {
+            Ok(mut resp) => {
+                pause = Duration::from_millis(250);
+                let mut parser = SseParser::default();
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(bytes)) => {
+                            for msg in parser.push(&bytes) {
+                                for e in events::events_in(&msg) {
+                                    if seen.first_time(&e) {
+                                        println!("{}", events::event_line(&e));
+                                    }
+                                }
+                            }
+                        }
+                        Ok(None) => break "the orchestrator closed the event feed".to_owned(),
+                        Err(e) => break o.feed_error(e).to_string(),
+                    }
+                }
+            }
+            Err(e @ CtlError::Unreachable { .. }) => e.to_string(),
+            Err(e) => return Err(e),
+        };
+        eprintln!("rideshare-ctl: {lost}; reconnecting in {} ms", pause.as_millis());
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("rideshare-ctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn settings() {
+        let c = parse(&["--orchestrator", " http://10.0.0.5:8090/ ", "crash", "slave", "--token", "t"]).unwrap();
+        assert_eq!(c.orchestrator, "http://10.0.0.5:8090");
+        assert_eq!(c.token.as_deref(), Some("t"));
+        assert!(matches!(c.command, Command::Crash { target: CrashTarget::Slave }));
+        assert!(matches!(parse(&["status", "--json"]).unwrap().command, Command::Status { json: true }));
+        assert!(matches!(parse(&["events", "-f"]).unwrap().command, Command::Events { follow: true }));
+        for bad in [
+            &["crash", "everyone"][..],
+            &["--orchestrator", "https://x:1", "status"],
+            &["--orchestrator", "10.0.0.5:8090", "status"],
+            &["--timeout-ms", "soon", "status"],
+            &[],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_setting_with_its_variable() {
+        let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
+        for env in ["ORCHESTRATOR_URL", "ADMIN_TOKEN", "CTL_TIMEOUT_MS", "CTL_FEED_IDLE_MS"] {
+            assert!(help.contains(env), "{env} missing from:\n{help}");
+        }
+        assert!(help.contains("[default: http://127.0.0.1:8090]"), "{help}");
+    }
+}
