@@ -1,5 +1,5 @@
 #![cfg(feature = "e2e")]
-//! users-api and rides-api as a client sees them (SPEC sections 2-4), driven
+//! users-api and rides-api as a client sees them (SPEC sections 2-4, 9), driven
 //! through the load balancer, plus `_count` and `db/clear` on each service
 //! directly. Every test starts its own stack (free ports, own database), so
 //! tests neither share data nor depend on each other's order.
@@ -381,6 +381,78 @@ async fn huge_and_malformed_inputs_are_400s() {
     // Still alive and serving.
     assert_eq!(get(&c, &format!("{users}?username={bob}")).await.json(), json!([bob]));
     assert_eq!(get(&c, &format!("{}/health", s.rides)).await.status, 200);
+}
+
+/// A body too big for the API, sent through the load balancer to every route
+/// (those that take a body and those that take none), is refused with a JSON
+/// 400: never a 5xx (nginx answers 502 when a service answers before it has
+/// read the upload), and nothing changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_through_the_lb_are_400s_and_change_nothing() {
+    let s = stack().await;
+    let c = Stack::http();
+    let users = format!("{}/api/v1/users", s.lb);
+    let rides = format!("{}/api/v1/rides", s.lb);
+    let (bob, eve) = (uniq("bob"), uniq("eve"));
+    add_user(&c, &s.lb, &bob).await;
+    add_user(&c, &s.lb, &eve).await;
+    add_ride(&c, &s.lb, &bob, FUTURE, 11, 12).await;
+    let id = only_ride_id(&c, &s.lb, 11, 12).await;
+    send(&c, Method::POST, &format!("{rides}/{id}"), &json!({"username": eve})).await.assert_empty_object(200);
+    let ride_before = get(&c, &format!("{rides}/{id}")).await.json();
+    assert!(count_of(&c, &s.rides).await > 0);
+
+    for len in [70_000, 1 << 20] {
+        let big = "x".repeat(len);
+        let newcomer = format!("{}{}", uniq("n"), &big);
+        // Each string field huge at once, and one huge field beside valid ones.
+        let bodies: Vec<(Method, String, Value)> = vec![
+            (Method::PUT, users.clone(), json!({"username": newcomer, "password": big})),
+            (Method::PUT, users.clone(), json!({"username": newcomer, "password": PASSWORD})),
+            (
+                Method::POST,
+                rides.clone(),
+                json!({"created_by": big, "timestamp": big, "source": big, "destination": big}),
+            ),
+            (Method::POST, rides.clone(), ride(&bob, &format!("{FUTURE}{big}"), json!(13), json!(14))),
+            (Method::POST, rides.clone(), ride(&format!("{bob}{big}"), FUTURE, json!(13), json!(14))),
+            (Method::POST, format!("{rides}/{id}"), json!({"username": big})),
+            (Method::POST, format!("{rides}/{id}"), json!({"username": newcomer})),
+            (Method::POST, format!("{rides}/999999999"), json!({"username": big})),
+            (Method::POST, format!("{rides}/abc"), json!({"username": big})),
+            // Routes that take no body: refused all the same, before they act.
+            (Method::GET, users.clone(), json!({"username": big})),
+            (Method::DELETE, format!("{users}/{eve}"), json!({"username": big})),
+            (Method::GET, format!("{rides}?source=11&destination=12"), json!({"username": big})),
+            (Method::GET, format!("{rides}/{id}"), json!({"username": big})),
+            (Method::DELETE, format!("{rides}/{id}"), json!({"username": big})),
+            (Method::GET, format!("{rides}/count"), json!({"username": big})),
+            (Method::POST, format!("{}/api/v1/db/clear", s.lb), json!({"username": big})),
+            (Method::DELETE, format!("{}/api/v1/_count", s.lb), json!({"username": big})),
+            (Method::GET, format!("{}/api/v1/nothing", s.lb), json!({"username": big})),
+            (Method::PATCH, users.clone(), json!({"username": big})),
+        ];
+        for (m, url, body) in bodies {
+            let r = send(&c, m.clone(), &url, &body).await;
+            assert!((400..500).contains(&r.status), "{m} {url} with a {len}-char value: {} {:.200}", r.status, r.body);
+            assert_eq!(r.status, 400, "{m} {url} with a {len}-char value: {:.200}", r.body);
+            assert!(r.json()["error"].is_string(), "error body {:.200}", r.body);
+        }
+    }
+
+    // Nothing changed: no user created or deleted, no ride created, joined
+    // or deleted, nothing cleared, no counter reset.
+    let mut listed: Vec<String> = serde_json::from_str(&get(&c, &users).await.body).expect("a list of names");
+    listed.sort();
+    let mut expected = vec![bob.clone(), eve.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(rides_count(&c, &s.lb).await, 1);
+    assert_eq!(get(&c, &format!("{rides}/{id}")).await.json(), ride_before);
+    assert!(count_of(&c, &s.rides).await > 0, "the big DELETE _count reset nothing");
+    // And both services still serve, the LB's connections to them included.
+    add_ride(&c, &s.lb, &eve, FUTURE, 13, 14).await;
+    assert_eq!(rides_count(&c, &s.lb).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
