@@ -1,5 +1,5 @@
 # The two commands of the README: `make up` and `make test`.
-.PHONY: up down status test build images bench clean
+.PHONY: up down status test build images bench clean deploy undeploy
 
 up:
 	scripts/stack.sh up
@@ -14,7 +14,16 @@ build:
 	cargo build --release --workspace --all-targets
 
 images:
-	scripts/build-images.sh
+	scripts/build-images.sh all
+
+# The whole system in containers (docker/compose.yml): builds every image
+# (no registry), starts it, returns once the LB on DEPLOY_PORT answers.
+deploy:
+	scripts/deploy.sh up
+
+# Stops it and removes the workers it started, its network and volumes.
+undeploy:
+	scripts/deploy.sh down
 
 # Installs and starts what the tests need (RabbitMQ, ZooKeeper, nginx, the
 # worker image), then runs every test against them.
