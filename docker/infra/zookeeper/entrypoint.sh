@@ -23,6 +23,8 @@ log4j.rootLogger=INFO, CONSOLE
 log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender
 log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout
 log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t] %c{1}: %m%n
+# Not one line per health check (ruok).
+log4j.logger.org.apache.zookeeper.server.NIOServerCnxn=WARN
 CONF
 cp="/tmp/zk:/usr/share/java/zookeeper.jar"
 for j in /usr/share/java/slf4j-api.jar /usr/share/java/log4j-1.2.jar /usr/share/java/slf4j-log4j12.jar \
