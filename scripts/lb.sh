@@ -3,6 +3,10 @@
 #
 #   scripts/lb.sh start|stop|status
 #
+# Both start and stop are idempotent: `start` on a running LB with the same
+# settings changes nothing (a changed config is reloaded into it), `stop` on a
+# stopped one succeeds.
+#
 # Environment:
 #   LB_PORT     port to listen on (default 8080)
 #   LB_HOST     address to listen on (default 127.0.0.1)
@@ -57,7 +61,9 @@ answers() {
     curl -fsS -o /dev/null --max-time 1 "http://$LB_HOST:$LB_PORT/lb-health" 2>/dev/null
 }
 
+# Renders the config for the current settings into $1 (default: the live config).
 render() {
+    local out="${1:-$conf}"
     [[ -f "$template" ]] || die "missing $template"
     local user_line=""
     # As root, nginx would hand its workers to "nobody", who may not be able
@@ -71,15 +77,30 @@ render() {
         -e "s|@USERS_ADDR@|$USERS_ADDR|g" \
         -e "s|@RIDES_ADDR@|$RIDES_ADDR|g" \
         -e "s|@USER_LINE@|$user_line|g" \
-        "$template" >"$conf.new"
-    mv "$conf.new" "$conf"
+        "$template" >"$out.new"
+    mv "$out.new" "$out"
 }
 
 start() {
     local nginx pid
     nginx="$(find_nginx)"
     if pid="$(running_pid)"; then
-        die "already running (pid $pid, $LB_DIR)"
+        # Idempotent: the same settings change nothing; new ones are reloaded
+        # into the running nginx (same pid, no dropped connections).
+        render "$conf.want"
+        if cmp -s "$conf.want" "$conf" && answers; then
+            rm -f "$conf.want"
+            echo "lb: already running (pid $pid) on http://$LB_HOST:$LB_PORT"
+            return 0
+        fi
+        "$nginx" -t -q -p "$LB_DIR" -e "$LB_DIR/logs/error.log" -c "$conf.want" \
+            || die "nginx refused the rendered config $conf.want"
+        mv "$conf.want" "$conf"
+        "$nginx" -p "$LB_DIR" -e "$LB_DIR/logs/error.log" -c "$conf" -s reload \
+            || die "nginx did not reload; see $LB_DIR/logs/error.log"
+        wait_answers
+        echo "lb: reloaded (pid $pid) on http://$LB_HOST:$LB_PORT; users -> $USERS_ADDR, rides -> $RIDES_ADDR"
+        return 0
     fi
     render
     "$nginx" -t -q -p "$LB_DIR" -e "$LB_DIR/logs/error.log" -c "$conf" \
@@ -87,6 +108,11 @@ start() {
     # nginx puts itself in the background and writes its pid file.
     "$nginx" -p "$LB_DIR" -e "$LB_DIR/logs/error.log" -c "$conf" \
         || die "nginx did not start; see $LB_DIR/logs/error.log"
+    wait_answers
+    echo "lb: listening on http://$LB_HOST:$LB_PORT (pid $(running_pid)); users -> $USERS_ADDR, rides -> $RIDES_ADDR; log $LB_DIR/logs/access.log"
+}
+
+wait_answers() {
     local deadline=$((SECONDS + LB_START_TIMEOUT))
     until answers; do
         if ((SECONDS >= deadline)); then
@@ -99,7 +125,6 @@ start() {
         fi
         sleep 0.1
     done
-    echo "lb: listening on http://$LB_HOST:$LB_PORT (pid $(running_pid)); users -> $USERS_ADDR, rides -> $RIDES_ADDR; log $LB_DIR/logs/access.log"
 }
 
 stop() {
