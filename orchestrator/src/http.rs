@@ -2,12 +2,21 @@
 //!
 //! Every error is a JSON `{"error": ...}` with a 4xx or 503 status: a bad
 //! request never reaches a worker, and a missing worker never hangs a caller.
+//!
+//! What operators watch is open (read-only, no secrets): the page at `/`,
+//! `GET /api/v1/status`, the live feed `GET /api/v1/events` (server-sent
+//! events) and `GET /metrics`. Whatever changes something (crash, clear) or
+//! lists pids for the crash routes needs the bearer token when one is set.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use tasks::CancellationToken;
+use tokio::sync::broadcast::error::RecvError;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 use wire::ErrorBody;
@@ -16,7 +25,17 @@ use crate::autoscale::ReadCounter;
 use crate::cluster::Cluster;
 use crate::dbapi::DbApi;
 use crate::error::ApiError;
+use crate::metrics::{outcome, route_template, SERVICE};
+use crate::Telemetry;
 use wire::contract::ErrorKind;
+
+/// How often the live feed sends the status when nothing happens (lag and
+/// the read count move without events).
+pub const FEED_STATUS_EVERY: Duration = Duration::from_secs(1);
+
+const PAGE: &str = include_str!("../assets/index.html");
+const PAGE_JS: &str = include_str!("../assets/app.js");
+const PAGE_CSS: &str = include_str!("../assets/style.css");
 
 /// Largest request body accepted; structured requests are small.
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -28,7 +47,10 @@ pub struct App {
     pub db: DbApi,
     pub cluster: Arc<Cluster>,
     pub reads: Arc<ReadCounter>,
+    pub tel: Arc<Telemetry>,
     pub admin_token: Option<String>,
+    /// Ends the live feeds on shutdown (they would hold the server open).
+    pub stop: CancellationToken,
 }
 
 fn json_reply<T: serde::Serialize>(status: StatusCode, body: &T) -> warp::reply::Response {
@@ -89,7 +111,7 @@ fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
 struct TooLarge;
 impl warp::reject::Reject for TooLarge {}
 
-pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let with_app = {
         let app = app.clone();
         warp::any().map(move || app.clone())
@@ -98,11 +120,13 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
     let read = warp::path!("api" / "v1" / "db" / "read").and(warp::post()).and(body()).and(with_app.clone()).then(
         |body: Bytes, app: Arc<App>| async move {
             app.reads.count_read();
-            let req = match parse(&body) {
-                Ok(r) => r,
-                Err(e) => return e.into_response(),
+            let started = Instant::now();
+            let r = match parse(&body) {
+                Ok(req) => app.db.read(req).await,
+                Err(e) => Err(e),
             };
-            match app.db.read(req).await {
+            app.tel.metrics.db_read(r.as_ref().map_or_else(|e| outcome(e.kind), |_| "ok"), started.elapsed());
+            match r {
                 Ok(rows) => json_reply(StatusCode::OK, &rows),
                 Err(e) => api_error(e),
             }
@@ -111,11 +135,13 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
 
     let write = warp::path!("api" / "v1" / "db" / "write").and(warp::post()).and(body()).and(with_app.clone()).then(
         |body: Bytes, app: Arc<App>| async move {
-            let req = match parse(&body) {
-                Ok(r) => r,
-                Err(e) => return e.into_response(),
+            let started = Instant::now();
+            let r = match parse(&body) {
+                Ok(req) => app.db.write(req).await,
+                Err(e) => Err(e),
             };
-            match app.db.write(req).await {
+            app.tel.metrics.db_write(r.as_ref().map_or_else(|e| outcome(e.kind), |_| "ok"), started.elapsed());
+            match r {
                 Ok(outcome) => json_reply(StatusCode::CREATED, &outcome),
                 Err(e) => api_error(e),
             }
@@ -137,13 +163,19 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .and(warp::post())
         .and(admin(app.clone()))
         .and(with_app.clone())
-        .then(|app: Arc<App>| async move { pid_reply(app.cluster.crash_master().await, "no master to crash") });
+        .then(|app: Arc<App>| async move {
+            app.tel.metrics.crash_request("master");
+            pid_reply(app.cluster.crash_master().await, "no master to crash")
+        });
 
     let crash_slave = warp::path!("api" / "v1" / "crash" / "slave")
         .and(warp::post())
         .and(admin(app.clone()))
         .and(with_app.clone())
-        .then(|app: Arc<App>| async move { pid_reply(app.cluster.crash_slave().await, "no slave to crash") });
+        .then(|app: Arc<App>| async move {
+            app.tel.metrics.crash_request("slave");
+            pid_reply(app.cluster.crash_slave().await, "no slave to crash")
+        });
 
     let list = warp::path!("api" / "v1" / "worker" / "list")
         .and(warp::get())
@@ -158,6 +190,42 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
 
     let health = warp::path!("health").and(warp::get()).map(|| json_reply(StatusCode::OK, &serde_json::json!({})));
 
+    let status = warp::path!("api" / "v1" / "status")
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|app: Arc<App>| json_reply(StatusCode::OK, &app.cluster.status(&app.reads)));
+
+    let events = warp::path!("api" / "v1" / "events").and(warp::get()).and(with_app.clone()).map(|app: Arc<App>| {
+        let feed = live_feed(app);
+        warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(feed)).into_response()
+    });
+
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_app.clone()).map(|app: Arc<App>| {
+        warp::reply::with_header(app.tel.metrics.encode(), "content-type", tasks::metrics::CONTENT_TYPE).into_response()
+    });
+
+    let page = warp::path::end().and(warp::get()).map(|| warp::reply::html(PAGE).into_response());
+    let asset = |name: &'static str, body: &'static str, content_type: &'static str| {
+        warp::path("assets")
+            .and(warp::path(name))
+            .and(warp::path::end())
+            .and(warp::get())
+            .map(move || warp::reply::with_header(body, "content-type", content_type).into_response())
+    };
+    let js = asset("app.js", PAGE_JS, "text/javascript; charset=utf-8");
+    let css = asset("style.css", PAGE_CSS, "text/css; charset=utf-8");
+
+    let tel = app.tel.clone();
+    let count = warp::log::custom(move |info| {
+        tel.metrics.http.observe(
+            SERVICE,
+            route_template(info.path()),
+            info.method().as_str(),
+            info.status().as_u16(),
+            info.elapsed(),
+        )
+    });
+
     read.or(write)
         .unify()
         .or(clear)
@@ -170,8 +238,62 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), 
         .unify()
         .or(health)
         .unify()
+        .or(status)
+        .unify()
+        .or(events)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(page)
+        .unify()
+        .or(js)
+        .unify()
+        .or(css)
+        .unify()
         .recover(rejection)
         .unify()
+        .with(count)
+}
+
+/// The live feed of one subscriber: the status at once, then each event
+/// (`event: event`) followed by the status it led to (`event: status`), and
+/// the status every [`FEED_STATUS_EVERY`] in between. Ends on shutdown.
+fn live_feed(app: Arc<App>) -> impl futures::Stream<Item = Result<warp::sse::Event, Infallible>> + Send + 'static {
+    struct Feed {
+        app: Arc<App>,
+        events: tokio::sync::broadcast::Receiver<wire::status::Event>,
+        tick: tokio::time::Interval,
+        ready: VecDeque<warp::sse::Event>,
+    }
+    fn status(app: &App) -> warp::sse::Event {
+        let s = app.cluster.status(&app.reads);
+        warp::sse::Event::default().event("status").json_data(&s).expect("status serializes")
+    }
+    let events = app.tel.events.subscribe();
+    let mut tick = tokio::time::interval(FEED_STATUS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let feed = Feed { app, events, tick, ready: VecDeque::new() };
+    futures::stream::unfold(feed, |mut f| async move {
+        loop {
+            if let Some(e) = f.ready.pop_front() {
+                return Some((Ok(e), f));
+            }
+            tokio::select! {
+                _ = f.app.stop.cancelled() => return None,
+                _ = f.tick.tick() => f.ready.push_back(status(&f.app)),
+                e = f.events.recv() => match e {
+                    Ok(e) => {
+                        let sse = warp::sse::Event::default().event("event").id(e.id.to_string());
+                        f.ready.push_back(sse.json_data(&e).expect("events serialize"));
+                        f.ready.push_back(status(&f.app));
+                    }
+                    // Missed some: the status carries the latest events.
+                    Err(RecvError::Lagged(_)) => f.ready.push_back(status(&f.app)),
+                    Err(RecvError::Closed) => return None,
+                },
+            }
+        }
+    })
 }
 
 fn pid_reply(r: anyhow::Result<Option<u32>>, none: &str) -> warp::reply::Response {

@@ -1,6 +1,8 @@
 //! The database orchestrator: the HTTP front of the database (`http`,
 //! `dbapi`), the RPC client of the workers over RabbitMQ (`rpc`), and the
-//! worker supervisor (`cluster`: runtime, ZooKeeper, failover; `autoscale`).
+//! worker supervisor (`cluster`: runtime, ZooKeeper, failover; `autoscale`),
+//! and what operators watch it through (`events`, `metrics`, `status`, the
+//! page in `assets/` served by `http`).
 //! Why it is built this way: DESIGN.md beside this crate.
 
 pub mod autoscale;
@@ -8,9 +10,12 @@ pub mod cluster;
 pub mod config;
 pub mod dbapi;
 pub mod error;
+pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod rpc;
 pub mod runtime;
+pub mod status;
 pub mod timing;
 
 use std::sync::Arc;
@@ -19,6 +24,14 @@ use anyhow::{bail, Result};
 use tasks::{CancellationToken, Supervisor, TaskEnd};
 use tracing::{error, info};
 
+/// What every part reports to: the event log and the metrics. One per
+/// process, shared by the RPC client, the supervisor, the autoscaler and HTTP.
+#[derive(Default)]
+pub struct Telemetry {
+    pub events: events::Events,
+    pub metrics: metrics::Metrics,
+}
+
 /// Start everything and serve HTTP until `stop` is cancelled (then finish the
 /// requests in flight, close the broker connection and return) or a
 /// background task ends (then return its error: a restarted orchestrator
@@ -26,23 +39,26 @@ use tracing::{error, info};
 /// no longer fails over or scales is not).
 pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     let mut tasks = Supervisor::new(stop.clone());
-    let rpc = rpc::Rpc::new(cfg.amqp_url.clone());
+    let tel = Arc::new(Telemetry::default());
+    let rpc = rpc::Rpc::new(cfg.amqp_url.clone(), tel.clone());
     tasks.spawn("rabbitmq connection", |t| rpc.clone().maintain(t));
     let cluster = tokio::select! {
-        c = cluster::Cluster::start(cfg.clone(), rpc.clone()) => c?,
+        c = cluster::Cluster::start(cfg.clone(), rpc.clone(), tel.clone()) => c?,
         _ = stop.cancelled() => return Ok(()),
     };
     tasks.spawn("worker exit watch", |t| cluster.clone().watch_exits(t));
     tasks.spawn("replacement slaves", |t| cluster.clone().replenish_loop(t));
     tasks.spawn("reconcile", |t| cluster.clone().reconcile_loop(t));
     let reads = Arc::new(autoscale::ReadCounter::default());
-    tasks.spawn("autoscaler", |t| autoscale::run(reads.clone(), cluster.clone(), cfg.scale, t));
+    tasks.spawn("autoscaler", |t| autoscale::run(reads.clone(), cluster.clone(), cfg.scale, tel.clone(), t));
 
     let app = Arc::new(http::App {
         db: dbapi::DbApi::new(rpc, cfg.read_timeout.0, cfg.write_timeout.0, cluster.adopted_seq()),
         cluster,
         reads,
+        tel,
         admin_token: cfg.admin_token.clone(),
+        stop: stop.clone(),
     });
     let http_stop = stop.clone();
     let listener = tokio::net::TcpListener::bind(cfg.addr).await?;

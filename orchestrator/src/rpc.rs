@@ -8,7 +8,7 @@
 //! a background task reconnects with backoff.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,10 @@ use thiserror::Error;
 use tokio::sync::{oneshot, RwLock};
 use tracing::{info, warn};
 use wire::queues::{READ_Q, RESPONSE_Q, WRITE_Q};
+use wire::status::EventKind;
 use wire::{ReadMsg, Reply, WriteMsg};
+
+use crate::Telemetry;
 
 #[derive(Debug, Error)]
 pub enum RpcError {
@@ -56,12 +59,14 @@ pub struct Rpc {
     next_channel: AtomicUsize,
     /// Replies from a master older than this epoch are dropped (fencing).
     min_epoch: AtomicU64,
+    connected: AtomicBool,
+    tel: Arc<Telemetry>,
 }
 
 impl Rpc {
     /// A client with no connection yet: run [`Rpc::maintain`] to connect
     /// (requests made before it connects get 503).
-    pub fn new(url: String) -> Arc<Rpc> {
+    pub fn new(url: String, tel: Arc<Telemetry>) -> Arc<Rpc> {
         Arc::new(Rpc {
             url,
             link: RwLock::new(None),
@@ -70,7 +75,14 @@ impl Rpc {
             next_id: AtomicU64::new(1),
             next_channel: AtomicUsize::new(0),
             min_epoch: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            tel,
         })
+    }
+
+    /// Whether the broker connection is up (no call).
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
     pub fn set_min_epoch(&self, epoch: u64) {
@@ -91,7 +103,8 @@ impl Rpc {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(id, tx);
-        let _guard = PendingGuard { pending: &self.pending, id };
+        self.tel.metrics.rpc_in_flight.inc();
+        let _guard = PendingGuard { pending: &self.pending, id, in_flight: &self.tel.metrics.rpc_in_flight };
         // A message nobody took before the caller gave up is dropped by the
         // broker, so a timed-out request is not executed later.
         let mut props = BasicProperties::default()
@@ -119,21 +132,41 @@ impl Rpc {
     /// end of this task); on `stop`, close the connection and return.
     pub async fn maintain(self: Arc<Self>, stop: CancellationToken) -> anyhow::Result<()> {
         let mut backoff = RPC_BACKOFF_MIN;
+        // Whether a loss was reported and no connection came since: the
+        // next connection is a "regained" event.
+        let mut down_reported = false;
         while !stop.is_cancelled() {
             let connected = tokio::select! {
                 c = self.connect() => c,
                 _ = stop.cancelled() => break,
             };
-            match connected {
+            let lost = match connected {
                 Ok(consumer) => {
                     backoff = RPC_BACKOFF_MIN;
                     info!("connected to rabbitmq");
+                    self.connected.store(true, Ordering::Relaxed);
+                    if down_reported {
+                        down_reported = false;
+                        self.tel.metrics.broker_reconnects.inc();
+                        self.tel.events.emit(EventKind::BrokerRegained);
+                    }
                     tokio::select! {
-                        _ = self.dispatch(consumer) => warn!("rabbitmq connection lost; failing requests in flight and reconnecting"),
-                        _ = stop.cancelled() => {}
+                        _ = self.dispatch(consumer) => {
+                            warn!("rabbitmq connection lost; failing requests in flight and reconnecting");
+                            Some("connection lost".to_owned())
+                        }
+                        _ = stop.cancelled() => None,
                     }
                 }
-                Err(e) => warn!(error = %e, "rabbitmq unreachable; retrying"),
+                Err(e) => {
+                    warn!(error = %e, "rabbitmq unreachable; retrying");
+                    Some(e.to_string())
+                }
+            };
+            self.connected.store(false, Ordering::Relaxed);
+            if let Some(error) = lost.filter(|_| !down_reported) {
+                down_reported = true;
+                self.tel.events.emit(EventKind::BrokerLost { error });
             }
             self.disconnect().await;
             tokio::select! {
@@ -213,15 +246,18 @@ impl Rpc {
     }
 }
 
-/// Removes a caller's entry when it stops waiting (answer, timeout or error).
+/// Removes a caller's entry when it stops waiting (answer, timeout or error),
+/// and counts it out of the in-flight gauge.
 struct PendingGuard<'a> {
     pending: &'a Pending,
     id: u64,
+    in_flight: &'a prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.pending.lock().expect("pending lock").remove(&self.id);
+        self.in_flight.dec();
     }
 }
 
@@ -231,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn replies_meant_for_another_orchestrator_process_are_not_ours() {
-        let rpc = Rpc::new("amqp://127.0.0.1:1/%2f".into());
+        let rpc = Rpc::new("amqp://127.0.0.1:1/%2f".into(), Default::default());
         let mine = format!("{:016x}.5", rpc.instance);
         assert_eq!(rpc.own_request(&mine), Some(5));
         assert_eq!(rpc.own_request(&format!("{:016x}.5", rpc.instance ^ 1)), None);

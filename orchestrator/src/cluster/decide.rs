@@ -34,6 +34,24 @@ pub struct Member {
     pub serving: bool,
 }
 
+impl MemberRole {
+    /// The metrics' `role` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Master => "master",
+            MemberRole::Slave => "slave",
+        }
+    }
+
+    /// As the status API spells it.
+    pub fn wire(self) -> wire::status::WorkerRole {
+        match self {
+            MemberRole::Master => wire::status::WorkerRole::Master,
+            MemberRole::Slave => wire::status::WorkerRole::Slave,
+        }
+    }
+}
+
 impl Member {
     pub fn new(pid: u32, role: MemberRole, now: Instant) -> Member {
         Member { pid, role, stopping: false, started: now, missing_since: None, registered: false, serving: false }
@@ -58,6 +76,19 @@ pub enum Detected {
     NeverRegistered,
     /// It is not in the runtime's listing any more (an exit event was missed).
     NotRunning,
+}
+
+impl Detected {
+    /// As the event feed and the metrics' `detected` label spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detected::CrashEndpoint => "crash_endpoint",
+            Detected::RuntimeExit => "runtime_exit",
+            Detected::ZnodeGone => "znode_gone",
+            Detected::NeverRegistered => "never_registered",
+            Detected::NotRunning => "not_running",
+        }
+    }
 }
 
 /// The registry as read from ZooKeeper: `None` when it could not be read (or

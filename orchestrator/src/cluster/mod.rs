@@ -26,12 +26,15 @@ use anyhow::{anyhow, bail, Result};
 use tasks::CancellationToken;
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
-use wire::coord::{MasterRecord, WorkerRecord};
+use wire::coord::{MasterRecord, Role, WorkerRecord};
+use wire::status::{ClusterStatus, EventKind, MasterStatus, WorkerRole, WorkerStatus};
 
 use crate::config::Config;
+use crate::metrics::{gauge_i64, WorkerGauges};
 use crate::rpc::Rpc;
 use crate::runtime::{Runtime, WorkerSpec};
-use crate::timing;
+use crate::status::{worker_state, SeqHistory};
+use crate::{timing, Telemetry};
 pub use decide::{Detected, Member, MemberRole};
 use decide::{FailoverStep, Fix};
 use zk::Zk;
@@ -53,8 +56,30 @@ impl Membership {
     }
 }
 
+/// The membership as of its last change, for status calls (which must not
+/// wait behind a failover or a container start holding the lock).
+#[derive(Debug, Default, Clone)]
+struct View {
+    members: BTreeMap<String, Member>,
+    epoch: u64,
+}
+
+/// What the last good registry read showed (the reconcile loop reads it at
+/// least every `RECONCILE_EVERY`): status calls use it instead of asking
+/// ZooKeeper themselves.
+#[derive(Debug, Default)]
+struct ZkView {
+    /// Each registered worker's record and when it was last read.
+    records: HashMap<String, (WorkerRecord, Instant)>,
+    /// The master's sequence numbers over time, for lag in ms.
+    master_seqs: SeqHistory,
+}
+
 pub struct Cluster {
     cfg: Config,
+    tel: Arc<Telemetry>,
+    view: std::sync::Mutex<View>,
+    zk_view: std::sync::Mutex<ZkView>,
     runtime: Runtime,
     zk: Zk,
     rpc: Arc<Rpc>,
@@ -73,13 +98,16 @@ impl Cluster {
     /// start a fresh master and slaves. The loops that keep it so
     /// (`watch_exits`, `replenish_loop`, `reconcile_loop`) are the caller's to
     /// run and watch.
-    pub async fn start(cfg: Config, rpc: Arc<Rpc>) -> Result<Arc<Cluster>> {
+    pub async fn start(cfg: Config, rpc: Arc<Rpc>, tel: Arc<Telemetry>) -> Result<Arc<Cluster>> {
         let runtime = Runtime::connect(cfg.runtime.clone()).await.map_err(|e| anyhow!("worker runtime: {e}"))?;
         info!(runtime = runtime.kind_name(), cluster = runtime.cluster_id(), "worker runtime ready");
-        let zk = Zk::new(&cfg.zk_addr, &cfg.zk_root, cfg.zk_session_timeout.0);
+        let zk = Zk::new(&cfg.zk_addr, &cfg.zk_root, cfg.zk_session_timeout.0, tel.clone());
         let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let cluster = Arc::new(Cluster {
             cfg,
+            tel,
+            view: std::sync::Mutex::new(View::default()),
+            zk_view: std::sync::Mutex::new(ZkView::default()),
             runtime,
             zk,
             rpc,
@@ -118,10 +146,51 @@ impl Cluster {
     /// now (unreadable, or our session is not connected: a missing znode
     /// would mean nothing).
     async fn registry(&self) -> Option<HashMap<String, WorkerRecord>> {
-        match self.zk.workers().await {
-            Ok(r) if self.zk.healthy().await => Some(r),
+        let read = self.zk.workers().await;
+        // Asked even when the read failed: it notes a lost or regained session.
+        let healthy = self.zk.healthy().await;
+        match read {
+            Ok(r) if healthy => {
+                self.note_registry(&r);
+                Some(r)
+            }
             _ => None,
         }
+    }
+
+    /// Keep a good registry read for status calls and the per-worker gauges.
+    fn note_registry(&self, registry: &HashMap<String, WorkerRecord>) {
+        let now = Instant::now();
+        let mut zv = self.zk_view.lock().expect("zk view lock");
+        let master_seq = registry
+            .values()
+            .filter(|r| matches!(r.role, Role::Master | Role::Promoting))
+            .max_by_key(|r| r.epoch)
+            .or_else(|| registry.values().max_by_key(|r| r.seq))
+            .map(|r| r.seq);
+        if let Some(seq) = master_seq {
+            zv.master_seqs.note(seq, now);
+        }
+        zv.records = registry.iter().map(|(id, r)| (id.clone(), (r.clone(), now))).collect();
+        let gauges: Vec<WorkerGauges> = registry
+            .iter()
+            .map(|(id, r)| {
+                let (lag_seqs, lag_ms) = zv.master_seqs.lag(r.seq, now).unwrap_or((0, 0));
+                WorkerGauges { worker: id.clone(), applied_seq: r.seq, lag_seqs, lag_seconds: lag_ms as f64 / 1000.0 }
+            })
+            .collect();
+        drop(zv);
+        self.tel.metrics.set_workers(&gauges);
+    }
+
+    /// Publish the membership to status calls and the gauges; called after
+    /// every change, before the event that tells of it.
+    fn publish(&self, st: &Membership) {
+        let m = &self.tel.metrics;
+        m.slaves_running.set(st.slaves().count() as i64);
+        m.master_up.set(i64::from(st.master().is_some()));
+        m.master_epoch.set(gauge_i64(st.epoch));
+        *self.view.lock().expect("view lock") = View { members: st.members.clone(), epoch: st.epoch };
     }
 
     async fn adopt_or_bootstrap(&self) -> Result<()> {
@@ -147,9 +216,10 @@ impl Cluster {
         }
         if st.master().is_none() {
             warn!("no running master among adopted workers");
-            self.failover(&mut st, Detected::NotRunning).await?;
+            self.failover(&mut st, Detected::NotRunning, Instant::now()).await?;
         }
         self.fill_slaves(&mut st).await;
+        self.publish(&st);
         Ok(())
     }
 
@@ -163,6 +233,8 @@ impl Cluster {
         let pid = self.start_worker(&id, true).await?;
         st.members.insert(id.clone(), Member::new(pid, MemberRole::Master, Instant::now()));
         info!(worker = %id, pid, epoch = st.epoch, "master started");
+        self.publish(st);
+        self.tel.events.emit(EventKind::MasterStarted { worker: id.clone(), pid, epoch: st.epoch });
         self.fill_slaves(st).await;
         Ok(())
     }
@@ -192,6 +264,8 @@ impl Cluster {
         let pid = self.start_worker(&id, false).await?;
         st.members.insert(id.clone(), Member::new(pid, MemberRole::Slave, Instant::now()));
         info!(worker = %id, pid, "slave started");
+        self.publish(st);
+        self.tel.events.emit(EventKind::WorkerStarted { worker: id, pid, role: WorkerRole::Slave });
         Ok(())
     }
 
@@ -207,7 +281,8 @@ impl Cluster {
 
     /// Promote the lowest-pid caught-up slave (docs/api.md, failover); the
     /// new epoch fences the old master. The caller removed the old master.
-    async fn failover(&self, st: &mut Membership, how: Detected) -> Result<()> {
+    /// `seen`: when the crash that calls for it was seen (for the failover's duration).
+    async fn failover(&self, st: &mut Membership, how: Detected, seen: Instant) -> Result<()> {
         // A slave that is still catching up (a replacement started just
         // before the crash) turns promotable as soon as it has applied what
         // was queued for it: wait for it, bounded, rather than start empty.
@@ -219,7 +294,10 @@ impl Cluster {
                 FailoverStep::Wait => tokio::time::sleep(timing::CATCH_UP_POLL).await,
                 FailoverStep::StartEmptyMaster => {
                     error!(?how, "no caught-up slave to promote: starting an empty master (data held by the lost master is gone)");
-                    return self.bootstrap(st).await;
+                    self.bootstrap(st).await?;
+                    self.tel.metrics.failovers.inc();
+                    self.tel.metrics.failover_duration.observe(seen.elapsed().as_secs_f64());
+                    return Ok(());
                 }
                 FailoverStep::Postpone => bail!("zookeeper unreadable: failover postponed until it answers"),
             }
@@ -232,22 +310,38 @@ impl Cluster {
             m.role = MemberRole::Master;
         }
         let seq = registry.as_ref().and_then(|r| r.get(&id)).map(|r| r.seq);
-        info!(worker = %id, pid, epoch = st.epoch, seq, "promoted slave to master");
+        let took = seen.elapsed();
+        let failover_ms = took.as_millis() as u64;
+        info!(worker = %id, pid, epoch = st.epoch, seq, failover_ms, "promoted slave to master");
+        self.tel.metrics.failovers.inc();
+        self.tel.metrics.failover_duration.observe(took.as_secs_f64());
+        self.publish(st);
+        self.tel.events.emit(EventKind::Promoted { worker: id, pid, epoch: st.epoch, seq, failover_ms });
         Ok(())
     }
 
     /// A member left without being stopped: fail over if it was the master,
     /// and replace it.
     async fn handle_loss(&self, st: &mut Membership, id: &str, how: Detected) {
+        let seen = Instant::now();
         let Some(m) = st.members.remove(id) else { return };
         st.retired.insert(id.to_owned(), Instant::now());
+        self.publish(st);
         if m.stopping {
             info!(worker = %id, pid = m.pid, "worker stopped as planned");
+            self.tel.events.emit(EventKind::Stopped { worker: id.to_owned(), pid: m.pid });
             return;
         }
         warn!(worker = %id, pid = m.pid, role = ?m.role, detected = ?how, "worker crashed");
+        self.tel.metrics.worker_crash(m.role.as_str(), how.as_str());
+        self.tel.events.emit(EventKind::Crashed {
+            worker: id.to_owned(),
+            pid: m.pid,
+            role: m.role.wire(),
+            detected: how.as_str().to_owned(),
+        });
         if m.role == MemberRole::Master {
-            if let Err(e) = self.failover(st, how).await {
+            if let Err(e) = self.failover(st, how, seen).await {
                 error!(error = %e, "failover failed");
             }
         }
@@ -326,6 +420,7 @@ impl Cluster {
             }
         }
         let after = st.slaves().count();
+        self.publish(&st);
         drop(st);
         // Graceful stops wait for reads in flight: not under the lock.
         let stops = to_stop.iter().map(|id| async move {
@@ -416,6 +511,7 @@ impl Cluster {
                         m.serving = true;
                         let after_ms = m.started.elapsed().as_millis() as u64;
                         info!(worker = %id, pid = m.pid, seq, after_ms, "slave caught up and serving reads");
+                        self.tel.events.emit(EventKind::CaughtUp { worker: id, pid: m.pid, seq, after_ms });
                     }
                 }
                 Fix::MissingSince { id, since } => {
@@ -431,17 +527,71 @@ impl Cluster {
                 }
                 Fix::Failover => {
                     warn!("no master: failing over");
-                    if let Err(e) = self.failover(&mut st, Detected::NotRunning).await {
+                    if let Err(e) = self.failover(&mut st, Detected::NotRunning, Instant::now()).await {
                         error!(error = %e, "failover failed");
                     }
                 }
             }
         }
+        self.publish(&st);
         Ok(())
     }
 
     /// See `adopted_seq`.
     pub fn adopted_seq(&self) -> u64 {
         self.adopted_seq.load(Ordering::SeqCst)
+    }
+
+    /// `GET /api/v1/status`, from what the orchestrator already keeps (its
+    /// published membership, the last registry read, the autoscaler's
+    /// counters): no ZooKeeper or engine call, no wait behind the lock.
+    pub fn status(&self, reads: &crate::autoscale::ReadCounter) -> ClusterStatus {
+        let now = Instant::now();
+        let view = self.view.lock().expect("view lock").clone();
+        let container_ids = self.runtime.container_ids();
+        let runtime = self.runtime.kind_name().to_owned();
+        let (mut workers, master) = {
+            let zv = self.zk_view.lock().expect("zk view lock");
+            let mut master = None;
+            let workers: Vec<WorkerStatus> = view
+                .members
+                .iter()
+                .map(|(id, m)| {
+                    let rec = zv.records.get(id);
+                    let applied_seq = rec.map(|(r, _)| r.seq);
+                    let lag = applied_seq.and_then(|s| zv.master_seqs.lag(s, now));
+                    if m.role == MemberRole::Master {
+                        master = Some(MasterStatus { id: id.clone(), pid: m.pid, epoch: view.epoch, seq: applied_seq });
+                    }
+                    WorkerStatus {
+                        id: id.clone(),
+                        role: m.role.wire(),
+                        state: worker_state(m, rec.map(|(r, _)| r)),
+                        pid: m.pid,
+                        container_id: container_ids.get(id).cloned(),
+                        runtime: runtime.clone(),
+                        applied_seq,
+                        lag_seqs: lag.map(|l| l.0),
+                        lag_ms: lag.map(|l| l.1),
+                        uptime_secs: now.saturating_duration_since(m.started).as_secs_f64(),
+                        last_heartbeat_ms_ago: rec.map(|(_, at)| now.saturating_duration_since(*at).as_millis() as u64),
+                    }
+                })
+                .collect();
+            (workers, master)
+        };
+        workers.sort_by_key(|w| (w.role != WorkerRole::Master, w.pid));
+        let slaves_running = view.members.values().filter(|m| m.is_active_slave()).count() as u64;
+        ClusterStatus {
+            at_ms: wire::now_ms(),
+            cluster_id: self.runtime.cluster_id().to_owned(),
+            runtime,
+            master,
+            workers,
+            autoscaler: reads.status(&self.cfg.scale, slaves_running),
+            broker_connected: self.rpc.connected(),
+            zookeeper_connected: self.zk.connected(),
+            events: self.tel.events.recent(),
+        }
     }
 }

@@ -1,19 +1,29 @@
 //! The orchestrator's view of ZooKeeper: the master record it owns and the
 //! workers' ephemeral znodes it watches. Reconnects (new session) on expiry.
+//! A session lost or regained (as [`Zk::healthy`] observes it) is an event.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 use wire::coord::{master_path, worker_path, workers_path, MasterRecord, WorkerRecord};
+use wire::status::EventKind;
 use zookeeper_client as zk;
+
+use crate::Telemetry;
 
 pub struct Zk {
     addr: String,
     root: String,
     session_timeout: Duration,
     client: Mutex<Option<zk::Client>>,
+    tel: Arc<Telemetry>,
+    /// The session state as last observed, and whether it was ever connected.
+    connected: AtomicBool,
+    ever_connected: AtomicBool,
 }
 
 use crate::timing::{ZK_CALL_TIMEOUT as CALL_TIMEOUT, ZK_CONNECT_TIMEOUT};
@@ -27,8 +37,21 @@ pub enum ZkError {
 }
 
 impl Zk {
-    pub fn new(addr: &str, root: &str, session_timeout: Duration) -> Zk {
-        Zk { addr: addr.into(), root: root.into(), session_timeout, client: Mutex::new(None) }
+    pub fn new(addr: &str, root: &str, session_timeout: Duration, tel: Arc<Telemetry>) -> Zk {
+        Zk {
+            addr: addr.into(),
+            root: root.into(),
+            session_timeout,
+            client: Mutex::new(None),
+            tel,
+            connected: AtomicBool::new(false),
+            ever_connected: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the session was connected when last observed (no call).
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
     /// A live client, opening a new session if there is none or it ended.
@@ -66,8 +89,19 @@ impl Zk {
     }
 
     /// True while the session is connected (missing znodes mean something).
+    /// Notes a change since the last look as an event.
     pub async fn healthy(&self) -> bool {
-        matches!(self.client.lock().await.as_ref().map(|c| c.state()), Some(zk::SessionState::SyncConnected))
+        let ok = matches!(self.client.lock().await.as_ref().map(|c| c.state()), Some(zk::SessionState::SyncConnected));
+        let was = self.connected.swap(ok, Ordering::Relaxed);
+        if was && !ok {
+            warn!(addr = %self.addr, "zookeeper session lost");
+            self.tel.events.emit(EventKind::ZookeeperLost);
+        } else if !was && ok && self.ever_connected.swap(true, Ordering::Relaxed) {
+            info!(addr = %self.addr, "zookeeper session regained");
+            self.tel.metrics.zookeeper_reconnects.inc();
+            self.tel.events.emit(EventKind::ZookeeperRegained);
+        }
+        ok
     }
 
     pub async fn master(&self) -> Result<Option<MasterRecord>, ZkError> {

@@ -394,6 +394,13 @@ impl DockerRuntime {
         Ok(pid)
     }
 
+    /// Worker id → container id, for the containers seen running (from
+    /// the cache that `start`, `list` and the events keep; no engine call).
+    pub fn container_ids(&self) -> HashMap<String, String> {
+        let k = self.shared.known.lock().unwrap();
+        k.running.iter().map(|(cid, (worker, _))| (worker.clone(), cid.clone())).collect()
+    }
+
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, RuntimeError> {
         let running = list_running(&self.docker, &self.cfg.cluster_id).await?;
         for (cid, w) in &running {

@@ -236,6 +236,15 @@ impl Runtime {
         Ok(v)
     }
 
+    /// Worker id → container id of the workers seen running (Docker; empty
+    /// for processes). From the runtime's cache: no engine call.
+    pub fn container_ids(&self) -> std::collections::HashMap<String, String> {
+        match self {
+            Runtime::Docker(d) => d.container_ids(),
+            Runtime::Process(_) => Default::default(),
+        }
+    }
+
     pub fn exits(&self) -> broadcast::Receiver<WorkerExit> {
         match self {
             Runtime::Docker(d) => d.exits(),
