@@ -43,3 +43,46 @@ where
     signals.abort();
     tracing::info!("{name} stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::task::JoinSet;
+    use warp::reply::Reply;
+
+    use super::*;
+
+    /// Cancelling the token lets the request in flight finish, takes no new
+    /// connection, and then `serve` returns.
+    #[tokio::test]
+    async fn a_request_in_flight_finishes_then_it_stops() {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let started_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(started_tx)));
+        let slow = crate::http::routes(std::sync::Arc::new(()), move |_, _| {
+            let started = started_tx.lock().unwrap().take();
+            async move {
+                if let Some(tx) = started {
+                    let _ = tx.send(());
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                warp::reply::json(&"done").into_response()
+            }
+        });
+        let listener = listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve("test", listener, slow, stop.clone()));
+        let client = reqwest::Client::new();
+        let in_flight = client.get(&url).send();
+        let in_flight = tokio::spawn(in_flight);
+        tokio::time::timeout(Duration::from_secs(5), started_rx).await.unwrap().unwrap();
+        stop.cancel();
+        let answer = tokio::time::timeout(Duration::from_secs(5), in_flight).await.unwrap().unwrap().unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.text().await.unwrap(), "\"done\"");
+        tokio::time::timeout(Duration::from_secs(5), tasks.join_next()).await.unwrap().unwrap().unwrap();
+        assert!(reqwest::Client::new().get(&url).send().await.is_err(), "no new connection after stopping");
+    }
+}
