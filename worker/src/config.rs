@@ -1,33 +1,21 @@
 //! Worker settings: each an environment variable (the orchestrator sets them
 //! when it starts a worker) or the matching `--flag`; `worker --help` lists
-//! every one with its default.
-//!
-//! Invariant: a value is read the same way everywhere: surrounding whitespace
-//! is trimmed, an empty value is the same as an unset one (the default), and a
-//! value that does not parse stops the worker at start with a message naming
-//! the setting. The names are those of [`wire::contract::env`] (a test below
-//! holds the literals clap needs to them).
+//! every one with its default. Read through `tasks::config` like every
+//! binary's: surrounding whitespace is trimmed, an empty variable is the same
+//! as an unset one (the default), and a value that does not parse stops the
+//! worker at start with a message naming the setting. The names are those of
+//! [`wire::contract::env`] (a test below holds the literals clap needs to them).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use tasks::config::Millis;
 
 use crate::timing;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=2";
-pub const DEFAULT_ZK_ADDR: &str = "127.0.0.1:2181";
-pub const DEFAULT_ZK_ROOT: &str = "/rideshare";
-pub const DEFAULT_DB_PATH: &str = "worker.db";
 pub const DEFAULT_READ_PREFETCH: u16 = 64;
-
-fn default_read_wait_ms() -> u64 {
-    timing::DEFAULT_READ_WAIT.as_millis() as u64
-}
-
-fn default_zk_session_timeout_ms() -> u64 {
-    timing::DEFAULT_ZK_SESSION_TIMEOUT.as_millis() as u64
-}
 
 /// Twice the cores, at least 4: each connection keeps its own page cache, and
 /// two cores cannot run more than two queries at once anyway.
@@ -44,34 +32,29 @@ struct Args {
     #[arg(long, env = "WORKER_ID", value_parser = worker_id)]
     worker_id: String,
     /// The worker's SQLite file.
-    #[arg(long, env = "DB_PATH", default_value = DEFAULT_DB_PATH, value_parser = |s: &str| text(s, DEFAULT_DB_PATH))]
-    db_path: String,
+    #[arg(long, env = "DB_PATH", default_value = "worker.db")]
+    db_path: PathBuf,
     /// RabbitMQ.
-    #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = DEFAULT_AMQP_URL,
-          value_parser = |s: &str| text(s, DEFAULT_AMQP_URL))]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = DEFAULT_AMQP_URL)]
     amqp_url: String,
     /// ZooKeeper ensemble (host:port[,host:port...]).
-    #[arg(long, env = "ZK_ADDR", default_value = DEFAULT_ZK_ADDR, value_parser = |s: &str| text(s, DEFAULT_ZK_ADDR))]
+    #[arg(long, env = "ZK_ADDR", default_value = "127.0.0.1:2181")]
     zk_addr: String,
     /// ZooKeeper root of this cluster (an absolute path).
-    #[arg(long, env = "ZK_ROOT", default_value = DEFAULT_ZK_ROOT, value_parser = zk_root)]
+    #[arg(long, env = "ZK_ROOT", default_value = "/rideshare", value_parser = zk_root)]
     zk_root: String,
     /// ZooKeeper session timeout (ms); a master stops writing once its lease, a fraction of it, passed without
     /// hearing from ZooKeeper.
-    #[arg(long, env = "ZK_SESSION_TIMEOUT_MS", default_value_t = default_zk_session_timeout_ms(),
-          value_parser = |s: &str| positive(s, default_zk_session_timeout_ms()))]
-    zk_session_timeout_ms: u64,
+    #[arg(long = "zk-session-timeout-ms", env = "ZK_SESSION_TIMEOUT_MS", default_value_t = Millis(timing::DEFAULT_ZK_SESSION_TIMEOUT), value_parser = positive_ms)]
+    zk_session_timeout: Millis,
     /// Reads a slave works on at once (the readQ prefetch).
-    #[arg(long, env = "READ_PREFETCH", default_value_t = DEFAULT_READ_PREFETCH,
-          value_parser = |s: &str| positive(s, DEFAULT_READ_PREFETCH))]
+    #[arg(long, env = "READ_PREFETCH", default_value_t = DEFAULT_READ_PREFETCH, value_parser = clap::value_parser!(u16).range(1..))]
     read_prefetch: u16,
     /// Longest wait (ms) of a strong read for syncQ to bring the slave up to its floor.
-    #[arg(long, env = "READ_WAIT_MS", default_value_t = default_read_wait_ms(),
-          value_parser = |s: &str| number(s, default_read_wait_ms()))]
-    read_wait_ms: u64,
+    #[arg(long = "read-wait-ms", env = "READ_WAIT_MS", default_value_t = Millis(timing::DEFAULT_READ_WAIT))]
+    read_wait: Millis,
     /// SQLite read connections of a slave (default: twice the cores, at least 4).
-    #[arg(long, env = "READER_CONNECTIONS", default_value_t = default_reader_connections(),
-          value_parser = |s: &str| positive(s, default_reader_connections()))]
+    #[arg(long, env = "READER_CONNECTIONS", default_value_t = default_reader_connections(), value_parser = positive_count)]
     reader_connections: usize,
     /// 1 for the cluster's first master, which may start from an empty file.
     #[arg(long, env = "BOOTSTRAP_MASTER", action = clap::ArgAction::Set, default_value_t = false, value_parser = flag)]
@@ -100,86 +83,73 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parse the command line and the environment. `Err` carries clap's
-    /// message (also for `--help`, which the caller prints and exits 0 on).
-    pub fn parse_from<I, T>(args: I) -> Result<Config, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let a = Args::try_parse_from(args)?;
-        Ok(Config {
+    /// Read the command line and the environment (see the module doc). `Err`
+    /// carries clap's message (also for `--help`, which the caller prints and
+    /// exits 0 on).
+    pub fn load() -> Result<Config, clap::Error> {
+        tasks::config::try_load_from::<Args, _>(std::env::args()).map(Config::from)
+    }
+
+    #[cfg(test)]
+    fn parse_from(args: Vec<String>) -> Result<Config, clap::Error> {
+        Args::try_parse_from(args).map(Config::from)
+    }
+}
+
+impl From<Args> for Config {
+    fn from(a: Args) -> Config {
+        Config {
             worker_id: a.worker_id,
             amqp_url: a.amqp_url,
             zk_addr: a.zk_addr,
             zk_root: a.zk_root,
-            db_path: PathBuf::from(a.db_path),
+            db_path: a.db_path,
             read_prefetch: a.read_prefetch,
-            read_wait: Duration::from_millis(a.read_wait_ms),
-            zk_session_timeout: Duration::from_millis(a.zk_session_timeout_ms),
+            read_wait: a.read_wait.0,
+            zk_session_timeout: a.zk_session_timeout.0,
             reader_connections: a.reader_connections,
             bootstrap_master: a.bootstrap_master,
-        })
+        }
     }
 }
 
-/// Trimmed; empty means unset (`None`).
-pub fn given(raw: &str) -> Option<&str> {
-    Some(raw.trim()).filter(|s| !s.is_empty())
-}
-
-/// A text setting: trimmed, `default` when empty.
-pub fn text(raw: &str, default: &str) -> Result<String, String> {
-    Ok(given(raw).unwrap_or(default).to_owned())
-}
-
-/// A number: trimmed, `default` when empty, an error when it does not parse.
-pub fn number<T: std::str::FromStr>(raw: &str, default: T) -> Result<T, String>
-where
-    T::Err: std::fmt::Display,
-{
-    match given(raw) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|e| format!("{v:?} is not a number ({e})")),
+fn positive_ms(raw: &str) -> Result<Millis, String> {
+    match raw.parse::<Millis>()? {
+        Millis(d) if d.is_zero() => Err("must be at least 1".into()),
+        ms => Ok(ms),
     }
 }
 
-/// A number of at least 1 (0 would mean "unlimited" or "none", never what is meant).
-pub fn positive<T: std::str::FromStr + PartialEq + Default>(raw: &str, default: T) -> Result<T, String>
-where
-    T::Err: std::fmt::Display,
-{
-    let n = number(raw, default)?;
-    if n == T::default() {
-        return Err("must be at least 1".into());
+fn positive_count(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{raw:?} is not a number ({e})")),
     }
-    Ok(n)
 }
 
-/// The worker id: required, letters, digits, `-` or `_` (it names a znode and a queue).
-pub fn worker_id(raw: &str) -> Result<String, String> {
-    let Some(id) = given(raw) else { return Err("must be set".into()) };
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+/// The worker id: letters, digits, `-` or `_` (it names a znode and a queue).
+fn worker_id(id: &str) -> Result<String, String> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(format!("{id:?} must be letters, digits, - or _"));
     }
     Ok(id.to_owned())
 }
 
 /// The ZooKeeper root: an absolute path, without a trailing slash.
-pub fn zk_root(raw: &str) -> Result<String, String> {
-    let root = given(raw).unwrap_or(DEFAULT_ZK_ROOT);
+fn zk_root(root: &str) -> Result<String, String> {
     if !root.starts_with('/') || root.len() < 2 || root.ends_with('/') {
         return Err(format!("{root:?} must be an absolute path such as /rideshare"));
     }
     Ok(root.to_owned())
 }
 
-/// A yes/no setting: `1`/`true` or `0`/`false`, empty is no.
-pub fn flag(raw: &str) -> Result<bool, String> {
-    match given(raw).map(str::to_ascii_lowercase).as_deref() {
-        None | Some("0") | Some("false") => Ok(false),
-        Some("1") | Some("true") => Ok(true),
-        Some(other) => Err(format!("{other:?} is neither 1 nor 0")),
+/// A yes/no setting: `1`/`true` or `0`/`false`.
+fn flag(raw: &str) -> Result<bool, String> {
+    match raw.to_ascii_lowercase().as_str() {
+        "0" | "false" => Ok(false),
+        "1" | "true" => Ok(true),
+        other => Err(format!("{other:?} is neither 1 nor 0")),
     }
 }
 
@@ -203,9 +173,9 @@ mod tests {
             ("amqp_url", env::AMQP_URL),
             ("zk_addr", env::ZK_ADDR),
             ("zk_root", env::ZK_ROOT),
-            ("zk_session_timeout_ms", env::ZK_SESSION_TIMEOUT_MS),
+            ("zk_session_timeout", env::ZK_SESSION_TIMEOUT_MS),
             ("read_prefetch", env::READ_PREFETCH),
-            ("read_wait_ms", env::READ_WAIT_MS),
+            ("read_wait", env::READ_WAIT_MS),
             ("reader_connections", env::READER_CONNECTIONS),
             ("bootstrap_master", env::BOOTSTRAP_MASTER),
         ];
@@ -217,35 +187,16 @@ mod tests {
     }
 
     #[test]
-    fn values_are_trimmed_and_empty_means_unset() {
-        let cases: [(&str, Result<u16, ()>); 6] =
-            [("", Ok(64)), ("   ", Ok(64)), (" 8 ", Ok(8)), ("8", Ok(8)), ("eight", Err(())), ("0", Err(()))];
-        for (raw, want) in cases {
-            assert_eq!(positive(raw, 64u16).map_err(|_| ()), want, "{raw:?}");
-        }
-        assert_eq!(number(" \t", 7u64), Ok(7));
-        assert_eq!(number("0", 7u64), Ok(0));
-        assert_eq!(text("  amqp://x  ", "d").unwrap(), "amqp://x");
-        assert_eq!(text(" ", "d").unwrap(), "d");
-    }
-
-    #[test]
     fn worker_ids_and_roots_are_checked() {
-        let ids: [(&str, Option<&str>); 6] = [
-            ("w-1_a", Some("w-1_a")),
-            (" w1 ", Some("w1")),
-            ("", None),
-            ("  ", None),
-            ("bad id!", None),
-            ("a/b", None),
-        ];
+        let ids: [(&str, Option<&str>); 6] =
+            [("w-1_a", Some("w-1_a")), ("w1", Some("w1")), ("", None), ("a b", None), ("bad id!", None), ("a/b", None)];
         for (raw, want) in ids {
             assert_eq!(worker_id(raw).ok().as_deref(), want, "{raw:?}");
         }
         let roots: [(&str, Option<&str>); 6] = [
             ("/rideshare", Some("/rideshare")),
-            (" /t1 ", Some("/t1")),
-            ("", Some(DEFAULT_ZK_ROOT)),
+            ("/t1", Some("/t1")),
+            ("", None),
             ("rideshare", None),
             ("/", None),
             ("/a/", None),
@@ -253,14 +204,8 @@ mod tests {
         for (raw, want) in roots {
             assert_eq!(zk_root(raw).ok().as_deref(), want, "{raw:?}");
         }
-        let flags: [(&str, Option<bool>); 6] = [
-            ("1", Some(true)),
-            (" true", Some(true)),
-            ("0", Some(false)),
-            ("", Some(false)),
-            ("yes", None),
-            ("2", None),
-        ];
+        let flags: [(&str, Option<bool>); 6] =
+            [("1", Some(true)), ("true", Some(true)), ("0", Some(false)), ("", None), ("yes", None), ("2", None)];
         for (raw, want) in flags {
             assert_eq!(flag(raw).ok(), want, "{raw:?}");
         }
@@ -275,14 +220,12 @@ mod tests {
             ("--amqp-url", "amqp://h"),
             ("--zk-addr", "zk:2181"),
             ("--zk-root", "/r"),
-            ("--zk-session-timeout-ms", ""),
-            ("--read-prefetch", ""),
-            ("--read-wait-ms", " "),
-            ("--reader-connections", ""),
-            ("--bootstrap-master", ""),
         ];
         for (k, v) in overrides {
-            args.iter_mut().find(|(a, _)| a == k).expect("a known flag").1 = v;
+            match args.iter_mut().find(|(a, _)| a == k) {
+                Some(arg) => arg.1 = v,
+                None => args.push((k, v)),
+            }
         }
         std::iter::once("worker".to_owned()).chain(args.iter().map(|(k, v)| format!("{k}={v}"))).collect()
     }
@@ -301,7 +244,7 @@ mod tests {
         assert!(!c.bootstrap_master);
 
         let c = Config::parse_from(all(&[
-            ("--read-prefetch", " 16 "),
+            ("--read-prefetch", "16"),
             ("--read-wait-ms", "500"),
             ("--zk-session-timeout-ms", "6000"),
             ("--reader-connections", "2"),
@@ -319,9 +262,9 @@ mod tests {
     fn a_bad_value_is_an_error_naming_the_setting() {
         for (flag, value, says) in [
             ("--worker-id", "bad id!", "WORKER_ID"),
-            ("--worker-id", " ", "must be set"),
+            ("--worker-id", "", "must be letters"),
             ("--zk-root", "rideshare", "absolute"),
-            ("--read-prefetch", "lots", "not a number"),
+            ("--read-prefetch", "lots", "invalid digit"),
             ("--read-wait-ms", "-1", "not a number"),
             ("--reader-connections", "0", "at least 1"),
             ("--bootstrap-master", "maybe", "neither"),

@@ -19,10 +19,11 @@ mod zk;
 use tracing::{error, info};
 use wire::contract::ExitReason;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Settings first, before any thread starts (the loader normalises the environment).
+    let cfg = config::Config::load();
     tasks::init_tracing("info,lapin=warn");
-    let cfg = match config::Config::parse_from(std::env::args_os()) {
+    let cfg = match cfg {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version: printed, exit 0
         Err(e) => {
@@ -32,10 +33,20 @@ async fn main() {
             std::process::exit(ExitReason::Failed.code());
         }
     };
-    let stop = tasks::CancellationToken::new();
-    // Ends itself after the first signal; nothing to watch.
-    drop(tasks::cancel_on_signal(stop.clone()));
-    let reason = match node::run(cfg, stop).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            error!(reason = %ExitReason::Failed, error = %e, "worker exiting");
+            std::process::exit(ExitReason::Failed.code());
+        }
+    };
+    let result = runtime.block_on(async {
+        let stop = tasks::CancellationToken::new();
+        // Ends itself after the first signal; nothing to watch.
+        drop(tasks::cancel_on_signal(stop.clone()));
+        node::run(cfg, stop).await
+    });
+    let reason = match result {
         Ok(reason) => {
             info!(%reason, "worker exiting");
             reason
