@@ -118,6 +118,10 @@ impl Config {
     pub fn load() -> Result<Config> {
         let cfg: Config = tasks::config::load();
         cfg.check()?;
+        for w in crate::timing::warnings(&cfg) {
+            // Said on stderr: tracing is not set up yet when settings are read.
+            eprintln!("warning: {w}");
+        }
         Ok(cfg)
     }
 
