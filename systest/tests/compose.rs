@@ -511,3 +511,109 @@ async fn scales_out_and_in() {
     .await
     .unwrap();
 }
+
+/// The master container cut off from the deployment's network (so from
+/// ZooKeeper and RabbitMQ) under four writers, then connected again: a slave
+/// is promoted and takes writes, the old master is gone (or leaves) rather
+/// than serving again, and every acknowledged ride is present exactly once,
+/// which also means the old master acknowledged nothing the new one lacks.
+#[tokio::test(flavor = "multi_thread")]
+async fn master_cut_off_from_zookeeper_and_rabbitmq() {
+    let d = Deployment::up("part", &[]);
+    let c = Stack::http();
+    let lb = d.lb.clone();
+    let owner = uniq("owner");
+    add_user(&c, &lb, &owner).await;
+    let before = d.wait_workers(2, &[], Duration::from_secs(30)).await;
+    let master = d
+        .worker_containers()
+        .into_iter()
+        .find(|cid| {
+            d.inspect(cid, "{{range .Config.Env}}{{println .}}{{end}}").lines().any(|l| l == "BOOTSTRAP_MASTER=1")
+        })
+        .expect("the bootstrap master's container");
+    let master_pid: u32 = d.inspect(&master, "{{.State.Pid}}").parse().expect("the master's pid");
+    assert!(before.contains(&master_pid), "{master_pid} in {before:?}");
+    let net = format!("{}-net", d.cluster);
+
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&lb, &owner, 4, &ledger, &stop);
+    poll("100 acknowledged writes before the cut", Duration::from_secs(60), || async {
+        (ledger.acked.lock().unwrap().len() >= 100).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let t_cut = Instant::now();
+    let out = run(Command::new("docker").args(["network", "disconnect", "-f", &net, &master]));
+    assert!(out.status.success(), "docker network disconnect: {}", text(&out));
+    let acked_at_cut = ledger.acked.lock().unwrap().len();
+    // Writes wait in writeQ until the cut-off master's ZooKeeper session
+    // expires and a slave is promoted.
+    poll("100 writes acknowledged by the new master", Duration::from_secs(60), || async {
+        (ledger.acked.lock().unwrap().len() >= acked_at_cut + 100).then_some(())
+    })
+    .await
+    .unwrap();
+    eprintln!("[compose] master {master_pid} cut off: 100 more writes acknowledged after {:?}", t_cut.elapsed());
+    // Connect it again, after the promotion (if the orchestrator has not
+    // removed it already): it must not take a write or come back as a worker.
+    let exists = run(Command::new("docker").args(["inspect", &master])).status.success();
+    if exists {
+        let out = run(Command::new("docker").args(["network", "connect", &net, &master]));
+        eprintln!(
+            "[compose] old master (running: {}) reconnected: {} {}",
+            d.inspect(&master, "{{.State.Running}}"),
+            out.status.success(),
+            text(&out).trim()
+        );
+    } else {
+        eprintln!("[compose] the orchestrator had already removed the old master");
+    }
+    let after = d.wait_workers(2, &[master_pid], Duration::from_secs(90)).await;
+    eprintln!("[compose] master {master_pid} cut off: replaced in worker/list ({after:?}) after {:?}", t_cut.elapsed());
+    if std::env::var_os("COMPOSE_TEST_LOGS").is_some() {
+        eprintln!("{}", text(&d.compose(&["logs", "--no-color", "--timestamps", "orchestrator"])));
+    }
+
+    let acked_at_reconnect = ledger.acked.lock().unwrap().len();
+    poll("100 more writes after the reconnect", Duration::from_secs(60), || async {
+        (ledger.acked.lock().unwrap().len() >= acked_at_reconnect + 100).then_some(())
+    })
+    .await
+    .unwrap();
+    poll("the old master to be gone from the engine", Duration::from_secs(60), || async {
+        let running = d.inspect(&master, "{{.State.Running}}");
+        (running != "true").then_some(())
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let pids = d.worker_pids().await.expect("worker/list");
+    assert!(!pids.contains(&master_pid), "the old master is not a worker again: {pids:?}");
+    assert_eq!(ledger.refused.load(Ordering::Relaxed), 0, "no ride of the owner may be refused");
+
+    let list = upcoming(&c, &lb, 20, 21).await;
+    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    for r in &list {
+        *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
+    }
+    let acked = ledger.acked.lock().unwrap().clone();
+    let unclear = ledger.unclear.lock().unwrap().clone();
+    let missing: Vec<_> = acked.iter().filter(|t| !seen.contains_key(t)).collect();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let unknown: Vec<_> = seen.keys().filter(|t| !acked.contains(t) && !unclear.contains(t)).collect();
+    assert!(missing.is_empty(), "acknowledged rides lost: {missing:?}");
+    assert!(twice.is_empty(), "rides applied twice: {twice:?}");
+    assert!(unknown.is_empty(), "rides nobody wrote: {unknown:?}");
+    eprintln!(
+        "[compose] partition: {} acknowledged, {} unclear ({} applied), all present once",
+        acked.len(),
+        unclear.len(),
+        unclear.iter().filter(|t| seen.contains_key(t)).count()
+    );
+}
