@@ -125,10 +125,93 @@ pub enum SyncMsg {
     },
 }
 
-/// First line of a snapshot reply; the SQLite file's bytes follow the newline.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// What a snapshot reply's [`SnapshotFrame::Header`] says about the file that follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
+    /// The last change the file holds.
     pub seq: u64,
     /// The serving master's epoch (newer than the file's own after a promotion).
     pub epoch: u64,
+    /// The file's length in bytes.
+    pub size: u64,
+    /// How many [`SnapshotFrame::Chunk`]s follow, numbered from 0.
+    pub chunks: u64,
+    /// The length of every chunk but the last (which holds the rest, at least one byte).
+    pub chunk_bytes: u64,
+    /// SHA-256 of the whole file, lower-case hex.
+    pub sha256: String,
+}
+
+/// One message of a snapshot reply. The master answers a request on
+/// `snapshotQ` with a sequence of them on the request's `reply_to` queue, each
+/// with the request's correlation id: [`Started`](Self::Started),
+/// [`Header`](Self::Header), then the chunks in order; or
+/// [`Failed`](Self::Failed) instead of the header. No message carries the
+/// whole file, so the broker's message size limit never caps the database.
+///
+/// On the wire a message is this enum as one JSON line, then `\n`, then the
+/// chunk's bytes (nothing for the other kinds): [`encode`](Self::encode),
+/// [`decode`](Self::decode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SnapshotFrame {
+    /// The master took the request and is copying the database (a large
+    /// file takes a while before the header can say its size and checksum).
+    Started,
+    Header(SnapshotHeader),
+    /// Chunk `index` of the file; its bytes follow the JSON line.
+    Chunk {
+        index: u64,
+    },
+    /// The master could not copy the database; the slave asks again.
+    Failed {
+        error: String,
+    },
+}
+
+impl SnapshotFrame {
+    /// The message body: this frame's JSON line, `\n`, then `payload`.
+    pub fn encode(&self, payload: &[u8]) -> Vec<u8> {
+        let mut body = serde_json::to_vec(self).expect("snapshot frames serialize");
+        body.reserve_exact(1 + payload.len());
+        body.push(b'\n');
+        body.extend_from_slice(payload);
+        body
+    }
+
+    /// A message body split into its frame and its payload.
+    pub fn decode(body: &[u8]) -> Result<(SnapshotFrame, &[u8]), String> {
+        let nl = body.iter().position(|b| *b == b'\n').ok_or("snapshot message without a frame line")?;
+        let frame = serde_json::from_slice(&body[..nl]).map_err(|e| format!("unreadable snapshot frame: {e}"))?;
+        Ok((frame, &body[nl + 1..]))
+    }
+}
+
+#[cfg(test)]
+mod snapshot_frame_tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_and_its_bytes_round_trip() {
+        let header = SnapshotHeader { seq: 7, epoch: 2, size: 5, chunks: 2, chunk_bytes: 3, sha256: "ab".into() };
+        for (frame, payload) in [
+            (SnapshotFrame::Started, &b""[..]),
+            (SnapshotFrame::Header(header), b""),
+            (SnapshotFrame::Chunk { index: 1 }, b"bytes\n\0with a newline"),
+            (SnapshotFrame::Failed { error: "disk full".into() }, b""),
+        ] {
+            let body = frame.encode(payload);
+            assert_eq!(SnapshotFrame::decode(&body).unwrap(), (frame, payload));
+        }
+        assert_eq!(
+            String::from_utf8(SnapshotFrame::Chunk { index: 3 }.encode(b"x")).unwrap(),
+            "{\"kind\":\"chunk\",\"index\":3}\nx"
+        );
+    }
+
+    #[test]
+    fn a_body_without_a_frame_line_is_refused() {
+        assert!(SnapshotFrame::decode(b"raw sqlite bytes").is_err());
+        assert!(SnapshotFrame::decode(b"{\"seq\":1,\"epoch\":1}\nold single-message reply").is_err());
+    }
 }

@@ -11,6 +11,7 @@ mod config;
 mod master;
 mod node;
 mod slave;
+mod snapshot;
 mod sql;
 mod store;
 mod timing;

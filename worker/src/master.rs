@@ -22,17 +22,17 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use rusqlite::Connection as SqliteConn;
 use tasks::{CancellationToken, Supervisor};
 use tracing::{error, info, warn};
 use wire::coord::Role;
 use wire::queues::{SNAPSHOT_Q, SYNC_X, WRITE_Q};
-use wire::{Reply, SnapshotHeader, SyncMsg, WriteMsg, WriteRequest};
+use wire::{Reply, SnapshotFrame, SyncMsg, WriteMsg, WriteRequest};
 
 use crate::node::NodeCtx;
 use crate::store::{self, Applied, StoreError};
-use crate::timing;
+use crate::{snapshot, timing};
 
 /// Why the master loop ended without a broker error.
 #[derive(Debug)]
@@ -266,11 +266,14 @@ async fn wait_for_lease(ctx: &NodeCtx) -> bool {
     true
 }
 
-/// Answer snapshot requests of new slaves: header line, then the file. Ends
-/// `Ok` only when told to stop; its consumer closing (the queue deleted, the
-/// channel closed) is an error the master role ends on.
+/// Answer snapshot requests of new slaves, one at a time, each as a stream of
+/// chunks (see `snapshot`). Ends `Ok` only when told to stop; its consumer
+/// closing (the queue deleted, the channel closed) or the channel failing is
+/// an error the master role ends on.
 async fn serve_snapshots(ch: Channel, ctx: NodeCtx, epoch: u64, stop: CancellationToken) -> Result<()> {
     ch.basic_qos(1, BasicQosOptions::default()).await?;
+    // Confirms pace the stream: at most `snapshot::IN_FLIGHT` chunks unconfirmed.
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut reqs = ch
         .basic_consume(
             SNAPSHOT_Q.into(),
@@ -279,6 +282,7 @@ async fn serve_snapshots(ch: Channel, ctx: NodeCtx, epoch: u64, stop: Cancellati
             FieldTable::default(),
         )
         .await?;
+    let mut served = 0u64;
     loop {
         let d = tokio::select! {
             d = reqs.next() => d,
@@ -286,21 +290,150 @@ async fn serve_snapshots(ch: Channel, ctx: NodeCtx, epoch: u64, stop: Cancellati
         };
         let Some(d) = d else { bail!("its {SNAPSHOT_Q} consumer was closed (queue deleted or channel closed)") };
         let d = d?;
-        let path = ctx.cfg.db_path.clone();
-        match tokio::task::spawn_blocking(move || store::snapshot(&path)).await? {
-            Ok((bytes, pos)) => {
-                let mut body = serde_json::to_vec(&SnapshotHeader { seq: pos.seq, epoch }).expect("serializes");
-                body.push(b'\n');
-                body.extend_from_slice(&bytes);
-                crate::amqp::reply_bytes(&ch, &d.properties, &body, BasicProperties::default()).await?;
-                info!(seq = pos.seq, bytes = bytes.len(), "snapshot served");
-                d.acker.ack(BasicAckOptions::default()).await?;
+        served += 1;
+        let failed = match serve_snapshot(&ch, &d.properties, &ctx, epoch, served).await? {
+            Served::Sent => false,
+            Served::Abandoned(why) => {
+                warn!(slave = %String::from_utf8_lossy(&d.data), "snapshot not sent: {why}");
+                false
             }
+            Served::Failed => true,
+        };
+        // The request is answered either way: a slave that got a failure, or
+        // none, asks again with a new request.
+        d.acker.ack(BasicAckOptions::default()).await?;
+        if failed {
+            tokio::time::sleep(timing::SNAPSHOT_RETRY_PAUSE).await;
+        }
+    }
+}
+
+/// How one snapshot request went (a broker failure is an `Err` instead).
+enum Served {
+    Sent,
+    /// Stopped sending: the slave's reply queue is gone, or the broker did not confirm in time.
+    Abandoned(String),
+    /// The copy failed; the slave was told.
+    Failed,
+}
+
+/// Copy the database and stream it to the request's `reply_to` queue:
+/// `Started`, `Header`, then every chunk, read from the copy on disk one at a time.
+async fn serve_snapshot(ch: &Channel, req: &BasicProperties, ctx: &NodeCtx, epoch: u64, n: u64) -> Result<Served> {
+    let Some(mut out) = Replies::new(ch, req) else { return Ok(Served::Abandoned("no reply_to".into())) };
+    // Said before the copy, so the slave knows to wait for it; mandatory, so
+    // a request whose slave gave up (its queue gone) costs no copy.
+    out.send(&SnapshotFrame::Started.encode(&[])).await?;
+    if let Some(why) = out.settle_all().await? {
+        return Ok(Served::Abandoned(why));
+    }
+    let started = std::time::Instant::now();
+    let db = ctx.cfg.db_path.clone();
+    let tmp = db.with_extension(format!("snapshot-{}-{n}", std::process::id()));
+    let file =
+        match tokio::task::spawn_blocking(move || snapshot::prepare(&db, tmp, epoch, snapshot::CHUNK_BYTES)).await? {
+            Ok(f) => f,
             Err(e) => {
                 error!(error = %e, "snapshot failed");
-                d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-                tokio::time::sleep(timing::SNAPSHOT_RETRY_PAUSE).await;
+                out.send(&SnapshotFrame::Failed { error: e.to_string() }.encode(&[])).await?;
+                out.settle_all().await?;
+                return Ok(Served::Failed);
             }
+        };
+    let prepared_ms = started.elapsed().as_millis() as u64;
+    let header = file.header.clone();
+    if let Some(why) = out.send(&SnapshotFrame::Header(header.clone()).encode(&[])).await? {
+        return Ok(Served::Abandoned(why));
+    }
+    let mut reader = snapshot::ChunkReader::open(&file.path, &header)?;
+    loop {
+        let (r, chunk) = tokio::task::spawn_blocking(move || {
+            let c = reader.next_chunk();
+            (reader, c)
+        })
+        .await?;
+        reader = r;
+        let Some((index, bytes)) = chunk? else { break };
+        if let Some(why) = out.send(&SnapshotFrame::Chunk { index }.encode(&bytes)).await? {
+            return Ok(Served::Abandoned(why));
+        }
+    }
+    if let Some(why) = out.settle_all().await? {
+        return Ok(Served::Abandoned(why));
+    }
+    info!(
+        seq = header.seq,
+        bytes = header.size,
+        chunks = header.chunks,
+        prepared_ms,
+        total_ms = started.elapsed().as_millis() as u64,
+        "snapshot served"
+    );
+    Ok(Served::Sent)
+}
+
+/// Messages to one request's `reply_to` queue, with its correlation id,
+/// mandatory (a queue that is gone sends them back) and confirmed, with at
+/// most [`snapshot::IN_FLIGHT`] unconfirmed at once.
+struct Replies<'a> {
+    ch: &'a Channel,
+    to: lapin::types::ShortString,
+    props: BasicProperties,
+    unconfirmed: std::collections::VecDeque<PublisherConfirm>,
+}
+
+impl<'a> Replies<'a> {
+    fn new(ch: &'a Channel, req: &BasicProperties) -> Option<Replies<'a>> {
+        let to = req.reply_to().clone()?;
+        let mut props = BasicProperties::default();
+        if let Some(id) = req.correlation_id() {
+            props = props.with_correlation_id(id.clone());
+        }
+        Some(Replies { ch, to, props, unconfirmed: Default::default() })
+    }
+
+    /// Publish one message; once too many are unconfirmed, wait for the
+    /// oldest. `Some(why)` means stop sending.
+    async fn send(&mut self, body: &[u8]) -> Result<Option<String>> {
+        let confirm = self
+            .ch
+            .basic_publish(
+                "".into(),
+                self.to.clone(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                self.props.clone(),
+            )
+            .await
+            .context("publishing a snapshot message")?;
+        self.unconfirmed.push_back(confirm);
+        while self.unconfirmed.len() > snapshot::IN_FLIGHT {
+            if let Some(why) = self.settle_one().await? {
+                return Ok(Some(why));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn settle_all(&mut self) -> Result<Option<String>> {
+        while !self.unconfirmed.is_empty() {
+            if let Some(why) = self.settle_one().await? {
+                return Ok(Some(why));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn settle_one(&mut self) -> Result<Option<String>> {
+        let Some(confirm) = self.unconfirmed.pop_front() else { return Ok(None) };
+        let Ok(confirmation) = tokio::time::timeout(timing::SNAPSHOT_CONFIRM_WAIT, confirm).await else {
+            return Ok(Some(format!("the broker confirmed nothing in {:?}", timing::SNAPSHOT_CONFIRM_WAIT)));
+        };
+        match confirmation.context("waiting for a snapshot confirm")? {
+            Confirmation::Ack(None) => Ok(None),
+            Confirmation::Ack(Some(_)) => Ok(Some("the slave's reply queue is gone (it asked again or left)".into())),
+            Confirmation::Nack(_) => bail!("the broker refused a snapshot message (nack)"),
+            Confirmation::NotRequested => bail!("snapshot channel not in confirm mode"),
         }
     }
 }

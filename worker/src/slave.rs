@@ -8,6 +8,7 @@
 //! are skipped when applied.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,9 +28,10 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 use wire::coord::Role;
 use wire::queues::{sync_queue_for, READ_Q, SNAPSHOT_Q, SYNC_X};
-use wire::{Change, ReadMsg, Reply, SnapshotHeader, SyncMsg};
+use wire::{Change, ReadMsg, Reply, SnapshotFrame, SnapshotHeader, SyncMsg};
 
 use crate::node::NodeCtx;
+use crate::snapshot::{self, Assembler, Stage};
 use crate::store::{self, Position, ReaderPool};
 use crate::timing;
 
@@ -73,12 +75,15 @@ pub async fn run(conn: &Connection, ctx: &NodeCtx, stop: CancellationToken) -> R
         .await?;
 
     // 2. The snapshot (none may come while no master serves: a stop does not wait for it).
-    let (bytes, header) = tokio::select! {
-        r = fetch_snapshot(conn, &id) => r?,
+    let (staged, header) = tokio::select! {
+        r = fetch_snapshot(conn, &id, &ctx.cfg.db_path) => r?,
         _ = stop.cancelled() => return Ok(SlaveExit::Stopped),
     };
     let path = ctx.cfg.db_path.clone();
-    let (db, pos) = tokio::task::spawn_blocking(move || store::install_snapshot(&path, &bytes)).await??;
+    let (db, pos) = tokio::task::spawn_blocking(move || store::install_snapshot(&path, &staged)).await??;
+    if pos.seq != header.seq {
+        bail!("installed snapshot holds seq {}, its header said {}", pos.seq, header.seq);
+    }
     let epoch = header.epoch.max(pos.epoch);
     info!(worker = %id, seq = pos.seq, epoch, "snapshot installed");
     let db = Arc::new(Mutex::new(db));
@@ -159,10 +164,45 @@ pub async fn run(conn: &Connection, ctx: &NodeCtx, stop: CancellationToken) -> R
     }
 }
 
-/// Ask the master for a snapshot on `snapshotQ`; retried while no master answers
-/// (it may be starting, or a failover may be under way).
-async fn fetch_snapshot(conn: &Connection, id: &str) -> Result<(Vec<u8>, SnapshotHeader)> {
+/// Ask the master for a snapshot on `snapshotQ` until one arrives whole:
+/// returns the received file (next to the database, ready to be moved in)
+/// and its header. Asked again, with a fresh reply queue, while no master
+/// answers (it may be starting, or a failover may be under way) and after a
+/// stream that broke off or did not check out (one line says why).
+async fn fetch_snapshot(conn: &Connection, id: &str, db: &std::path::Path) -> Result<(PathBuf, SnapshotHeader)> {
+    let staged = db.with_extension("incoming");
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match fetch_once(conn, id, attempt, &staged).await? {
+            Ok(received) => return Ok(received),
+            Err(Retry::NoAnswer) => warn!(worker = %id, attempt, "no snapshot yet; asking again"),
+            Err(Retry::Aborted(why)) => {
+                warn!(worker = %id, attempt, "snapshot aborted, asking again: {why}");
+                tokio::time::sleep(timing::SNAPSHOT_RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Why a snapshot attempt ended without a file.
+enum Retry {
+    /// No master took the request in time.
+    NoAnswer,
+    Aborted(String),
+}
+
+/// One snapshot request on a reply queue of its own (exclusive, deleted with
+/// its channel, so a master still streaming to an abandoned attempt gets its
+/// messages back and stops). `Err` is a broker failure; `Ok(Err)` a retry.
+async fn fetch_once(
+    conn: &Connection,
+    id: &str,
+    attempt: u32,
+    staged: &std::path::Path,
+) -> Result<Result<(PathBuf, SnapshotHeader), Retry>> {
     let ch = conn.create_channel().await?;
+    ch.basic_qos(snapshot::PREFETCH, BasicQosOptions::default()).await?;
     let q = ch
         .queue_declare(
             "".into(),
@@ -173,31 +213,77 @@ async fn fetch_snapshot(conn: &Connection, id: &str) -> Result<(Vec<u8>, Snapsho
     let mut replies = ch
         .basic_consume(
             q.name().clone(),
-            format!("snapshot-{id}").into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            format!("snapshot-{id}-{attempt}").into(),
+            BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    let mut attempt = 0u32;
+    let correlation = format!("{id}-{attempt}");
+    let props =
+        BasicProperties::default().with_reply_to(q.name().clone()).with_correlation_id(correlation.as_str().into());
+    ch.basic_publish("".into(), SNAPSHOT_Q.into(), BasicPublishOptions::default(), id.as_bytes(), props).await?;
+    let result = receive(&mut replies, &correlation, staged).await;
+    let _ = tokio::time::timeout(timing::CLOSE_WAIT, ch.close(200, "snapshot attempt over".into())).await;
+    result
+}
+
+/// Receive one snapshot stream into `staged`, each wait bounded by its stage.
+async fn receive(
+    replies: &mut Consumer,
+    correlation: &str,
+    staged: &std::path::Path,
+) -> Result<Result<(PathBuf, SnapshotHeader), Retry>> {
+    let abort = |why: String| Ok(Err(Retry::Aborted(why)));
+    let mut stage = Stage::Requested;
+    let mut file: Option<Assembler> = None;
     loop {
-        attempt += 1;
-        let props = BasicProperties::default()
-            .with_reply_to(q.name().clone())
-            .with_correlation_id(format!("{id}-{attempt}").into());
-        ch.basic_publish("".into(), SNAPSHOT_Q.into(), BasicPublishOptions::default(), id.as_bytes(), props).await?;
-        let wait = tokio::time::timeout(timing::SNAPSHOT_WAIT, replies.next()).await;
-        match wait {
-            Ok(Some(d)) => {
-                let d = d?;
-                let nl = d.data.iter().position(|b| *b == b'\n').context("snapshot reply without header")?;
-                let header: SnapshotHeader = serde_json::from_slice(&d.data[..nl])?;
-                let mut bytes = d.data;
-                bytes.drain(..=nl);
-                let _ = tokio::time::timeout(timing::CLOSE_WAIT, ch.close(200, "snapshot received".into())).await;
-                return Ok((bytes, header));
-            }
+        let d = match tokio::time::timeout(stage.wait(), replies.next()).await {
+            Err(_) if stage == Stage::Requested => return Ok(Err(Retry::NoAnswer)),
+            Err(_) => return abort(format!("nothing came for {:?} while {stage:?}", stage.wait())),
             Ok(None) => bail!("snapshot reply queue closed"),
-            Err(_) => warn!(worker = %id, attempt, "no snapshot yet; asking again"),
+            Ok(Some(d)) => d?,
+        };
+        if d.properties.correlation_id().as_ref().map(|c| c.as_str()) != Some(correlation) {
+            return abort(format!("a message for another request ({:?})", d.properties.correlation_id()));
+        }
+        let (frame, payload_len) = match SnapshotFrame::decode(&d.data) {
+            Ok((f, p)) => (f, p.len()),
+            Err(e) => return abort(e),
+        };
+        stage = match stage.after(&frame) {
+            Ok(s) => s,
+            Err(why) => return abort(why),
+        };
+        match frame {
+            SnapshotFrame::Header(header) => {
+                let path = staged.to_owned();
+                match tokio::task::spawn_blocking(move || Assembler::create(path, header)).await? {
+                    Ok(a) => file = Some(a),
+                    Err(e) => return abort(e.to_string()),
+                }
+            }
+            SnapshotFrame::Chunk { index } => {
+                let mut a = file.take().expect("a chunk comes only after the header");
+                let data = d.data;
+                let (a, pushed) = tokio::task::spawn_blocking(move || {
+                    let r = a.push(index, &data[data.len() - payload_len..]);
+                    (a, r)
+                })
+                .await?;
+                if let Err(e) = pushed {
+                    return abort(e.to_string());
+                }
+                file = Some(a);
+            }
+            SnapshotFrame::Started | SnapshotFrame::Failed { .. } => {}
+        }
+        d.acker.ack(BasicAckOptions::default()).await?;
+        if let Some(a) = file.take_if(|a| a.is_complete()) {
+            let header = a.header().clone();
+            return match tokio::task::spawn_blocking(move || a.finish()).await? {
+                Ok(path) => Ok(Ok((path, header))),
+                Err(e) => abort(e.to_string()),
+            };
         }
     }
 }

@@ -36,6 +36,9 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("snapshot file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The source stayed locked past the busy timeout.
+    #[error("backup did not finish in one step: {0}")]
+    Backup(String),
     #[error("stored outcome unreadable: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -309,24 +312,33 @@ fn json_of(v: rusqlite::types::ValueRef<'_>) -> serde_json::Value {
     }
 }
 
-/// A consistent copy of the whole database file and the position it holds.
-/// The backup runs in one step, so it is one read transaction: the copy is a
-/// committed state, even while the master keeps writing.
-pub fn snapshot(db: &Path) -> Result<(Vec<u8>, Position)> {
+/// Copy the database at `db` to the file `dst` (replaced) and return the
+/// position the copy holds. SQLite's online backup in a single step is one
+/// read transaction on the source: the copy is one committed state, however
+/// the master writes meanwhile (in WAL mode the writer is never blocked). In
+/// smaller steps, every write by the master between two steps would restart
+/// the copy, and under steady writes a large one might never finish. Pages
+/// go through SQLite's page cache a few at a time, never the whole file.
+pub fn backup_to(db: &Path, dst: &Path) -> Result<Position> {
     let src = Connection::open(db)?;
     src.busy_timeout(timing::SQLITE_BUSY)?;
-    let tmp = db.with_extension(format!("snapshot-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    src.backup(rusqlite::MAIN_DB, &tmp, None::<fn(rusqlite::backup::Progress)>)?;
-    let pos = position(&Connection::open(&tmp)?)?;
-    let bytes = std::fs::read(&tmp).map_err(|source| StoreError::Io { path: tmp.clone(), source })?;
-    let _ = std::fs::remove_file(&tmp);
-    Ok((bytes, pos))
+    remove_db_files(dst)?;
+    {
+        let mut out = Connection::open(dst)?;
+        let backup = rusqlite::backup::Backup::new(&src, &mut out)?;
+        // Busy/Locked only if the source is locked past its busy timeout.
+        match backup.step(-1)? {
+            rusqlite::backup::StepResult::Done => {}
+            other => return Err(StoreError::Backup(format!("{other:?}"))),
+        }
+    }
+    let pos = position(&Connection::open(dst)?)?;
+    Ok(pos)
 }
 
-/// Replace the database file with a snapshot and open it for writing.
-pub fn install_snapshot(db: &Path, bytes: &[u8]) -> Result<(Connection, Position)> {
-    for ext in ["", "-wal", "-shm"] {
+/// Remove a database file and its WAL companions, if there.
+fn remove_db_files(db: &Path) -> Result<()> {
+    for ext in ["", "-wal", "-shm", "-journal"] {
         let p = PathBuf::from(format!("{}{ext}", db.display()));
         match std::fs::remove_file(&p) {
             Ok(()) => {}
@@ -334,7 +346,14 @@ pub fn install_snapshot(db: &Path, bytes: &[u8]) -> Result<(Connection, Position
             Err(source) => return Err(StoreError::Io { path: p, source }),
         }
     }
-    std::fs::write(db, bytes).map_err(|source| StoreError::Io { path: db.to_owned(), source })?;
+    Ok(())
+}
+
+/// Replace the database file with a received snapshot file (moved, not
+/// copied: `staged` must be in the same folder) and open it for writing.
+pub fn install_snapshot(db: &Path, staged: &Path) -> Result<(Connection, Position)> {
+    remove_db_files(db)?;
+    std::fs::rename(staged, db).map_err(|source| StoreError::Io { path: staged.to_owned(), source })?;
     let conn = open_writer(db)?;
     let pos = position(&conn)?;
     Ok((conn, pos))
@@ -504,9 +523,14 @@ mod tests {
         for i in 0..50 {
             execute_write(&mut c, &with_id(user(&format!("u{i}")), &format!("r{i}")), 3).unwrap();
         }
-        let (bytes, pos) = snapshot(&m).unwrap();
+        let copy = m.with_extension("copy");
+        let pos = backup_to(&m, &copy).unwrap();
         assert_eq!(pos, Position { seq: 50, epoch: 3 });
-        let (_conn, got) = install_snapshot(&s, &bytes).unwrap();
+        let staged = s.with_extension("incoming");
+        std::fs::rename(&copy, &staged).unwrap();
+        let (conn, got) = install_snapshot(&s, &staged).unwrap();
         assert_eq!(got, pos);
+        let users: i64 = conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0)).unwrap();
+        assert_eq!(users, 50);
     }
 }

@@ -54,6 +54,15 @@ pub const ZK_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// A new slave asks for a snapshot again after this without an answer (no
 /// master yet, a failover under way, or the request was lost).
 pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
+/// Once a master took the request, how long a slave waits for the header:
+/// the master copies and hashes its whole database first (seconds per GB).
+pub const SNAPSHOT_PREPARE_WAIT: Duration = Duration::from_secs(120);
+/// Longest wait for the next chunk of a snapshot being received: a master
+/// that died or was cut off mid-stream is given up on, and the slave asks again.
+pub const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(15);
+/// Longest wait of a master streaming a snapshot for the broker to confirm
+/// a chunk; past it the stream is abandoned (the slave times out and asks again).
+pub const SNAPSHOT_CONFIRM_WAIT: Duration = Duration::from_secs(15);
 /// After a snapshot failed, the master pauses this long before the next
 /// request (the failed one goes back on `snapshotQ`).
 pub const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_millis(200);
