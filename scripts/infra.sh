@@ -74,6 +74,9 @@ disk_free_limit.absolute = 200MB
 log.console = false
 log.file.level = warning
 CONF
+  # RABBITMQ_MAX_MESSAGE_SIZE (bytes; empty = RabbitMQ's default, 128 MiB): tests of large snapshots lower it.
+  local max_msg=${RABBITMQ_MAX_MESSAGE_SIZE:-}; max_msg=${max_msg//[[:space:]]/}
+  [ -z "$max_msg" ] || echo "max_message_size = $max_msg" >> "$RMQ_DIR/rabbitmq.conf"
   echo "[]." > "$RMQ_DIR/enabled_plugins"
   log "starting rabbitmq on 127.0.0.1:$AMQP_PORT"
   # 9>&-: the daemon must not inherit (and so hold) this script's lock.
