@@ -226,7 +226,10 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         )
     });
 
-    read.or(write)
+    // Boxed in two groups: one chain of a dozen routes overflows the
+    // compiler's type recursion limit in release builds.
+    let database = read
+        .or(write)
         .unify()
         .or(clear)
         .unify()
@@ -238,21 +241,10 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .unify()
         .or(health)
         .unify()
-        .or(status)
-        .unify()
-        .or(events)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(page)
-        .unify()
-        .or(js)
-        .unify()
-        .or(css)
-        .unify()
-        .recover(rejection)
-        .unify()
-        .with(count)
+        .boxed();
+    let watching =
+        status.or(events).unify().or(metrics).unify().or(page).unify().or(js).unify().or(css).unify().boxed();
+    database.or(watching).unify().recover(rejection).unify().with(count)
 }
 
 /// The live feed of one subscriber: the status at once, then each event
