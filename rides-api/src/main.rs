@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use svc_common::config;
 use svc_common::http;
+use svc_common::metrics::ServiceMetrics;
 use svc_common::orchestrator_client::OrchestratorClient;
 use svc_common::startup;
 
@@ -24,7 +25,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     tasks::init_tracing("info");
     let stop = tasks::CancellationToken::new();
-    let db = OrchestratorClient::new(&settings.orchestrator)?;
+    let metrics = ServiceMetrics::new("rides-api");
+    let db = OrchestratorClient::new(&settings.orchestrator)?.with_metrics(metrics.clone());
     let orchestrator = db.base().to_owned();
     let lb = config::base(&settings.lb_url);
     let users = user_check::UserCheck::new(&lb, &settings.public_url)?;
@@ -32,6 +34,7 @@ async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     let state = Arc::new(routes::State::new(db, users));
     let listener = startup::listen(settings.addr).await?;
     tracing::info!(addr = %listener.local_addr()?, %orchestrator, %lb, %origin, "rides-api listening");
-    startup::serve("rides-api", listener, http::routes(state, routes::handle), stop).await;
+    let routes = svc_common::metrics::instrument(metrics, http::routes(state, routes::handle));
+    startup::serve("rides-api", listener, routes, stop).await;
     Ok(())
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod housekeeping;
 pub mod http;
+pub mod metrics;
 pub mod orchestrator_client;
 pub mod request_count;
 pub mod startup;

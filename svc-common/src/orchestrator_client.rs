@@ -9,12 +9,16 @@
 //! `wire::contract::ErrorKind` and a [`DbError`] becomes the service's status
 //! in [`DbError::status`], nowhere else.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use serde::{de::DeserializeOwned, Serialize};
 use warp::http::StatusCode;
 use warp::reply::Response;
 use wire::contract::ErrorKind;
 use wire::{ErrorBody, ReadRequest, ReadResponse, Row, WriteOutcome, WriteRequest};
 
+use crate::metrics::{self, ServiceMetrics};
 use crate::{config, http, timing};
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +101,8 @@ pub struct OrchestratorClient {
     base: String,
     /// The orchestrator's operator token (`ADMIN_TOKEN`), which `db/clear` needs when it is set.
     admin_token: Option<String>,
+    /// Where each call is counted (`rideshare_db_calls_total`), when set.
+    metrics: Option<Arc<ServiceMetrics>>,
 }
 
 impl OrchestratorClient {
@@ -109,7 +115,13 @@ impl OrchestratorClient {
             .timeout(timing::CLIENT_TIMEOUT)
             .connect_timeout(timing::CONNECT_TIMEOUT)
             .build()?;
-        Ok(OrchestratorClient { http, base: base.trim_end_matches('/').to_owned(), admin_token })
+        Ok(OrchestratorClient { http, base: base.trim_end_matches('/').to_owned(), admin_token, metrics: None })
+    }
+
+    /// Count every call, its outcome and duration, in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ServiceMetrics>) -> OrchestratorClient {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Where this client sends its calls (for the start-up log line).
@@ -141,6 +153,15 @@ impl OrchestratorClient {
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, DbError> {
+        let started = Instant::now();
+        let r = self.call(path, body).await;
+        if let Some(m) = &self.metrics {
+            m.db_call(metrics::outcome(r.as_ref().map(|_| ())), started.elapsed());
+        }
+        r
+    }
+
+    async fn call<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, DbError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.post(&url).json(body);
         if let Some(t) = &self.admin_token {

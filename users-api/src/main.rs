@@ -8,6 +8,7 @@ mod validate;
 use std::sync::Arc;
 
 use svc_common::http;
+use svc_common::metrics::ServiceMetrics;
 use svc_common::orchestrator_client::OrchestratorClient;
 use svc_common::startup;
 
@@ -20,11 +21,13 @@ fn main() -> anyhow::Result<()> {
 async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     tasks::init_tracing("info");
     let stop = tasks::CancellationToken::new();
-    let db = OrchestratorClient::new(&settings.orchestrator)?;
+    let metrics = ServiceMetrics::new("users-api");
+    let db = OrchestratorClient::new(&settings.orchestrator)?.with_metrics(metrics.clone());
     let orchestrator = db.base().to_owned();
     let state = Arc::new(routes::State::new(db));
     let listener = startup::listen(settings.addr).await?;
     tracing::info!(addr = %listener.local_addr()?, %orchestrator, "users-api listening");
-    startup::serve("users-api", listener, http::routes(state, routes::handle), stop).await;
+    let routes = svc_common::metrics::instrument(metrics, http::routes(state, routes::handle));
+    startup::serve("users-api", listener, routes, stop).await;
     Ok(())
 }
