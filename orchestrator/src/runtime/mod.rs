@@ -1,10 +1,12 @@
 //! The worker runtime: how the orchestrator starts, stops, kills and finds its
 //! worker processes.
 //!
-//! Two backends sit behind one enum (an enum rather than a `dyn` trait, so the
+//! Three backends sit behind one enum (an enum rather than a `dyn` trait, so the
 //! async methods need no boxing and callers can `match` on the backend when
 //! they must): Docker containers through bollard, the deployment the spec
-//! describes, and plain child processes, for machines without a Docker engine.
+//! describes; Docker Swarm services (one per worker, `swarm`), for a
+//! deployment spread over several hosts; and plain child processes, for
+//! machines without a Docker engine.
 //!
 //! Both backends answer to the same contract, which the failover and
 //! autoscaler code relies on:
@@ -19,6 +21,7 @@
 
 pub mod docker;
 pub mod process;
+pub mod swarm;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -48,6 +51,8 @@ pub enum RuntimeKind {
     #[default]
     Auto,
     Docker,
+    /// One Docker Swarm service per worker (docs/deployment.md).
+    Swarm,
     Process,
 }
 
@@ -57,9 +62,10 @@ impl FromStr for RuntimeKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(RuntimeKind::Auto),
             "docker" => Ok(RuntimeKind::Docker),
+            "swarm" => Ok(RuntimeKind::Swarm),
             "process" | "processes" => Ok(RuntimeKind::Process),
             other => Err(RuntimeError::Config(format!(
-                "unknown worker runtime {other:?} (expected docker, process or auto)"
+                "unknown worker runtime {other:?} (expected docker, swarm, process or auto)"
             ))),
         }
     }
@@ -68,7 +74,8 @@ impl FromStr for RuntimeKind {
 /// How workers are run (flattened into the orchestrator's settings).
 #[derive(Clone, Debug, clap::Args)]
 pub struct RuntimeConfig {
-    /// `docker`, `process`, or `auto` (Docker where an engine answers, else processes).
+    /// `docker`, `swarm` (one service per worker; the engine must be a swarm
+    /// manager), `process`, or `auto` (Docker where an engine answers, else processes).
     #[arg(long = "worker-runtime", env = "WORKER_RUNTIME", default_value = "auto")]
     pub kind: RuntimeKind,
     /// Scopes every worker this runtime sees or touches (container label,
@@ -82,6 +89,7 @@ pub struct RuntimeConfig {
     /// Docker: network of the worker containers. `host` lets workers reach
     /// RabbitMQ and ZooKeeper on 127.0.0.1; in a compose deployment it is the
     /// compose network's name so workers resolve `rabbitmq`/`zookeeper`.
+    /// Swarm: an attachable overlay network.
     #[arg(long = "docker-network", env = "DOCKER_NETWORK", default_value = "host")]
     pub network: String,
     /// Process: the worker executable.
@@ -163,6 +171,7 @@ pub enum RuntimeError {
 
 pub enum Runtime {
     Docker(docker::DockerRuntime),
+    Swarm(swarm::SwarmRuntime),
     Process(process::ProcessRuntime),
 }
 
@@ -174,6 +183,7 @@ impl Runtime {
         validate_cluster_id(&cfg.cluster_id)?;
         match cfg.kind {
             RuntimeKind::Docker => Ok(Runtime::Docker(docker::DockerRuntime::connect(cfg).await?)),
+            RuntimeKind::Swarm => Ok(Runtime::Swarm(swarm::SwarmRuntime::connect(cfg).await?)),
             RuntimeKind::Process => Ok(Runtime::Process(process::ProcessRuntime::new(cfg)?)),
             RuntimeKind::Auto => match docker::DockerRuntime::connect(cfg.clone()).await {
                 Ok(d) => Ok(Runtime::Docker(d)),
@@ -188,6 +198,7 @@ impl Runtime {
     pub fn kind_name(&self) -> &'static str {
         match self {
             Runtime::Docker(_) => "docker",
+            Runtime::Swarm(_) => "swarm",
             Runtime::Process(_) => "process",
         }
     }
@@ -195,6 +206,7 @@ impl Runtime {
     pub fn cluster_id(&self) -> &str {
         match self {
             Runtime::Docker(d) => d.cluster_id(),
+            Runtime::Swarm(s) => s.cluster_id(),
             Runtime::Process(p) => p.cluster_id(),
         }
     }
@@ -204,6 +216,7 @@ impl Runtime {
         validate_worker_id(&spec.id)?;
         match self {
             Runtime::Docker(d) => d.start(spec).await,
+            Runtime::Swarm(s) => s.start(spec).await,
             Runtime::Process(p) => p.start(spec).await,
         }
     }
@@ -213,6 +226,7 @@ impl Runtime {
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         match self {
             Runtime::Docker(d) => d.stop(id, grace).await,
+            Runtime::Swarm(s) => s.stop(id, grace).await,
             Runtime::Process(p) => p.stop(id, grace).await,
         }
     }
@@ -222,6 +236,7 @@ impl Runtime {
     pub async fn kill(&self, id: &str) -> Result<u32, RuntimeError> {
         match self {
             Runtime::Docker(d) => d.kill(id).await,
+            Runtime::Swarm(s) => s.kill(id).await,
             Runtime::Process(p) => p.kill(id).await,
         }
     }
@@ -230,17 +245,20 @@ impl Runtime {
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, RuntimeError> {
         let mut v = match self {
             Runtime::Docker(d) => d.list().await?,
+            Runtime::Swarm(s) => s.list().await?,
             Runtime::Process(p) => p.list().await?,
         };
         v.sort_by_key(|w| w.pid);
         Ok(v)
     }
 
-    /// Worker id → container id of the workers seen running (Docker; empty
-    /// for processes). From the runtime's cache: no engine call.
+    /// Worker id → container id of the workers seen running (Docker, and the
+    /// task's container for Swarm; empty for processes). From the runtime's
+    /// cache: no engine call.
     pub fn container_ids(&self) -> std::collections::HashMap<String, String> {
         match self {
             Runtime::Docker(d) => d.container_ids(),
+            Runtime::Swarm(s) => s.container_ids(),
             Runtime::Process(_) => Default::default(),
         }
     }
@@ -248,6 +266,7 @@ impl Runtime {
     pub fn exits(&self) -> broadcast::Receiver<WorkerExit> {
         match self {
             Runtime::Docker(d) => d.exits(),
+            Runtime::Swarm(s) => s.exits(),
             Runtime::Process(p) => p.exits(),
         }
     }
@@ -297,6 +316,7 @@ mod tests {
         assert!(validate_cluster_id("rideshare").is_ok());
         assert!(validate_cluster_id("-x").is_err());
         assert_eq!("Docker".parse::<RuntimeKind>().unwrap(), RuntimeKind::Docker);
+        assert_eq!(" swarm ".parse::<RuntimeKind>().unwrap(), RuntimeKind::Swarm);
         assert!("k8s".parse::<RuntimeKind>().is_err());
     }
 }
