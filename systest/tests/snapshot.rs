@@ -103,10 +103,10 @@ fn field(line: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// `VmHWM` (peak RSS) of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// A `/proc/<pid>/status` figure (`VmHWM`: peak RSS, `VmRSS`), in KiB.
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| field(&l.replace(':', "="), "VmHWM"))
+    status.lines().find(|l| l.starts_with(&format!("{key}:"))).and_then(|l| field(&l.replace(':', "="), key))
 }
 
 /// Reset a process's peak RSS to its current RSS (`/proc/<pid>/clear_refs`, 5).
@@ -121,6 +121,7 @@ struct CatchUp {
     chunks: u64,
     after_ms: u64,
     slave_peak_kib: Option<u64>,
+    master_rss_before_kib: Option<u64>,
     master_peak_kib: Option<u64>,
     acked: u64,
 }
@@ -151,6 +152,7 @@ async fn replace_the_slave(stack: &Arc<Stack>, bulk_acked: u64, deadline: Durati
     };
 
     reset_peak_rss(master.pid);
+    let master_rss_before_kib = status_kib(master.pid, "VmRSS");
     let (status, body) = stack.post("/api/v1/crash/slave").await.unwrap();
     assert_eq!(status, 200, "crash/slave: {body}");
 
@@ -163,8 +165,8 @@ async fn replace_the_slave(stack: &Arc<Stack>, bulk_acked: u64, deadline: Durati
     let after_ms = field(&line, "after_ms").unwrap_or_else(|| panic!("no after_ms in {line:?}"));
     let now = stack.live_workers().await.unwrap();
     let slave = now.iter().find(|w| !before.iter().any(|b| b.id == w.id)).expect("a new worker").clone();
-    let slave_peak_kib = peak_rss_kib(slave.pid);
-    let master_peak_kib = peak_rss_kib(master.pid);
+    let slave_peak_kib = status_kib(slave.pid, "VmHWM");
+    let master_peak_kib = status_kib(master.pid, "VmHWM");
 
     // A few more writes once it serves, then every acknowledged one is read back.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -186,7 +188,7 @@ async fn replace_the_slave(stack: &Arc<Stack>, bulk_acked: u64, deadline: Durati
     .await
     .unwrap();
     let chunks = field(&served, "chunks").unwrap();
-    CatchUp { db_bytes: db_size, chunks, after_ms, slave_peak_kib, master_peak_kib, acked }
+    CatchUp { db_bytes: db_size, chunks, after_ms, slave_peak_kib, master_rss_before_kib, master_peak_kib, acked }
 }
 
 /// Whether the broker takes one message of `bytes` (published with a confirm).
@@ -270,11 +272,12 @@ async fn snapshot_catch_up_figures() {
         let got = replace_the_slave(&stack, acked, Duration::from_secs(300)).await;
         acked = got.acked;
         eprintln!(
-            "FIGURES db={} MB chunks={} start->serving={} ms slave VmHWM={:?} KiB master VmHWM during transfer={:?} KiB",
+            "FIGURES db={} MB chunks={} start->serving={} ms slave VmHWM={:?} KiB master VmRSS before={:?} KiB, VmHWM during transfer={:?} KiB",
             got.db_bytes >> 20,
             got.chunks,
             got.after_ms,
             got.slave_peak_kib,
+            got.master_rss_before_kib,
             got.master_peak_kib
         );
     }
