@@ -256,7 +256,8 @@ async fn a_deposed_master_cannot_get_a_write_applied() {
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
     let live = settle(&stack).await;
-    let writers = start_writers(&stack, 2, &ledger, &stop);
+    const WRITERS: usize = 2;
+    let writers = start_writers(&stack, WRITERS, &ledger, &stop);
     poll("writes flowing", Duration::from_secs(30), || async {
         (ledger.acked.lock().unwrap().len() > 30).then_some(())
     })
@@ -286,12 +287,13 @@ async fn a_deposed_master_cannot_get_a_write_applied() {
     })
     .await
     .unwrap();
-    // A commit the pause interrupted may complete locally on resume (at most
-    // one: it was under way); it is never acknowledged and no other copy takes
-    // it (older epoch). Nothing new is started after the pause.
+    // A commit the pause interrupted may complete locally on resume (one
+    // group-commit batch: at most one write per writer, each writer has one
+    // in flight); it is never acknowledged and no other copy takes it (older
+    // epoch). Nothing new is started after the pause.
     let after = applied_seq(&master.db);
     assert!(
-        after <= paused_at_seq + 1,
+        after <= paused_at_seq + WRITERS as u64,
         "the deposed master applied writes after it was paused: {paused_at_seq} -> {after}"
     );
     let live = stop_and_settle(&stack, &stop, writers).await;
