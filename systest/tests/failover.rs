@@ -256,7 +256,7 @@ async fn a_deposed_master_cannot_get_a_write_applied() {
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
     let live = settle(&stack).await;
-    const WRITERS: usize = 2;
+    const WRITERS: u64 = 2;
     let writers = start_writers(&stack, WRITERS, &ledger, &stop);
     poll("writes flowing", Duration::from_secs(30), || async {
         (ledger.acked.lock().unwrap().len() > 30).then_some(())
@@ -293,7 +293,7 @@ async fn a_deposed_master_cannot_get_a_write_applied() {
     // epoch). Nothing new is started after the pause.
     let after = applied_seq(&master.db);
     assert!(
-        after <= paused_at_seq + WRITERS as u64,
+        after <= paused_at_seq + WRITERS,
         "the deposed master applied writes after it was paused: {paused_at_seq} -> {after}"
     );
     let live = stop_and_settle(&stack, &stop, writers).await;
