@@ -1,34 +1,73 @@
 #!/usr/bin/env bash
-# `make up` on default ports, a client call through the load balancer,
-# `make status`, `make down`, and nothing of ours left running.
+# The two commands as an operator uses them: `make up`, `make up` again (succeeds
+# and changes nothing: same pids), `make status`, a client call through the load
+# balancer, `make down` (nothing of ours left running), `make down` again
+# (succeeds).
+#
+# Settings as for scripts/stack.sh; VAR_DIR, AMQP_PORT and ZK_PORT put the stack
+# (and its RabbitMQ and ZooKeeper) somewhere other than var/ and the default
+# ports, e.g. next to a shared infra that other work uses:
+#   VAR_DIR=$PWD/var/smoke AMQP_PORT=5673 ZK_PORT=2182 scripts/smoke.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VAR=${VAR_DIR:-$PWD/var}
+LB_PORT=${LB_PORT:-8080}
+CLUSTER_ID=${CLUSTER_ID:-rideshare}
 log() { printf '[smoke] %s\n' "$*" >&2; }
 fail() { log "FAIL: $*"; make -s down >/dev/null 2>&1 || true; echo "smoke: 0 passed, 1 failed"; exit 1; }
 
+# Every process this stack started: its pid files, the LB's, the infra's, and
+# the workers of its cluster (process runtime; containers are checked apart).
+our_pids() {
+  local ours="" p f
+  # One file at a time: a pid file need not end in a newline.
+  for f in "$VAR"/run/*.pid "${LB_DIR:-$VAR/lb}/nginx.pid" "$VAR/rabbitmq/rabbitmq.pid" "$VAR/zookeeper/zk.pid"; do
+    if [ -f "$f" ]; then ours="$ours $(tr -d ' \n' < "$f")"; fi
+  done
+  for p in /proc/[0-9]*; do
+    if { tr '\0' '\n' < "$p/environ"; } 2>/dev/null | grep -qx "RIDESHARE_CLUSTER=$CLUSTER_ID"; then
+      ours="$ours ${p#/proc/}"
+    fi
+  done
+  # shellcheck disable=SC2086 # one pid a word
+  printf '%s\n' $ours | sort -n | tr '\n' ' '
+}
+workers_line() { echo "$1" | grep -E '^workers ' || true; }
+
 make -s up || fail "make up"
+first_pids=$(our_pids)
+first_status=$(make -s status) || fail "make status"
+log "up: pids $first_pids"
+
+log "make up again on the running stack"
+make -s up || fail "make up on a running stack exited $?"
+again_pids=$(our_pids)
+[ "$again_pids" = "$first_pids" ] || fail "make up on a running stack changed the processes: $first_pids -> $again_pids"
+
 status=$(make -s status) || fail "make status"
 echo "$status"
 for part in rabbitmq zookeeper orchestrator users-api rides-api lb; do
   echo "$status" | grep -E "^$part[ -]" | grep -q " up" || fail "$part not shown up in make status"
 done
 echo "$status" | grep -Eq '^workers +\[[0-9]+, *[0-9]+\]' || fail "make status does not show one master and one slave"
+[ "$(workers_line "$status")" = "$(workers_line "$first_status")" ] \
+  || fail "the workers changed across the second make up: $(workers_line "$first_status") -> $(workers_line "$status")"
+
 user="smoke$RANDOM"
-code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT http://127.0.0.1:8080/api/v1/users \
+code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$LB_PORT/api/v1/users" \
   -H 'content-type: application/json' -d "{\"username\":\"$user\",\"password\":\"$(printf 'a%.0s' {1..40})\"}")
 [ "$code" = 201 ] || fail "PUT /api/v1/users through the load balancer answered $code"
-# Everything this stack started: its pid files, the LB's, the infra's, and
-# the workers of its cluster (process runtime) — all must be gone after down.
-ours=$(cat var/run/*.pid var/lb/nginx.pid var/rabbitmq/rabbitmq.pid var/zookeeper/zk.pid 2>/dev/null | tr '\n' ' ')
-for p in /proc/[0-9]*; do
-  if { tr '\0' '\n' < "$p/environ"; } 2>/dev/null | grep -qx "RIDESHARE_CLUSTER=rideshare"; then ours="$ours ${p#/proc/}"; fi
-done
-[ -n "$ours" ] || fail "found no pids of the running stack"
+
+ours=$(our_pids)
+[ -n "${ours// /}" ] || fail "found no pids of the running stack"
 make -s down || fail "make down"
 left=""
 for pid in $ours; do kill -0 "$pid" 2>/dev/null && left="$left $pid"; done
 [ -z "$left" ] || fail "processes left after make down:$left"
 if command -v docker >/dev/null; then
-  [ -z "$(docker ps -q --filter label=rideshare.cluster=rideshare)" ] || fail "worker containers left after make down"
+  [ -z "$(docker ps -q --filter "label=rideshare.cluster=$CLUSTER_ID")" ] || fail "worker containers left after make down"
 fi
+
+log "make down again on the stopped stack"
+make -s down || fail "make down on a stopped stack exited $?"
 echo "smoke: 1 passed, 0 failed"

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The whole system on one machine, in the background (SPEC section 10).
+# The whole system on one machine, in the background (README "The two commands").
 #
 #   scripts/stack.sh up      infra, build, worker image (if Docker answers), orchestrator
 #                            with one master and one slave, users-api, rides-api, LB
 #   scripts/stack.sh down    stop all of it, workers included
 #   scripts/stack.sh status  what runs, where
 #
-# Addresses and settings come from the environment (see README.md).
+# `up` and `down` are idempotent: `up` on a running stack leaves every process
+# as it is (same pids) and succeeds; `down` on a stopped stack succeeds.
+#
+# Addresses and settings come from the environment (see README.md). VAR_DIR,
+# AMQP_PORT and ZK_PORT are shared with scripts/infra.sh, so a second stack
+# (e.g. the smoke test's) can run on infra of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -19,7 +24,10 @@ RIDES_ADDR=${RIDES_ADDR:-127.0.0.1:8082}
 ORCH_ADDR=${ORCH_ADDR:-127.0.0.1:8090}
 CLUSTER_ID=${CLUSTER_ID:-rideshare}
 DEADLINE_SECS=${STACK_DEADLINE_SECS:-120}
-export LB_DIR=${LB_DIR:-$VAR/lb} LB_PORT USERS_ADDR RIDES_ADDR
+# The orchestrator (and through it the workers) use the infra scripts/infra.sh starts.
+AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:${AMQP_PORT:-5672}/%2f?heartbeat=2}
+ZK_ADDR=${ZK_ADDR:-127.0.0.1:${ZK_PORT:-2181}}
+export LB_DIR=${LB_DIR:-$VAR/lb} LB_PORT USERS_ADDR RIDES_ADDR AMQP_URL ZK_ADDR
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

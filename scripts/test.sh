@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# `make test`: install and start what the tests need, then run every test.
-#   1. RabbitMQ, ZooKeeper and nginx from Debian's packages (scripts/infra.sh)
-#   2. cfn-lint from PyPI for the ALB template
-#   3. release build of the workspace and the worker image (no registry needed)
-#   4. cargo test (unit + integration against the real broker, ensemble, engine)
-#   5. the `make up` / `make status` / `make down` smoke test
+# `make test`: lint, install and start what the tests need, then run every test.
+#   1. lint: rustfmt and clippy (warnings are errors), before anything is built
+#   2. RabbitMQ, ZooKeeper and nginx from Debian's packages (scripts/infra.sh)
+#   3. cfn-lint from PyPI for the ALB template
+#   4. release build of the workspace and the worker image (no registry needed)
+#   5. cargo test with the end-to-end tier on (features systest/e2e and
+#      orchestrator/e2e: real broker, ensemble, engine); a plain `cargo test`
+#      runs only the unit tier and needs none of it
+#   6. the `make up` (twice) / `make status` / `make down` (twice) smoke test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[test] %s\n' "$*" >&2; }
+E2E=(--features systest/e2e,orchestrator/e2e)
+
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  log "installing rustfmt and clippy"
+  rustup component add rustfmt clippy
+fi
+log "lint: cargo fmt --all --check"
+cargo fmt --all --check
+log "lint: cargo clippy (all targets, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 scripts/infra.sh up
 command -v cfn-lint >/dev/null || { log "installing cfn-lint"; python3 -m pip install -q cfn-lint; }
 log "building"
-cargo build --release --workspace --all-targets
+cargo build --release --workspace --all-targets "${E2E[@]}"
 if [ "${CI:-}" = true ] || command -v docker >/dev/null; then
   timeout 20 docker info >/dev/null 2>&1 || { log "error: the Docker engine does not answer"; exit 1; }
   scripts/build-images.sh
@@ -20,8 +33,8 @@ fi
 log "cfn-lint alb-config/alb.yaml"
 cfn-lint alb-config/alb.yaml
 rm -rf var/test
-log "cargo test"
-cargo test --release --workspace -- --test-threads="${TEST_THREADS:-2}"
+log "cargo test (unit and end-to-end tiers)"
+cargo test --release --workspace "${E2E[@]}" -- --test-threads="${TEST_THREADS:-2}"
 log "smoke test of make up / status / down"
 scripts/smoke.sh
 log "all tests passed"
