@@ -364,6 +364,15 @@ impl Stack {
         Ok((r.status().as_u16(), r.json().await.unwrap_or(Json::Null)))
     }
 
+    /// `GET /api/v1/status`: workers, master, autoscaler and the event feed.
+    pub async fn status(&self) -> Result<wire::status::ClusterStatus> {
+        let r = Self::http().get(self.url("/api/v1/status")).send().await?;
+        if !r.status().is_success() {
+            bail!("status answered {}", r.status());
+        }
+        Ok(r.json().await?)
+    }
+
     pub async fn worker_pids(&self) -> Result<Vec<u32>> {
         let r = Self::http().get(self.url("/api/v1/worker/list")).send().await?;
         if !r.status().is_success() {

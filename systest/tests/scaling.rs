@@ -9,7 +9,6 @@
 //!
 //! Run with `cargo test --release -p systest --features e2e --test scaling -- --test-threads=1`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::json;
 use systest::{poll, Stack, StackOptions, WorkerRuntime};
 use wire::contract::env;
+use wire::status::EventKind;
 use wire::{Condition, ReadRequest, Value, WriteRequest};
 
 // ---------------------------------------------------------------- helpers
@@ -105,22 +105,7 @@ fn line_time(line: &str) -> Option<f64> {
     Some(h * 3600.0 + m * 60.0 + s)
 }
 
-/// `key=value` fields of a tracing line.
-fn fields(line: &str) -> HashMap<String, String> {
-    line.split_whitespace()
-        .filter_map(|t| t.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-        .collect()
-}
-
-fn orchestrator_log(stack: &Stack) -> String {
-    let path = stack.dir.join("orchestrator.log");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {} ({e}): was var/test removed while this test ran?", path.display()));
-    strip_ansi(&text)
-}
-
-/// One "scaling decision" line of the orchestrator log.
+/// One scaling decision, as the orchestrator's event feed reports it.
 #[derive(Debug, Clone)]
 struct Decision {
     window: u64,
@@ -130,30 +115,43 @@ struct Decision {
     line: String,
 }
 
-fn decisions(stack: &Stack) -> Vec<Decision> {
-    orchestrator_log(stack)
-        .lines()
-        .filter(|l| l.contains("scaling decision"))
-        .map(|l| {
-            let f = fields(l);
-            let num =
-                |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("no {k}= in {l:?}"));
-            Decision {
-                window: num("window"),
-                reads: num("reads"),
-                before: num("slaves_before") as usize,
-                after: num("slaves_after") as usize,
-                line: l.to_owned(),
-            }
+/// Every scaling decision so far (from `GET /api/v1/status`).
+async fn decisions(stack: &Stack) -> Vec<Decision> {
+    let status = stack.status().await.unwrap_or_else(|e| panic!("status: {e:#}"));
+    status
+        .events
+        .into_iter()
+        .filter_map(|e| match e.what {
+            EventKind::Scaled { window, reads, before, after } => Some(Decision {
+                window,
+                reads,
+                before: before as usize,
+                after: after as usize,
+                line: format!("scaled at {} ms: window {window}, reads {reads}, slaves {before} -> {after}", e.at_ms),
+            }),
+            _ => None,
         })
         .collect()
 }
 
-/// The first decision logged after the first `seen` ones.
+/// Crashes the orchestrator reported (a planned stop must not be one).
+async fn crashes(stack: &Stack) -> Vec<String> {
+    let status = stack.status().await.unwrap_or_else(|e| panic!("status: {e:#}"));
+    status
+        .events
+        .into_iter()
+        .filter(|e| matches!(e.what, EventKind::Crashed { .. }))
+        .map(|e| format!("{e:?}"))
+        .collect()
+}
+
+/// The first decision reported after the first `seen` ones.
 async fn next_decision(stack: &Stack, seen: usize, deadline: Duration) -> Decision {
-    poll("a scaling decision in the orchestrator log", deadline, || async { decisions(stack).get(seen).cloned() })
-        .await
-        .unwrap_or_else(|e| panic!("{e}; see {}", stack.dir.display()))
+    poll("a scaling decision in the status API's events", deadline, || async {
+        decisions(stack).await.get(seen).cloned()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; see {}", stack.dir.display()))
 }
 
 /// Poll worker/list until it has `n` pids; returns them.
@@ -261,7 +259,7 @@ async fn crash_slave_then_master_heal_with_docker() {
     })
     .await
     .unwrap();
-    report_start_to_serving(&stack, &replacement, &logs, crash_to_serving);
+    report_start_to_serving(&stack, &replacement, &logs, crash_to_serving).await;
 
     // Master crash: the slave is promoted, writes go through, a new slave comes.
     let killed = post_pid(&stack, "/api/v1/crash/master").await;
@@ -288,18 +286,22 @@ async fn crash_slave_then_master_heal_with_docker() {
 }
 
 /// Prints the start-to-serving figures for a slave container: from the
-/// orchestrator's "slave started" line (container created, started and
-/// inspected) and from the worker's own "worker started" to its "caught up".
-fn report_start_to_serving(stack: &Stack, c: &Container, logs: &str, crash_to_read: Duration) {
-    let orch = orchestrator_log(stack);
-    let pid = format!("pid={}", c.pid);
-    let started = orch.lines().find(|l| l.contains("slave started") && l.split_whitespace().any(|t| t == pid));
-    let container_started =
-        orch.lines().find(|l| l.contains("worker container started") && l.split_whitespace().any(|t| t == pid));
+/// orchestrator's `worker_started` event to its `caught_up` event (container
+/// created, started and inspected, snapshot, catch-up), and from the worker's
+/// own "worker started" to its "caught up" log lines.
+async fn report_start_to_serving(stack: &Stack, c: &Container, logs: &str, crash_to_read: Duration) {
+    let caught_up_after_ms = poll("the replacement's caught_up event", Duration::from_secs(10), || async {
+        stack.status().await.ok()?.events.into_iter().find_map(|e| match e.what {
+            EventKind::CaughtUp { pid, after_ms, .. } if pid == c.pid => Some(after_ms),
+            _ => None,
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let worker_started = logs.lines().find(|l| l.contains("worker started"));
     let caught_up = logs.lines().find(|l| l.contains("caught up; serving reads"));
-    let (Some(started), Some(worker_started), Some(caught_up)) = (started, worker_started, caught_up) else {
-        panic!("missing log lines for the start-to-serving figure (pid {})", c.pid);
+    let (Some(worker_started), Some(caught_up)) = (worker_started, caught_up) else {
+        panic!("missing worker log lines for the start-to-serving figure (pid {})", c.pid);
     };
     let secs = |a: &str, b: &str| {
         let d = line_time(b).unwrap() - line_time(a).unwrap();
@@ -309,11 +311,9 @@ fn report_start_to_serving(stack: &Stack, c: &Container, logs: &str, crash_to_re
             d
         }
     };
-    let create_ms =
-        container_started.map(|l| fields(l).get("elapsed_ms").cloned().unwrap_or_default()).unwrap_or_default();
     eprintln!(
-        "START-TO-SERVING (docker): container create+start {create_ms} ms; orchestrator 'slave started' -> worker 'caught up; serving reads' {:.3} s; worker 'worker started' -> 'caught up' {:.3} s; crash/slave call -> first read answered by the replacement {:.3} s",
-        secs(started, caught_up),
+        "START-TO-SERVING (docker): orchestrator 'worker started' -> 'caught up' {:.3} s; worker 'worker started' -> 'caught up' {:.3} s; crash/slave call -> first read answered by the replacement {:.3} s",
+        caught_up_after_ms as f64 / 1000.0,
         secs(worker_started, caught_up),
         crash_to_read.as_secs_f64()
     );
@@ -391,7 +391,8 @@ async fn autoscaler_follows_the_read_count() {
     seen += 1;
     assert_eq!(up.window, aligned.window + 1, "{}", up.line);
     assert_eq!((up.reads, up.before, up.after), (45, 1, 3), "{}", up.line);
-    assert!(up.line.contains("window_secs=3"), "the window length is logged: {}", up.line);
+    let autoscaler = stack.status().await.unwrap().autoscaler;
+    assert_eq!(autoscaler.window_secs, 3.0, "the window length is reported: {autoscaler:?}");
     let four = wait_workers(&stack, 4, Duration::from_secs(30)).await;
     assert_eq!(assert_list_matches_engine(&stack).await, four);
     assert!(start_pids.iter().all(|p| four.contains(p)), "scale-out keeps the old workers: {start_pids:?} -> {four:?}");
@@ -408,7 +409,8 @@ async fn autoscaler_follows_the_read_count() {
     assert_eq!(two, expected, "the highest-pid slaves were removed");
     assert_reads(&stack, "scaler").await;
     // Planned stops are not crashes: nothing was replaced.
-    assert!(!orchestrator_log(&stack).contains("worker crashed"), "a scale-in stop was taken for a crash");
+    let crashed = crashes(&stack).await;
+    assert!(crashed.is_empty(), "a scale-in stop was taken for a crash: {crashed:?}");
 }
 
 /// Outcome of the steady readers.
@@ -475,7 +477,7 @@ async fn scale_in_under_read_load_loses_no_read() {
 
     // Align on the next decision (the steady load alone: one slave), then a
     // burst on top of the steady load asks for three slaves.
-    let mut seen = decisions(&stack).len();
+    let mut seen = decisions(&stack).await.len();
     let first = next_decision(&stack, seen, window * 2 + Duration::from_secs(20)).await;
     seen += 1;
     eprintln!("decision: {}", first.line);
@@ -560,8 +562,9 @@ async fn scale_in_under_read_load_loses_no_read() {
     );
     assert_eq!(assert_list_matches_engine(&stack).await, two);
     assert!(
-        decisions(&stack).iter().any(|d| d.before == 3 && d.after < 3),
+        decisions(&stack).await.iter().any(|d| d.before == 3 && d.after < 3),
         "a scale-in decision from 3 slaves was logged"
     );
-    assert!(!orchestrator_log(&stack).contains("worker crashed"), "a scale-in stop was taken for a crash");
+    let crashed = crashes(&stack).await;
+    assert!(crashed.is_empty(), "a scale-in stop was taken for a crash: {crashed:?}");
 }
