@@ -48,7 +48,7 @@ struct Args {
     #[arg(long = "zk-session-timeout-ms", env = "ZK_SESSION_TIMEOUT_MS", default_value_t = Millis(timing::DEFAULT_ZK_SESSION_TIMEOUT), value_parser = positive_ms)]
     zk_session_timeout: Millis,
     /// Reads a slave works on at once (the readQ prefetch).
-    #[arg(long, env = "READ_PREFETCH", default_value_t = DEFAULT_READ_PREFETCH, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "READ_PREFETCH", default_value_t = DEFAULT_READ_PREFETCH, value_parser = prefetch)]
     read_prefetch: u16,
     /// Longest wait (ms) of a strong read for syncQ to bring the slave up to its floor.
     #[arg(long = "read-wait-ms", env = "READ_WAIT_MS", default_value_t = Millis(timing::DEFAULT_READ_WAIT))]
@@ -125,6 +125,15 @@ fn positive_count(raw: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(format!("{raw:?} is not a number ({e})")),
+    }
+}
+
+/// The `readQ` prefetch: 1 to 65535.
+fn prefetch(raw: &str) -> Result<u16, String> {
+    match raw.parse::<u16>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{raw:?} is not a number from 1 to 65535 ({e})")),
     }
 }
 
@@ -265,6 +274,8 @@ mod tests {
             ("--worker-id", "", "must be letters"),
             ("--zk-root", "rideshare", "absolute"),
             ("--read-prefetch", "lots", "invalid digit"),
+            ("--read-prefetch", "0", "at least 1"),
+            ("--read-prefetch", "70000", "not a number from 1 to 65535"),
             ("--read-wait-ms", "-1", "not a number"),
             ("--reader-connections", "0", "at least 1"),
             ("--bootstrap-master", "maybe", "neither"),
