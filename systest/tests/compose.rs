@@ -3,7 +3,11 @@
 //! scripts/deploy.sh), checked as a client sees it, through the load balancer:
 //! the API contract's basics, read-after-write, the crash endpoints (a new
 //! master, every acknowledged write present exactly once; a replaced slave),
-//! and the autoscaler going out and back in.
+//! the autoscaler going out and back in, and partitions: the master cut off
+//! from ZooKeeper and RabbitMQ, a slave cut off, the orchestrator cut off from
+//! ZooKeeper and then from RabbitMQ (iptables in its network namespace, run
+//! with the host's binary through nsenter: the images have neither), each
+//! printing its recovery time and writes acknowledged, lost and refused.
 //!
 //! Every test brings up its own deployment (its own compose project, cluster
 //! id, network, volumes and free host ports, so it never meets `make up`'s
@@ -358,6 +362,9 @@ struct Ledger {
     acked: Mutex<BTreeSet<u64>>,
     unclear: Mutex<BTreeSet<u64>>,
     refused: AtomicU64,
+    /// Answers other than 201/400 (503s, timeouts, errors) and the slowest of them.
+    failed: AtomicU64,
+    max_fail_ms: AtomicU64,
 }
 
 /// `n` writers creating rides with unique tags through the LB until `stop`.
@@ -377,8 +384,14 @@ fn start_writers(
                 while !stop.load(Ordering::Relaxed) && i < 20_000 {
                     let tag = i * n + w;
                     i += 1;
-                    match call(&c, Method::POST, &format!("{lb}/api/v1/rides"), Some(&ride(&owner, tag, 20, 21))).await
-                    {
+                    let t0 = Instant::now();
+                    let res =
+                        call(&c, Method::POST, &format!("{lb}/api/v1/rides"), Some(&ride(&owner, tag, 20, 21))).await;
+                    if !matches!(&res, Ok(r) if r.status == 201 || r.status == 400) {
+                        ledger.failed.fetch_add(1, Ordering::Relaxed);
+                        ledger.max_fail_ms.fetch_max(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                    match res {
                         Ok(r) if r.status == 201 => {
                             ledger.acked.lock().unwrap().insert(tag);
                         }
@@ -616,4 +629,258 @@ async fn master_cut_off_from_zookeeper_and_rabbitmq() {
         unclear.len(),
         unclear.iter().filter(|t| seen.contains_key(t)).count()
     );
+}
+
+// ------------------------------------------------------------ partitions
+
+/// A read-after-write client through the LB: creates a user, then asks for it
+/// at once; a 204 after the 201 is a stale read.
+#[derive(Default)]
+struct RawClient {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    max_fail_ms: AtomicU64,
+    stale: Mutex<Vec<String>>,
+}
+
+fn start_raw(lb: &str, raw: &Arc<RawClient>, stop: &Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    let (lb, raw, stop) = (lb.to_owned(), raw.clone(), stop.clone());
+    tokio::spawn(async move {
+        let c = Stack::http();
+        while !stop.load(Ordering::Relaxed) {
+            let name = uniq("rw");
+            let t0 = Instant::now();
+            let body = json!({"username": name, "password": PASSWORD});
+            let put = call(&c, Method::PUT, &format!("{lb}/api/v1/users"), Some(&body)).await;
+            if !matches!(&put, Ok(r) if r.status == 201) {
+                raw.failed.fetch_add(1, Ordering::Relaxed);
+                raw.max_fail_ms.fetch_max(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                continue;
+            }
+            // The write is acknowledged: the read must see it (or fail
+            // outright, never answer without it). Retried on failure.
+            loop {
+                let t1 = Instant::now();
+                match call(&c, Method::GET, &format!("{lb}/api/v1/users?username={name}"), None).await {
+                    Ok(r) if r.status == 200 && r.body.contains(&name) => {
+                        raw.ok.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Ok(r) if r.status == 200 || r.status == 204 => {
+                        raw.stale.lock().unwrap().push(format!("{name}: {} {}", r.status, r.body));
+                        break;
+                    }
+                    _ => {
+                        raw.failed.fetch_add(1, Ordering::Relaxed);
+                        raw.max_fail_ms.fetch_max(t1.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Counters at a moment, to report one partition's share.
+#[derive(Clone, Copy, Debug)]
+struct Counts {
+    acked: usize,
+    failed: u64,
+    raw_ok: u64,
+    raw_failed: u64,
+}
+
+fn counts(ledger: &Ledger, raw: &RawClient) -> Counts {
+    Counts {
+        acked: ledger.acked.lock().unwrap().len(),
+        failed: ledger.failed.load(Ordering::Relaxed),
+        raw_ok: raw.ok.load(Ordering::Relaxed),
+        raw_failed: raw.failed.load(Ordering::Relaxed),
+    }
+}
+
+impl Deployment {
+    async fn status(&self) -> Option<Value> {
+        let r = Stack::http().get(format!("{}/api/v1/status", self.orch)).send().await.ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// The master's epoch and pid from /api/v1/status.
+    async fn master(&self) -> (u64, u32) {
+        let st = poll("a master in /api/v1/status", Duration::from_secs(30), || async {
+            let st = self.status().await?;
+            let m = st.get("master")?;
+            Some((m["epoch"].as_u64()?, m["pid"].as_u64()? as u32))
+        })
+        .await;
+        st.unwrap()
+    }
+
+    fn container_of_pid(&self, pid: u32) -> String {
+        self.worker_containers()
+            .into_iter()
+            .find(|cid| self.inspect(cid, "{{.State.Pid}}") == pid.to_string())
+            .unwrap_or_else(|| panic!("no worker container with pid {pid}"))
+    }
+
+    fn ip_of(&self, service: &str) -> String {
+        let cid = self.container(service);
+        let ip = self.inspect(&cid, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}");
+        assert!(!ip.is_empty(), "{service} has an address");
+        ip
+    }
+}
+
+/// `iptables` in the orchestrator container's network namespace (the image
+/// has no shell or iptables: the host's binary runs in its namespace).
+fn orch_iptables(pid: &str, op: &str, ip: &str) {
+    let out = run(Command::new("nsenter").args(["-t", pid, "-n", "iptables", op, "OUTPUT", "-d", ip, "-j", "DROP"]));
+    assert!(out.status.success(), "nsenter iptables {op} OUTPUT -d {ip}: {}", text(&out));
+}
+
+/// Waits until both writes and read-after-write rounds are acknowledged
+/// again after `since`; returns how long after `from` that was.
+async fn recovered(ledger: &Ledger, raw: &RawClient, since: Counts, from: Instant, what: &str) -> Duration {
+    poll(&format!("writes and reads answered again after {what}"), Duration::from_secs(90), || async {
+        let now = counts(ledger, raw);
+        (now.acked >= since.acked + 5 && now.raw_ok >= since.raw_ok + 2).then_some(())
+    })
+    .await
+    .unwrap();
+    from.elapsed()
+}
+
+fn report(case: &str, recovery: Duration, a: Counts, b: Counts, raw_stale: usize) {
+    eprintln!(
+        "[partition] {case}: recovered in {:.2}s; writes acknowledged {}, refused/failed {}; \
+         read-after-write rounds ok {}, failed {}, stale {raw_stale}",
+        recovery.as_secs_f64(),
+        b.acked - a.acked,
+        b.failed - a.failed,
+        b.raw_ok - a.raw_ok,
+        b.raw_failed - a.raw_failed
+    );
+}
+
+/// Three partitions in one deployment, under two writers and a
+/// read-after-write client through the LB:
+/// (a) a slave cut off from the network: it is replaced, reads go on and are
+///     never stale, and once reconnected it is gone (worker/list and the engine
+///     end with two workers);
+/// (b) the orchestrator cut off from ZooKeeper (iptables in its namespace),
+///     then (c) from RabbitMQ: requests fail within the timeouts, nothing is
+///     promoted (the epoch does not move: no master was lost), and it resumes
+///     by itself once the rule is gone.
+/// Every acknowledged write is present exactly once at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_slave_and_orchestrator() {
+    let d = Deployment::up("netcut", &[]);
+    let c = Stack::http();
+    let lb = d.lb.clone();
+    let owner = uniq("owner");
+    add_user(&c, &lb, &owner).await;
+    let pids = d.wait_workers(2, &[], Duration::from_secs(30)).await;
+    let (epoch0, master_pid) = d.master().await;
+    let slave_pid = *pids.iter().find(|p| **p != master_pid).expect("a slave");
+    let net = format!("{}-net", d.cluster);
+
+    let ledger = Arc::new(Ledger::default());
+    let raw = Arc::new(RawClient::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = start_writers(&lb, &owner, 2, &ledger, &stop);
+    tasks.push(start_raw(&lb, &raw, &stop));
+    poll("traffic flowing", Duration::from_secs(60), || async {
+        let n = counts(&ledger, &raw);
+        (n.acked >= 50 && n.raw_ok >= 10).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // (a) the slave cut off.
+    let slave = d.container_of_pid(slave_pid);
+    let a0 = counts(&ledger, &raw);
+    let t_cut = Instant::now();
+    let out = run(Command::new("docker").args(["network", "disconnect", "-f", &net, &slave]));
+    assert!(out.status.success(), "docker network disconnect: {}", text(&out));
+    let after = d.wait_workers(2, &[slave_pid], Duration::from_secs(60)).await;
+    let replaced = t_cut.elapsed();
+    let rec = recovered(&ledger, &raw, counts(&ledger, &raw), t_cut, "the slave's replacement").await;
+    if run(Command::new("docker").args(["inspect", &slave])).status.success() {
+        let out = run(Command::new("docker").args(["network", "connect", &net, &slave]));
+        eprintln!("[partition] old slave reconnected: {} {}", out.status.success(), text(&out).trim());
+    } else {
+        eprintln!("[partition] the orchestrator had already removed the cut-off slave");
+    }
+    poll("two workers in worker/list and the engine after the reconnect", Duration::from_secs(60), || async {
+        let pids = d.worker_pids().await?;
+        (pids.len() == 2 && !pids.contains(&slave_pid) && d.worker_containers().len() == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let a1 = counts(&ledger, &raw);
+    eprintln!("[partition] slave {slave_pid} replaced after {replaced:?}: {after:?}");
+    report("slave cut off", rec, a0, a1, raw.stale.lock().unwrap().len());
+    assert!(raw.stale.lock().unwrap().is_empty(), "stale reads: {:?}", raw.stale.lock().unwrap());
+    assert_eq!(d.master().await, (epoch0, master_pid), "a slave's loss promotes nobody");
+
+    // (b), (c) the orchestrator cut off from ZooKeeper, then from RabbitMQ.
+    let orch_pid = d.inspect(&d.container("orchestrator"), "{{.State.Pid}}");
+    for (case, service) in
+        [("orchestrator cut off from ZooKeeper", "zookeeper"), ("orchestrator cut off from RabbitMQ", "rabbitmq")]
+    {
+        let ip = d.ip_of(service);
+        ledger.max_fail_ms.store(0, Ordering::Relaxed);
+        raw.max_fail_ms.store(0, Ordering::Relaxed);
+        let b0 = counts(&ledger, &raw);
+        orch_iptables(&orch_pid, "-A", &ip);
+        // Held past ZooKeeper's session timeout (4 s) and RabbitMQ's
+        // heartbeat (2 s × 2): the partition itself, not a readiness wait.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        orch_iptables(&orch_pid, "-D", &ip);
+        let t_heal = Instant::now();
+        let rec = recovered(&ledger, &raw, counts(&ledger, &raw), t_heal, case).await;
+        let b1 = counts(&ledger, &raw);
+        report(case, rec + Duration::from_secs(8), b0, b1, raw.stale.lock().unwrap().len());
+        eprintln!("[partition] {case}: resumed {:.2}s after the rule was removed", rec.as_secs_f64());
+        let slowest = ledger.max_fail_ms.load(Ordering::Relaxed).max(raw.max_fail_ms.load(Ordering::Relaxed));
+        eprintln!("[partition] {case}: slowest failed request {slowest} ms");
+        // Read 5 s / write 15 s timeouts, plus the services' and LB's hops.
+        assert!(slowest <= 18_000, "{case}: a failed request took {slowest} ms (more than the write timeout)");
+        let (epoch, mpid) = d.master().await;
+        assert!(epoch <= epoch0 + 1, "{case}: epoch {epoch0} -> {epoch}: promoted more than once");
+        assert_eq!((epoch, mpid), (epoch0, master_pid), "{case}: no master was lost, none may be promoted");
+        d.wait_workers(2, &[], Duration::from_secs(60)).await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(raw.stale.lock().unwrap().is_empty(), "stale reads: {:?}", raw.stale.lock().unwrap());
+    assert_eq!(ledger.refused.load(Ordering::Relaxed), 0, "no ride of the owner may be refused");
+    let list = upcoming(&c, &lb, 20, 21).await;
+    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    for r in &list {
+        *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
+    }
+    let acked = ledger.acked.lock().unwrap().clone();
+    let unclear = ledger.unclear.lock().unwrap().clone();
+    let missing: Vec<_> = acked.iter().filter(|t| !seen.contains_key(t)).collect();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let unknown: Vec<_> = seen.keys().filter(|t| !acked.contains(t) && !unclear.contains(t)).collect();
+    eprintln!(
+        "[partition] all three: {} acknowledged, {} lost, {} refused/unclear ({} of them applied)",
+        acked.len(),
+        missing.len(),
+        unclear.len(),
+        unclear.iter().filter(|t| seen.contains_key(t)).count()
+    );
+    assert!(missing.is_empty(), "acknowledged rides lost: {missing:?}");
+    assert!(twice.is_empty(), "rides applied twice: {twice:?}");
+    assert!(unknown.is_empty(), "rides nobody wrote: {unknown:?}");
 }
