@@ -19,13 +19,14 @@ pub async fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
 }
 
-/// Serves until `stop` is cancelled (SIGTERM and Ctrl-C cancel it), letting
-/// requests in flight finish.
+/// Serves until `stop` is cancelled, letting requests in flight finish. The
+/// caller hands SIGTERM and Ctrl-C to `stop` (`tasks::cancel_on_signal`)
+/// before it says it listens, so a stop sent right after that line is never
+/// lost.
 pub async fn serve<F>(name: &str, listener: TcpListener, routes: F, stop: CancellationToken)
 where
     F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
 {
-    let signals = tasks::cancel_on_signal(stop.clone());
     let server = warp::serve(routes).incoming(listener).graceful(stop.clone().cancelled_owned()).run();
     let mut server = std::pin::pin!(server);
     tokio::select! {
@@ -40,7 +41,6 @@ where
             }
         }
     }
-    signals.abort();
     tracing::info!("{name} stopped");
 }
 

@@ -18,22 +18,25 @@ pub use supervisor::{Supervisor, TaskEnd, TaskExit};
 pub use tokio_util::sync::CancellationToken;
 
 /// Cancel `token` on SIGTERM (what the stack scripts and Docker send) or
-/// Ctrl-C. The returned handle belongs to the caller's supervisor, or may be
-/// dropped: the signal task ends itself after the first signal.
+/// SIGINT (Ctrl-C). The handlers are installed before this returns, so a
+/// signal sent right after is never lost. The returned handle belongs to the
+/// caller's supervisor, or may be dropped: the task ends itself after the
+/// first signal or when the token is cancelled. Call it inside a runtime.
 pub fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
+        let (mut term, mut int) = match handlers {
+            Ok(h) => h,
             Err(e) => {
-                tracing::error!(error = %e, "cannot install a SIGTERM handler; stopping");
+                tracing::error!(error = %e, "cannot install the SIGTERM/SIGINT handlers; stopping");
                 token.cancel();
                 return;
             }
         };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
             _ = token.cancelled() => return,
         }
         token.cancel();

@@ -21,6 +21,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     tasks::init_tracing("info");
     let stop = tasks::CancellationToken::new();
+    // Signals reach the token from here on (the task ends with it).
+    drop(tasks::cancel_on_signal(stop.clone()));
     let metrics = ServiceMetrics::new("users-api");
     let db = OrchestratorClient::new(&settings.orchestrator)?.with_metrics(metrics.clone());
     let orchestrator = db.base().to_owned();
