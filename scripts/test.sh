@@ -3,7 +3,8 @@
 #   1. lint: rustfmt and clippy (warnings are errors), before anything is built
 #   2. RabbitMQ, ZooKeeper and nginx from Debian's packages (scripts/infra.sh)
 #   3. cfn-lint from PyPI for the ALB template
-#   4. release build of the workspace and the worker image (no registry needed)
+#   4. release build of the workspace and every image (no registry needed),
+#      chromium + chromedriver and prometheus from Debian
 #   5. cargo test with the end-to-end tier on (features systest/e2e and
 #      orchestrator/e2e: real broker, ensemble, engine); a plain `cargo test`
 #      runs only the unit tier and needs none of it
@@ -23,12 +24,17 @@ log "lint: cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 scripts/infra.sh up
+# The browser (page test) and Prometheus (metrics test), from Debian's packages.
+scripts/browser-deps.sh
+scripts/prometheus-deps.sh
 command -v cfn-lint >/dev/null || { log "installing cfn-lint"; python3 -m pip install -q cfn-lint; }
 log "building"
 cargo build --release --workspace --all-targets "${E2E[@]}"
 if [ "${CI:-}" = true ] || command -v docker >/dev/null; then
   timeout 20 docker info >/dev/null 2>&1 || { log "error: the Docker engine does not answer"; exit 1; }
-  scripts/build-images.sh
+  # Every image, built here (no registry): ours and the Debian-based infra
+  # images of the compose and swarm deployments; cached by content.
+  scripts/build-images.sh all
 fi
 log "cfn-lint alb-config/alb.yaml"
 cfn-lint alb-config/alb.yaml

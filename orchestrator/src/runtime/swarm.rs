@@ -112,7 +112,7 @@ fn task_view(tasks: &[Task]) -> TaskView {
     let mut ended = None;
     for t in tasks {
         let st = t.status.clone().unwrap_or_default();
-        let state = st.state.clone().unwrap_or_default();
+        let state = st.state.unwrap_or_default();
         let cs = st.container_status.clone().unwrap_or_default();
         if state == TaskState::RUNNING {
             if let (Some(cid), Some(pid)) = (cs.container_id.clone(), cs.pid.filter(|p| *p > 0)) {
@@ -524,17 +524,15 @@ impl SwarmRuntime {
         let mut pid = 0;
         if let TaskView::Running(t) = &view {
             pid = t.pid;
-            if self.signal(&t.container, id, "SIGTERM").await? {
-                if !self.wait_stopped(&t.container, id, grace).await? {
-                    forced = true;
-                    self.signal(&t.container, id, "SIGKILL").await?;
-                    if !self.wait_stopped(&t.container, id, EXIT_TIMEOUT).await? {
-                        return Err(RuntimeError::Timeout {
-                            call: "stop (SIGKILL)",
-                            id: id.to_string(),
-                            after: EXIT_TIMEOUT,
-                        });
-                    }
+            if self.signal(&t.container, id, "SIGTERM").await? && !self.wait_stopped(&t.container, id, grace).await? {
+                forced = true;
+                self.signal(&t.container, id, "SIGKILL").await?;
+                if !self.wait_stopped(&t.container, id, EXIT_TIMEOUT).await? {
+                    return Err(RuntimeError::Timeout {
+                        call: "stop (SIGKILL)",
+                        id: id.to_string(),
+                        after: EXIT_TIMEOUT,
+                    });
                 }
             }
             self.shared.note_dead(&t.container, Some(id), t.pid);
