@@ -1,0 +1,433 @@
+#![cfg(feature = "e2e")]
+//! The whole system on a Docker Swarm (docker/stack.yml through
+//! scripts/swarm.sh), the workers as Swarm services (WORKER_RUNTIME=swarm),
+//! checked as a client sees it, through the load balancer: bootstrap (a
+//! master and a slave service), crash/master under writers (a new master,
+//! every acknowledged write present exactly once), crash/slave (replaced), a
+//! master's container killed behind the orchestrator's back (failover from
+//! the runtime's exit report), and the autoscaler going out and back in.
+//!
+//! One deployment serves the whole suite (one test, in steps), to keep the
+//! suite's time down: each step leaves two workers behind, which the next
+//! one checks first. If the engine is in no swarm, swarm.sh makes it a
+//! one-node swarm and takes it out again at the end (checked here); in a
+//! swarm already it deploys into it and leaves it be. Nothing is built: the
+//! images must exist (`scripts/build-images.sh all`).
+//!
+//! Run with `cargo test --release -p systest --features e2e --test swarm -- --test-threads=1`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use reqwest::{Client, Method};
+use serde_json::{json, Value};
+use systest::{poll, root, Stack};
+
+const PASSWORD: &str = "3d725109c7e7c0bfb9d709836735b56d943d263f";
+const IMAGES: [&str; 7] = ["rabbitmq", "zookeeper", "orchestrator", "users-api", "rides-api", "lb", "worker"];
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn stdout(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run(cmd).stdout).trim().to_string()
+}
+
+fn swarm_state() -> String {
+    stdout(Command::new("docker").args(["info", "--format", "{{.Swarm.LocalNodeState}}"]))
+}
+
+/// One stack on the swarm; `Drop` runs `scripts/swarm.sh down` whatever happened.
+struct SwarmDeployment {
+    stack: String,
+    cluster: String,
+    env: Vec<(String, String)>,
+    lb: String,
+    orch: String,
+}
+
+impl SwarmDeployment {
+    fn up(extra_env: &[(&str, &str)]) -> SwarmDeployment {
+        for image in IMAGES {
+            let st = run(Command::new("docker").args(["image", "inspect", &format!("rideshare-{image}:latest")]));
+            assert!(st.status.success(), "image rideshare-{image}:latest is missing: run scripts/build-images.sh all");
+        }
+        let tag = std::process::id();
+        let stack = format!("rstestswarm{tag}");
+        let cluster = format!("rstest-swarm-{tag}");
+        let (lb_port, orch_port) = (free_port(), free_port());
+        let mut env: Vec<(String, String)> = vec![
+            ("SWARM_STACK".into(), stack.clone()),
+            ("CLUSTER_ID".into(), cluster.clone()),
+            ("DEPLOY_HOST".into(), "127.0.0.1".into()),
+            ("DEPLOY_PORT".into(), lb_port.to_string()),
+            ("ORCH_PORT".into(), orch_port.to_string()),
+            ("RABBITMQ_USER".into(), "systest".into()),
+            ("RABBITMQ_PASS".into(), format!("pw-{tag}")),
+            ("SKIP_BUILD".into(), "1".into()),
+            ("DEPLOY_TIMEOUT".into(), "240".into()),
+        ];
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let d = SwarmDeployment {
+            stack,
+            cluster,
+            env,
+            lb: format!("http://127.0.0.1:{lb_port}"),
+            orch: format!("http://127.0.0.1:{orch_port}"),
+        };
+        let t0 = Instant::now();
+        let out = d.swarm_sh("up");
+        assert!(out.status.success(), "scripts/swarm.sh up failed:\n{}", text(&out));
+        eprintln!("[swarm] {} up in {:.1}s", d.stack, t0.elapsed().as_secs_f64());
+        d
+    }
+
+    fn swarm_sh(&self, what: &str) -> Output {
+        run(Command::new(root().join("scripts/swarm.sh")).arg(what).envs(self.env.iter().cloned()))
+    }
+
+    /// This cluster's worker services (label rideshare.cluster=<cluster>).
+    fn worker_services(&self) -> Vec<String> {
+        let out = stdout(Command::new("docker").args([
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=rideshare.cluster={}", self.cluster),
+        ]));
+        out.lines().map(str::to_owned).collect()
+    }
+
+    /// This cluster's running worker containers (the services' tasks).
+    fn worker_containers(&self) -> Vec<String> {
+        let out = stdout(Command::new("docker").args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=rideshare.cluster={}", self.cluster),
+        ]));
+        out.lines().map(str::to_owned).collect()
+    }
+
+    fn inspect(&self, id: &str, format: &str) -> String {
+        stdout(Command::new("docker").args(["inspect", "-f", format, id]))
+    }
+
+    async fn worker_pids(&self) -> Option<Vec<u32>> {
+        let r = Stack::http().get(format!("{}/api/v1/worker/list", self.orch)).send().await.ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    async fn status(&self) -> Option<Value> {
+        let r = Stack::http().get(format!("{}/api/v1/status", self.orch)).send().await.ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    async fn master(&self) -> (u64, u32) {
+        poll("a master in /api/v1/status", Duration::from_secs(30), || async {
+            let st = self.status().await?;
+            let m = st.get("master")?;
+            Some((m["epoch"].as_u64()?, m["pid"].as_u64()? as u32))
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn crash(&self, what: &str) -> u32 {
+        let r = Stack::http().post(format!("{}/api/v1/crash/{what}", self.orch)).send().await.expect("crash call");
+        assert_eq!(r.status(), 200, "crash/{what}");
+        let pids: Vec<u32> = r.json().await.expect("[pid]");
+        assert_eq!(pids.len(), 1, "crash/{what} answers [pid]: {pids:?}");
+        pids[0]
+    }
+
+    /// Waits for `n` workers in worker/list, none in `gone`, and as many
+    /// worker services running a task.
+    async fn wait_workers(&self, n: usize, gone: &[u32], deadline: Duration) -> Vec<u32> {
+        let found = poll(&format!("{n} workers (without {gone:?})"), deadline, || async {
+            let pids = self.worker_pids().await?;
+            (pids.len() == n
+                && !pids.iter().any(|p| gone.contains(p))
+                && self.worker_services().len() == n
+                && self.worker_containers().len() == n)
+                .then_some(pids)
+        })
+        .await;
+        match found {
+            Ok(pids) => pids,
+            Err(e) => {
+                panic!("{e}; worker/list says {:?}, services {:?}", self.worker_pids().await, self.worker_services())
+            }
+        }
+    }
+}
+
+impl Drop for SwarmDeployment {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = run(Command::new("docker").args([
+                "service",
+                "logs",
+                "--tail",
+                "40",
+                &format!("{}_orchestrator", self.stack),
+            ]));
+            eprintln!("[swarm] orchestrator logs before teardown:\n{}", text(&logs));
+        }
+        let t0 = Instant::now();
+        let out = self.swarm_sh("down");
+        eprintln!(
+            "[swarm] {} down in {:.1}s (ok: {})\n{}",
+            self.stack,
+            t0.elapsed().as_secs_f64(),
+            out.status.success(),
+            text(&out).trim()
+        );
+    }
+}
+
+// ------------------------------------------------------------ HTTP helpers
+
+async fn call(c: &Client, method: Method, url: &str, body: Option<&Value>) -> Result<(u16, String), reqwest::Error> {
+    let mut req = c.request(method, url);
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b.to_string());
+    }
+    let r = req.send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.text().await?))
+}
+
+fn uniq(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+fn tag_time(tag: u64) -> String {
+    assert!(tag < 28 * 86_400);
+    let (s, m, h, d) = (tag % 60, tag / 60 % 60, tag / 3600 % 24, tag / 86_400 + 1);
+    format!("{d:02}-01-2099:{s:02}-{m:02}-{h:02}")
+}
+
+fn time_tag(ts: &str) -> u64 {
+    let p: Vec<u64> = ts.split([':', '-']).map(|x| x.parse().unwrap_or_else(|_| panic!("timestamp {ts}"))).collect();
+    assert_eq!(p.len(), 6, "timestamp {ts}");
+    (p[0] - 1) * 86_400 + p[5] * 3600 + p[4] * 60 + p[3]
+}
+
+#[derive(Default)]
+struct Ledger {
+    acked: Mutex<BTreeSet<u64>>,
+    unclear: Mutex<BTreeSet<u64>>,
+    refused: AtomicU64,
+}
+
+fn start_writers(
+    lb: &str,
+    owner: &str,
+    n: u64,
+    ledger: &Arc<Ledger>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|w| {
+            let (lb, owner, ledger, stop) = (lb.to_owned(), owner.to_owned(), ledger.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = Stack::http();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) && i < 20_000 {
+                    let tag = i * n + w;
+                    i += 1;
+                    let body =
+                        json!({"created_by": owner, "timestamp": tag_time(tag), "source": 20, "destination": 21});
+                    match call(&c, Method::POST, &format!("{lb}/api/v1/rides"), Some(&body)).await {
+                        Ok((201, _)) => {
+                            ledger.acked.lock().unwrap().insert(tag);
+                        }
+                        Ok((400, _)) => {
+                            ledger.refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            ledger.unclear.lock().unwrap().insert(tag);
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn wait_acked(ledger: &Ledger, n: usize, what: &str) {
+    poll(what, Duration::from_secs(60), || async { (ledger.acked.lock().unwrap().len() >= n).then_some(()) })
+        .await
+        .unwrap();
+}
+
+async fn count(c: &Client, lb: &str) -> u16 {
+    call(c, Method::GET, &format!("{lb}/api/v1/rides/count"), None).await.map(|r| r.0).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_system_on_a_swarm() {
+    let state_before = swarm_state();
+    let d = SwarmDeployment::up(&[("SCALE_WINDOW_SECS", "4"), ("READS_PER_SLAVE", "50")]);
+    assert_eq!(swarm_state(), "active");
+    let c = Stack::http();
+    let lb = d.lb.clone();
+
+    // Bootstrap: a master and a slave, each a service of ours on the overlay network.
+    let pids = d.wait_workers(2, &[], Duration::from_secs(60)).await;
+    let st = d.status().await.expect("/api/v1/status");
+    assert_eq!(st["runtime"], json!("swarm"), "{st}");
+    let (epoch0, master0) = d.master().await;
+    assert!(pids.contains(&master0), "{master0} in {pids:?}");
+    for cid in d.worker_containers() {
+        let nets = d.inspect(&cid, "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}");
+        assert_eq!(nets, format!("{}-net", d.cluster), "worker {cid}'s network");
+        assert!(pids.contains(&d.inspect(&cid, "{{.State.Pid}}").parse().unwrap()), "worker/list names {cid}'s pid");
+    }
+    for sid in d.worker_services() {
+        let spec = d.inspect(&sid, "{{.Spec.Mode.Replicated.Replicas}} {{.Spec.TaskTemplate.RestartPolicy.Condition}}");
+        assert_eq!(spec, "1 none", "service {sid}: one replica, never restarted by the swarm");
+    }
+    eprintln!("[swarm] bootstrap: {pids:?}, master {master0}, epoch {epoch0}");
+
+    let owner = uniq("owner");
+    let body = json!({"username": owner, "password": PASSWORD});
+    assert_eq!(call(&c, Method::PUT, &format!("{lb}/api/v1/users"), Some(&body)).await.unwrap().0, 201);
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&lb, &owner, 4, &ledger, &stop);
+    wait_acked(&ledger, 100, "100 writes before the crash").await;
+
+    // crash/master: a new master takes writes.
+    let t = Instant::now();
+    let master = d.crash("master").await;
+    assert_eq!(master, master0, "crash/master named the master");
+    let n = ledger.acked.lock().unwrap().len();
+    let after = d.wait_workers(2, &[master], Duration::from_secs(60)).await;
+    wait_acked(&ledger, n + 100, "100 writes acknowledged by the new master").await;
+    let (epoch1, master1) = d.master().await;
+    assert_eq!(epoch1, epoch0 + 1, "one promotion");
+    eprintln!(
+        "[swarm] crash/master {master}: master {master1} (epoch {epoch1}), {after:?}, 100 more writes after {:?}",
+        t.elapsed()
+    );
+
+    // crash/slave: replaced.
+    let t = Instant::now();
+    let slave = d.crash("slave").await;
+    assert!(after.contains(&slave) && slave != master1, "crash/slave named the slave: {slave} of {after:?}");
+    let healed = d.wait_workers(2, &[master, slave], Duration::from_secs(60)).await;
+    assert_eq!(count(&c, &lb).await, 200, "reads served by the replacement");
+    eprintln!("[swarm] crash/slave {slave}: replaced ({healed:?}) after {:?}", t.elapsed());
+
+    // The master's container killed behind the orchestrator's back: the
+    // runtime's exit report starts a failover.
+    let t = Instant::now();
+    let cid = d
+        .worker_containers()
+        .into_iter()
+        .find(|cid| d.inspect(cid, "{{.State.Pid}}") == master1.to_string())
+        .expect("the master's container");
+    let out = run(Command::new("docker").args(["kill", &cid]));
+    assert!(out.status.success(), "docker kill: {}", text(&out));
+    let n = ledger.acked.lock().unwrap().len();
+    let again = d.wait_workers(2, &[master, slave, master1], Duration::from_secs(60)).await;
+    wait_acked(&ledger, n + 100, "100 writes after the killed master").await;
+    let (epoch2, master2) = d.master().await;
+    assert_eq!(epoch2, epoch1 + 1, "one promotion");
+    eprintln!(
+        "[swarm] master {master1} killed (docker kill): master {master2} (epoch {epoch2}), {again:?} after {:?}",
+        t.elapsed()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(ledger.refused.load(Ordering::Relaxed), 0, "no ride of the owner may be refused");
+    let (status, body) =
+        call(&c, Method::GET, &format!("{lb}/api/v1/rides?source=20&destination=21"), None).await.unwrap();
+    assert_eq!(status, 200);
+    let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    for r in &list {
+        *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
+    }
+    let acked = ledger.acked.lock().unwrap().clone();
+    let unclear = ledger.unclear.lock().unwrap().clone();
+    let missing: Vec<_> = acked.iter().filter(|t| !seen.contains_key(t)).collect();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let unknown: Vec<_> = seen.keys().filter(|t| !acked.contains(t) && !unclear.contains(t)).collect();
+    eprintln!(
+        "[swarm] two failovers: {} acknowledged, {} lost, {} unclear ({} applied)",
+        acked.len(),
+        missing.len(),
+        unclear.len(),
+        unclear.iter().filter(|t| seen.contains_key(t)).count()
+    );
+    assert!(missing.is_empty(), "acknowledged rides lost: {missing:?}");
+    assert!(twice.is_empty(), "rides applied twice: {twice:?}");
+    assert!(unknown.is_empty(), "rides nobody wrote: {unknown:?}");
+
+    // Scaling: a burst of reads adds slave services; idle windows take them away.
+    let t = Instant::now();
+    let statuses: Vec<u16> = stream::iter(0..200)
+        .map(|_| {
+            let (c, lb) = (c.clone(), lb.clone());
+            async move { count(&c, &lb).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let out = poll(
+        "scale-out to at least 3 workers, worker/list and the swarm agreeing",
+        Duration::from_secs(60),
+        || async {
+            let pids = d.worker_pids().await?;
+            (pids.len() >= 3 && d.worker_services().len() == pids.len()).then_some(pids)
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("[swarm] scaled out to {} workers after {:?}", out.len(), t.elapsed());
+    let back = d.wait_workers(2, &[], Duration::from_secs(60)).await;
+    assert!(back.iter().all(|p| out.contains(p)), "scale-in keeps old workers: {out:?} -> {back:?}");
+    assert_eq!(count(&c, &lb).await, 200, "reads still served after the scale-in");
+    eprintln!("[swarm] scaled in to {back:?} after {:?}", t.elapsed());
+
+    // Down: the stack, the workers' services and the network are gone; the
+    // swarm is left only if swarm.sh created it.
+    let cluster = d.cluster.clone();
+    drop(d);
+    let left =
+        stdout(Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=rideshare.cluster={cluster}")]));
+    assert!(left.is_empty(), "worker containers left: {left}");
+    assert!(!run(Command::new("docker").args(["network", "inspect", &format!("{cluster}-net")])).status.success());
+    if state_before == "inactive" {
+        assert_eq!(swarm_state(), "inactive", "swarm.sh created the swarm, so it leaves it");
+    } else {
+        assert_eq!(swarm_state(), state_before, "a swarm that was there stays");
+    }
+}
