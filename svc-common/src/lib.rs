@@ -11,6 +11,7 @@ pub mod housekeeping;
 pub mod http;
 pub mod metrics;
 pub mod orchestrator_client;
+pub mod process_test;
 pub mod request_count;
 pub mod startup;
 pub mod timing;

@@ -13,7 +13,60 @@ use tokio::net::TcpListener;
 use warp::reply::Response;
 use warp::Filter;
 
+use crate::config::OrchestratorArgs;
+use crate::metrics::ServiceMetrics;
+use crate::orchestrator_client::OrchestratorClient;
 use crate::timing;
+
+/// A service's `main`: its settings `S` read before any thread starts (the
+/// loader normalises the environment it reads), then `run(settings)` on a
+/// multi-threaded runtime.
+pub fn main<S, F, Fut>(run: F) -> anyhow::Result<()>
+where
+    S: clap::Parser,
+    F: FnOnce(S) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let settings: S = tasks::config::load();
+    tokio::runtime::Runtime::new()?.block_on(run(settings))
+}
+
+/// What every service sets up before its own parts: logs, the stop token
+/// (SIGTERM and Ctrl-C reach it from here on), its metrics, and its client of
+/// the orchestrator.
+pub struct Service {
+    pub name: &'static str,
+    pub stop: CancellationToken,
+    pub metrics: std::sync::Arc<ServiceMetrics>,
+    orchestrator: String,
+}
+
+impl Service {
+    /// The service and its client of the orchestrator.
+    pub fn start(name: &'static str, orchestrator: &OrchestratorArgs) -> anyhow::Result<(Service, OrchestratorClient)> {
+        tasks::init_tracing("info");
+        let stop = CancellationToken::new();
+        // The signal task ends with the token; nothing to watch.
+        drop(tasks::cancel_on_signal(stop.clone()));
+        let metrics = ServiceMetrics::new(name);
+        let db = OrchestratorClient::new(orchestrator)?.with_metrics(metrics.clone());
+        Ok((Service { name, stop, metrics, orchestrator: db.base().to_owned() }, db))
+    }
+
+    /// Listen on `addr`, say so (with `detail`), and serve `routes` (the
+    /// service's own, instrumented here) until stopped.
+    pub async fn serve<F>(self, addr: SocketAddr, routes: F, detail: &str) -> anyhow::Result<()>
+    where
+        F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
+    {
+        let listener = listen(addr).await?;
+        let name = self.name;
+        tracing::info!(addr = %listener.local_addr()?, orchestrator = %self.orchestrator, "{name} listening{detail}");
+        let routes = crate::metrics::instrument(self.metrics, routes);
+        serve(name, listener, routes, self.stop).await;
+        Ok(())
+    }
+}
 
 pub async fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
