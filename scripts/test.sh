@@ -27,6 +27,11 @@ scripts/infra.sh up
 # The browser (page test) and Prometheus (metrics test), from Debian's packages.
 scripts/browser-deps.sh
 scripts/prometheus-deps.sh
+# The partition tests cut links with iptables inside a container's network namespace.
+command -v iptables >/dev/null && command -v nsenter >/dev/null || {
+  log "installing iptables"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables util-linux >/dev/null
+}
 command -v cfn-lint >/dev/null || { log "installing cfn-lint"; python3 -m pip install -q cfn-lint; }
 log "building"
 cargo build --release --workspace --all-targets "${E2E[@]}"
