@@ -401,6 +401,28 @@ impl Stack {
         }
     }
 
+    /// SIGTERM the orchestrator and wait up to `within` for it to exit; its
+    /// exit status (workers keep running).
+    pub async fn terminate_orchestrator(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let mut c = self.orch.take().context("no orchestrator running")?;
+        let sent = Command::new("kill").args(["-TERM", &c.id().to_string()]).status()?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed: {sent}", c.id());
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("the orchestrator was still running {within:?} after SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Start the orchestrator again with the same settings and wait for it.
     pub async fn restart_orchestrator(&mut self) -> Result<()> {
         self.kill_orchestrator();

@@ -1,7 +1,9 @@
 #![cfg(feature = "e2e")]
-//! The worker's own supervision, end to end (process runtime): no background
-//! task of a worker dies unseen, a bad setting stops it at start with a clear
-//! message, and a stop request ends it with the code its reason says.
+//! Supervision, end to end (process runtime): no background task of a worker
+//! or of the orchestrator dies unseen (a failed one is restarted, or takes its
+//! process down saying why), a bad setting stops a worker at start with a
+//! clear message, and a stop request ends a process with the code its reason
+//! says.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,8 +14,8 @@ use std::time::Duration;
 use lapin::options::QueueDeleteOptions;
 use systest::{poll, root, Stack, StackOptions};
 use wire::contract::{env, ExitReason};
-use wire::queues::SNAPSHOT_Q;
-use wire::{ReadRequest, Value, WriteRequest};
+use wire::queues::{RESPONSE_Q, SNAPSHOT_Q};
+use wire::{Condition, ReadRequest, Value, WriteRequest};
 
 fn worker_bin() -> std::path::PathBuf {
     root().join("target/release/worker")
@@ -209,4 +211,72 @@ async fn sigterm_stops_a_slave_with_code_zero() {
     // The stack's own workers were not disturbed.
     assert_eq!(stack.worker_pids().await.unwrap().len(), 2);
     assert!(count_users(&stack).await.is_some(), "reads still served");
+}
+
+fn orchestrator_log(stack: &Stack) -> String {
+    std::fs::read_to_string(stack.dir.join("orchestrator.log")).unwrap_or_default()
+}
+
+/// `responseQ` deleted under a running orchestrator: its RPC loop's consumer
+/// is cancelled; the loop says so, reconnects and declares the queue again, and
+/// reads and writes are answered again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_orchestrator_whose_reply_queue_is_deleted_recovers() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    assert_eq!(stack.write(&user("before")).await.unwrap().0, 201);
+    let pid = stack.orchestrator_pid().unwrap();
+
+    let amqp = lapin::Connection::connect(&stack.amqp_url, lapin::ConnectionProperties::default()).await.unwrap();
+    let ch = amqp.create_channel().await.unwrap();
+    ch.queue_delete(RESPONSE_Q.into(), QueueDeleteOptions::default()).await.unwrap();
+    let _ = amqp.close(200, "done".into()).await;
+
+    poll("the orchestrator to say its rabbitmq link ended", Duration::from_secs(15), || async {
+        orchestrator_log(&stack).contains("rabbitmq connection lost").then_some(())
+    })
+    .await
+    .unwrap();
+    let mut i = 0;
+    poll("a write and a strong read answered again", Duration::from_secs(30), || {
+        i += 1;
+        let name = format!("after-{i}");
+        let stack = &stack;
+        async move {
+            (stack.write(&user(&name)).await.ok()?.0 == 201).then_some(())?;
+            let (s, body) =
+                stack.read(&ReadRequest::table("users").filter(Condition::eq("username", name))).await.ok()?;
+            (s == 200 && body["rows"].as_array()?.len() == 1).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(stack.orchestrator_pid(), Some(pid), "recovered in the same process");
+    assert!(count_users(&stack).await.unwrap() >= 2);
+}
+
+/// SIGTERM: the orchestrator finishes, says so, exits 0, and leaves its
+/// workers running; a new orchestrator adopts them with the data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_the_orchestrator_cleanly_and_a_new_one_adopts_the_workers() {
+    let mut stack = Stack::start(StackOptions::default()).await.unwrap();
+    assert_eq!(stack.write(&user("kept")).await.unwrap().0, 201);
+    let workers = stack.live_workers().await.unwrap();
+    assert_eq!(workers.len(), 2);
+
+    let status = stack.terminate_orchestrator(Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let log = orchestrator_log(&stack);
+    assert!(log.contains("orchestrator stopped"), "no 'orchestrator stopped' line:\n{log}");
+    assert!(!log.contains("exiting (a restarted"), "a task failed while stopping:\n{log}");
+    let still = stack.live_workers().await.unwrap();
+    assert_eq!(
+        still.iter().map(|w| w.pid).collect::<Vec<_>>(),
+        workers.iter().map(|w| w.pid).collect::<Vec<_>>(),
+        "the workers run on"
+    );
+
+    stack.restart_orchestrator().await.unwrap();
+    assert_eq!(count_users(&stack).await, Some(1));
+    assert_eq!(stack.write(&user("after")).await.unwrap().0, 201);
+    assert_eq!(count_users(&stack).await, Some(2));
 }
