@@ -105,7 +105,7 @@ impl Drop for DockerRuntime {
 
 /// Runs one engine call under `CALL_TIMEOUT`, naming the call and worker in
 /// the error so a failure in the logs says what was being done to whom.
-async fn call<T>(
+pub(super) async fn call<T>(
     what: &'static str,
     id: &str,
     fut: impl Future<Output = Result<T, BollardError>>,
@@ -120,7 +120,7 @@ async fn call<T>(
 /// `call` for the first contact with the engine: a failure there means no
 /// engine answers (`Connect`), which `Runtime::connect` turns into the choice
 /// of the process runtime.
-async fn connect_call<T>(
+pub(super) async fn connect_call<T>(
     what: &'static str,
     fut: impl Future<Output = Result<T, BollardError>>,
 ) -> Result<T, RuntimeError> {
@@ -131,7 +131,7 @@ async fn connect_call<T>(
     }
 }
 
-fn status_of(e: &RuntimeError) -> Option<u16> {
+pub(super) fn status_of(e: &RuntimeError) -> Option<u16> {
     match e {
         RuntimeError::Docker { source: BollardError::DockerResponseServerError { status_code, .. }, .. } => {
             Some(*status_code)
@@ -140,11 +140,11 @@ fn status_of(e: &RuntimeError) -> Option<u16> {
     }
 }
 
-fn now_secs() -> u64 {
+pub(super) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn running_pid(info: &ContainerInspectResponse) -> Option<u32> {
+pub(super) fn running_pid(info: &ContainerInspectResponse) -> Option<u32> {
     let st = info.state.as_ref()?;
     if st.running != Some(true) {
         return None;

@@ -22,14 +22,12 @@
 //! hold the same image (`docker save | docker load`), see docs/deployment.md.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerInspectResponse, NetworkAttachmentConfig, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task,
-    TaskSpec, TaskSpecContainerSpec, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    NetworkAttachmentConfig, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
     EventsOptionsBuilder, InspectContainerOptions, InspectServiceOptions, KillContainerOptionsBuilder,
@@ -40,9 +38,10 @@ use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use super::docker::{call, connect_call, now_secs, running_pid, status_of};
 use super::{
-    RuntimeConfig, RuntimeError, WorkerExit, WorkerInfo, WorkerSpec, CALL_TIMEOUT, CLUSTER_ENV, CLUSTER_LABEL,
-    EXIT_CHANNEL_CAPACITY, EXIT_TIMEOUT, WORKER_ID_ENV, WORKER_LABEL,
+    RuntimeConfig, RuntimeError, WorkerExit, WorkerInfo, WorkerSpec, CLUSTER_ENV, CLUSTER_LABEL, EXIT_CHANNEL_CAPACITY,
+    EXIT_TIMEOUT, WORKER_ID_ENV, WORKER_LABEL,
 };
 
 /// Poll interval while waiting for a task to run or a container to stop.
@@ -187,50 +186,6 @@ impl ExitFeed {
         tracing::info!(cluster = %self.cluster_id, id = %exit.id, pid = exit.pid, "worker service task exited");
         let _ = self.exits.send(exit);
     }
-}
-
-async fn call<T>(
-    what: &'static str,
-    id: &str,
-    fut: impl Future<Output = Result<T, BollardError>>,
-) -> Result<T, RuntimeError> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(RuntimeError::Docker { call: what, id: id.to_string(), source }),
-        Err(_) => Err(RuntimeError::Timeout { call: what, id: id.to_string(), after: CALL_TIMEOUT }),
-    }
-}
-
-async fn connect_call<T>(
-    what: &'static str,
-    fut: impl Future<Output = Result<T, BollardError>>,
-) -> Result<T, RuntimeError> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(RuntimeError::Connect { call: what, source }),
-        Err(_) => Err(RuntimeError::Timeout { call: what, id: String::new(), after: CALL_TIMEOUT }),
-    }
-}
-
-fn status_of(e: &RuntimeError) -> Option<u16> {
-    match e {
-        RuntimeError::Docker { source: BollardError::DockerResponseServerError { status_code, .. }, .. } => {
-            Some(*status_code)
-        }
-        _ => None,
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn running_pid(info: &ContainerInspectResponse) -> Option<u32> {
-    let st = info.state.as_ref()?;
-    if st.running != Some(true) {
-        return None;
-    }
-    st.pid.filter(|p| *p > 0).and_then(|p| u32::try_from(p).ok())
 }
 
 fn service_name(cluster: &str, id: &str) -> String {
