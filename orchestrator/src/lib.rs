@@ -66,7 +66,7 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     let server = warp::serve(http::routes(app)).incoming(listener).graceful(async move { http_stop.cancelled().await });
     let mut server = tokio::spawn(server.run());
 
-    let failure = tokio::select! {
+    let ended = tokio::select! {
         exit = tasks.next_exit() => Some(exit),
         _ = stop.cancelled() => None,
         r = &mut server => Some(tasks::TaskExit { name: "http server", end: match r {
@@ -74,6 +74,7 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
             Err(e) => TaskEnd::Panicked(e.to_string()),
         }}),
     };
+    let failure = ended.filter(|exit| is_failure(exit, stop.is_cancelled()));
     if let Some(exit) = &failure {
         error!(task = exit.name, "{exit}; exiting (a restarted orchestrator adopts the running workers)");
     }
@@ -90,6 +91,35 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
         None => {
             info!("orchestrator stopped");
             Ok(())
+        }
+    }
+}
+
+/// Whether a task's end is a failure: any end while the process is not
+/// stopping, and a failure or panic while it is (a loop that returns because
+/// it was told to stop, racing the stop signal itself, is not one).
+fn is_failure(exit: &tasks::TaskExit, stopping: bool) -> bool {
+    !stopping || !matches!(exit.end, TaskEnd::Returned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_that_returns_while_stopping_is_no_failure() {
+        let returned = tasks::TaskExit { name: "reconcile", end: TaskEnd::Returned };
+        let failed = tasks::TaskExit { name: "reconcile", end: TaskEnd::Failed(anyhow::anyhow!("feed closed")) };
+        let panicked = tasks::TaskExit { name: "reconcile", end: TaskEnd::Panicked("boom".into()) };
+        // (exit, stopping) -> failure
+        for (exit, stopping, want) in [
+            (&returned, false, true),
+            (&returned, true, false),
+            (&failed, false, true),
+            (&failed, true, true),
+            (&panicked, true, true),
+        ] {
+            assert_eq!(is_failure(exit, stopping), want, "{exit} while stopping={stopping}");
         }
     }
 }
