@@ -14,6 +14,8 @@
 //! reached through bollard; container labels and worker environment names come
 //! from `wire::contract`.
 
+pub mod lb;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -18,7 +18,6 @@
 //! Run with `cargo test --release -p systest --features e2e --test compose -- --test-threads=1`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,10 +26,10 @@ use std::time::{Duration, Instant};
 use futures::{stream, StreamExt};
 use reqwest::{Client, Method};
 use serde_json::{json, Value};
+use systest::lb::{
+    assert_images, call, free_port, must, ride, run, start_writers, tag_time, text, time_tag, uniq, Ledger, PASSWORD,
+};
 use systest::{poll, root, Stack};
-
-const PASSWORD: &str = "3d725109c7e7c0bfb9d709836735b56d943d263f";
-const IMAGES: [&str; 7] = ["rabbitmq", "zookeeper", "orchestrator", "users-api", "rides-api", "lb", "worker"];
 
 // ------------------------------------------------------------- deployment
 
@@ -46,29 +45,11 @@ struct Deployment {
     orch: String,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 impl Deployment {
     /// `scripts/deploy.sh up` with the images as they are; returns once a
     /// request through the LB was answered.
     fn up(name: &str, extra_env: &[(&str, &str)]) -> Deployment {
-        for image in IMAGES {
-            let st = run(Command::new("docker").args(["image", "inspect", &format!("rideshare-{image}:latest")]));
-            assert!(
-                st.status.success(),
-                "image rideshare-{image}:latest is missing: run scripts/build-images.sh all first"
-            );
-        }
+        assert_images();
         static N: AtomicU32 = AtomicU32::new(0);
         let tag = format!("{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let project = format!("rstest{name}{tag}");
@@ -194,61 +175,10 @@ impl Drop for Deployment {
     }
 }
 
-// ------------------------------------------------------------ HTTP helpers
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-}
-
-async fn call(c: &Client, method: Method, url: &str, body: Option<&Value>) -> Result<Resp, reqwest::Error> {
-    let mut req = c.request(method, url);
-    if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_string());
-    }
-    let r = req.send().await?;
-    let status = r.status().as_u16();
-    Ok(Resp { status, body: r.text().await? })
-}
-
-async fn must(c: &Client, method: Method, url: &str, body: Option<&Value>) -> Resp {
-    call(c, method.clone(), url, body).await.unwrap_or_else(|e| panic!("{method} {url}: {e}"))
-}
-
-fn uniq(prefix: &str) -> String {
-    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
 async fn add_user(c: &Client, lb: &str, name: &str) {
     let r = must(c, Method::PUT, &format!("{lb}/api/v1/users"), Some(&json!({"username": name, "password": PASSWORD})))
         .await;
     assert_eq!((r.status, r.json()), (201, json!({})), "create user {name}");
-}
-
-/// A ride timestamp (DD-MM-YYYY:SS-MM-HH, January 2099) that encodes `tag`
-/// (below 28 days of seconds), so a ride can be told apart from every other.
-fn tag_time(tag: u64) -> String {
-    assert!(tag < 28 * 86_400);
-    let (s, m, h, d) = (tag % 60, tag / 60 % 60, tag / 3600 % 24, tag / 86_400 + 1);
-    format!("{d:02}-01-2099:{s:02}-{m:02}-{h:02}")
-}
-
-fn time_tag(ts: &str) -> u64 {
-    let p: Vec<u64> = ts.split([':', '-']).map(|x| x.parse().unwrap_or_else(|_| panic!("timestamp {ts}"))).collect();
-    assert_eq!(p.len(), 6, "timestamp {ts}");
-    assert_eq!((p[1], p[2]), (1, 2099), "timestamp {ts}");
-    (p[0] - 1) * 86_400 + p[5] * 3600 + p[4] * 60 + p[3]
-}
-
-fn ride(by: &str, tag: u64, source: u32, destination: u32) -> Value {
-    json!({"created_by": by, "timestamp": tag_time(tag), "source": source, "destination": destination})
 }
 
 /// The upcoming rides of a route; `[]` for a 204.
@@ -354,58 +284,6 @@ async fn api_basics_and_read_after_write_through_the_lb() {
         let nets = d.inspect(cid, "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}");
         assert_eq!(nets, format!("{}-net", d.cluster), "worker {cid}'s network");
     }
-}
-
-/// What the writers saw: tags acknowledged (201) and tags with no clear answer.
-#[derive(Default)]
-struct Ledger {
-    acked: Mutex<BTreeSet<u64>>,
-    unclear: Mutex<BTreeSet<u64>>,
-    refused: AtomicU64,
-    /// Answers other than 201/400 (503s, timeouts, errors) and the slowest of them.
-    failed: AtomicU64,
-    max_fail_ms: AtomicU64,
-}
-
-/// `n` writers creating rides with unique tags through the LB until `stop`.
-fn start_writers(
-    lb: &str,
-    owner: &str,
-    n: u64,
-    ledger: &Arc<Ledger>,
-    stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..n)
-        .map(|w| {
-            let (lb, owner, ledger, stop) = (lb.to_owned(), owner.to_owned(), ledger.clone(), stop.clone());
-            tokio::spawn(async move {
-                let c = Stack::http();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) && i < 20_000 {
-                    let tag = i * n + w;
-                    i += 1;
-                    let t0 = Instant::now();
-                    let res =
-                        call(&c, Method::POST, &format!("{lb}/api/v1/rides"), Some(&ride(&owner, tag, 20, 21))).await;
-                    if !matches!(&res, Ok(r) if r.status == 201 || r.status == 400) {
-                        ledger.failed.fetch_add(1, Ordering::Relaxed);
-                        ledger.max_fail_ms.fetch_max(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    }
-                    match res {
-                        Ok(r) if r.status == 201 => {
-                            ledger.acked.lock().unwrap().insert(tag);
-                        }
-                        Ok(r) if r.status == 400 => {
-                            ledger.refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            ledger.unclear.lock().unwrap().insert(tag);
-                        }
-                    }
-                }
-            })
-        })
-        .collect()
 }
 
 /// crash/master under four writers: a new master takes writes, every

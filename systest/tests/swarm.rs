@@ -16,32 +16,19 @@
 //!
 //! Run with `cargo test --release -p systest --features e2e --test swarm -- --test-threads=1`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
+use std::collections::BTreeMap;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
 use reqwest::{Client, Method};
 use serde_json::{json, Value};
+use systest::lb::{
+    assert_images, call, free_port, run, start_writers, text, time_tag, uniq, wait_acked, Ledger, PASSWORD,
+};
 use systest::{poll, root, Stack};
-
-const PASSWORD: &str = "3d725109c7e7c0bfb9d709836735b56d943d263f";
-const IMAGES: [&str; 7] = ["rabbitmq", "zookeeper", "orchestrator", "users-api", "rides-api", "lb", "worker"];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
 
 fn stdout(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run(cmd).stdout).trim().to_string()
@@ -62,10 +49,7 @@ struct SwarmDeployment {
 
 impl SwarmDeployment {
     fn up(extra_env: &[(&str, &str)]) -> SwarmDeployment {
-        for image in IMAGES {
-            let st = run(Command::new("docker").args(["image", "inspect", &format!("rideshare-{image}:latest")]));
-            assert!(st.status.success(), "image rideshare-{image}:latest is missing: run scripts/build-images.sh all");
-        }
+        assert_images();
         let tag = std::process::id();
         let stack = format!("rstestswarm{tag}");
         let cluster = format!("rstest-swarm-{tag}");
@@ -224,82 +208,8 @@ impl Drop for SwarmDeployment {
 
 // ------------------------------------------------------------ HTTP helpers
 
-async fn call(c: &Client, method: Method, url: &str, body: Option<&Value>) -> Result<(u16, String), reqwest::Error> {
-    let mut req = c.request(method, url);
-    if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_string());
-    }
-    let r = req.send().await?;
-    let status = r.status().as_u16();
-    Ok((status, r.text().await?))
-}
-
-fn uniq(prefix: &str) -> String {
-    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
-fn tag_time(tag: u64) -> String {
-    assert!(tag < 28 * 86_400);
-    let (s, m, h, d) = (tag % 60, tag / 60 % 60, tag / 3600 % 24, tag / 86_400 + 1);
-    format!("{d:02}-01-2099:{s:02}-{m:02}-{h:02}")
-}
-
-fn time_tag(ts: &str) -> u64 {
-    let p: Vec<u64> = ts.split([':', '-']).map(|x| x.parse().unwrap_or_else(|_| panic!("timestamp {ts}"))).collect();
-    assert_eq!(p.len(), 6, "timestamp {ts}");
-    (p[0] - 1) * 86_400 + p[5] * 3600 + p[4] * 60 + p[3]
-}
-
-#[derive(Default)]
-struct Ledger {
-    acked: Mutex<BTreeSet<u64>>,
-    unclear: Mutex<BTreeSet<u64>>,
-    refused: AtomicU64,
-}
-
-fn start_writers(
-    lb: &str,
-    owner: &str,
-    n: u64,
-    ledger: &Arc<Ledger>,
-    stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..n)
-        .map(|w| {
-            let (lb, owner, ledger, stop) = (lb.to_owned(), owner.to_owned(), ledger.clone(), stop.clone());
-            tokio::spawn(async move {
-                let c = Stack::http();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) && i < 20_000 {
-                    let tag = i * n + w;
-                    i += 1;
-                    let body =
-                        json!({"created_by": owner, "timestamp": tag_time(tag), "source": 20, "destination": 21});
-                    match call(&c, Method::POST, &format!("{lb}/api/v1/rides"), Some(&body)).await {
-                        Ok((201, _)) => {
-                            ledger.acked.lock().unwrap().insert(tag);
-                        }
-                        Ok((400, _)) => {
-                            ledger.refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            ledger.unclear.lock().unwrap().insert(tag);
-                        }
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
-async fn wait_acked(ledger: &Ledger, n: usize, what: &str) {
-    poll(what, Duration::from_secs(60), || async { (ledger.acked.lock().unwrap().len() >= n).then_some(()) })
-        .await
-        .unwrap();
-}
-
 async fn count(c: &Client, lb: &str) -> u16 {
-    call(c, Method::GET, &format!("{lb}/api/v1/rides/count"), None).await.map(|r| r.0).unwrap_or(0)
+    call(c, Method::GET, &format!("{lb}/api/v1/rides/count"), None).await.map(|r| r.status).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,7 +239,7 @@ async fn the_system_on_a_swarm() {
 
     let owner = uniq("owner");
     let body = json!({"username": owner, "password": PASSWORD});
-    assert_eq!(call(&c, Method::PUT, &format!("{lb}/api/v1/users"), Some(&body)).await.unwrap().0, 201);
+    assert_eq!(call(&c, Method::PUT, &format!("{lb}/api/v1/users"), Some(&body)).await.unwrap().status, 201);
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
     let writers = start_writers(&lb, &owner, 4, &ledger, &stop);
@@ -382,10 +292,9 @@ async fn the_system_on_a_swarm() {
         w.await.unwrap();
     }
     assert_eq!(ledger.refused.load(Ordering::Relaxed), 0, "no ride of the owner may be refused");
-    let (status, body) =
-        call(&c, Method::GET, &format!("{lb}/api/v1/rides?source=20&destination=21"), None).await.unwrap();
-    assert_eq!(status, 200);
-    let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let r = call(&c, Method::GET, &format!("{lb}/api/v1/rides?source=20&destination=21"), None).await.unwrap();
+    assert_eq!(r.status, 200);
+    let list: Vec<Value> = serde_json::from_str(&r.body).unwrap();
     let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
     for r in &list {
         *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
