@@ -7,9 +7,9 @@
 //! containers ran, because a `die` event no longer carries the pid and the
 //! failover code wants to know which pid went away.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::errors::Error as BollardError;
@@ -31,10 +31,6 @@ use super::{
 /// Poll interval while waiting for a signalled container to stop running;
 /// short, because `kill` latency is failover latency.
 const POLL: Duration = Duration::from_millis(25);
-/// How many dead container ids are remembered to de-duplicate exit reports
-/// (the same death is seen by `kill`, by the `die` event and by the
-/// reconciliation after an events reconnect).
-const DEAD_MEMORY: usize = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -46,56 +42,7 @@ pub struct DockerRuntime {
 }
 
 /// State shared with the events task.
-struct ExitFeed {
-    cluster_id: String,
-    exits: broadcast::Sender<WorkerExit>,
-    known: Mutex<Known>,
-}
-
-#[derive(Default)]
-struct Known {
-    /// container id → (worker id, pid), for containers seen running.
-    running: HashMap<String, (String, u32)>,
-    /// container ids whose exit was already reported.
-    dead: HashSet<String>,
-    dead_order: VecDeque<String>,
-}
-
-impl ExitFeed {
-    fn note_running(&self, cid: &str, worker: &str, pid: u32) {
-        let mut k = self.known.lock().unwrap();
-        // A container that died before its start was confirmed must not come
-        // back to life in the cache.
-        if !k.dead.contains(cid) {
-            k.running.insert(cid.to_string(), (worker.to_string(), pid));
-        }
-    }
-
-    /// Reports a container's death once, however many paths observe it.
-    fn note_dead(&self, cid: &str, worker: Option<&str>, pid_hint: u32) {
-        let exit = {
-            let mut k = self.known.lock().unwrap();
-            if k.dead.contains(cid) {
-                return;
-            }
-            k.dead.insert(cid.to_string());
-            k.dead_order.push_back(cid.to_string());
-            while k.dead_order.len() > DEAD_MEMORY {
-                if let Some(old) = k.dead_order.pop_front() {
-                    k.dead.remove(&old);
-                }
-            }
-            match (k.running.remove(cid), worker) {
-                (Some((id, pid)), _) => WorkerExit { id, pid },
-                (None, Some(id)) => WorkerExit { id: id.to_string(), pid: pid_hint },
-                (None, None) => return,
-            }
-        };
-        tracing::info!(cluster = %self.cluster_id, id = %exit.id, pid = exit.pid, "worker container exited");
-        // No receiver is fine: nobody is watching yet.
-        let _ = self.exits.send(exit);
-    }
-}
+type ExitFeed = super::exits::ExitFeed<()>;
 
 impl Drop for DockerRuntime {
     fn drop(&mut self) {
@@ -168,8 +115,7 @@ impl DockerRuntime {
         let docker = connect_call("version", docker.negotiate_version()).await?;
         connect_call("ping", docker.ping()).await?;
         let (exits, _) = broadcast::channel(EXIT_CHANNEL_CAPACITY);
-        let shared =
-            Arc::new(ExitFeed { cluster_id: cfg.cluster_id.clone(), exits, known: Mutex::new(Known::default()) });
+        let shared = Arc::new(ExitFeed::new(cfg.cluster_id.clone(), exits, "worker container"));
         let events_task = tokio::spawn(watch_events(docker.clone(), shared.clone()));
         let v = docker.client_version();
         tracing::info!(
@@ -307,7 +253,7 @@ impl DockerRuntime {
             let _ = self.remove(&cid, id).await;
             return Err(RuntimeError::StartFailed { id: id.to_string(), detail });
         };
-        self.shared.note_running(&cid, id, pid);
+        self.shared.note_running(&cid, id, pid, ());
         tracing::info!(
             cluster = %self.cfg.cluster_id, id, pid, container = %&cid[..cid.len().min(12)],
             elapsed_ms = t0.elapsed().as_millis() as u64, "worker container started"
@@ -397,14 +343,13 @@ impl DockerRuntime {
     /// Worker id → container id, for the containers seen running (from
     /// the cache that `start`, `list` and the events keep; no engine call).
     pub fn container_ids(&self) -> HashMap<String, String> {
-        let k = self.shared.known.lock().unwrap();
-        k.running.iter().map(|(cid, (worker, _))| (worker.clone(), cid.clone())).collect()
+        self.shared.container_ids()
     }
 
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, RuntimeError> {
         let running = list_running(&self.docker, &self.cfg.cluster_id).await?;
         for (cid, w) in &running {
-            self.shared.note_running(cid, &w.id, w.pid);
+            self.shared.note_running(cid, &w.id, w.pid, ());
         }
         Ok(running.into_iter().map(|(_, w)| w).collect())
     }
@@ -457,17 +402,14 @@ async fn remove_container(docker: &Docker, cid: &str, id: &str) -> Result<(), Ru
 /// of this cluster are removed, and running workers started by an earlier
 /// orchestrator get their pids cached.
 async fn reconcile(docker: &Docker, shared: &ExitFeed) -> Result<(), RuntimeError> {
-    let before: Vec<(String, String)> = {
-        let k = shared.known.lock().unwrap();
-        k.running.iter().map(|(cid, (id, _))| (cid.clone(), id.clone())).collect()
-    };
+    let before: Vec<(String, String)> = shared.running().into_iter().map(|(cid, s)| (cid, s.worker)).collect();
     let filters = HashMap::from([("label", vec![format!("{CLUSTER_LABEL}={}", shared.cluster_id)])]);
     let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
     let all = call("list", "*", docker.list_containers(Some(opts))).await?;
     let running = list_running(docker, &shared.cluster_id).await?;
     let running_ids: HashSet<&str> = running.iter().map(|(cid, _)| cid.as_str()).collect();
     for (cid, w) in &running {
-        shared.note_running(cid, &w.id, w.pid);
+        shared.note_running(cid, &w.id, w.pid, ());
     }
     // Only entries cached before the listing can be judged by it; a start
     // that finished in between is not a death.

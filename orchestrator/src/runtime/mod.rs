@@ -20,6 +20,7 @@
 //!   requested stop is the caller's business (it knows what it asked for).
 
 pub mod docker;
+mod exits;
 pub mod process;
 pub mod swarm;
 

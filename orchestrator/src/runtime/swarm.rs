@@ -21,8 +21,8 @@
 //! at each start): the swarm then never tries a registry, and every node must
 //! hold the same image (`docker save | docker load`), see docs/deployment.md.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::models::{
@@ -55,7 +55,6 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// The stop grace period given to the swarm, used when a worker on another
 /// node is stopped by deleting its service.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-const DEAD_MEMORY: usize = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -141,52 +140,8 @@ fn task_view(tasks: &[Task]) -> TaskView {
     ended.unwrap_or(TaskView::Pending)
 }
 
-struct ExitFeed {
-    cluster_id: String,
-    exits: broadcast::Sender<WorkerExit>,
-    known: Mutex<Known>,
-}
-
-#[derive(Default)]
-struct Known {
-    /// container id → (worker id, pid, node id), for tasks seen running.
-    running: HashMap<String, (String, u32, String)>,
-    dead: HashSet<String>,
-    dead_order: VecDeque<String>,
-}
-
-impl ExitFeed {
-    fn note_running(&self, cid: &str, worker: &str, task: &RunningTask) {
-        let mut k = self.known.lock().unwrap();
-        if !k.dead.contains(cid) {
-            k.running.insert(cid.to_string(), (worker.to_string(), task.pid, task.node.clone()));
-        }
-    }
-
-    /// Reports a container's end once, however many paths observe it.
-    fn note_dead(&self, cid: &str, worker: Option<&str>, pid_hint: u32) {
-        let exit = {
-            let mut k = self.known.lock().unwrap();
-            if k.dead.contains(cid) {
-                return;
-            }
-            k.dead.insert(cid.to_string());
-            k.dead_order.push_back(cid.to_string());
-            while k.dead_order.len() > DEAD_MEMORY {
-                if let Some(old) = k.dead_order.pop_front() {
-                    k.dead.remove(&old);
-                }
-            }
-            match (k.running.remove(cid), worker) {
-                (Some((id, pid, _)), _) => WorkerExit { id, pid },
-                (None, Some(id)) => WorkerExit { id: id.to_string(), pid: pid_hint },
-                (None, None) => return,
-            }
-        };
-        tracing::info!(cluster = %self.cluster_id, id = %exit.id, pid = exit.pid, "worker service task exited");
-        let _ = self.exits.send(exit);
-    }
-}
+/// The exit feed; each running task remembers its node.
+type ExitFeed = super::exits::ExitFeed<String>;
 
 fn service_name(cluster: &str, id: &str) -> String {
     format!("{cluster}-{id}")
@@ -264,8 +219,7 @@ impl SwarmRuntime {
             ));
         }
         let (exits, _) = broadcast::channel(EXIT_CHANNEL_CAPACITY);
-        let shared =
-            Arc::new(ExitFeed { cluster_id: cfg.cluster_id.clone(), exits, known: Mutex::new(Known::default()) });
+        let shared = Arc::new(ExitFeed::new(cfg.cluster_id.clone(), exits, "worker service task"));
         let watch_task = tokio::spawn(watch(docker.clone(), shared.clone()));
         tracing::info!(
             cluster = %cfg.cluster_id, image = %cfg.image, network = %cfg.network,
@@ -288,15 +242,13 @@ impl SwarmRuntime {
 
     /// Worker id → container id of the tasks seen running (from the cache).
     pub fn container_ids(&self) -> HashMap<String, String> {
-        let k = self.shared.known.lock().unwrap();
-        k.running.iter().map(|(cid, (worker, _, _))| (worker.clone(), cid.clone())).collect()
+        self.shared.container_ids()
     }
 
     /// Worker id → swarm node id of the tasks seen running (from the cache):
     /// the node on which the reported pid is a pid.
     pub fn nodes(&self) -> HashMap<String, String> {
-        let k = self.shared.known.lock().unwrap();
-        k.running.iter().map(|(_, (worker, _, node))| (worker.clone(), node.clone())).collect()
+        self.shared.running().into_iter().map(|(_, s)| (s.worker, s.extra)).collect()
     }
 
     /// Whether the worker's service exists and is ours (`Some(view)`).
@@ -423,7 +375,7 @@ impl SwarmRuntime {
             }
             tokio::time::sleep(POLL * 2).await;
         };
-        self.shared.note_running(&task.container, id, &task);
+        self.shared.note_running(&task.container, id, task.pid, task.node.clone());
         tracing::info!(
             cluster = %self.cfg.cluster_id, id, pid = task.pid, node = %task.node,
             container = %&task.container[..task.container.len().min(12)],
@@ -536,7 +488,7 @@ impl SwarmRuntime {
         let mut out = Vec::new();
         for (_, worker, view) in cluster_views(&self.docker, &self.cfg.cluster_id).await? {
             if let TaskView::Running(t) = view {
-                self.shared.note_running(&t.container, &worker, &t);
+                self.shared.note_running(&t.container, &worker, t.pid, t.node.clone());
                 out.push(WorkerInfo { id: worker, pid: t.pid });
             }
         }
@@ -548,16 +500,13 @@ impl SwarmRuntime {
 /// reported dead, services whose task ended are reported and deleted, and
 /// running services started by an earlier orchestrator are cached.
 async fn reconcile(docker: &Docker, shared: &ExitFeed) -> Result<(), RuntimeError> {
-    let before: Vec<(String, String)> = {
-        let k = shared.known.lock().unwrap();
-        k.running.iter().map(|(cid, (id, _, _))| (cid.clone(), id.clone())).collect()
-    };
+    let before: Vec<(String, String)> = shared.running().into_iter().map(|(cid, s)| (cid, s.worker)).collect();
     let views = cluster_views(docker, &shared.cluster_id).await?;
     let mut running: HashSet<String> = HashSet::new();
     for (name, worker, view) in views {
         match view {
             TaskView::Running(t) => {
-                shared.note_running(&t.container, &worker, &t);
+                shared.note_running(&t.container, &worker, t.pid, t.node.clone());
                 running.insert(t.container);
             }
             TaskView::Pending => {}
