@@ -45,11 +45,46 @@ pub struct Config {
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     #[command(flatten)]
+    pub batch: BatchConfig,
+    #[command(flatten)]
     pub scale: ScaleConfig,
     #[command(flatten)]
     pub runtime: RuntimeConfig,
     #[command(flatten)]
     pub worker: WorkerTuning,
+}
+
+/// How requests are coalesced into broker messages (`rpc::batcher`): the
+/// bigger the batches, the less the broker works per request; the more
+/// batches in flight, the less a request waits for a slot under light load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct BatchConfig {
+    /// The most reads in one `readQ` message.
+    #[arg(long, env = "READ_BATCH_MAX", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..))]
+    pub read_max: u16,
+    /// The most `readQ` batches sent and not yet answered.
+    #[arg(long, env = "READ_BATCHES_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub read_in_flight: u16,
+    /// The most writes in one `writeQ` message.
+    #[arg(long, env = "WRITE_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    pub write_max: u16,
+    /// The most `writeQ` batches sent and not yet answered.
+    #[arg(long, env = "WRITE_BATCHES_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub write_in_flight: u16,
+}
+
+impl Config {
+    /// The RPC client's batching, from these settings.
+    pub fn batching(&self) -> crate::rpc::Batching {
+        use crate::rpc::{Batching, Limits};
+        let b = self.batch;
+        Batching {
+            reads: Limits { max_items: b.read_max.into(), in_flight: b.read_in_flight.into() },
+            writes: Limits { max_items: b.write_max.into(), in_flight: b.write_in_flight.into() },
+            read_timeout: self.read_timeout.0,
+            write_timeout: self.write_timeout.0,
+        }
+    }
 }
 
 /// The autoscaler's settings (docs/api.md, autoscaling).

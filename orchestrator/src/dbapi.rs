@@ -34,7 +34,7 @@ impl DbApi {
             Consistency::Eventual => 0,
         };
         let deadline_ms = Some(wire::now_ms() + self.read_timeout.as_millis() as u64);
-        match self.rpc.read(&ReadMsg { read: req, min_seq, deadline_ms }, self.read_timeout).await? {
+        match self.rpc.read(ReadMsg { read: req, min_seq, deadline_ms }).await? {
             Reply::Rows(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -46,7 +46,7 @@ impl DbApi {
             req.request_id = Some(uuid::Uuid::new_v4().to_string());
         }
         let deadline_ms = Some(wire::now_ms() + self.write_timeout.as_millis() as u64);
-        match self.rpc.write(&WriteMsg { write: req, deadline_ms }, self.write_timeout).await? {
+        match self.rpc.write(WriteMsg { write: req, deadline_ms }).await? {
             Reply::Written { outcome, .. } => {
                 self.floor.fetch_max(outcome.seq, Ordering::SeqCst);
                 Ok(outcome)
@@ -65,7 +65,7 @@ fn unexpected(reply: Reply) -> ApiError {
         Reply::Conflict { error, .. } => ApiError::conflict(error),
         Reply::Invalid { error } => ApiError::invalid(error),
         Reply::Unavailable { error } => ApiError::unavailable(error),
-        Reply::Rows(_) | Reply::Written { .. } => {
+        Reply::Rows(_) | Reply::Written { .. } | Reply::Batch { .. } => {
             ApiError::new(ErrorKind::Failed, "worker answered the wrong kind of reply")
         }
     }

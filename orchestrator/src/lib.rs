@@ -40,8 +40,10 @@ pub struct Telemetry {
 pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     let mut tasks = Supervisor::new(stop.clone());
     let tel = Arc::new(Telemetry::default());
-    let rpc = rpc::Rpc::new(cfg.amqp_url.clone(), tel.clone());
+    let rpc = rpc::Rpc::new(cfg.amqp_url.clone(), cfg.batching(), tel.clone());
     tasks.spawn("rabbitmq connection", |t| rpc.clone().maintain(t));
+    tasks.spawn("read batches", |t| rpc.clone().read_batches(t));
+    tasks.spawn("write batches", |t| rpc.clone().write_batches(t));
     let cluster = tokio::select! {
         c = cluster::Cluster::start(cfg.clone(), rpc.clone(), tel.clone()) => c?,
         _ = stop.cancelled() => return Ok(()),

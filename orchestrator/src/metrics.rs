@@ -49,9 +49,19 @@ pub struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CrashLabels {
     pub role: Label,
     pub detected: Label,
+}
+
+/// Batch sizes: 1, 2, 4, … 512.
+fn batch_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10))
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -77,6 +87,7 @@ pub struct Metrics {
     pub db_writes: Family<OutcomeLabels, Counter>,
     pub db_write_duration: Histograms<OutcomeLabels>,
     pub rpc_in_flight: Gauge,
+    pub rpc_batch_items: Family<QueueLabels, Histogram, fn() -> Histogram>,
     pub slaves_running: Gauge,
     pub slaves_desired: Gauge,
     pub master_up: Gauge,
@@ -112,6 +123,7 @@ impl Metrics {
             db_writes: Family::default(),
             db_write_duration: histograms(),
             rpc_in_flight: Gauge::default(),
+            rpc_batch_items: Family::new_with_constructor(batch_histogram as fn() -> Histogram),
             slaves_running: Gauge::default(),
             slaves_desired: Gauge::default(),
             master_up: Gauge::default(),
@@ -142,6 +154,11 @@ impl Metrics {
         );
         r.register("rideshare_db_write_duration_seconds", "db/write time by outcome", m.db_write_duration.clone());
         r.register("rideshare_rpc_in_flight", "RPCs sent to the workers and not answered yet", m.rpc_in_flight.clone());
+        r.register(
+            "rideshare_rpc_batch_items",
+            "Requests per broker message, by queue (readQ, writeQ): how much coalescing saves",
+            m.rpc_batch_items.clone(),
+        );
         r.register(
             "rideshare_slaves_running",
             "Slaves counted by the orchestrator (not being stopped)",
@@ -218,6 +235,11 @@ impl Metrics {
         let l = OutcomeLabels { outcome: Cow::Borrowed(outcome) };
         self.db_writes.get_or_create(&l).inc();
         self.db_write_duration.get_or_create(&l).observe(elapsed.as_secs_f64());
+    }
+
+    /// One batch of `items` requests sent on `queue`.
+    pub fn observe_batch(&self, queue: &'static str, items: usize) {
+        self.rpc_batch_items.get_or_create(&QueueLabels { queue: queue.into() }).observe(items as f64);
     }
 
     pub fn crash_request(&self, target: &'static str) {

@@ -38,7 +38,21 @@ impl ErrorBody {
     }
 }
 
-/// A read on `readQ`.
+/// What one message on `readQ` or `writeQ` carries: the requests one
+/// orchestrator had waiting when it sent it (one when it is idle, up to its
+/// batch limit under load). A message per request would cost the broker a
+/// publish, a delivery and an ack each; a batch costs them once.
+///
+/// Answered on `reply_to` by one or more [`Reply::Batch`] messages with the
+/// batch's correlation id; each answers some of the requests by their index,
+/// and together they answer every request exactly once (a batch is split over
+/// several replies only when the answers are large).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch<M> {
+    pub items: Vec<M>,
+}
+
+/// A read, one item of a [`Batch`] on `readQ`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadMsg {
     pub read: ReadRequest,
@@ -49,7 +63,8 @@ pub struct ReadMsg {
     pub deadline_ms: Option<u64>,
 }
 
-/// A write on `writeQ`; `write.request_id` is always set by the orchestrator.
+/// A write, one item of a [`Batch`] on `writeQ`; `write.request_id` is always
+/// set by the orchestrator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WriteMsg {
     pub write: WriteRequest,
@@ -93,6 +108,51 @@ pub enum Reply {
     Unavailable {
         error: String,
     },
+    /// Answers to some requests of a [`Batch`]: (index in the batch, answer).
+    Batch {
+        answers: Vec<(u32, Reply)>,
+    },
+}
+
+impl Reply {
+    /// The body of a [`Reply::Batch`] holding `answers`, each already encoded
+    /// as JSON (so a worker can size its reply messages before sending them).
+    pub fn encode_batch<'a>(answers: impl IntoIterator<Item = (u32, &'a [u8])>) -> Vec<u8> {
+        let mut body = br#"{"kind":"batch","answers":["#.to_vec();
+        for (n, (i, answer)) in answers.into_iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            body.push(b'[');
+            body.extend_from_slice(i.to_string().as_bytes());
+            body.push(b',');
+            body.extend_from_slice(answer);
+            body.push(b']');
+        }
+        body.extend_from_slice(b"]}");
+        body
+    }
+}
+
+/// Splits answers of these encoded sizes into reply messages of at most
+/// `limit` bytes each (an answer larger than `limit` goes alone): the index
+/// ranges, in order, covering every answer once.
+pub fn split_by_size(sizes: &[usize], limit: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, size) in sizes.iter().enumerate() {
+        if i > start && bytes + size > limit {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
 }
 
 /// One committed change, fanned out on `syncQ` to every slave.
@@ -110,19 +170,32 @@ pub struct Change {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SyncMsg {
-    Change(Change),
     /// Put by a slave on its own queue: once it reaches it, everything queued
     /// before has been applied (catch-up done; safe to promote).
-    Marker {
-        token: String,
-    },
+    Marker { token: String },
+    /// Changes of one group commit, in order (one message instead of one each;
+    /// a large group is split over several, see [`SyncMsg::encode_changes`]).
+    Changes { changes: Vec<Change> },
     /// First message of a new master: it holds every change up to `seq`.
     /// After it, changes of older epochs are refused (a deposed master's), and
     /// a slave already past `seq` has applied such a change and must reload.
-    Epoch {
-        epoch: u64,
-        seq: u64,
-    },
+    Epoch { epoch: u64, seq: u64 },
+}
+
+impl SyncMsg {
+    /// The body of a [`SyncMsg::Changes`] holding these changes, each already
+    /// encoded as JSON (so the master can size its messages before sending).
+    pub fn encode_changes<'a>(changes: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+        let mut body = br#"{"kind":"changes","changes":["#.to_vec();
+        for (n, change) in changes.into_iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(change);
+        }
+        body.extend_from_slice(b"]}");
+        body
+    }
 }
 
 /// What a snapshot reply's [`SnapshotFrame::Header`] says about the file that follows.
@@ -184,6 +257,57 @@ impl SnapshotFrame {
         let nl = body.iter().position(|b| *b == b'\n').ok_or("snapshot message without a frame line")?;
         let frame = serde_json::from_slice(&body[..nl]).map_err(|e| format!("unreadable snapshot frame: {e}"))?;
         Ok((frame, &body[nl + 1..]))
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn an_encoded_batch_reply_decodes() {
+        let rows = serde_json::to_vec(&Reply::Rows(ReadResponse { rows: vec![], seq: 4 })).unwrap();
+        let gone = serde_json::to_vec(&Reply::Unavailable { error: "behind".into() }).unwrap();
+        let body = Reply::encode_batch([(0, &rows[..]), (7, &gone[..])]);
+        let Reply::Batch { answers } = serde_json::from_slice(&body).unwrap() else { panic!("not a batch") };
+        assert_eq!(answers.len(), 2);
+        assert!(matches!(answers[0], (0, Reply::Rows(ReadResponse { seq: 4, .. }))));
+        assert!(matches!(&answers[1], (7, Reply::Unavailable { error }) if error == "behind"));
+        let empty: Reply = serde_json::from_slice(&Reply::encode_batch([])).unwrap();
+        assert!(matches!(empty, Reply::Batch { answers } if answers.is_empty()));
+    }
+
+    #[test]
+    fn encoded_changes_decode_in_order() {
+        let change = |seq| Change {
+            seq,
+            epoch: 1,
+            write: WriteRequest::clear(),
+            outcome: WriteOutcome { rows_affected: 0, last_insert_id: None, seq },
+        };
+        let parts: Vec<Vec<u8>> = [5, 6].map(|s| serde_json::to_vec(&change(s)).unwrap()).into();
+        let msg: SyncMsg = serde_json::from_slice(&SyncMsg::encode_changes(parts.iter().map(|p| &p[..]))).unwrap();
+        let SyncMsg::Changes { changes } = msg else { panic!("not changes") };
+        assert_eq!(changes.iter().map(|c| c.seq).collect::<Vec<_>>(), [5, 6]);
+    }
+
+    #[test]
+    fn answers_are_split_into_messages_by_size() {
+        // (sizes, limit, the messages as (first, end) index pairs)
+        type Case = (&'static [usize], usize, &'static [(usize, usize)]);
+        let table: &[Case] = &[
+            (&[], 10, &[]),
+            (&[3], 10, &[(0, 1)]),
+            (&[3, 3, 3], 10, &[(0, 3)]),
+            (&[3, 3, 3, 3], 10, &[(0, 3), (3, 4)]),
+            (&[20], 10, &[(0, 1)]),
+            (&[1, 20, 1], 10, &[(0, 1), (1, 2), (2, 3)]),
+            (&[5, 5, 5], 10, &[(0, 2), (2, 3)]),
+        ];
+        for (sizes, limit, want) in table {
+            let got: Vec<(usize, usize)> = split_by_size(sizes, *limit).into_iter().map(|r| (r.start, r.end)).collect();
+            assert_eq!(got, *want, "sizes {sizes:?} limit {limit}");
+        }
     }
 }
 

@@ -18,6 +18,23 @@ pub async fn reply(ch: &Channel, props: &BasicProperties, reply: &Reply) -> lapi
     reply_bytes(ch, props, &body, BasicProperties::default().with_content_type("application/json".into())).await
 }
 
+/// The most bytes of answers in one reply message (a larger single answer
+/// goes alone).
+pub const REPLY_BYTES: usize = 1 << 20;
+
+/// Answer a batch (`wire::Batch`): the answers, each encoded as JSON with
+/// its index in the batch, in `Reply::Batch` messages of at most
+/// [`REPLY_BYTES`] each.
+pub async fn reply_answers(ch: &Channel, props: &BasicProperties, answers: &[(u32, Vec<u8>)]) -> lapin::Result<()> {
+    let sizes: Vec<usize> = answers.iter().map(|(_, a)| a.len()).collect();
+    for range in wire::split_by_size(&sizes, REPLY_BYTES) {
+        let body = Reply::encode_batch(answers[range].iter().map(|(i, a)| (*i, &a[..])));
+        let out = BasicProperties::default().with_content_type("application/json".into());
+        reply_bytes(ch, props, &body, out).await?;
+    }
+    Ok(())
+}
+
 /// Send `body` to a request's `reply_to` queue, with its correlation id added
 /// to `out` (nothing is sent for a request that asked for no answer).
 pub async fn reply_bytes(

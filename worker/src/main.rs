@@ -10,6 +10,7 @@ mod amqp;
 mod config;
 mod master;
 mod node;
+mod reads;
 mod slave;
 mod snapshot;
 mod sql;

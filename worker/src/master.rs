@@ -28,7 +28,7 @@ use tasks::{CancellationToken, Supervisor};
 use tracing::{error, info, warn};
 use wire::coord::Role;
 use wire::queues::{SNAPSHOT_Q, SYNC_X, WRITE_Q};
-use wire::{Reply, SnapshotFrame, SyncMsg, WriteMsg, WriteRequest};
+use wire::{Batch, Reply, SnapshotFrame, SyncMsg, WriteMsg, WriteRequest};
 
 use crate::node::NodeCtx;
 use crate::store::{self, Applied, StoreError};
@@ -155,15 +155,28 @@ async fn handle_batch(
         write_ch_nack_all(&batch).await?;
         bail!("fenced (deposed or lease lost): stopped taking writes");
     }
-    let mut replies: Vec<(usize, Reply)> = Vec::with_capacity(batch.len());
-    let mut todo: Vec<(usize, WriteRequest)> = Vec::with_capacity(batch.len());
-    for (i, d) in batch.iter().enumerate() {
-        match serde_json::from_slice::<WriteMsg>(&d.data) {
-            Err(e) => replies.push((i, Reply::Invalid { error: format!("bad write message: {e}") })),
-            Ok(m) if wire::expired(m.deadline_ms) => {
-                warn!(request_id = ?m.write.request_id, "write past its deadline dropped (the caller got a 503)");
+    // Each delivery is a batch of writes from one orchestrator; its answers
+    // go back together. (delivery, index in its batch) → answer.
+    let mut answers: Vec<Vec<(u32, Reply)>> = vec![Vec::new(); batch.len()];
+    let mut todo: Vec<((usize, u32), WriteRequest)> = Vec::new();
+    for (di, d) in batch.iter().enumerate() {
+        match serde_json::from_slice::<Batch<WriteMsg>>(&d.data) {
+            Err(e) => {
+                // One answer for the whole message: the orchestrator hands it to each write.
+                let reply = Reply::Invalid { error: format!("bad write message: {e}") };
+                crate::amqp::reply(reply_ch, &d.properties, &reply).await?;
             }
-            Ok(m) => todo.push((i, m.write)),
+            Ok(b) => {
+                for (j, m) in b.items.into_iter().enumerate() {
+                    if wire::expired(m.deadline_ms) {
+                        warn!(request_id = ?m.write.request_id, "write past its deadline dropped (the caller got a 503)");
+                        let error = "write past its deadline".to_owned();
+                        answers[di].push((j as u32, Reply::Unavailable { error }));
+                    } else {
+                        todo.push(((di, j as u32), m.write));
+                    }
+                }
+            }
         }
     }
     if !todo.is_empty() {
@@ -179,30 +192,19 @@ async fn handle_batch(
                 // every caller hears so.
                 error!(error = %e, "write batch failed");
                 let error = format!("write failed: {e}");
-                replies.extend(todo.iter().map(|(i, _)| (*i, Reply::Unavailable { error: error.clone() })));
+                for ((di, j), _) in &todo {
+                    answers[*di].push((*j, Reply::Unavailable { error: error.clone() }));
+                }
                 Vec::new()
             }
         };
-        // Publish every change, then wait for all the confirms together.
-        let mut confirms = Vec::new();
+        let mut changes: Vec<Vec<u8>> = Vec::new();
         let mut top = None;
-        for ((i, _), outcome) in todo.iter().zip(outcomes) {
+        for (((di, j), _), outcome) in todo.iter().zip(outcomes) {
             let reply = match outcome {
                 Ok(Applied::New(change)) => {
                     let outcome = change.outcome;
-                    let body = serde_json::to_vec(&SyncMsg::Change(change)).expect("sync messages serialize");
-                    confirms.push(
-                        sync_ch
-                            .basic_publish(
-                                SYNC_X.into(),
-                                "".into(),
-                                BasicPublishOptions::default(),
-                                &body,
-                                BasicProperties::default(),
-                            )
-                            .await
-                            .context("publishing change on syncQ")?,
-                    );
+                    changes.push(serde_json::to_vec(&change).expect("changes serialize"));
                     top = Some(outcome.seq);
                     Reply::Written { outcome, epoch }
                 }
@@ -214,13 +216,9 @@ async fn handle_batch(
                     Reply::Unavailable { error: format!("write failed: {e}") }
                 }
             };
-            replies.push((*i, reply));
+            answers[*di].push((*j, reply));
         }
-        for c in futures::future::try_join_all(confirms).await.context("waiting for syncQ confirms")? {
-            if !c.is_ack() {
-                bail!("broker refused a change (nack)");
-            }
-        }
+        publish_changes(sync_ch, &changes).await?;
         if let Some(seq) = top {
             ctx.set_position(Role::Master, seq, epoch);
         }
@@ -230,12 +228,41 @@ async fn handle_batch(
         write_ch_nack_all(&batch).await?;
         bail!("lease lost while writing: stopped taking writes");
     }
-    replies.sort_by_key(|(i, _)| *i);
-    for (i, reply) in &replies {
-        crate::amqp::reply(reply_ch, &batch[*i].properties, reply).await?;
+    for (d, answers) in batch.iter().zip(answers) {
+        let encoded: Vec<(u32, Vec<u8>)> =
+            answers.into_iter().map(|(j, r)| (j, serde_json::to_vec(&r).expect("replies serialize"))).collect();
+        crate::amqp::reply_answers(reply_ch, &d.properties, &encoded).await?;
     }
     // One ack for the whole batch: every delivery up to the last one's tag.
     batch.last().expect("batches are never empty").acker.ack(BasicAckOptions { multiple: true }).await?;
+    Ok(())
+}
+
+/// Fan a group commit's changes out on `syncQ` (in messages of at most
+/// [`crate::amqp::REPLY_BYTES`]) and wait until the broker confirmed them all.
+async fn publish_changes(sync_ch: &Channel, changes: &[Vec<u8>]) -> Result<()> {
+    let sizes: Vec<usize> = changes.iter().map(Vec::len).collect();
+    let mut confirms = Vec::new();
+    for range in wire::split_by_size(&sizes, crate::amqp::REPLY_BYTES) {
+        let body = SyncMsg::encode_changes(changes[range].iter().map(|c| &c[..]));
+        confirms.push(
+            sync_ch
+                .basic_publish(
+                    SYNC_X.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default(),
+                )
+                .await
+                .context("publishing changes on syncQ")?,
+        );
+    }
+    for c in futures::future::try_join_all(confirms).await.context("waiting for syncQ confirms")? {
+        if !c.is_ack() {
+            bail!("broker refused a change (nack)");
+        }
+    }
     Ok(())
 }
 

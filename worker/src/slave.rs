@@ -28,7 +28,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 use wire::coord::Role;
 use wire::queues::{sync_queue_for, READ_Q, SNAPSHOT_Q, SYNC_X};
-use wire::{Change, ReadMsg, Reply, SnapshotFrame, SnapshotHeader, SyncMsg};
+use wire::{Change, SnapshotFrame, SnapshotHeader, SyncMsg};
 
 use crate::node::NodeCtx;
 use crate::snapshot::{self, Assembler, Stage};
@@ -127,7 +127,7 @@ pub async fn run(conn: &Connection, ctx: &NodeCtx, stop: CancellationToken) -> R
             d = reads.next() => {
                 let Some(d) = d else { break Err(anyhow!("readQ consumer closed")) };
                 let d = d?;
-                in_flight.spawn(serve_read(d, read_ch.clone(), pool.clone(), ctx.clone()));
+                in_flight.spawn(crate::reads::serve(d, read_ch.clone(), pool.clone(), ctx.clone()));
             }
             r = &mut applier => break Err(anyhow!("applying changes stopped: {:?}", r)),
             _ = master.changed() => {
@@ -338,11 +338,9 @@ async fn apply_loop(
         let mut reached = Vec::new();
         for d in &batch {
             match serde_json::from_slice::<SyncMsg>(&d.data) {
-                Ok(SyncMsg::Change(ch)) => {
-                    if ch.epoch < known_epoch.load(Ordering::SeqCst) {
-                        warn!(seq = ch.seq, epoch = ch.epoch, "refused change from a deposed master");
-                    } else {
-                        to_apply.push(ch);
+                Ok(SyncMsg::Changes { changes }) => {
+                    for ch in changes {
+                        accept(ch, &known_epoch, &mut to_apply);
                     }
                 }
                 Ok(SyncMsg::Epoch { epoch, seq }) => {
@@ -370,6 +368,15 @@ async fn apply_loop(
     }
 }
 
+/// Queue a change to apply, unless it comes from a deposed master.
+fn accept(ch: Change, known_epoch: &AtomicU64, to_apply: &mut Vec<Change>) {
+    if ch.epoch < known_epoch.load(Ordering::SeqCst) {
+        warn!(seq = ch.seq, epoch = ch.epoch, "refused change from a deposed master");
+    } else {
+        to_apply.push(ch);
+    }
+}
+
 async fn apply(db: &Arc<Mutex<SqliteConn>>, changes: Vec<Change>) -> Result<Position> {
     let db = db.clone();
     Ok(tokio::task::spawn_blocking(move || {
@@ -381,35 +388,4 @@ async fn apply(db: &Arc<Mutex<SqliteConn>>, changes: Vec<Change>) -> Result<Posi
         }
     })
     .await??)
-}
-
-/// Answer one read, waiting (bounded) until this slave has applied the
-/// caller's floor so the answer is never older than an acknowledged write.
-async fn serve_read(d: Delivery, ch: Channel, pool: Arc<ReaderPool>, ctx: NodeCtx) {
-    let reply = match serde_json::from_slice::<ReadMsg>(&d.data) {
-        Ok(msg) if wire::expired(msg.deadline_ms) => {
-            d.acker.ack(BasicAckOptions::default()).await.ok();
-            return; // the caller stopped waiting
-        }
-        Err(e) => Reply::Invalid { error: format!("bad read message: {e}") },
-        Ok(msg) => match msg.read.validate() {
-            Err(e) => Reply::Invalid { error: e.0 },
-            Ok(read) => {
-                if ctx.wait_applied(msg.min_seq, ctx.cfg.read_wait).await {
-                    match tokio::task::spawn_blocking(move || pool.read(&read)).await {
-                        Ok(Ok((rows, pos))) => Reply::Rows(wire::ReadResponse { rows, seq: pos.seq }),
-                        Ok(Err(e)) => Reply::Unavailable { error: format!("read failed: {e}") },
-                        Err(e) => Reply::Unavailable { error: format!("read task failed: {e}") },
-                    }
-                } else {
-                    Reply::Unavailable { error: format!("slave behind sequence {}", msg.min_seq) }
-                }
-            }
-        },
-    };
-    if let Err(e) = crate::amqp::reply(&ch, &d.properties, &reply).await {
-        warn!(error = %e, "could not answer a read");
-        return; // unacked: the broker redelivers it when the channel closes
-    }
-    d.acker.ack(BasicAckOptions::default()).await.ok();
 }

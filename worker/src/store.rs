@@ -241,9 +241,18 @@ impl ReaderPool {
     }
 
     /// Run a read on a pooled connection (blocking: call from `spawn_blocking`).
+    #[cfg(test)]
     pub fn read(&self, r: &Read) -> Result<(Vec<Row>, Position)> {
+        let (mut rows, pos) = self.read_many(std::slice::from_ref(r))?;
+        Ok((rows.pop().expect("one result per read")?, pos))
+    }
+
+    /// Run reads in one read transaction on a pooled connection (blocking:
+    /// call from `spawn_blocking`): each read's rows or error, and the
+    /// position they all saw.
+    pub fn read_many(&self, reads: &[Read]) -> Result<(Vec<Result<Vec<Row>>>, Position)> {
         let conn = self.take()?;
-        let result = read_on(&conn, r);
+        let result = read_many_on(&conn, reads);
         self.state.lock().expect("pool lock").idle.push(conn);
         self.returned.notify_one();
         result
@@ -277,28 +286,32 @@ impl ReaderPool {
     }
 }
 
-fn read_on(conn: &Connection, r: &Read) -> Result<(Vec<Row>, Position)> {
+fn read_many_on(conn: &Connection, reads: &[Read]) -> Result<(Vec<Result<Vec<Row>>>, Position)> {
     // One transaction so that the rows and the position agree; an error drops
     // it, which rolls it back (the pooled connection is left with none open).
     let tx = conn.unchecked_transaction()?;
     let pos = position(&tx)?;
+    let rows = reads.iter().map(|r| rows_of(&tx, r)).collect();
+    tx.commit()?;
+    Ok((rows, pos))
+}
+
+/// The rows of one read, inside the caller's transaction.
+fn rows_of(tx: &Connection, r: &Read) -> Result<Vec<Row>> {
     let st = sql::select(r);
     let names: Vec<String> =
         if r.count { vec!["count".to_owned()] } else { r.columns.iter().map(|c| c.to_string()).collect() };
     let mut out = Vec::new();
-    {
-        let mut stmt = tx.prepare_cached(&st.sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(st.params.iter()))?;
-        while let Some(row) = rows.next()? {
-            let mut obj = Row::new();
-            for (i, name) in names.iter().enumerate() {
-                obj.insert(name.clone(), json_of(row.get_ref(i)?));
-            }
-            out.push(obj);
+    let mut stmt = tx.prepare_cached(&st.sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(st.params.iter()))?;
+    while let Some(row) = rows.next()? {
+        let mut obj = Row::new();
+        for (i, name) in names.iter().enumerate() {
+            obj.insert(name.clone(), json_of(row.get_ref(i)?));
         }
+        out.push(obj);
     }
-    tx.commit()?;
-    Ok((out, pos))
+    Ok(out)
 }
 
 fn json_of(v: rusqlite::types::ValueRef<'_>) -> serde_json::Value {
@@ -507,13 +520,17 @@ mod tests {
         execute_write(&mut c, &user("ann"), 1).unwrap();
         let reader = ReaderPool::open(&db).unwrap();
         let users = ReadRequest::table("users").validate().unwrap();
-        assert_eq!(read_on(&reader, &users).unwrap().0.len(), 1);
-        // The table goes under the reader: its next read fails part-way.
+        let rides = ReadRequest::table("rides").validate().unwrap();
+        let (rows, _) = read_many_on(&reader, std::slice::from_ref(&users)).unwrap();
+        assert_eq!(rows[0].as_ref().unwrap().len(), 1);
+        // The table goes under the reader: its next read fails, the others of its batch do not.
         c.execute_batch("PRAGMA foreign_keys=OFF; DROP TABLE users;").unwrap();
-        assert!(read_on(&reader, &users).is_err());
-        assert!(reader.is_autocommit(), "the failed read's transaction was rolled back");
-        // The connection goes on serving (a read of another table works).
-        assert!(read_on(&reader, &ReadRequest::table("rides").validate().unwrap()).is_ok());
+        let (rows, _) = read_many_on(&reader, &[users.clone(), rides.clone()]).unwrap();
+        assert!(rows[0].is_err());
+        assert!(rows[1].is_ok());
+        assert!(reader.is_autocommit(), "no transaction left open");
+        // The connection goes on serving.
+        assert!(read_many_on(&reader, &[rides]).unwrap().0[0].is_ok());
     }
 
     #[test]

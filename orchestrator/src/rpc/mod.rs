@@ -1,11 +1,15 @@
 //! The orchestrator's RPC client of the workers over RabbitMQ.
 //!
-//! One long-lived connection; reads go to `readQ`, writes to `writeQ`, each
-//! with `reply_to = responseQ` and a fresh correlation id. A single consumer
-//! on `responseQ` hands every reply to the caller waiting on that id, so any
-//! number of requests can be in flight at once and each gets its own answer.
-//! When the connection drops, every waiting caller is told at once (503) and
-//! a background task reconnects with backoff.
+//! One long-lived connection; reads go to `readQ`, writes to `writeQ`,
+//! coalesced into batches (`batcher`), each batch with `reply_to =
+//! responseQ` and a fresh correlation id. A single consumer on `responseQ`
+//! hands every answer of a batch to the caller waiting on it, so any number
+//! of requests can be in flight at once and each gets its own answer. When
+//! the connection drops, every waiting caller is told at once (503) and a
+//! background task reconnects with backoff.
+
+mod batcher;
+pub use batcher::Limits;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,7 +27,7 @@ use tokio::sync::{oneshot, RwLock};
 use tracing::{info, warn};
 use wire::queues::{READ_Q, RESPONSE_Q, WRITE_Q};
 use wire::status::EventKind;
-use wire::{ReadMsg, Reply, WriteMsg};
+use wire::{Batch, ReadMsg, Reply, WriteMsg};
 
 use crate::Telemetry;
 
@@ -45,10 +49,40 @@ struct Link {
     channels: Vec<Channel>,
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
+/// The callers of one batch sent and not fully answered: answer `i` goes to
+/// `slots[i]`.
+struct Slots {
+    slots: Vec<Option<oneshot::Sender<Reply>>>,
+    left: usize,
+    /// Told when every answer arrived.
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Slots {
+    fn answer(&mut self, i: usize, reply: Reply) {
+        if let Some(tx) = self.slots.get_mut(i).and_then(Option::take) {
+            self.left -= 1;
+            let _ = tx.send(reply);
+        }
+    }
+}
+
+type Pending = Mutex<HashMap<u64, Slots>>;
+
+/// How the data path batches (see `batcher`), and how long it waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub reads: Limits,
+    pub writes: Limits,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+}
 
 pub struct Rpc {
     url: String,
+    batching: Batching,
+    reads: batcher::Queue<ReadMsg>,
+    writes: batcher::Queue<WriteMsg>,
     link: RwLock<Option<Link>>,
     pending: Pending,
     /// Correlation ids are `<instance>.<n>`: replies still queued on the
@@ -66,9 +100,12 @@ pub struct Rpc {
 impl Rpc {
     /// A client with no connection yet: run [`Rpc::maintain`] to connect
     /// (requests made before it connects get 503).
-    pub fn new(url: String, tel: Arc<Telemetry>) -> Arc<Rpc> {
+    pub fn new(url: String, batching: Batching, tel: Arc<Telemetry>) -> Arc<Rpc> {
         Arc::new(Rpc {
             url,
+            batching,
+            reads: batcher::Queue::new(),
+            writes: batcher::Queue::new(),
             link: RwLock::new(None),
             pending: Mutex::new(HashMap::new()),
             instance: rand::random(),
@@ -89,42 +126,80 @@ impl Rpc {
         self.min_epoch.fetch_max(epoch, Ordering::SeqCst);
     }
 
-    pub async fn read(&self, msg: &ReadMsg, timeout: Duration) -> Result<Reply, RpcError> {
-        let body = serde_json::to_vec(msg).expect("read messages serialize");
-        self.call(READ_Q, body, timeout, false).await
+    /// Send a read (in the next batch to `readQ`) and wait for its answer.
+    pub async fn read(&self, msg: ReadMsg) -> Result<Reply, RpcError> {
+        self.call(&self.reads, msg, self.batching.read_timeout).await
     }
 
-    pub async fn write(&self, msg: &WriteMsg, timeout: Duration) -> Result<Reply, RpcError> {
-        let body = serde_json::to_vec(msg).expect("write messages serialize");
-        self.call(WRITE_Q, body, timeout, true).await
+    /// Send a write (in the next batch to `writeQ`) and wait for its answer.
+    pub async fn write(&self, msg: WriteMsg) -> Result<Reply, RpcError> {
+        self.call(&self.writes, msg, self.batching.write_timeout).await
     }
 
-    async fn call(&self, queue: &str, body: Vec<u8>, timeout: Duration, persistent: bool) -> Result<Reply, RpcError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("pending lock").insert(id, tx);
+    async fn call<M>(&self, queue: &batcher::Queue<M>, msg: M, timeout: Duration) -> Result<Reply, RpcError> {
+        if !self.connected() {
+            return Err(RpcError::BrokerDown);
+        }
         self.tel.metrics.rpc_in_flight.inc();
-        let _guard = PendingGuard { pending: &self.pending, id, in_flight: &self.tel.metrics.rpc_in_flight };
-        // A message nobody took before the caller gave up is dropped by the
+        let _counted = InFlight(&self.tel.metrics.rpc_in_flight);
+        queue.call(msg, timeout).await
+    }
+
+    /// The loop that batches reads onto `readQ`, until `stop`.
+    pub async fn read_batches(self: Arc<Self>, stop: CancellationToken) -> anyhow::Result<()> {
+        let route = batcher::Route {
+            queue: READ_Q,
+            persistent: false,
+            limits: self.batching.reads,
+            timeout: self.batching.read_timeout,
+        };
+        batcher::run(self.clone(), &self.reads, route, stop).await
+    }
+
+    /// The loop that batches writes onto `writeQ`, until `stop`.
+    pub async fn write_batches(self: Arc<Self>, stop: CancellationToken) -> anyhow::Result<()> {
+        let route = batcher::Route {
+            queue: WRITE_Q,
+            persistent: true,
+            limits: self.batching.writes,
+            timeout: self.batching.write_timeout,
+        };
+        batcher::run(self.clone(), &self.writes, route, stop).await
+    }
+
+    /// Publish one batch and wait (bounded) until every item is answered.
+    /// Callers whose answers do not come hear 503 or time out themselves.
+    async fn send_batch<M: serde::Serialize>(&self, route: &batcher::Route, items: Vec<batcher::Item<M>>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (msgs, slots): (Vec<M>, Vec<_>) = items.into_iter().map(|(m, tx)| (m, Some(tx))).unzip();
+        let body = serde_json::to_vec(&Batch { items: msgs }).expect("batches serialize");
+        self.tel.metrics.observe_batch(route.queue, slots.len());
+        let (done, answered) = oneshot::channel();
+        let left = slots.len();
+        self.pending.lock().expect("pending lock").insert(id, Slots { slots, left, done: Some(done) });
+        // Whatever happens below, the entry goes (its unanswered callers hear 503).
+        let _guard = PendingGuard { pending: &self.pending, id };
+        // A message nobody took before the callers gave up is dropped by the
         // broker, so a timed-out request is not executed later.
         let mut props = BasicProperties::default()
             .with_reply_to(RESPONSE_Q.into())
             .with_correlation_id(format!("{:016x}.{id}", self.instance).into())
-            .with_expiration(timeout.as_millis().to_string().into());
-        if persistent {
+            .with_expiration(route.timeout.as_millis().to_string().into());
+        if route.persistent {
             props = props.with_delivery_mode(2);
         }
         {
             let link = self.link.read().await;
-            let Some(link) = link.as_ref() else { return Err(RpcError::BrokerDown) };
+            let Some(link) = link.as_ref() else { return };
             let ch = &link.channels[self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len()];
-            ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, props).await?;
+            let published =
+                ch.basic_publish("".into(), route.queue.into(), BasicPublishOptions::default(), &body, props).await;
+            if let Err(e) = published {
+                warn!(error = %e, queue = route.queue, "could not publish a batch");
+                return;
+            }
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(RpcError::BrokerDown), // connection lost while waiting
-            Err(_) => Err(RpcError::Timeout(timeout)),
-        }
+        let _ = tokio::time::timeout(route.timeout, answered).await;
     }
 
     /// Connect, declare, consume replies; on loss fail the waiters and
@@ -223,17 +298,40 @@ impl Rpc {
                     continue;
                 }
             };
-            if let Reply::Written { epoch, .. } | Reply::Conflict { epoch, .. } = &reply {
-                let min = self.min_epoch.load(Ordering::SeqCst);
-                if *epoch < min {
-                    warn!(epoch, current = min, "reply from a deposed master dropped");
-                    continue;
+            let mut pending = self.pending.lock().expect("pending lock");
+            let Some(slots) = pending.get_mut(&id) else { continue }; // its callers gave up
+            match reply {
+                Reply::Batch { answers } => {
+                    for (i, answer) in answers {
+                        if self.is_from_current_master(&answer) {
+                            slots.answer(i as usize, answer);
+                        }
+                    }
+                }
+                // One answer for the whole batch (a worker that could not read it).
+                other => {
+                    for i in 0..slots.slots.len() {
+                        slots.answer(i, other.clone());
+                    }
                 }
             }
-            if let Some(tx) = self.pending.lock().expect("pending lock").remove(&id) {
-                let _ = tx.send(reply);
+            if slots.left == 0 {
+                if let Some(done) = pending.remove(&id).and_then(|mut s| s.done.take()) {
+                    let _ = done.send(());
+                }
             }
         }
+    }
+
+    /// False for a write's answer from a master older than the current one
+    /// (fencing: it is dropped, and its caller gets a 503 when it times out).
+    fn is_from_current_master(&self, reply: &Reply) -> bool {
+        let (Reply::Written { epoch, .. } | Reply::Conflict { epoch, .. }) = reply else { return true };
+        let min = self.min_epoch.load(Ordering::SeqCst);
+        if *epoch < min {
+            warn!(epoch, current = min, "reply from a deposed master dropped");
+        }
+        *epoch >= min
     }
 }
 
@@ -246,18 +344,25 @@ impl Rpc {
     }
 }
 
-/// Removes a caller's entry when it stops waiting (answer, timeout or error),
-/// and counts it out of the in-flight gauge.
+/// Removes a batch's entry when it stops waiting (answered, timed out, or
+/// not sent): its callers still waiting hear 503 as their senders drop.
 struct PendingGuard<'a> {
     pending: &'a Pending,
     id: u64,
-    in_flight: &'a prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.pending.lock().expect("pending lock").remove(&self.id);
-        self.in_flight.dec();
+    }
+}
+
+/// Counts a caller out of the in-flight gauge when it stops waiting.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -267,7 +372,14 @@ mod tests {
 
     #[tokio::test]
     async fn replies_meant_for_another_orchestrator_process_are_not_ours() {
-        let rpc = Rpc::new("amqp://127.0.0.1:1/%2f".into(), Default::default());
+        let limits = Limits { max_items: 1, in_flight: 1 };
+        let batching = Batching {
+            reads: limits,
+            writes: limits,
+            read_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+        };
+        let rpc = Rpc::new("amqp://127.0.0.1:1/%2f".into(), batching, Default::default());
         let mine = format!("{:016x}.5", rpc.instance);
         assert_eq!(rpc.own_request(&mine), Some(5));
         assert_eq!(rpc.own_request(&format!("{:016x}.5", rpc.instance ^ 1)), None);
