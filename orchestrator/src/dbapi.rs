@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wire::contract::ErrorKind;
-use wire::{Consistency, ReadMsg, ReadRequest, ReadResponse, Reply, WriteMsg, WriteOutcome, WriteRequest};
+use wire::{Consistency, RawReadResponse, ReadMsg, ReadRequest, Reply, WriteMsg, WriteOutcome, WriteRequest};
 
 use crate::error::ApiError;
-use crate::rpc::Rpc;
+use crate::rpc::{Answer, Rpc};
 
 pub struct DbApi {
     rpc: Arc<Rpc>,
@@ -27,7 +27,7 @@ impl DbApi {
         DbApi { rpc, read_timeout, write_timeout, floor: AtomicU64::new(floor) }
     }
 
-    pub async fn read(&self, req: ReadRequest) -> Result<ReadResponse, ApiError> {
+    pub async fn read(&self, req: ReadRequest) -> Result<RawReadResponse, ApiError> {
         req.validate().map_err(|e| ApiError::invalid(e.0))?;
         let min_seq = match req.consistency {
             Consistency::Strong => self.floor.load(Ordering::SeqCst),
@@ -35,8 +35,8 @@ impl DbApi {
         };
         let deadline_ms = Some(wire::now_ms() + self.read_timeout.as_millis() as u64);
         match self.rpc.read(ReadMsg { read: req, min_seq, deadline_ms }).await? {
-            Reply::Rows(r) => Ok(r),
-            other => Err(unexpected(other)),
+            Answer::Rows(r) => Ok(r),
+            Answer::Other(other) => Err(unexpected(other)),
         }
     }
 

@@ -1,5 +1,8 @@
 //! The orchestrator binary; see the library for what it does.
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     // Settings first, before any thread starts (the loader normalises the environment).
     let cfg = orchestrator::config::Config::load()?;

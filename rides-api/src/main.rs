@@ -13,6 +13,9 @@ use std::sync::Arc;
 use svc_common::startup::{self, Service};
 use svc_common::{config, http};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     startup::main(|settings: settings::Settings| async move {
         let (svc, db) = Service::start("rides-api", &settings.orchestrator)?;

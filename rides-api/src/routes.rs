@@ -214,21 +214,33 @@ async fn upcoming(st: &State, query: &str) -> Answer {
         .filter(Condition::new("start_time", Op::Gt, now))
         .order("start_time", false)
         .order("ride_id", false);
-    let rows = st.db.read(&read).await?;
+    let rows: Vec<UpcomingRow> = st.db.read_as(&read).await?;
     if rows.is_empty() {
         return Ok(http::no_content());
     }
-    let list = rows
-        .iter()
-        .map(|r| {
-            Ok(json!({
-                "rideId": int(r, "ride_id")?,
-                "username": text(r, "created_by")?,
-                "timestamp": timestamp::format(int(r, "start_time")?),
-            }))
-        })
-        .collect::<Result<Vec<_>, Fail>>()?;
+    let list: Vec<Upcoming> = rows
+        .into_iter()
+        .map(|r| Upcoming { ride_id: r.ride_id, timestamp: timestamp::format(r.start_time), username: r.created_by })
+        .collect();
     Ok(http::json(StatusCode::OK, &list))
+}
+
+/// A row of the upcoming-rides read, decoded straight from the answer.
+#[derive(serde::Deserialize)]
+struct UpcomingRow {
+    ride_id: i64,
+    created_by: String,
+    start_time: i64,
+}
+
+/// An entry of the upcoming-rides listing (docs/api.md); fields in the order
+/// they were always printed.
+#[derive(serde::Serialize)]
+struct Upcoming {
+    #[serde(rename = "rideId")]
+    ride_id: i64,
+    timestamp: String,
+    username: String,
 }
 
 async fn find_ride(st: &State, id: i64) -> Result<Option<Row>, Fail> {

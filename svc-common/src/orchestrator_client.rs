@@ -16,7 +16,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use warp::http::StatusCode;
 use warp::reply::Response;
 use wire::contract::ErrorKind;
-use wire::{ErrorBody, ReadRequest, ReadResponse, Row, WriteOutcome, WriteRequest};
+use wire::{ErrorBody, ReadRequest, Row, WriteOutcome, WriteRequest};
 
 use crate::metrics::{self, ServiceMetrics};
 use crate::{config, http, timing};
@@ -130,7 +130,17 @@ impl OrchestratorClient {
     }
 
     pub async fn read(&self, req: &ReadRequest) -> Result<Vec<Row>, DbError> {
-        let r: ReadResponse = self.post("/api/v1/db/read", req).await?;
+        self.read_as(req).await
+    }
+
+    /// A read whose rows are decoded straight into `T` (a struct with the
+    /// read's columns as fields): no map per row on a long listing.
+    pub async fn read_as<T: DeserializeOwned>(&self, req: &ReadRequest) -> Result<Vec<T>, DbError> {
+        #[derive(serde::Deserialize)]
+        struct Rows<T> {
+            rows: Vec<T>,
+        }
+        let r: Rows<T> = self.post("/api/v1/db/read", req).await?;
         Ok(r.rows)
     }
 

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use svc_common::http;
 use svc_common::startup::{self, Service};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     startup::main(|settings: settings::Settings| async move {
         let (svc, db) = Service::start("users-api", &settings.orchestrator)?;

@@ -15,6 +15,16 @@ pub struct ReadResponse {
     pub seq: u64,
 }
 
+/// A [`ReadResponse`] as the orchestrator forwards it: the rows exactly as
+/// the slave encoded them, never decoded and encoded again on the way (a
+/// listing of a thousand rows would otherwise be parsed into a thousand maps
+/// only to be printed back). Serializes exactly like a [`ReadResponse`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RawReadResponse {
+    pub rows: Box<serde_json::value::RawValue>,
+    pub seq: u64,
+}
+
 /// 201 answer of `/api/v1/db/write` (and 200 of `db/clear` carries `{}` instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteOutcome {

@@ -21,6 +21,9 @@ mod zk;
 use tracing::{error, info};
 use wire::contract::ExitReason;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // Settings first, before any thread starts (the loader normalises the environment).
     let cfg = config::Config::load();

@@ -18,9 +18,8 @@ use std::time::Duration;
 use tasks::CancellationToken;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
-use wire::Reply;
 
-use super::{Rpc, RpcError};
+use super::{Answer, Rpc, RpcError};
 
 /// How big batches may get and how many may be out at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +31,7 @@ pub struct Limits {
 }
 
 /// A request and where its answer goes.
-pub(super) type Item<M> = (M, oneshot::Sender<Reply>);
+pub(super) type Item<M> = (M, oneshot::Sender<Answer>);
 
 /// The callers' side of one queue's coalescing loop.
 pub(super) struct Queue<M> {
@@ -47,7 +46,7 @@ impl<M> Queue<M> {
     }
 
     /// Hand `msg` to the loop and wait for its answer, at most `timeout`.
-    pub(super) async fn call(&self, msg: M, timeout: Duration) -> Result<Reply, RpcError> {
+    pub(super) async fn call(&self, msg: M, timeout: Duration) -> Result<Answer, RpcError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send((msg, tx)).map_err(|_| RpcError::BrokerDown)?;
         match tokio::time::timeout(timeout, rx).await {

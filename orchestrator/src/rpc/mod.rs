@@ -8,7 +8,9 @@
 //! the connection drops, every waiting caller is told at once (503) and a
 //! background task reconnects with backoff.
 
+mod answers;
 mod batcher;
+pub use answers::Answer;
 pub use batcher::Limits;
 
 use std::collections::HashMap;
@@ -39,6 +41,8 @@ pub enum RpcError {
     Timeout(Duration),
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),
+    #[error("unreadable answer from a worker: {0}")]
+    Unreadable(String),
 }
 
 /// Publishing channels per connection; spreads publishes over a few channels.
@@ -52,14 +56,14 @@ struct Link {
 /// The callers of one batch sent and not fully answered: answer `i` goes to
 /// `slots[i]`.
 struct Slots {
-    slots: Vec<Option<oneshot::Sender<Reply>>>,
+    slots: Vec<Option<oneshot::Sender<Answer>>>,
     left: usize,
     /// Told when every answer arrived.
     done: Option<oneshot::Sender<()>>,
 }
 
 impl Slots {
-    fn answer(&mut self, i: usize, reply: Reply) {
+    fn answer(&mut self, i: usize, reply: Answer) {
         if let Some(tx) = self.slots.get_mut(i).and_then(Option::take) {
             self.left -= 1;
             let _ = tx.send(reply);
@@ -127,16 +131,17 @@ impl Rpc {
     }
 
     /// Send a read (in the next batch to `readQ`) and wait for its answer.
-    pub async fn read(&self, msg: ReadMsg) -> Result<Reply, RpcError> {
+    pub async fn read(&self, msg: ReadMsg) -> Result<Answer, RpcError> {
         self.call(&self.reads, msg, self.batching.read_timeout).await
     }
 
     /// Send a write (in the next batch to `writeQ`) and wait for its answer.
     pub async fn write(&self, msg: WriteMsg) -> Result<Reply, RpcError> {
-        self.call(&self.writes, msg, self.batching.write_timeout).await
+        let answer = self.call(&self.writes, msg, self.batching.write_timeout).await?;
+        answer.into_reply().map_err(|e| RpcError::Unreadable(e.to_string()))
     }
 
-    async fn call<M>(&self, queue: &batcher::Queue<M>, msg: M, timeout: Duration) -> Result<Reply, RpcError> {
+    async fn call<M>(&self, queue: &batcher::Queue<M>, msg: M, timeout: Duration) -> Result<Answer, RpcError> {
         if !self.connected() {
             return Err(RpcError::BrokerDown);
         }
@@ -291,7 +296,7 @@ impl Rpc {
             let Some(id) = d.properties.correlation_id().as_ref().and_then(|c| self.own_request(c.as_str())) else {
                 continue; // not ours: a reply to an earlier orchestrator process
             };
-            let reply: Reply = match serde_json::from_slice(&d.data) {
+            let decoded = match answers::decode(&d.data) {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(error = %e, "unreadable reply dropped");
@@ -300,18 +305,17 @@ impl Rpc {
             };
             let mut pending = self.pending.lock().expect("pending lock");
             let Some(slots) = pending.get_mut(&id) else { continue }; // its callers gave up
-            match reply {
-                Reply::Batch { answers } => {
+            match decoded {
+                answers::Decoded::Answers(answers) => {
                     for (i, answer) in answers {
-                        if self.is_from_current_master(&answer) {
+                        if !matches!(&answer, Answer::Other(reply) if !self.is_from_current_master(reply)) {
                             slots.answer(i as usize, answer);
                         }
                     }
                 }
-                // One answer for the whole batch (a worker that could not read it).
-                other => {
+                answers::Decoded::Whole(reply) => {
                     for i in 0..slots.slots.len() {
-                        slots.answer(i, other.clone());
+                        slots.answer(i, Answer::Other(reply.clone()));
                     }
                 }
             }
