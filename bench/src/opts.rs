@@ -39,6 +39,9 @@ pub struct Opts {
     /// Only these scenarios, comma-separated: read, eventual, write, lb (default: all).
     #[arg(long, env = "BENCH_ONLY", value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Kept for older command lines: the scenarios through the load balancer now always run (unless `--only` leaves them out).
+    #[arg(long, env = "BENCH_SERVICES")]
+    pub services: bool,
     /// Skip the ceilings (raw AMQP echo, raw confirmed publish, nginx before a trivial handler).
     #[arg(long, env = "BENCH_NO_CEILINGS")]
     pub no_ceilings: bool,
