@@ -113,6 +113,9 @@ pub async fn measure(
 /// Fill the per-request CPU figures of a measured cell.
 pub fn add_cpu_per_request(c: &mut Cell, procs: &[Proc], elapsed: f64) {
     c.cpu_us_per_req = procs::us_per_request_by_role(procs, &c.cpu, elapsed, c.ok);
+    if c.client != "wrk" {
+        c.client_cpu_us_per_req = c.cpu_us_per_req.get(&crate::procs::Role::Bench).copied();
+    }
     c.sut_cpu_us_per_req = round(
         c.cpu_us_per_req.iter().filter(|(r, _)| **r != crate::procs::Role::Bench).map(|(_, v)| v).sum::<f64>(),
         1,

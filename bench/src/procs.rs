@@ -90,6 +90,18 @@ pub fn rss_kb(pid: u32) -> (Option<u64>, Option<u64>) {
     }
 }
 
+/// CPU seconds (user + system) of this process's children that ended and
+/// were waited for (wrk runs): the load generator's own cost.
+pub fn reaped_children_cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` shows them.
 pub fn loadavg() -> String {
     LoadAverage::current().map(|l| format!("{:.2} {:.2} {:.2}", l.one, l.five, l.fifteen)).unwrap_or_default()

@@ -34,6 +34,9 @@ pub struct Cell {
     pub sut_cpu_us_per_req: f64,
     /// CPU µs per successful request, per role (orchestrator, slaves...).
     pub cpu_us_per_req: BTreeMap<Role, f64>,
+    /// CPU µs per successful request of the load generator: the bench for
+    /// reqwest and lapin cells, wrk (a child process) for wrk cells.
+    pub client_cpu_us_per_req: Option<f64>,
     /// % of one core used during the cell, per process; `machine_busy_cores`
     /// is the whole machine's.
     pub cpu: BTreeMap<String, f64>,
@@ -101,6 +104,7 @@ pub fn header() -> String {
     for r in Role::SUT {
         let _ = write!(s, " {:>6}", r.short());
     }
+    let _ = write!(s, " {:>6}", "client");
     s.push_str("  (CPU µs per request per process)");
     s
 }
@@ -126,6 +130,12 @@ pub fn row_line(r: &Row) -> String {
             None => s.push_str("      -"),
         }
     }
+    match f.client_cpu_us_per_req {
+        Some(v) => {
+            let _ = write!(s, " {:>6.0}", v);
+        }
+        None => s.push_str("      -"),
+    }
     if let Some(e) = &f.first_error {
         let _ = write!(s, "\n    first error: {e}");
     }
@@ -143,6 +153,9 @@ pub fn ceiling_line(c: &Cell) -> String {
     );
     for (role, v) in &c.cpu_us_per_req {
         let _ = write!(s, " {} {:.0}", role.short(), v);
+    }
+    if let (Some(v), "wrk") = (c.client_cpu_us_per_req, c.client.as_str()) {
+        let _ = write!(s, " wrk {v:.0}");
     }
     if let Some(e) = &c.first_error {
         let _ = write!(s, "\n    first error: {e}");
@@ -228,6 +241,7 @@ mod tests {
             p50_ms: 6.6,
             p99_ms: 13.0,
             cpu_us_per_req: [(Role::Orchestrator, 60.0), (Role::Slaves, 45.4)].into(),
+            client_cpu_us_per_req: Some(31.0),
             ..Cell::default()
         };
         let ceil = Cell { scenario: "amqp rpc echo".into(), concurrency: 64, per_sec: 18_800.0, ..Cell::default() };
@@ -235,7 +249,7 @@ mod tests {
         assert_eq!(r.ratio, Some(0.5));
         let line = row_line(&r);
         assert!(line.starts_with("db/read strong"), "{line}");
-        for want in ["9,400", "18,800", "0.50", "6.60", "13.00", "    60", "    45", "      -"] {
+        for want in ["9,400", "18,800", "0.50", "6.60", "13.00", "    60", "    45", "      -", "     31"] {
             assert!(line.contains(want), "{want:?} not in {line}");
         }
         assert_eq!(line.len(), header().split("  (").next().unwrap().len(), "columns line up:\n{}\n{line}", header());

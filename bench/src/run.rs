@@ -4,6 +4,7 @@
 //! right after it, one table on stdout and the JSON report. The stack, the
 //! ceilings' queues and their nginx are gone when the run ends.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -143,114 +144,14 @@ pub async fn run(opts: Opts) -> Result<()> {
     );
     println!("{}", report::header());
 
-    let counter = Arc::new(AtomicU64::new(0));
+    let ctx = Ctx { opts: &opts, stack: &stack, http, procs: procs.clone(), bounds, counter: Arc::default() };
     let mut rows: Vec<Row> = vec![];
-    let amqp_procs: Vec<Proc> =
-        procs.iter().filter(|p| matches!(p.role, Role::Rabbitmq | Role::Bench)).cloned().collect();
-
-    // db/read, strong then eventual, each next to the raw AMQP RPC echo of a readQ message.
-    let echo = if !opts.no_ceilings && (opts.wants("read") || opts.wants("eventual")) {
-        Some(RpcEcho::start(&stack.amqp_url).await.context("starting the AMQP echo ceiling")?)
-    } else {
-        None
-    };
-    let echo_body = Bytes::from(ceilings_body(sc::read_msg_len()));
-    let mut echo_cells: BTreeMap<usize, Cell> = BTreeMap::new();
-    let read_url = stack.url("/api/v1/db/read");
-    for (what, name, consistency) in
-        [("read", "db/read strong", Consistency::Strong), ("eventual", "db/read eventual", Consistency::Eventual)]
-    {
-        if !opts.wants(what) {
-            continue;
-        }
-        let op = sc::post_op(&http, read_url.clone(), sc::read_bodies(opts.users, consistency));
-        for &c in &opts.concurrency {
-            let fig = load::measure(name, "reqwest", &op, c, bounds, &procs, &counter).await;
-            let ceil = match &echo {
-                Some(e) => match echo_cells.get(&c) {
-                    Some(cell) => Some(cell.clone()),
-                    None => {
-                        let label = format!("amqp rpc echo, {} B", echo_body.len());
-                        let cell =
-                            load::measure(&label, "lapin", &e.op(echo_body.clone()), c, bounds, &amqp_procs, &counter)
-                                .await;
-                        echo_cells.insert(c, cell.clone());
-                        Some(cell)
-                    }
-                },
-                None => None,
-            };
-            emit(&mut rows, fig, ceil);
-        }
-    }
-    if let Some(e) = &echo {
-        e.close().await;
-    }
-
-    // The full path through the load balancer, with wrk, next to nginx before a trivial handler.
+    read_rows(&ctx, &mut rows).await?;
     if lb {
-        let trivial = if opts.no_ceilings {
-            None
-        } else {
-            Some(TrivialLb::start(stack.dir.join("lb-ceiling")).await.context("starting the LB ceiling")?)
-        };
-        let scripts = stack.dir.join("wrk");
-        std::fs::create_dir_all(&scripts)?;
-        let mut ceil_procs: Vec<Proc> = trivial.as_ref().map(|t| t.procs()).unwrap_or_default();
-        ceil_procs.extend(procs.iter().filter(|p| p.role == Role::Bench).cloned());
-        let run = async {
-            for (i, (name, paths, probe)) in sc::lb_scenarios(opts.users).into_iter().enumerate() {
-                let script = scripts.join(format!("s{i}.lua"));
-                std::fs::write(&script, wrk::script(&paths))?;
-                // The ceiling answers a body of the size the real path answers.
-                let answer = http.get(format!("{}{probe}", stack.lb)).send().await?.bytes().await?;
-                let ceil_script = scripts.join(format!("s{i}-ceiling.lua"));
-                std::fs::write(&ceil_script, wrk::script(&fixed_like(&paths)))?;
-                for &c in &opts.lb_concurrency {
-                    let fig = wrk::measure(&opts.wrk, &name, &stack.lb, &script, c, bounds, &procs).await?;
-                    let ceil = match &trivial {
-                        Some(t) => {
-                            t.set_body_len(answer.len());
-                            let label = format!("nginx + trivial handler, {} B", answer.len());
-                            Some(wrk::measure(&opts.wrk, &label, &t.url, &ceil_script, c, bounds, &ceil_procs).await?)
-                        }
-                        None => None,
-                    };
-                    emit(&mut rows, fig, ceil);
-                }
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        if let Some(t) = trivial {
-            t.stop().await;
-        }
-        run?;
+        lb_rows(&ctx, &mut rows).await?;
     }
-
-    // db/write last (it adds users), next to a raw confirmed publish of a writeQ message.
     if opts.wants("write") {
-        let confirmed = if opts.no_ceilings {
-            None
-        } else {
-            Some(ConfirmedPublish::start(&stack.amqp_url).await.context("starting the confirmed publish ceiling")?)
-        };
-        let body = Bytes::from(ceilings_body(sc::write_msg_len()));
-        let op = sc::write_op(&http, stack.url("/api/v1/db/write"), format!("bw{}-", std::process::id()));
-        for &c in &opts.concurrency {
-            let fig = load::measure("db/write insert", "reqwest", &op, c, bounds, &procs, &counter).await;
-            let ceil = match &confirmed {
-                Some(p) => {
-                    let label = format!("amqp confirmed publish, {} B", body.len());
-                    Some(load::measure(&label, "lapin", &p.op(body.clone()), c, bounds, &amqp_procs, &counter).await)
-                }
-                None => None,
-            };
-            emit(&mut rows, fig, ceil);
-        }
-        if let Some(p) = &confirmed {
-            p.close().await;
-        }
+        write_rows(&ctx, &mut rows).await?;
     }
 
     let peak_rss: Vec<RssEntry> = procs
@@ -313,6 +214,137 @@ pub async fn run(opts: Opts) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(opts.hold_secs.min(600))).await;
     }
     drop(stack);
+    Ok(())
+}
+
+/// What every scenario of one run shares.
+struct Ctx<'a> {
+    opts: &'a Opts,
+    stack: &'a Stack,
+    http: reqwest::Client,
+    procs: Vec<Proc>,
+    bounds: Bounds,
+    /// Numbers the requests of the whole run (unique write names, round robin bodies).
+    counter: Arc<AtomicU64>,
+}
+
+impl Ctx<'_> {
+    /// The processes an AMQP ceiling loads: the broker and the bench (both ends).
+    fn amqp_procs(&self) -> Vec<Proc> {
+        self.procs.iter().filter(|p| matches!(p.role, Role::Rabbitmq | Role::Bench)).cloned().collect()
+    }
+}
+
+/// `db/read`, strong then eventual, each next to the raw AMQP RPC echo of a
+/// `readQ`-sized message (measured once per concurrency, shown on both).
+async fn read_rows(ctx: &Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
+    let opts = ctx.opts;
+    if !opts.wants("read") && !opts.wants("eventual") {
+        return Ok(());
+    }
+    let echo = if opts.no_ceilings {
+        None
+    } else {
+        Some(RpcEcho::start(&ctx.stack.amqp_url).await.context("starting the AMQP echo ceiling")?)
+    };
+    let echo_body = Bytes::from(ceilings_body(sc::read_msg_len()));
+    let amqp_procs = ctx.amqp_procs();
+    let mut echo_cells: BTreeMap<usize, Cell> = BTreeMap::new();
+    let read_url = ctx.stack.url("/api/v1/db/read");
+    for (what, name, consistency) in
+        [("read", "db/read strong", Consistency::Strong), ("eventual", "db/read eventual", Consistency::Eventual)]
+    {
+        if !opts.wants(what) {
+            continue;
+        }
+        let op = sc::post_op(&ctx.http, read_url.clone(), sc::read_bodies(opts.users, consistency));
+        for &c in &opts.concurrency {
+            let fig = load::measure(name, "reqwest", &op, c, ctx.bounds, &ctx.procs, &ctx.counter).await;
+            let mut ceil = None;
+            if let Some(e) = &echo {
+                if let Entry::Vacant(slot) = echo_cells.entry(c) {
+                    let label = format!("amqp rpc echo, {} B", echo_body.len());
+                    let op = e.op(echo_body.clone());
+                    slot.insert(load::measure(&label, "lapin", &op, c, ctx.bounds, &amqp_procs, &ctx.counter).await);
+                }
+                ceil = echo_cells.get(&c).cloned();
+            }
+            emit(rows, fig, ceil);
+        }
+    }
+    if let Some(e) = &echo {
+        e.close().await;
+    }
+    Ok(())
+}
+
+/// The full path through the load balancer with wrk, each next to nginx (the
+/// same config) before a trivial handler answering as many bytes.
+async fn lb_rows(ctx: &Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
+    let opts = ctx.opts;
+    let trivial = if opts.no_ceilings {
+        None
+    } else {
+        Some(TrivialLb::start(ctx.stack.dir.join("lb-ceiling")).await.context("starting the LB ceiling")?)
+    };
+    let mut ceil_procs: Vec<Proc> = trivial.as_ref().map(|t| t.procs()).unwrap_or_default();
+    ceil_procs.extend(ctx.procs.iter().filter(|p| p.role == Role::Bench).cloned());
+    let scripts = ctx.stack.dir.join("wrk");
+    let run = async {
+        std::fs::create_dir_all(&scripts)?;
+        for (i, (name, paths, probe)) in sc::lb_scenarios(opts.users).into_iter().enumerate() {
+            let script = scripts.join(format!("s{i}.lua"));
+            std::fs::write(&script, wrk::script(&paths))?;
+            let ceil_script = scripts.join(format!("s{i}-ceiling.lua"));
+            std::fs::write(&ceil_script, wrk::script(&fixed_like(&paths)))?;
+            // The ceiling answers a body of the size the real path answers.
+            let answer = ctx.http.get(format!("{}{probe}", ctx.stack.lb)).send().await?.bytes().await?;
+            for &c in &opts.lb_concurrency {
+                let fig = wrk::measure(&opts.wrk, &name, &ctx.stack.lb, &script, c, ctx.bounds, &ctx.procs).await?;
+                let mut ceil = None;
+                if let Some(t) = &trivial {
+                    t.set_body_len(answer.len());
+                    let label = format!("nginx + trivial handler, {} B", answer.len());
+                    ceil =
+                        Some(wrk::measure(&opts.wrk, &label, &t.url, &ceil_script, c, ctx.bounds, &ceil_procs).await?);
+                }
+                emit(rows, fig, ceil);
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Some(t) = trivial {
+        t.stop().await;
+    }
+    run
+}
+
+/// `db/write` (last: it adds users), each next to a raw confirmed publish of a
+/// `writeQ`-sized persistent message.
+async fn write_rows(ctx: &Ctx<'_>, rows: &mut Vec<Row>) -> Result<()> {
+    let confirmed = if ctx.opts.no_ceilings {
+        None
+    } else {
+        Some(ConfirmedPublish::start(&ctx.stack.amqp_url).await.context("starting the confirmed publish ceiling")?)
+    };
+    let body = Bytes::from(ceilings_body(sc::write_msg_len()));
+    let amqp_procs = ctx.amqp_procs();
+    let op = sc::write_op(&ctx.http, ctx.stack.url("/api/v1/db/write"), format!("bw{}-", std::process::id()));
+    for &c in &ctx.opts.concurrency {
+        let fig = load::measure("db/write insert", "reqwest", &op, c, ctx.bounds, &ctx.procs, &ctx.counter).await;
+        let mut ceil = None;
+        if let Some(p) = &confirmed {
+            let label = format!("amqp confirmed publish, {} B", body.len());
+            ceil = Some(
+                load::measure(&label, "lapin", &p.op(body.clone()), c, ctx.bounds, &amqp_procs, &ctx.counter).await,
+            );
+        }
+        emit(rows, fig, ceil);
+    }
+    if let Some(p) = &confirmed {
+        p.close().await;
+    }
     Ok(())
 }
 

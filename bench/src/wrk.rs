@@ -223,11 +223,16 @@ pub async fn measure(
         run(wrk, base, script_path, conc, bounds.warmup_secs).await?;
     }
     let a = procs::sample(procs);
+    let wrk_cpu = procs::reaped_children_cpu_secs();
     let t0 = Instant::now();
     let r = run(wrk, base, script_path, conc, bounds.secs).await?;
     let elapsed = t0.elapsed().as_secs_f64();
     let b = procs::sample(procs);
+    let wrk_cpu = procs::reaped_children_cpu_secs() - wrk_cpu;
     let mut c = cell(scenario, conc, &r);
+    if c.ok > 0 {
+        c.client_cpu_us_per_req = Some(round(wrk_cpu / c.ok as f64 * 1e6, 1));
+    }
     c.cpu = procs::cpu_between(procs, &a, &b);
     c.loadavg = procs::loadavg();
     // The CPU of the whole wrk run (start-up included) over its successful answers.
