@@ -30,8 +30,10 @@ undeploy:
 test:
 	scripts/test.sh
 
+# Each figure next to its ceiling, in about 5 minutes; `make bench BENCH_ARGS=--quick`
+# for a short run (any flag of `target/release/bench --help`).
 bench:
-	scripts/bench.sh
+	scripts/bench.sh $(BENCH_ARGS)
 
 clean:
 	scripts/stack.sh down || true
