@@ -25,6 +25,8 @@
 //!
 //! Each flag also has an environment variable (`bench --help` lists them).
 
+mod million;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -598,6 +600,11 @@ fn git(args: &[&str]) -> String {
 }
 
 fn main() -> Result<()> {
+    // `bench million ...`: the million-row mode (million.rs), its own settings.
+    if std::env::args().nth(1).as_deref() == Some("million") {
+        let opts: million::Opts = tasks::config::try_load_from(std::env::args().skip(1)).unwrap_or_else(|e| e.exit());
+        return tokio::runtime::Runtime::new()?.block_on(million::run(opts));
+    }
     // Settings are read before any thread starts (they normalise the environment).
     let opts: Opts = tasks::config::load();
     tokio::runtime::Runtime::new()?.block_on(run(opts))
