@@ -24,6 +24,8 @@
 //! ```
 //!
 //! Each flag also has an environment variable (`bench --help` lists them).
+//!
+//! `bench million [...]` is the million-row mode (`million.rs`, `make bench-million`).
 
 mod million;
 
