@@ -104,7 +104,7 @@ pub fn ride_pair(i: u64) -> (i64, i64) {
 pub fn ride_start(i: u64, now: i64) -> i64 {
     let pairs = PAIRS;
     let offset = 3600 + (i / 2 % (30 * 86_400)) as i64;
-    if (i + i / pairs) % 2 == 0 {
+    if (i + i / pairs).is_multiple_of(2) {
         now + offset
     } else {
         now - offset
