@@ -4,9 +4,10 @@
 //! however many users there are. The table is read page by page with keyset
 //! pagination (`username > last ORDER BY username LIMIT page`), each page a
 //! strong read of its own, and each page is written to the HTTP body (a chunked
-//! JSON array) as it arrives. A producer task reads at most one page ahead of
-//! what the client has taken (a channel of one), so a slow client slows the
-//! reads instead of filling memory, and a client that goes away stops them.
+//! JSON array) as it arrives. A producer task reads ahead of what the client
+//! has taken by at most the bounded channel between them (futures' `mpsc` of
+//! one: two pages queued) plus the page it is reading, so a slow client slows
+//! the reads instead of filling memory, and a client that goes away stops them.
 //!
 //! What a listing guarantees across pages (docs/api.md §3.1): names strictly
 //! ascending (SQLite's binary order, as before), none twice; every user that
