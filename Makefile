@@ -1,5 +1,5 @@
 # The two commands of the README: `make up` and `make test`.
-.PHONY: up down status test build images bench clean deploy undeploy
+.PHONY: up down status test build images bench bench-million clean deploy undeploy
 
 up:
 	scripts/stack.sh up
@@ -34,6 +34,13 @@ test:
 # for a short run (any flag of `target/release/bench --help`).
 bench:
 	scripts/bench.sh $(BENCH_ARGS)
+
+# A million users and a million rides through the write path, then every
+# route at 16 connections, a new slave's time to serve, the streamed list of
+# every user and each process's peak RSS (bench/src/million.rs). Sizes and
+# the rest: MILLION_* variables (`target/release/bench million --help`).
+bench-million:
+	scripts/bench.sh million
 
 clean:
 	scripts/stack.sh down || true

@@ -6,6 +6,8 @@
 #   scripts/bench.sh --quick                 (2 s cells, concurrency 1 and 64)
 #   scripts/bench.sh --duration 10 --conc 1,16,64 --lb-conc 1,16,64,256 --slaves 1
 #   scripts/bench.sh --only read,lb --no-ceilings
+# or the million-row mode (`make bench-million`, bench/results/million.json):
+#   scripts/bench.sh million --users 100000 --rides 100000
 # Results: a table on stdout and bench/results/latest.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,6 +9,7 @@
 
 pub mod ceilings;
 pub mod load;
+pub mod million;
 pub mod opts;
 pub mod procs;
 pub mod report;

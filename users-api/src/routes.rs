@@ -19,19 +19,21 @@ use svc_common::http::{self, Body, Request};
 use svc_common::orchestrator_client::{DbError, OrchestratorClient};
 use svc_common::request_count::RequestCounter;
 
-use crate::validate;
+use crate::{listing, validate};
 
 /// What `_count` counts (docs/api.md).
 const COUNTED: &str = "/api/v1/users";
 
 pub struct State {
-    pub db: OrchestratorClient,
+    pub db: Arc<OrchestratorClient>,
     pub count: RequestCounter,
+    /// Names per database read when listing every user (`USERS_LIST_PAGE`).
+    pub list_page: u32,
 }
 
 impl State {
-    pub fn new(db: OrchestratorClient) -> State {
-        State { db, count: RequestCounter::new(COUNTED) }
+    pub fn new(db: OrchestratorClient, list_page: u32) -> State {
+        State { db: Arc::new(db), count: RequestCounter::new(COUNTED), list_page }
     }
 }
 
@@ -87,13 +89,13 @@ async fn create(st: &State, body: Body) -> Response {
 }
 
 /// `?username=X` narrows the list to that one name, so that rides-api's
-/// "does this user exist" check stays cheap however many users there are.
+/// "does this user exist" check stays cheap however many users there are;
+/// without it every name is streamed page by page (`crate::listing`).
 async fn list(st: &State, query: &str) -> Response {
-    let mut read = ReadRequest::table("users").columns(&["username"]);
-    read = match http::query_param(query, "username") {
-        Some(name) => read.filter(Condition::eq("username", name)).limit(1),
-        None => read.order("username", false),
+    let Some(name) = http::query_param(query, "username") else {
+        return listing::list_all(st.db.clone(), st.list_page).await;
     };
+    let read = ReadRequest::table("users").columns(&["username"]).filter(Condition::eq("username", name)).limit(1);
     match st.db.read(&read).await {
         Ok(rows) => {
             let names: Vec<&str> = rows.iter().filter_map(|r| r.get("username").and_then(|v| v.as_str())).collect();
@@ -126,7 +128,7 @@ mod tests {
     /// An orchestrator nobody listens on: routes that never reach the
     /// database can be checked without one.
     fn state() -> Arc<State> {
-        Arc::new(State::new(OrchestratorClient::with_base("http://127.0.0.1:9", None).unwrap()))
+        Arc::new(State::new(OrchestratorClient::with_base("http://127.0.0.1:9", None).unwrap(), 5))
     }
 
     #[test]
