@@ -46,7 +46,7 @@
       case "promoted": return e.worker + " (pid " + e.pid + ") promoted to master, epoch " + e.epoch +
         ", seq " + fmt(e.seq) + ", failover " + e.failover_ms + " ms";
       case "master_started": return "empty master " + e.worker + " (pid " + e.pid + ") started, epoch " + e.epoch;
-      case "scaled": return "window " + e.window + ": " + e.reads + " reads, slaves " + e.before + " → " + e.after;
+      case "scaled": return "window " + e.window + ": " + e.reads + " reads, slaves " + e.before + " → " + e.after + (e.reason ? " (" + e.reason + ")" : "");
       case "broker_lost": return "broker connection lost: " + e.error;
       case "broker_regained": return "broker connection regained";
       case "zookeeper_lost": return "ZooKeeper session lost";
