@@ -175,8 +175,12 @@ mod tests {
                 "2023-11-14 22:13:57.123Z  promoted worker=w-2 pid=7 epoch=4 failover_ms=31 seq=-",
             ),
             (
-                EventKind::Scaled { window: 3, reads: 41, before: 1, after: 3 },
+                EventKind::Scaled { window: 3, reads: 41, before: 1, after: 3, reason: None },
                 "2023-11-14 22:13:57.123Z  scaled after=3 before=1 reads=41 window=3",
+            ),
+            (
+                EventKind::Scaled { window: 4, reads: 9, before: 3, after: 1, reason: Some("idle".into()) },
+                "2023-11-14 22:13:57.123Z  scaled after=1 before=3 reads=9 reason=idle window=4",
             ),
             (
                 EventKind::BrokerLost { error: "connection reset by peer".into() },

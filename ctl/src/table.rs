@@ -228,6 +228,7 @@ pub(crate) mod tests {
                 would_choose: 1,
                 slaves_running: 1,
                 slaves_desired: 1,
+                last_window: None,
             },
             broker_connected: true,
             zookeeper_connected: false,

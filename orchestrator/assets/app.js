@@ -46,7 +46,7 @@
       case "promoted": return e.worker + " (pid " + e.pid + ") promoted to master, epoch " + e.epoch +
         ", seq " + fmt(e.seq) + ", failover " + e.failover_ms + " ms";
       case "master_started": return "empty master " + e.worker + " (pid " + e.pid + ") started, epoch " + e.epoch;
-      case "scaled": return "window " + e.window + ": " + e.reads + " reads, slaves " + e.before + " → " + e.after;
+      case "scaled": return "window " + e.window + ": " + e.reads + " reads, slaves " + e.before + " → " + e.after + (e.reason ? " (" + e.reason + ")" : "");
       case "broker_lost": return "broker connection lost: " + e.error;
       case "broker_regained": return "broker connection regained";
       case "zookeeper_lost": return "ZooKeeper session lost";
@@ -142,8 +142,9 @@
     $("reads").textContent = String(a.reads_in_window);
     $("next").textContent = a.next_decision_ms ? Math.max(0, Math.round((a.next_decision_ms - s.at_ms) / 1000)) + " s" : "at first read";
     $("would").textContent = String(a.would_choose);
-    $("policy").textContent = a.policy + ", window " + a.window_secs + " s, " + a.reads_per_slave + " reads per slave, " +
-      a.min_slaves + "–" + a.max_slaves + " slaves";
+    $("policy").textContent = a.policy + ", window " + a.window_secs + " s, " +
+      (a.policy === "reads-per-window" ? a.reads_per_slave + " reads per slave, " : "") +
+      a.min_slaves + "–" + a.max_slaves + " slaves" + (a.last_window ? "; last: " + a.last_window.reason : "");
     badge("broker", s.broker_connected, "broker");
     badge("zookeeper", s.zookeeper_connected, "zookeeper");
     renderWorkers(s);

@@ -11,6 +11,7 @@ use clap::{Args, Parser};
 use tasks::config::{Millis, Secs};
 use wire::contract::timing;
 
+use crate::autoscale::target::{Policy, TargetConfig};
 use crate::runtime::RuntimeConfig;
 
 #[derive(Debug, Clone, Parser)]
@@ -102,6 +103,60 @@ pub struct ScaleConfig {
     /// Most slaves, whatever the load.
     #[arg(long, env = "MAX_SLAVES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_slaves: u64,
+    /// `spec`: ceil(reads per window / READS_PER_SLAVE) slaves (docs/api.md);
+    /// `target`: target tracking on read p99 and readQ depth with a CPU bound,
+    /// decided at the end of every window.
+    #[arg(long = "scale-policy", env = "SCALE_POLICY", value_enum, default_value_t = Policy::Spec)]
+    pub policy: Policy,
+    /// target: wanted p99 of db/read (ms) over a window; 0 turns latency tracking off.
+    #[arg(long = "scale-target-p99-ms", env = "SCALE_TARGET_P99_MS", default_value_t = 50.0, value_parser = non_negative)]
+    pub target_p99_ms: f64,
+    /// target: wanted readQ messages ready per slave (mean over a window); 0 turns depth tracking off.
+    #[arg(long, env = "SCALE_TARGET_QUEUE", default_value_t = 100.0, value_parser = non_negative)]
+    pub scale_target_queue: f64,
+    /// target: no slave is added while the machine's CPU is at least this busy (0-1; 1: no bound).
+    #[arg(long, env = "SCALE_CPU_MAX", default_value_t = 0.85, value_parser = fraction)]
+    pub scale_cpu_max: f64,
+    /// target: no change while the signal is within this fraction of its target.
+    #[arg(long, env = "SCALE_TOLERANCE", default_value_t = 0.1, value_parser = fraction)]
+    pub scale_tolerance: f64,
+    /// target: after a scale-out, no further scale-out for this long (seconds).
+    #[arg(long = "scale-out-cooldown-secs", env = "SCALE_OUT_COOLDOWN_SECS", default_value_t = 30.0, value_parser = non_negative)]
+    pub out_cooldown_secs: f64,
+    /// target: after any change, no scale-in for this long (seconds).
+    #[arg(long = "scale-in-cooldown-secs", env = "SCALE_IN_COOLDOWN_SECS", default_value_t = 300.0, value_parser = non_negative)]
+    pub in_cooldown_secs: f64,
+}
+
+impl ScaleConfig {
+    /// The target policy's settings.
+    pub fn target(&self) -> TargetConfig {
+        let on = |v: f64| (v > 0.0).then_some(v);
+        TargetConfig {
+            p99_ms: on(self.target_p99_ms),
+            queue_per_slave: on(self.scale_target_queue),
+            cpu_max: self.scale_cpu_max,
+            tolerance: self.scale_tolerance,
+            out_cooldown: Duration::from_secs_f64(self.out_cooldown_secs),
+            in_cooldown: Duration::from_secs_f64(self.in_cooldown_secs),
+            min: self.min_slaves as usize,
+            max: self.max_slaves as usize,
+        }
+    }
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1e9).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a non-negative number")),
+    }
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1")),
+    }
 }
 
 /// What the orchestrator passes on to every worker it starts (a container
@@ -165,6 +220,10 @@ impl Config {
         if self.scale.min_slaves > self.scale.max_slaves {
             bail!("need MIN_SLAVES <= MAX_SLAVES (got {} and {})", self.scale.min_slaves, self.scale.max_slaves);
         }
+        let t = self.scale.target();
+        if self.scale.policy == Policy::Target && t.p99_ms.is_none() && t.queue_per_slave.is_none() {
+            bail!("SCALE_POLICY=target needs SCALE_TARGET_P99_MS or SCALE_TARGET_QUEUE above 0");
+        }
         crate::timing::check(self)
     }
 }
@@ -183,9 +242,10 @@ mod tests {
         assert_eq!(c.read_timeout.0, timing::READ_TIMEOUT);
         assert_eq!(c.write_timeout.0, timing::WRITE_TIMEOUT);
         assert_eq!(c.zk_session_timeout.0, timing::ZK_SESSION_TIMEOUT);
+        let s = c.scale;
         assert_eq!(
-            c.scale,
-            ScaleConfig { window: Secs(Duration::from_secs(120)), reads_per_slave: 20, min_slaves: 1, max_slaves: 10 }
+            (s.window, s.reads_per_slave, s.min_slaves, s.max_slaves, s.policy),
+            (Secs(Duration::from_secs(120)), 20, 1, 10, Policy::Spec)
         );
         c.check().unwrap();
     }
@@ -201,11 +261,30 @@ mod tests {
             &["--scale-window-secs", "-1"],
             &["--read-timeout-ms", "5s"],
             &["--addr", "localhost"],
+            &["--scale-policy", "hpa"],
+            &["--scale-cpu-max", "1.5"],
+            &["--scale-tolerance", "-0.1"],
+            &["--scale-in-cooldown-secs", "soon"],
+            &["--scale-target-p99-ms", "-5"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
         let c = parse(&["--min-slaves", "3", "--max-slaves", "2"]).unwrap();
         assert!(c.check().is_err());
+        let c =
+            parse(&["--scale-policy", "target", "--scale-target-p99-ms", "0", "--scale-target-queue", "0"]).unwrap();
+        assert!(c.check().is_err(), "target tracking with nothing to track");
+    }
+
+    #[test]
+    fn the_target_policy_is_selectable() {
+        let c =
+            parse(&["--scale-policy", "target", "--scale-target-queue", "0", "--scale-in-cooldown-secs", "0"]).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.scale.policy, Policy::Target);
+        let t = c.scale.target();
+        assert_eq!((t.p99_ms, t.queue_per_slave, t.in_cooldown), (Some(50.0), None, Duration::ZERO));
+        assert_eq!((t.cpu_max, t.tolerance, t.out_cooldown), (0.85, 0.1, Duration::from_secs(30)));
     }
 
     #[test]

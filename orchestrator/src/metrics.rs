@@ -102,6 +102,8 @@ pub struct Metrics {
     pub worker_crashes: Family<CrashLabels, Counter>,
     pub broker_reconnects: Counter,
     pub zookeeper_reconnects: Counter,
+    /// `db/read` latencies of the autoscaler's current window (target policy).
+    pub read_window: crate::autoscale::signals::LatencyWindow,
     /// The workers that have per-worker series, to remove those that left.
     workers_shown: Mutex<BTreeSet<String>>,
 }
@@ -138,6 +140,7 @@ impl Metrics {
             worker_crashes: Family::default(),
             broker_reconnects: Counter::default(),
             zookeeper_reconnects: Counter::default(),
+            read_window: Default::default(),
             workers_shown: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
         };
@@ -229,6 +232,10 @@ impl Metrics {
         let l = OutcomeLabels { outcome: Cow::Borrowed(outcome) };
         self.db_reads.get_or_create(&l).inc();
         self.db_read_duration.get_or_create(&l).observe(elapsed.as_secs_f64());
+        // A refused request says nothing about how long reads wait.
+        if outcome != "invalid" {
+            self.read_window.observe(elapsed);
+        }
     }
 
     pub fn db_write(&self, outcome: &'static str, elapsed: Duration) {

@@ -91,6 +91,24 @@ pub struct AutoscalerStatus {
     pub would_choose: u64,
     pub slaves_running: u64,
     pub slaves_desired: u64,
+    /// What the last decided window showed (target policy; absent before
+    /// the first decision and from older orchestrators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_window: Option<WindowSignals>,
+}
+
+/// One decided window as the target policy saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowSignals {
+    pub reads: u64,
+    /// p99 and mean of `db/read` in the window (ms); None without reads.
+    pub read_p99_ms: Option<f64>,
+    pub read_mean_ms: Option<f64>,
+    /// Mean `readQ` messages ready; None when the broker could not be asked.
+    pub queue_ready: Option<f64>,
+    /// The machine's CPU busy fraction (0-1) over the window.
+    pub cpu_busy: Option<f64>,
+    pub reason: String,
 }
 
 /// One thing an operator cares about, with when.
@@ -147,6 +165,9 @@ pub enum EventKind {
         reads: u64,
         before: u64,
         after: u64,
+        /// Why the policy chose `after` (absent from older orchestrators).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     BrokerLost {
         error: String,

@@ -542,6 +542,11 @@ impl Cluster {
         self.adopted_seq.load(Ordering::SeqCst)
     }
 
+    /// Slaves running and not being stopped, as of the last membership change.
+    pub fn slaves_running(&self) -> usize {
+        self.view.lock().expect("view lock").members.values().filter(|m| m.is_active_slave()).count()
+    }
+
     /// `GET /api/v1/status`, from what the orchestrator already keeps (its
     /// published membership, the last registry read, the autoscaler's
     /// counters): no ZooKeeper or engine call, no wait behind the lock.

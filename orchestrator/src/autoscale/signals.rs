@@ -1,0 +1,242 @@
+//! What the target policy observes, measured with as little I/O as possible:
+//! `db/read` latency over the window (a lock-free log histogram fed where
+//! the orchestrator already measures each read, `Metrics::db_read`), the
+//! machine's CPU busy fraction between two decisions (`/proc/stat` through
+//! `procfs`), and the depth of `readQ` (messages ready, from a passive
+//! declare on a connection of the autoscaler's own, sampled every second).
+//!
+//! Invariant: a reading that cannot be taken is `None`, never a made-up 0
+//! (an unreachable broker must not look like an empty queue).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tracing::debug;
+use wire::queues::READ_Q;
+
+/// Smallest latency bucket's upper bound (µs) and the growth per bucket
+/// (2^(1/8), about 9%: finer than the policy's 10% tolerance).
+const FIRST_US: f64 = 50.0;
+const GROWTH: f64 = 1.090_507_732_665_257_7;
+const BUCKETS: usize = 160; // up to about 50 µs * 2^20 = 52 s
+
+/// `db/read` latencies since the last [`LatencyWindow::drain`].
+pub struct LatencyWindow {
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Default for LatencyWindow {
+    fn default() -> Self {
+        LatencyWindow {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One window's latency summary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub count: u64,
+    pub mean_ms: f64,
+    /// Upper bound of the bucket holding the 99th percentile (within 9%).
+    pub p99_ms: f64,
+}
+
+fn bucket_of(us: f64) -> usize {
+    if us <= FIRST_US {
+        return 0;
+    }
+    ((us / FIRST_US).ln() / GROWTH.ln()).ceil().min((BUCKETS - 1) as f64) as usize
+}
+
+fn bucket_upper_ms(i: usize) -> f64 {
+    FIRST_US * GROWTH.powi(i as i32) / 1000.0
+}
+
+impl LatencyWindow {
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_secs_f64() * 1e6;
+        self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The window's summary, and a fresh window (`None` when nothing was observed).
+    pub fn drain(&self) -> Option<Latency> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.swap(0, Ordering::Relaxed)).collect();
+        self.count.swap(0, Ordering::Relaxed);
+        let sum_us = self.sum_us.swap(0, Ordering::Relaxed);
+        summarize(&counts, sum_us)
+    }
+}
+
+/// p99 and mean from bucket counts (pure; the count is the buckets' sum, so
+/// a read racing the drain lands wholly in one window or the other's buckets).
+fn summarize(counts: &[u64], sum_us: u64) -> Option<Latency> {
+    let count: u64 = counts.iter().sum();
+    if count == 0 {
+        return None;
+    }
+    let rank = (count as f64 * 0.99).ceil() as u64;
+    let mut seen = 0;
+    let mut p99 = bucket_upper_ms(counts.len() - 1);
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            p99 = bucket_upper_ms(i);
+            break;
+        }
+    }
+    Some(Latency { count, mean_ms: sum_us as f64 / count as f64 / 1000.0, p99_ms: p99 })
+}
+
+/// CPU busy fraction of the whole machine between two `/proc/stat` readings.
+#[derive(Default)]
+pub struct CpuMeter {
+    last: Option<(u64, u64)>,
+}
+
+impl CpuMeter {
+    /// Busy fraction since the previous call (`None` on the first call or
+    /// when `/proc/stat` cannot be read).
+    pub fn busy_since_last(&mut self) -> Option<f64> {
+        let now = read_cpu();
+        let prev = std::mem::replace(&mut self.last, now);
+        busy_fraction(prev?, now?)
+    }
+}
+
+/// (busy, total) jiffies of all CPUs.
+fn read_cpu() -> Option<(u64, u64)> {
+    use procfs::CurrentSI;
+    let t = procfs::KernelStats::current().ok()?.total;
+    let idle = t.idle + t.iowait.unwrap_or(0);
+    let total = t.user
+        + t.nice
+        + t.system
+        + t.idle
+        + t.iowait.unwrap_or(0)
+        + t.irq.unwrap_or(0)
+        + t.softirq.unwrap_or(0)
+        + t.steal.unwrap_or(0);
+    Some((total - idle, total))
+}
+
+fn busy_fraction(prev: (u64, u64), now: (u64, u64)) -> Option<f64> {
+    let total = now.1.checked_sub(prev.1)?;
+    let busy = now.0.checked_sub(prev.0)?;
+    (total > 0).then(|| (busy as f64 / total as f64).clamp(0.0, 1.0))
+}
+
+/// `readQ` depth, sampled on the autoscaler's own broker connection (so the
+/// RPC client's connection is never held up by it), averaged per window.
+pub struct QueueMeter {
+    url: String,
+    channel: Option<(Connection, Channel)>,
+    sum: f64,
+    samples: u32,
+}
+
+/// Longest a sample may take (connect included).
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl QueueMeter {
+    pub fn new(url: String) -> Self {
+        QueueMeter { url, channel: None, sum: 0.0, samples: 0 }
+    }
+
+    /// Take one sample (a failed one is dropped, and the connection with it).
+    pub async fn sample(&mut self) {
+        match tokio::time::timeout(SAMPLE_TIMEOUT, self.ready()).await {
+            Ok(Ok(n)) => {
+                self.sum += n as f64;
+                self.samples += 1;
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "readQ depth not sampled");
+                self.channel = None;
+            }
+            Err(_) => self.channel = None,
+        }
+    }
+
+    async fn ready(&mut self) -> Result<u32, lapin::Error> {
+        if self.channel.as_ref().is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected()) {
+            let conn = Connection::connect(
+                &self.url,
+                ConnectionProperties::default().with_connection_name("autoscaler".into()),
+            )
+            .await?;
+            let ch = conn.create_channel().await?;
+            self.channel = Some((conn, ch));
+        }
+        let (_, ch) = self.channel.as_ref().expect("connected above");
+        let q = ch
+            .queue_declare(
+                READ_Q.into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(q.message_count())
+    }
+
+    /// Mean depth since the last call (`None` when no sample succeeded).
+    pub fn drain(&mut self) -> Option<f64> {
+        let mean = (self.samples > 0).then(|| self.sum / self.samples as f64);
+        self.sum = 0.0;
+        self.samples = 0;
+        mean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_is_within_a_bucket() {
+        let w = LatencyWindow::default();
+        assert_eq!(w.drain(), None, "nothing observed");
+        for _ in 0..990 {
+            w.observe(Duration::from_millis(2));
+        }
+        for _ in 0..10 {
+            w.observe(Duration::from_millis(40));
+        }
+        let l = w.drain().unwrap();
+        assert_eq!(l.count, 1000);
+        assert!((2.0..2.0 * GROWTH).contains(&l.p99_ms), "{l:?}");
+        assert!((l.mean_ms - 2.38).abs() < 0.01, "{l:?}");
+        w.observe(Duration::from_millis(40));
+        let l = w.drain().unwrap();
+        assert!((40.0..40.0 * GROWTH).contains(&l.p99_ms), "a fresh window: {l:?}");
+    }
+
+    #[test]
+    fn extremes_land_in_the_end_buckets() {
+        assert_eq!(bucket_of(0.0), 0);
+        assert_eq!(bucket_of(50.0), 0);
+        assert_eq!(bucket_of(51.0), 1);
+        assert_eq!(bucket_of(1e12), BUCKETS - 1);
+    }
+
+    #[test]
+    fn cpu_fraction() {
+        assert_eq!(busy_fraction((100, 1000), (150, 1100)), Some(0.5));
+        assert_eq!(busy_fraction((100, 1000), (100, 1000)), None, "no time passed");
+        assert_eq!(busy_fraction((100, 1000), (90, 1100)), None, "counters went back");
+        let mut m = CpuMeter::default();
+        assert_eq!(m.busy_since_last(), None, "first reading");
+        std::thread::sleep(Duration::from_millis(30));
+        let b = m.busy_since_last();
+        assert!(b.is_none_or(|b| (0.0..=1.0).contains(&b)), "{b:?}");
+    }
+}
