@@ -91,7 +91,7 @@ impl ReadCounter {
     }
 }
 
-/// How often the target policy samples `readQ`'s depth within a window.
+/// How often the target policy samples the read queue's depth within a window.
 const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Wait for the first read, then decide at the end of every window, until stopped.
@@ -99,7 +99,6 @@ pub async fn run(
     counter: Arc<ReadCounter>,
     cluster: Arc<Cluster>,
     cfg: ScaleConfig,
-    amqp_url: String,
     tel: Arc<Telemetry>,
     stop: CancellationToken,
 ) -> Result<()> {
@@ -118,7 +117,7 @@ pub async fn run(
     samples.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let tracking = cfg.policy == Policy::Target;
     let mut cpu = CpuMeter::default();
-    let mut queue = QueueMeter::new(amqp_url);
+    let mut queue = QueueMeter::new(tel.metrics.reads_in_flight.clone());
     let _ = cpu.busy_since_last();
     let _ = tel.metrics.read_window.drain();
     let (mut last_out, mut last_change) = (None::<tokio::time::Instant>, None::<tokio::time::Instant>);
@@ -128,7 +127,7 @@ pub async fn run(
         tokio::select! {
             _ = ticks.tick() => {}
             _ = samples.tick(), if tracking => {
-                queue.sample().await;
+                queue.sample();
                 continue;
             }
             _ = stop.cancelled() => return Ok(()),

@@ -104,14 +104,14 @@ pub struct ScaleConfig {
     #[arg(long, env = "MAX_SLAVES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_slaves: u64,
     /// `spec`: ceil(reads per window / READS_PER_SLAVE) slaves (docs/api.md);
-    /// `target`: target tracking on read p99 and readQ depth with a CPU bound,
+    /// `target`: target tracking on read p99 and the reads waiting, with a CPU bound,
     /// decided at the end of every window.
     #[arg(long = "scale-policy", env = "SCALE_POLICY", value_enum, default_value_t = Policy::Spec)]
     pub policy: Policy,
     /// target: wanted p99 of db/read (ms) over a window; 0 turns latency tracking off.
     #[arg(long = "scale-target-p99-ms", env = "SCALE_TARGET_P99_MS", default_value_t = 50.0, value_parser = non_negative)]
     pub target_p99_ms: f64,
-    /// target: wanted readQ messages ready per slave (mean over a window); 0 turns depth tracking off.
+    /// target: wanted db/read calls waiting per slave (mean over a window); 0 turns depth tracking off.
     #[arg(long, env = "SCALE_TARGET_QUEUE", default_value_t = 100.0, value_parser = non_negative)]
     pub scale_target_queue: f64,
     /// target: no slave is added while the machine's CPU is at least this busy (0-1; 1: no bound).

@@ -52,9 +52,7 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     tasks.spawn("replacement slaves", |t| cluster.clone().replenish_loop(t));
     tasks.spawn("reconcile", |t| cluster.clone().reconcile_loop(t));
     let reads = Arc::new(autoscale::ReadCounter::default());
-    tasks.spawn("autoscaler", |t| {
-        autoscale::run(reads.clone(), cluster.clone(), cfg.scale, cfg.amqp_url.clone(), tel.clone(), t)
-    });
+    tasks.spawn("autoscaler", |t| autoscale::run(reads.clone(), cluster.clone(), cfg.scale, tel.clone(), t));
 
     let app = Arc::new(http::App {
         db: dbapi::DbApi::new(rpc, cfg.read_timeout.0, cfg.write_timeout.0, cluster.adopted_seq()),

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub db_writes: Family<OutcomeLabels, Counter>,
     pub db_write_duration: Histograms<OutcomeLabels>,
     pub rpc_in_flight: Gauge,
+    /// `db/read` calls waiting for an answer (the target policy's queue depth).
+    pub reads_in_flight: Gauge,
     pub rpc_batch_items: Family<QueueLabels, Histogram, fn() -> Histogram>,
     pub slaves_running: Gauge,
     pub slaves_desired: Gauge,
@@ -125,6 +127,7 @@ impl Metrics {
             db_writes: Family::default(),
             db_write_duration: histograms(),
             rpc_in_flight: Gauge::default(),
+            reads_in_flight: Gauge::default(),
             rpc_batch_items: Family::new_with_constructor(batch_histogram as fn() -> Histogram),
             slaves_running: Gauge::default(),
             slaves_desired: Gauge::default(),
@@ -157,6 +160,11 @@ impl Metrics {
         );
         r.register("rideshare_db_write_duration_seconds", "db/write time by outcome", m.db_write_duration.clone());
         r.register("rideshare_rpc_in_flight", "RPCs sent to the workers and not answered yet", m.rpc_in_flight.clone());
+        r.register(
+            "rideshare_rpc_reads_in_flight",
+            "db/read calls waiting for a slave's answer (in the orchestrator or on readQ)",
+            m.reads_in_flight.clone(),
+        );
         r.register(
             "rideshare_rpc_batch_items",
             "Requests per broker message, by queue (readQ, writeQ): how much coalescing saves",

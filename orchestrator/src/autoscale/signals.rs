@@ -2,8 +2,10 @@
 //! `db/read` latency over the window (a lock-free log histogram fed where
 //! the orchestrator already measures each read, `Metrics::db_read`), the
 //! machine's CPU busy fraction between two decisions (`/proc/stat` through
-//! `procfs`), and the depth of `readQ` (messages ready, from a passive
-//! declare on a connection of the autoscaler's own, sampled every second).
+//! `procfs`), and the read queue's depth: the `db/read` calls waiting for a
+//! slave's answer, sampled every second. (Not `readQ`'s message count: reads
+//! travel there in batches, at most a few messages at once, so the reads
+//! queue up in the orchestrator, where this counts them.)
 //!
 //! Invariant: a reading that cannot be taken is `None`, never a made-up 0
 //! (an unreachable broker must not look like an empty queue).
@@ -11,11 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
-use tracing::debug;
-use wire::queues::READ_Q;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Smallest latency bucket's upper bound (µs) and the growth per bucket
 /// (2^(1/8), about 9%: finer than the policy's 10% tolerance).
@@ -135,57 +133,23 @@ fn busy_fraction(prev: (u64, u64), now: (u64, u64)) -> Option<f64> {
     (total > 0).then(|| (busy as f64 / total as f64).clamp(0.0, 1.0))
 }
 
-/// `readQ` depth, sampled on the autoscaler's own broker connection (so the
-/// RPC client's connection is never held up by it), averaged per window.
+/// The read queue's depth (`db/read` calls waiting for an answer, the
+/// `rideshare_rpc_reads_in_flight` gauge), averaged per window.
 pub struct QueueMeter {
-    url: String,
-    channel: Option<(Connection, Channel)>,
+    waiting: Gauge,
     sum: f64,
     samples: u32,
 }
 
-/// Longest a sample may take (connect included).
-const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl QueueMeter {
-    pub fn new(url: String) -> Self {
-        QueueMeter { url, channel: None, sum: 0.0, samples: 0 }
+    pub fn new(waiting: Gauge) -> Self {
+        QueueMeter { waiting, sum: 0.0, samples: 0 }
     }
 
-    /// Take one sample (a failed one is dropped, and the connection with it).
-    pub async fn sample(&mut self) {
-        match tokio::time::timeout(SAMPLE_TIMEOUT, self.ready()).await {
-            Ok(Ok(n)) => {
-                self.sum += n as f64;
-                self.samples += 1;
-            }
-            Ok(Err(e)) => {
-                debug!(error = %e, "readQ depth not sampled");
-                self.channel = None;
-            }
-            Err(_) => self.channel = None,
-        }
-    }
-
-    async fn ready(&mut self) -> Result<u32, lapin::Error> {
-        if self.channel.as_ref().is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected()) {
-            let conn = Connection::connect(
-                &self.url,
-                ConnectionProperties::default().with_connection_name("autoscaler".into()),
-            )
-            .await?;
-            let ch = conn.create_channel().await?;
-            self.channel = Some((conn, ch));
-        }
-        let (_, ch) = self.channel.as_ref().expect("connected above");
-        let q = ch
-            .queue_declare(
-                READ_Q.into(),
-                QueueDeclareOptions { passive: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(q.message_count())
+    /// Take one sample.
+    pub fn sample(&mut self) {
+        self.sum += self.waiting.get().max(0) as f64;
+        self.samples += 1;
     }
 
     /// Mean depth since the last call (`None` when no sample succeeded).
@@ -226,6 +190,19 @@ mod tests {
         assert_eq!(bucket_of(50.0), 0);
         assert_eq!(bucket_of(51.0), 1);
         assert_eq!(bucket_of(1e12), BUCKETS - 1);
+    }
+
+    #[test]
+    fn queue_depth_is_the_mean_of_the_samples_of_a_window() {
+        let waiting = Gauge::default();
+        let mut m = QueueMeter::new(waiting.clone());
+        assert_eq!(m.drain(), None, "no sample");
+        for n in [10, 20, 30] {
+            waiting.set(n);
+            m.sample();
+        }
+        assert_eq!(m.drain(), Some(20.0));
+        assert_eq!(m.drain(), None, "a fresh window");
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl Policy {
 pub struct TargetConfig {
     /// Wanted p99 of `db/read` (ms); `None`: latency not tracked.
     pub p99_ms: Option<f64>,
-    /// Wanted `readQ` messages ready per slave; `None`: depth not tracked.
+    /// Wanted `db/read` calls waiting per slave; `None`: depth not tracked.
     pub queue_per_slave: Option<f64>,
     /// Machine CPU busy fraction (0..1) at or above which no slave is added.
     pub cpu_max: f64,
@@ -63,7 +63,7 @@ pub struct Observation {
     pub reads: u64,
     /// p99 of `db/read` answered in the window (ms); `None` when none was.
     pub p99_ms: Option<f64>,
-    /// Mean `readQ` messages ready over the window; `None` when unknown (broker unreachable).
+    /// Mean `db/read` calls waiting over the window; `None` when not sampled.
     pub queue: Option<f64>,
     /// Machine CPU busy fraction over the window; `None` when unknown.
     pub cpu_busy: Option<f64>,

@@ -132,6 +132,8 @@ impl Rpc {
 
     /// Send a read (in the next batch to `readQ`) and wait for its answer.
     pub async fn read(&self, msg: ReadMsg) -> Result<Answer, RpcError> {
+        self.tel.metrics.reads_in_flight.inc();
+        let _counted = InFlight(&self.tel.metrics.reads_in_flight);
         self.call(&self.reads, msg, self.batching.read_timeout).await
     }
 
