@@ -83,6 +83,13 @@ struct Opts {
     /// Keep the stack up this long after the run (for attaching a profiler), at most 600 s.
     #[arg(long = "hold", env = "BENCH_HOLD_SECS", default_value_t = 0)]
     hold_secs: u64,
+    /// Run on the redundant infra (scripts/ha.sh: 3 RabbitMQ nodes, 3 ZooKeeper servers), quorum queues unless
+    /// --queue-type says otherwise.
+    #[arg(long, env = "BENCH_HA")]
+    ha: bool,
+    /// The broker queues' type (AMQP_QUEUE_TYPE: classic or quorum); the topology's default when unset.
+    #[arg(long, env = "BENCH_QUEUE_TYPE")]
+    queue_type: Option<wire::broker::QueueType>,
     /// Worker binary to run instead of target/release/worker (A/B comparisons).
     #[arg(long, env = "BENCH_WORKER_BIN", value_parser = existing_file)]
     worker_bin: Option<PathBuf>,
@@ -614,7 +621,13 @@ async fn run(opts: Opts) -> Result<()> {
         reads_per_slave: 1_000_000_000,
         min_slaves: opts.slaves,
         max_slaves: opts.slaves,
-        orchestrator_env: opts.worker_bin.iter().map(|b| ("WORKER_BIN".to_owned(), b.display().to_string())).collect(),
+        orchestrator_env: opts
+            .worker_bin
+            .iter()
+            .map(|b| ("WORKER_BIN".to_owned(), b.display().to_string()))
+            .chain(opts.queue_type.map(|q| ("AMQP_QUEUE_TYPE".to_owned(), q.to_string())))
+            .collect(),
+        ha: opts.ha,
         ..StackOptions::default()
     })
     .await?;

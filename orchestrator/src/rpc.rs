@@ -1,6 +1,7 @@
 //! The orchestrator's RPC client of the workers over RabbitMQ.
 //!
-//! One long-lived connection; reads go to `readQ`, writes to `writeQ`, each
+//! One long-lived connection, to the first node of the broker that answers
+//! (after a loss, starting with the node after the lost one); reads go to `readQ`, writes to `writeQ`, each
 //! with `reply_to = responseQ` and a fresh correlation id. A single consumer
 //! on `responseQ` hands every reply to the caller waiting on that id, so any
 //! number of requests can be in flight at once and each gets its own answer.
@@ -16,11 +17,12 @@ use crate::timing::{CLOSE_TIMEOUT, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use tasks::CancellationToken;
 use thiserror::Error;
 use tokio::sync::{oneshot, RwLock};
 use tracing::{info, warn};
+use wire::broker::{Nodes, QueueType};
 use wire::queues::{READ_Q, RESPONSE_Q, WRITE_Q};
 use wire::status::EventKind;
 use wire::{ReadMsg, Reply, WriteMsg};
@@ -48,7 +50,8 @@ struct Link {
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
 
 pub struct Rpc {
-    url: String,
+    nodes: Nodes,
+    queue_type: QueueType,
     link: RwLock<Option<Link>>,
     pending: Pending,
     /// Correlation ids are `<instance>.<n>`: replies still queued on the
@@ -66,9 +69,10 @@ pub struct Rpc {
 impl Rpc {
     /// A client with no connection yet: run [`Rpc::maintain`] to connect
     /// (requests made before it connects get 503).
-    pub fn new(url: String, tel: Arc<Telemetry>) -> Arc<Rpc> {
+    pub fn new(nodes: Nodes, queue_type: QueueType, tel: Arc<Telemetry>) -> Arc<Rpc> {
         Arc::new(Rpc {
-            url,
+            nodes,
+            queue_type,
             link: RwLock::new(None),
             pending: Mutex::new(HashMap::new()),
             instance: rand::random(),
@@ -141,9 +145,9 @@ impl Rpc {
                 _ = stop.cancelled() => break,
             };
             let lost = match connected {
-                Ok(consumer) => {
+                Ok((consumer, node)) => {
                     backoff = RPC_BACKOFF_MIN;
-                    info!("connected to rabbitmq");
+                    info!(%node, "connected to rabbitmq");
                     self.connected.store(true, Ordering::Relaxed);
                     if down_reported {
                         down_reported = false;
@@ -159,7 +163,7 @@ impl Rpc {
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "rabbitmq unreachable; retrying");
+                    warn!(error = %e, "no rabbitmq node answered; retrying");
                     Some(e.to_string())
                 }
             };
@@ -189,12 +193,11 @@ impl Rpc {
         self.pending.lock().expect("pending lock").clear();
     }
 
-    async fn connect(&self) -> Result<lapin::Consumer, lapin::Error> {
-        let conn =
-            Connection::connect(&self.url, ConnectionProperties::default().with_connection_name("orchestrator".into()))
-                .await?;
+    /// Connected: the reply consumer and the node it is on.
+    async fn connect(&self) -> Result<(lapin::Consumer, String), lapin::Error> {
+        let (conn, node) = wire::broker::connect(&self.nodes, "orchestrator").await?;
         let ch = conn.create_channel().await?;
-        wire::broker::declare_topology(&ch).await?;
+        wire::broker::declare_topology(&ch, self.queue_type).await?;
         let consumer = ch
             .basic_consume(
                 RESPONSE_Q.into(),
@@ -208,7 +211,7 @@ impl Rpc {
             channels.push(conn.create_channel().await?);
         }
         *self.link.write().await = Some(Link { conn, channels });
-        Ok(consumer)
+        Ok((consumer, node))
     }
 
     async fn dispatch(&self, mut consumer: lapin::Consumer) {
@@ -267,7 +270,7 @@ mod tests {
 
     #[tokio::test]
     async fn replies_meant_for_another_orchestrator_process_are_not_ours() {
-        let rpc = Rpc::new("amqp://127.0.0.1:1/%2f".into(), Default::default());
+        let rpc = Rpc::new(Nodes::parse("amqp://127.0.0.1:1/%2f").unwrap(), QueueType::Classic, Default::default());
         let mine = format!("{:016x}.5", rpc.instance);
         assert_eq!(rpc.own_request(&mine), Some(5));
         assert_eq!(rpc.own_request(&format!("{:016x}.5", rpc.instance ^ 1)), None);
