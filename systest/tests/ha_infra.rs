@@ -76,7 +76,14 @@ fn reader(stack: Arc<Stack>, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) -> toki
         while !stop.load(Ordering::Relaxed) && n < 1_000_000 {
             n += 1;
             let floor = ledger.acked.lock().unwrap().len();
-            match stack.read(&ReadRequest::table("rides").counting()).await {
+            let t = Instant::now();
+            let answer = stack.read(&ReadRequest::table("rides").counting()).await;
+            if !matches!(answer, Ok((200, _))) {
+                // One line per failed read: how long it took and what came back.
+                let what = answer.as_ref().map(|(s, b)| format!("{s} {b}")).unwrap_or_else(|e| e.to_string());
+                eprintln!("read failed after {:?}: {what}", t.elapsed());
+            }
+            match answer {
                 Ok((200, body)) => {
                     ledger.reads_ok.fetch_add(1, Ordering::Relaxed);
                     let count = body["rows"][0]["count"].as_i64().unwrap_or(-1);
