@@ -1,6 +1,9 @@
 # The two commands of the README: `make up` and `make test`.
 .PHONY: up down status test build images bench bench-million clean deploy undeploy
 
+# `HA=1 make up`: the same stack on the redundant infra (scripts/ha.sh: a
+# 3-node RabbitMQ cluster with quorum queues, a 3-server ZooKeeper ensemble;
+# docs/topologies.md). `make status` and `make down` follow what `up` started.
 up:
 	scripts/stack.sh up
 

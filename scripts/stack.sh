@@ -6,6 +6,11 @@
 #   scripts/stack.sh down    stop all of it, workers included
 #   scripts/stack.sh status  what runs, where
 #
+# HA=1 runs the stack on the redundant infra of scripts/ha.sh (a 3-node
+# RabbitMQ cluster with quorum queues, a 3-server ZooKeeper ensemble; see
+# docs/topologies.md) instead of scripts/infra.sh's single nodes. `up` records
+# the topology it started, so `status` and `down` need no HA=1.
+#
 # `up` and `down` are idempotent: `up` on a running stack leaves every process
 # as it is (same pids) and succeeds; `down` on a stopped stack succeeds.
 #
@@ -24,10 +29,24 @@ RIDES_ADDR=${RIDES_ADDR:-127.0.0.1:8082}
 ORCH_ADDR=${ORCH_ADDR:-127.0.0.1:8090}
 CLUSTER_ID=${CLUSTER_ID:-rideshare}
 DEADLINE_SECS=${STACK_DEADLINE_SECS:-120}
-# The orchestrator (and through it the workers) use the infra scripts/infra.sh starts.
-AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:${AMQP_PORT:-5672}/%2f?heartbeat=2}
-ZK_ADDR=${ZK_ADDR:-127.0.0.1:${ZK_PORT:-2181}}
-export LB_DIR=${LB_DIR:-$VAR/lb} LB_PORT USERS_ADDR RIDES_ADDR AMQP_URL ZK_ADDR
+# The topology: HA=1 (or what the last `up` recorded) = scripts/ha.sh's infra.
+HA=${HA:-}
+if [ -z "$HA" ] && [ -f "$RUN/topology" ] && [ "$(cat "$RUN/topology")" = ha ]; then HA=1; fi
+[ "$HA" = 0 ] && HA=
+# The orchestrator (and through it the workers) use the infra scripts/infra.sh
+# (or scripts/ha.sh) starts.
+if [ -n "$HA" ]; then
+  AMQP_URL=${AMQP_URL:-$(scripts/ha.sh amqp-urls)}
+  ZK_ADDR=${ZK_ADDR:-$(scripts/ha.sh zk-addr)}
+  AMQP_QUEUE_TYPE=${AMQP_QUEUE_TYPE:-quorum}
+else
+  AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:${AMQP_PORT:-5672}/%2f?heartbeat=2}
+  ZK_ADDR=${ZK_ADDR:-127.0.0.1:${ZK_PORT:-2181}}
+  AMQP_QUEUE_TYPE=${AMQP_QUEUE_TYPE:-classic}
+fi
+export LB_DIR=${LB_DIR:-$VAR/lb} LB_PORT USERS_ADDR RIDES_ADDR AMQP_URL ZK_ADDR AMQP_QUEUE_TYPE
+if [ -n "$HA" ]; then TOPOLOGY=ha; else TOPOLOGY=single; fi
+infra() { if [ -n "$HA" ]; then scripts/ha.sh "$@"; else scripts/infra.sh "$@"; fi; }
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -54,7 +73,11 @@ wait_http() { # what, url, [method]
 
 up() {
   mkdir -p "$RUN" "$LOGS"
-  scripts/infra.sh up
+  if [ -f "$RUN/topology" ] && [ "$(cat "$RUN/topology")" != "$TOPOLOGY" ] && running orchestrator; then
+    die "a $(cat "$RUN/topology") stack runs: scripts/stack.sh down first"
+  fi
+  infra up
+  echo "$TOPOLOGY" > "$RUN/topology"
   log "building release binaries"
   cargo build --release -q -p orchestrator -p worker -p users-api -p rides-api
   local runtime=${WORKER_RUNTIME:-}
@@ -110,11 +133,13 @@ down() {
   stop_pid rides-api
   stop_pid orchestrator
   stop_workers
-  scripts/infra.sh down
+  infra down
+  rm -f "$RUN/topology"
 }
 
 status() {
-  scripts/infra.sh status
+  if [ -n "$HA" ]; then echo "topology   ha: scripts/ha.sh, $AMQP_QUEUE_TYPE queues"; else echo "topology   single node: scripts/infra.sh"; fi
+  infra status
   local n
   for n in orchestrator users-api rides-api; do
     if running "$n"; then echo "$(printf '%-11s' "$n") up    pid $(cat "$RUN/$n.pid")"; else echo "$(printf '%-11s' "$n") down"; fi

@@ -63,6 +63,13 @@ pub struct Opts {
     /// Worker binary to run instead of target/release/worker (A/B comparisons).
     #[arg(long, env = "BENCH_WORKER_BIN", value_parser = existing_file)]
     pub worker_bin: Option<PathBuf>,
+    /// Run on the redundant infra (scripts/ha.sh: 3 RabbitMQ nodes, 3 ZooKeeper servers), quorum queues unless
+    /// --queue-type says otherwise.
+    #[arg(long, env = "BENCH_HA")]
+    pub ha: bool,
+    /// The broker queues' type (AMQP_QUEUE_TYPE: classic or quorum); the topology's default when unset.
+    #[arg(long, env = "BENCH_QUEUE_TYPE")]
+    pub queue_type: Option<wire::broker::QueueType>,
 }
 
 impl Opts {

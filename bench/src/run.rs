@@ -92,7 +92,13 @@ pub async fn run(opts: Opts) -> Result<()> {
         reads_per_slave: 1_000_000_000,
         min_slaves: opts.slaves,
         max_slaves: opts.slaves,
-        orchestrator_env: opts.worker_bin.iter().map(|b| ("WORKER_BIN".to_owned(), b.display().to_string())).collect(),
+        orchestrator_env: opts
+            .worker_bin
+            .iter()
+            .map(|b| ("WORKER_BIN".to_owned(), b.display().to_string()))
+            .chain(opts.queue_type.map(|q| ("AMQP_QUEUE_TYPE".to_owned(), q.to_string())))
+            .collect(),
+        ha: opts.ha,
         ..StackOptions::default()
     })
     .await?;

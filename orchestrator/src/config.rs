@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Parser};
 use tasks::config::{Millis, Secs};
+use wire::broker::{Nodes, QueueType};
 use wire::contract::timing;
 
 use crate::autoscale::target::{Policy, TargetConfig};
@@ -24,9 +25,14 @@ pub struct Config {
     /// HTTP listen address.
     #[arg(long, env = "ORCH_ADDR", default_value = "127.0.0.1:8090")]
     pub addr: SocketAddr,
-    /// RabbitMQ (passed on to the workers).
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=2")]
+    /// RabbitMQ: one URL, or a comma-separated list of a cluster's nodes (a lost connection is retried on the next
+    /// node). Passed on to the workers.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=2", value_parser = parse_amqp_nodes)]
     pub amqp_url: String,
+    /// How the shared queues and the slaves' sync queues are declared: classic (one node) or quorum (replicated
+    /// over a cluster; see docs/topologies.md before switching). Passed on to the workers.
+    #[arg(long, env = "AMQP_QUEUE_TYPE", default_value_t = QueueType::Classic)]
+    pub amqp_queue_type: QueueType,
     /// ZooKeeper connect string (passed on to the workers).
     #[arg(long, env = "ZK_ADDR", default_value = "127.0.0.1:2181")]
     pub zk_addr: String,
@@ -196,6 +202,11 @@ impl WorkerTuning {
     }
 }
 
+/// A list of broker URLs [`Nodes::parse`] accepts (kept as given: the workers get the same).
+fn parse_amqp_nodes(raw: &str) -> Result<String, String> {
+    Nodes::parse(raw).map(|_| raw.to_owned())
+}
+
 fn parse_zk_root(s: &str) -> Result<String, String> {
     if !s.starts_with('/') || s.len() < 2 || s.ends_with('/') {
         return Err(format!("{s:?} is not an absolute path like /rideshare"));
@@ -247,7 +258,10 @@ mod tests {
             (s.window, s.reads_per_slave, s.min_slaves, s.max_slaves, s.policy),
             (Secs(Duration::from_secs(120)), 20, 1, 10, Policy::Spec)
         );
+        assert_eq!(c.amqp_queue_type, QueueType::Classic);
         c.check().unwrap();
+        let c = parse(&["--amqp-url", "amqp://a:1/x,amqp://b:2/x", "--amqp-queue-type", "quorum"]).unwrap();
+        assert_eq!((c.amqp_url.as_str(), c.amqp_queue_type), ("amqp://a:1/x,amqp://b:2/x", QueueType::Quorum));
     }
 
     #[test]
@@ -266,6 +280,9 @@ mod tests {
             &["--scale-tolerance", "-0.1"],
             &["--scale-in-cooldown-secs", "soon"],
             &["--scale-target-p99-ms", "-5"],
+            &["--amqp-url", "amqp://a/x,,amqp://b/x"],
+            &["--amqp-url", "localhost:5672"],
+            &["--amqp-queue-type", "mirrored"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -40,7 +40,8 @@ pub struct Telemetry {
 pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     let mut tasks = Supervisor::new(stop.clone());
     let tel = Arc::new(Telemetry::default());
-    let rpc = rpc::Rpc::new(cfg.amqp_url.clone(), cfg.batching(), tel.clone());
+    let nodes = wire::broker::Nodes::parse(&cfg.amqp_url).map_err(|e| anyhow::anyhow!("AMQP_URL: {e}"))?;
+    let rpc = rpc::Rpc::new(nodes, cfg.amqp_queue_type, cfg.batching(), tel.clone());
     tasks.spawn("rabbitmq connection", |t| rpc.clone().maintain(t));
     tasks.spawn("read batches", |t| rpc.clone().read_batches(t));
     tasks.spawn("write batches", |t| rpc.clone().write_batches(t));

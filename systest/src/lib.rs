@@ -56,6 +56,11 @@ pub struct StackOptions {
     /// Run this stack on its own RabbitMQ and ZooKeeper (on free ports), so a
     /// test may restart them without disturbing other tests.
     pub dedicated_infra: bool,
+    /// Run this stack on the redundant infra of `scripts/ha.sh` (a 3-node
+    /// RabbitMQ cluster and a 3-server ZooKeeper ensemble, started once and
+    /// shared by every HA stack, each in its own vhost and root), with quorum
+    /// queues. Takes precedence over `dedicated_infra`.
+    pub ha: bool,
 }
 
 impl Default for StackOptions {
@@ -70,6 +75,7 @@ impl Default for StackOptions {
             admin_token: None,
             orchestrator_env: vec![],
             dedicated_infra: false,
+            ha: false,
         }
     }
 }
@@ -106,6 +112,26 @@ fn bin(name: &str) -> PathBuf {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+}
+
+/// `scripts/ha.sh` with `args`; its standard output.
+pub fn ha_script(args: &[&str]) -> Result<String> {
+    let out = Command::new(root().join("scripts/ha.sh")).args(args).stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("scripts/ha.sh {} failed: {}", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `scripts/ha.sh up`, once per test binary.
+pub fn ensure_ha_infra() -> Result<()> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| ha_script(&["up"]).map(|_| ()).map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
+}
+
+/// The AMQP port of node `n` (1..3) of the HA cluster (`scripts/ha.sh`'s default ports).
+pub const fn ha_amqp_port(n: u8) -> u16 {
+    5780 + n as u16
 }
 
 /// `scripts/infra.sh up`, once per test binary.
@@ -200,11 +226,15 @@ impl Stack {
     }
 
     pub async fn start(opts: StackOptions) -> Result<Stack> {
-        ensure_infra()?;
+        if opts.ha {
+            ensure_ha_infra()?;
+        } else {
+            ensure_infra()?;
+        }
         let name = unique_name();
         let dir = root().join("var/test").join(&name);
         std::fs::create_dir_all(&dir)?;
-        let infra = if opts.dedicated_infra {
+        let infra = if opts.dedicated_infra && !opts.ha {
             let infra =
                 Infra { amqp_port: free_port(), zk_port: free_port(), dist_port: free_port(), dir: dir.join("infra") };
             infra.script("up")?;
@@ -220,10 +250,17 @@ impl Stack {
                 .env("AMQP_PORT", i.amqp_port.to_string())
                 .env("RABBITMQ_DIST_PORT", i.dist_port.to_string());
         }
-        if !vhost.status()?.success() {
+        if opts.ha {
+            ha_script(&["vhost", &name])?;
+        } else if !vhost.status()?.success() {
             bail!("creating vhost {name} failed");
         }
         let (amqp_port, zk_port) = infra.as_ref().map_or((5672, 2181), |i| (i.amqp_port, i.zk_port));
+        let (amqp_url, zk_addr) = if opts.ha {
+            (ha_script(&["amqp-urls", &name])?, ha_script(&["zk-addr"])?)
+        } else {
+            (format!("amqp://guest:guest@127.0.0.1:{amqp_port}/{name}?heartbeat=2"), format!("127.0.0.1:{zk_port}"))
+        };
         let orch_port = free_port();
         let mut stack = Stack {
             orchestrator: format!("http://127.0.0.1:{orch_port}"),
@@ -232,7 +269,7 @@ impl Stack {
             lb: String::new(),
             rides_public_url: String::new(),
             zk_root: format!("/{name}"),
-            amqp_url: format!("amqp://guest:guest@127.0.0.1:{amqp_port}/{name}?heartbeat=2"),
+            amqp_url,
             dir,
             runtime: opts.runtime,
             orchestrator_env: vec![],
@@ -245,7 +282,7 @@ impl Stack {
         let mut env: Vec<(String, String)> = vec![
             ("ORCH_ADDR".into(), format!("127.0.0.1:{orch_port}")),
             ("AMQP_URL".into(), stack.amqp_url.clone()),
-            ("ZK_ADDR".into(), format!("127.0.0.1:{zk_port}")),
+            ("ZK_ADDR".into(), zk_addr),
             ("ZK_ROOT".into(), stack.zk_root.clone()),
             ("CLUSTER_ID".into(), stack.name.clone()),
             (
@@ -266,6 +303,9 @@ impl Stack {
         ];
         if let Some(t) = &opts.admin_token {
             env.push(("ADMIN_TOKEN".into(), t.clone()));
+        }
+        if opts.ha {
+            env.push(("AMQP_QUEUE_TYPE".into(), "quorum".into()));
         }
         env.extend(opts.orchestrator_env.iter().cloned());
         stack.orchestrator_env = env;
@@ -445,6 +485,29 @@ impl Stack {
     /// Restart this stack's own ZooKeeper (needs `dedicated_infra`).
     pub fn restart_zookeeper(&self) -> Result<()> {
         self.infra.as_ref().context("restart_zookeeper needs dedicated_infra")?.script("restart-zookeeper")
+    }
+
+    /// The HA cluster's RabbitMQ node (1..3) the orchestrator connected to
+    /// last, as its log says (`connected to rabbitmq node=...`).
+    pub fn orchestrator_broker_node(&self) -> Option<u8> {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("orchestrator")))
+            .collect();
+        logs.sort();
+        let text = std::fs::read_to_string(logs.last()?).ok()?;
+        let line = text.lines().rev().find(|l| l.contains("connected to rabbitmq"))?;
+        let port: u16 = line
+            .split("127.0.0.1:")
+            .nth(1)?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()?;
+        (1..=3).find(|&n| ha_amqp_port(n) == port)
     }
 
     /// Pids (host view) of this stack's workers, found without the orchestrator:

@@ -17,7 +17,11 @@ pub mod env {
     pub const CLUSTER: &str = "RIDESHARE_CLUSTER";
     /// Path of the worker's SQLite file.
     pub const DB_PATH: &str = "DB_PATH";
+    /// One broker URL, or a comma-separated list: one per node of a cluster.
     pub const AMQP_URL: &str = "AMQP_URL";
+    /// `classic` (default) or `quorum`: how the shared queues and the sync
+    /// queues are declared; every process of a cluster must use the same.
+    pub const AMQP_QUEUE_TYPE: &str = "AMQP_QUEUE_TYPE";
     pub const ZK_ADDR: &str = "ZK_ADDR";
     pub const ZK_ROOT: &str = "ZK_ROOT";
     pub const ZK_SESSION_TIMEOUT_MS: &str = "ZK_SESSION_TIMEOUT_MS";

@@ -1,16 +1,20 @@
-//! The worker's RabbitMQ connection: connect, declare the topology (defined
-//! once in `wire::broker`), answer RPCs. Replies always carry the request's
+//! The worker's RabbitMQ connection: connect (to the next node of a cluster
+//! that answers), declare the topology (defined once in `wire::broker`),
+//! answer RPCs. Replies always carry the request's
 //! correlation id and go to its `reply_to` queue, never anywhere else.
 
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
+use wire::broker::Nodes;
 use wire::Reply;
 
-pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
-    Connection::connect(url, ConnectionProperties::default().with_connection_name(name.into())).await
+/// A connection to the first node that answers, starting after the node of
+/// the connection lost last; and that node (for the log).
+pub async fn connect(nodes: &Nodes, name: &str) -> lapin::Result<(Connection, String)> {
+    wire::broker::connect(nodes, name).await
 }
 
-pub use wire::broker::declare_topology;
+pub use wire::broker::{declare_sync_queue, declare_topology};
 
 /// Answer an RPC on its `reply_to` queue with its correlation id.
 pub async fn reply(ch: &Channel, props: &BasicProperties, reply: &Reply) -> lapin::Result<()> {

@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::Parser;
 use tasks::config::Millis;
 
+use wire::broker::{Nodes, QueueType};
+
 use crate::timing;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=2";
@@ -34,9 +36,14 @@ struct Args {
     /// The worker's SQLite file.
     #[arg(long, env = "DB_PATH", default_value = "worker.db")]
     db_path: PathBuf,
-    /// RabbitMQ.
-    #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = DEFAULT_AMQP_URL)]
+    /// RabbitMQ: one URL, or a comma-separated list of a cluster's nodes (a lost connection is retried on the
+    /// next node).
+    #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = DEFAULT_AMQP_URL, value_parser = amqp_nodes)]
     amqp_url: String,
+    /// How the shared queues and this worker's sync queue are declared: classic (one node) or quorum (replicated
+    /// over a cluster); the same for every process of a cluster.
+    #[arg(long, env = "AMQP_QUEUE_TYPE", default_value_t = QueueType::Classic)]
+    amqp_queue_type: QueueType,
     /// ZooKeeper ensemble (host:port[,host:port...]).
     #[arg(long, env = "ZK_ADDR", default_value = "127.0.0.1:2181")]
     zk_addr: String,
@@ -65,7 +72,9 @@ struct Args {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub worker_id: String,
+    /// One broker URL or a comma-separated list (checked: [`Nodes::parse`] accepts it).
     pub amqp_url: String,
+    pub amqp_queue_type: QueueType,
     pub zk_addr: String,
     /// ZooKeeper root of this cluster (e.g. `/rideshare`).
     pub zk_root: String,
@@ -101,6 +110,7 @@ impl From<Args> for Config {
         Config {
             worker_id: a.worker_id,
             amqp_url: a.amqp_url,
+            amqp_queue_type: a.amqp_queue_type,
             zk_addr: a.zk_addr,
             zk_root: a.zk_root,
             db_path: a.db_path,
@@ -118,6 +128,11 @@ fn positive_ms(raw: &str) -> Result<Millis, String> {
         Millis(d) if d.is_zero() => Err("must be at least 1".into()),
         ms => Ok(ms),
     }
+}
+
+/// A list of broker URLs [`Nodes::parse`] accepts (kept as given).
+fn amqp_nodes(raw: &str) -> Result<String, String> {
+    Nodes::parse(raw).map(|_| raw.to_owned())
 }
 
 fn positive_count(raw: &str) -> Result<usize, String> {
@@ -180,6 +195,7 @@ mod tests {
             ("worker_id", env::WORKER_ID),
             ("db_path", env::DB_PATH),
             ("amqp_url", env::AMQP_URL),
+            ("amqp_queue_type", env::AMQP_QUEUE_TYPE),
             ("zk_addr", env::ZK_ADDR),
             ("zk_root", env::ZK_ROOT),
             ("zk_session_timeout", env::ZK_SESSION_TIMEOUT_MS),
@@ -251,6 +267,7 @@ mod tests {
         assert_eq!(c.reader_connections, default_reader_connections());
         assert!(c.reader_connections >= 4);
         assert!(!c.bootstrap_master);
+        assert_eq!(c.amqp_queue_type, QueueType::Classic);
 
         let c = Config::parse_from(all(&[
             ("--read-prefetch", "16"),
@@ -258,6 +275,8 @@ mod tests {
             ("--zk-session-timeout-ms", "6000"),
             ("--reader-connections", "2"),
             ("--bootstrap-master", "1"),
+            ("--amqp-url", "amqp://a/x,amqp://b/x"),
+            ("--amqp-queue-type", "quorum"),
         ]))
         .unwrap();
         assert_eq!(c.read_prefetch, 16);
@@ -265,6 +284,8 @@ mod tests {
         assert_eq!(c.zk_session_timeout, Duration::from_millis(6000));
         assert_eq!(c.reader_connections, 2);
         assert!(c.bootstrap_master);
+        assert_eq!(c.amqp_url, "amqp://a/x,amqp://b/x");
+        assert_eq!(c.amqp_queue_type, QueueType::Quorum);
     }
 
     #[test]
@@ -279,6 +300,8 @@ mod tests {
             ("--read-wait-ms", "-1", "not a number"),
             ("--reader-connections", "0", "at least 1"),
             ("--bootstrap-master", "maybe", "neither"),
+            ("--amqp-url", "amqp://a/x,", "empty entry"),
+            ("--amqp-queue-type", "mirrored", "classic or quorum"),
         ] {
             let err = Config::parse_from(all(&[(flag, value)])).unwrap_err().to_string();
             assert!(err.contains(says) && err.contains(flag), "{flag}={value}: {err}");

@@ -128,16 +128,20 @@ async fn roles(ctx: &NodeCtx, stop: &CancellationToken) -> Result<ExitReason> {
     let mut backoff = timing::BROKER_BACKOFF_FIRST;
     let me = ctx.cfg.worker_id.as_str();
     let conn_name = format!("worker-{me}");
+    let nodes = wire::broker::Nodes::parse(&ctx.cfg.amqp_url).map_err(|e| anyhow!("AMQP_URL: {e}"))?;
     loop {
         let Some(rec) = wait_master_record(&ctx.zk, stop).await else { return Ok(ExitReason::Stopped) };
         let conn = tokio::select! {
-            c = amqp::connect(&ctx.cfg.amqp_url, &conn_name) => c,
+            c = amqp::connect(&nodes, &conn_name) => c,
             _ = stop.cancelled() => return Ok(ExitReason::Stopped),
         };
         let conn = match conn {
-            Ok(c) => c,
+            Ok((c, node)) => {
+                info!(worker = %me, %node, "connected to rabbitmq");
+                c
+            }
             Err(e) => {
-                warn!(error = %e, "rabbitmq unreachable; retrying");
+                warn!(error = %e, "no rabbitmq node answered; retrying");
                 pause(backoff, stop).await;
                 backoff = (backoff * 2).min(timing::BROKER_BACKOFF_MAX);
                 continue;
@@ -145,7 +149,7 @@ async fn roles(ctx: &NodeCtx, stop: &CancellationToken) -> Result<ExitReason> {
         };
         backoff = timing::BROKER_BACKOFF_FIRST;
         let result = match conn.create_channel().await {
-            Ok(ch) => match amqp::declare_topology(&ch).await {
+            Ok(ch) => match amqp::declare_topology(&ch, ctx.cfg.amqp_queue_type).await {
                 Ok(()) => serve(ctx, &conn, &rec, &mut master_db, stop).await,
                 Err(e) => Err(anyhow!(e).context("declaring the topology")),
             },

@@ -55,13 +55,7 @@ pub async fn run(conn: &Connection, ctx: &NodeCtx, stop: CancellationToken) -> R
     let sync_ch = conn.create_channel().await?;
     sync_ch.basic_qos(2000, BasicQosOptions::default()).await?;
     let queue = sync_queue_for(&id);
-    sync_ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
+    crate::amqp::declare_sync_queue(&sync_ch, &queue, ctx.cfg.amqp_queue_type).await?;
     sync_ch
         .queue_bind(queue.as_str().into(), SYNC_X.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
         .await?;

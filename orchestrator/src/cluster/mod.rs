@@ -243,6 +243,7 @@ impl Cluster {
         use wire::contract::env;
         let mut vars = vec![
             (env::AMQP_URL.to_owned(), self.cfg.amqp_url.clone()),
+            (env::AMQP_QUEUE_TYPE.to_owned(), self.cfg.amqp_queue_type.to_string()),
             (env::ZK_ADDR.to_owned(), self.cfg.zk_addr.clone()),
             (env::ZK_ROOT.to_owned(), self.cfg.zk_root.clone()),
             (env::ZK_SESSION_TIMEOUT_MS.to_owned(), self.cfg.zk_session_timeout.to_string()),

@@ -1,12 +1,13 @@
 //! The orchestrator's RPC client of the workers over RabbitMQ.
 //!
-//! One long-lived connection; reads go to `readQ`, writes to `writeQ`,
-//! coalesced into batches (`batcher`), each batch with `reply_to =
-//! responseQ` and a fresh correlation id. A single consumer on `responseQ`
-//! hands every answer of a batch to the caller waiting on it, so any number
-//! of requests can be in flight at once and each gets its own answer. When
-//! the connection drops, every waiting caller is told at once (503) and a
-//! background task reconnects with backoff.
+//! One long-lived connection, to the first node of the broker that answers
+//! (after a loss, starting with the node after the lost one); reads go to
+//! `readQ`, writes to `writeQ`, coalesced into batches (`batcher`), each
+//! batch with `reply_to = responseQ` and a fresh correlation id. A single
+//! consumer on `responseQ` hands every answer of a batch to the caller
+//! waiting on it, so any number of requests can be in flight at once and
+//! each gets its own answer. When the connection drops, every waiting caller
+//! is told at once (503) and a background task reconnects with backoff.
 
 mod answers;
 mod batcher;
@@ -22,11 +23,12 @@ use crate::timing::{CLOSE_TIMEOUT, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use tasks::CancellationToken;
 use thiserror::Error;
 use tokio::sync::{oneshot, RwLock};
 use tracing::{info, warn};
+use wire::broker::{Nodes, QueueType};
 use wire::queues::{READ_Q, RESPONSE_Q, WRITE_Q};
 use wire::status::EventKind;
 use wire::{Batch, ReadMsg, Reply, WriteMsg};
@@ -83,7 +85,8 @@ pub struct Batching {
 }
 
 pub struct Rpc {
-    url: String,
+    nodes: Nodes,
+    queue_type: QueueType,
     batching: Batching,
     reads: batcher::Queue<ReadMsg>,
     writes: batcher::Queue<WriteMsg>,
@@ -104,9 +107,10 @@ pub struct Rpc {
 impl Rpc {
     /// A client with no connection yet: run [`Rpc::maintain`] to connect
     /// (requests made before it connects get 503).
-    pub fn new(url: String, batching: Batching, tel: Arc<Telemetry>) -> Arc<Rpc> {
+    pub fn new(nodes: Nodes, queue_type: QueueType, batching: Batching, tel: Arc<Telemetry>) -> Arc<Rpc> {
         Arc::new(Rpc {
-            url,
+            nodes,
+            queue_type,
             batching,
             reads: batcher::Queue::new(),
             writes: batcher::Queue::new(),
@@ -223,9 +227,9 @@ impl Rpc {
                 _ = stop.cancelled() => break,
             };
             let lost = match connected {
-                Ok(consumer) => {
+                Ok((consumer, node)) => {
                     backoff = RPC_BACKOFF_MIN;
-                    info!("connected to rabbitmq");
+                    info!(%node, "connected to rabbitmq");
                     self.connected.store(true, Ordering::Relaxed);
                     if down_reported {
                         down_reported = false;
@@ -241,7 +245,7 @@ impl Rpc {
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "rabbitmq unreachable; retrying");
+                    warn!(error = %e, "no rabbitmq node answered; retrying");
                     Some(e.to_string())
                 }
             };
@@ -271,12 +275,11 @@ impl Rpc {
         self.pending.lock().expect("pending lock").clear();
     }
 
-    async fn connect(&self) -> Result<lapin::Consumer, lapin::Error> {
-        let conn =
-            Connection::connect(&self.url, ConnectionProperties::default().with_connection_name("orchestrator".into()))
-                .await?;
+    /// Connected: the reply consumer and the node it is on.
+    async fn connect(&self) -> Result<(lapin::Consumer, String), lapin::Error> {
+        let (conn, node) = wire::broker::connect(&self.nodes, "orchestrator").await?;
         let ch = conn.create_channel().await?;
-        wire::broker::declare_topology(&ch).await?;
+        wire::broker::declare_topology(&ch, self.queue_type).await?;
         let consumer = ch
             .basic_consume(
                 RESPONSE_Q.into(),
@@ -290,7 +293,7 @@ impl Rpc {
             channels.push(conn.create_channel().await?);
         }
         *self.link.write().await = Some(Link { conn, channels });
-        Ok(consumer)
+        Ok((consumer, node))
     }
 
     async fn dispatch(&self, mut consumer: lapin::Consumer) {
@@ -385,7 +388,8 @@ mod tests {
             read_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(1),
         };
-        let rpc = Rpc::new("amqp://127.0.0.1:1/%2f".into(), batching, Default::default());
+        let nodes = Nodes::parse("amqp://127.0.0.1:1/%2f").unwrap();
+        let rpc = Rpc::new(nodes, QueueType::Classic, batching, Default::default());
         let mine = format!("{:016x}.5", rpc.instance);
         assert_eq!(rpc.own_request(&mine), Some(5));
         assert_eq!(rpc.own_request(&format!("{:016x}.5", rpc.instance ^ 1)), None);
