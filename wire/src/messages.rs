@@ -125,6 +125,18 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The body of a [`Reply::Rows`] whose rows are already a JSON array
+    /// (a slave writes them straight from the database).
+    pub fn encode_rows(rows_json: &[u8], seq: u64) -> Vec<u8> {
+        let mut body = Vec::with_capacity(rows_json.len() + 40);
+        body.extend_from_slice(br#"{"kind":"rows","rows":"#);
+        body.extend_from_slice(rows_json);
+        body.extend_from_slice(br#","seq":"#);
+        body.extend_from_slice(seq.to_string().as_bytes());
+        body.push(b'}');
+        body
+    }
+
     /// The body of a [`Reply::Batch`] holding `answers`, each already encoded
     /// as JSON (so a worker can size its reply messages before sending them).
     pub fn encode_batch<'a>(answers: impl IntoIterator<Item = (u32, &'a [u8])>) -> Vec<u8> {
@@ -285,6 +297,14 @@ mod batch_tests {
         assert!(matches!(&answers[1], (7, Reply::Unavailable { error }) if error == "behind"));
         let empty: Reply = serde_json::from_slice(&Reply::encode_batch([])).unwrap();
         assert!(matches!(empty, Reply::Batch { answers } if answers.is_empty()));
+    }
+
+    #[test]
+    fn encoded_rows_are_a_rows_reply() {
+        let body = Reply::encode_rows(br#"[{"username":"ann"},{"username":"bob"}]"#, 12);
+        let Reply::Rows(r) = serde_json::from_slice(&body).unwrap() else { panic!("not rows") };
+        assert_eq!((r.rows.len(), r.seq), (2, 12));
+        assert_eq!(r.rows[1]["username"], "bob");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Channel;
 use tracing::warn;
-use wire::{Batch, ReadMsg, ReadResponse, Reply};
+use wire::{Batch, ReadMsg, Reply};
 
 use crate::node::NodeCtx;
 use crate::store::ReaderPool;
@@ -78,28 +78,32 @@ pub async fn serve(d: Delivery, ch: Channel, pool: Arc<ReaderPool>, ctx: NodeCtx
 /// Every answer of a plan, each encoded as JSON.
 async fn answer(plan: Plan, pool: &Arc<ReaderPool>, ctx: &NodeCtx) -> Vec<(u32, Vec<u8>)> {
     let Plan { answered, reads, floor } = plan;
-    let mut out: Vec<(u32, Reply)> = answered;
-    if !reads.is_empty() {
-        let (index, reads): (Vec<u32>, Vec<wire::Read>) = reads.into_iter().unzip();
-        let replies: Vec<Reply> = if ctx.wait_applied(floor, ctx.cfg.read_wait).await {
-            let pool = pool.clone();
-            match tokio::task::spawn_blocking(move || pool.read_many(&reads)).await {
-                Ok(Ok((results, pos))) => results
-                    .into_iter()
-                    .map(|r| match r {
-                        Ok(rows) => Reply::Rows(ReadResponse { rows, seq: pos.seq }),
-                        Err(e) => Reply::Unavailable { error: format!("read failed: {e}") },
-                    })
-                    .collect(),
-                Ok(Err(e)) => vec![Reply::Unavailable { error: format!("read failed: {e}") }; index.len()],
-                Err(e) => vec![Reply::Unavailable { error: format!("read task failed: {e}") }; index.len()],
-            }
-        } else {
-            vec![Reply::Unavailable { error: format!("slave behind sequence {floor}") }; index.len()]
-        };
-        out.extend(index.into_iter().zip(replies));
+    let encode = |r: &Reply| serde_json::to_vec(r).expect("replies serialize");
+    let mut out: Vec<(u32, Vec<u8>)> = answered.iter().map(|(i, r)| (*i, encode(r))).collect();
+    if reads.is_empty() {
+        return out;
     }
-    out.into_iter().map(|(i, r)| (i, serde_json::to_vec(&r).expect("replies serialize"))).collect()
+    let (index, reads): (Vec<u32>, Vec<wire::Read>) = reads.into_iter().unzip();
+    let failed = |error: String| encode(&Reply::Unavailable { error });
+    if !ctx.wait_applied(floor, ctx.cfg.read_wait).await {
+        let behind = failed(format!("slave behind sequence {floor}"));
+        out.extend(index.into_iter().map(|i| (i, behind.clone())));
+        return out;
+    }
+    let pool = pool.clone();
+    let answers: Vec<Vec<u8>> = match tokio::task::spawn_blocking(move || pool.read_many(&reads)).await {
+        Ok(Ok((results, pos))) => results
+            .into_iter()
+            .map(|r| match r {
+                Ok(rows) => Reply::encode_rows(&rows, pos.seq),
+                Err(e) => failed(format!("read failed: {e}")),
+            })
+            .collect(),
+        Ok(Err(e)) => vec![failed(format!("read failed: {e}")); index.len()],
+        Err(e) => vec![failed(format!("read task failed: {e}")); index.len()],
+    };
+    out.extend(index.into_iter().zip(answers));
+    out
 }
 
 #[cfg(test)]
