@@ -64,7 +64,7 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
         stop: stop.clone(),
     });
     let http_stop = stop.clone();
-    let listener = tokio::net::TcpListener::bind(cfg.addr).await?;
+    let listener = tasks::net::listen(cfg.addr)?;
     info!(addr = %listener.local_addr()?, "orchestrator listening");
     let server = warp::serve(http::routes(app)).incoming(listener).graceful(async move { http_stop.cancelled().await });
     let mut server = tokio::spawn(server.run());

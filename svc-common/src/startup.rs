@@ -69,7 +69,7 @@ impl Service {
 }
 
 pub async fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+    tasks::net::listen(addr).with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Serves until `stop` is cancelled, letting requests in flight finish. The

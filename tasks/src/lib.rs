@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod metrics;
+pub mod net;
 mod supervisor;
 
 pub use supervisor::{Supervisor, TaskEnd, TaskExit};
