@@ -24,7 +24,7 @@ use futures::channel::mpsc;
 use futures::SinkExt;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
-use wire::{Condition, Op, ReadRequest, Row};
+use wire::{Condition, Op, ReadRequest};
 
 use svc_common::http;
 use svc_common::orchestrator_client::{DbError, OrchestratorClient};
@@ -38,9 +38,15 @@ pub fn page_request(after: Option<&str>, page: u32) -> ReadRequest {
     read
 }
 
+/// A row of a page, decoded straight from the answer (no map per row).
+#[derive(Debug, serde::Deserialize)]
+pub struct UserRow {
+    username: String,
+}
+
 /// The names in a page's rows, in order.
-pub fn names(rows: &[Row]) -> Vec<String> {
-    rows.iter().filter_map(|r| r.get("username").and_then(|v| v.as_str())).map(str::to_owned).collect()
+pub fn names(rows: Vec<UserRow>) -> Vec<String> {
+    rows.into_iter().map(|r| r.username).collect()
 }
 
 /// Whether a page of `got` names, asked with `page`, may have a successor.
@@ -69,8 +75,8 @@ pub const CLOSE: &[u8] = b"]";
 /// streamed (see the module doc). An error on the first page is answered
 /// with its status, like any other read.
 pub async fn list_all(db: Arc<OrchestratorClient>, page: u32) -> Response {
-    let first = match db.read(&page_request(None, page)).await {
-        Ok(rows) => names(&rows),
+    let first = match db.read_as(&page_request(None, page)).await {
+        Ok(rows) => names(rows),
         Err(e) => return e.into_response(),
     };
     if first.is_empty() {
@@ -87,8 +93,8 @@ pub async fn list_all(db: Arc<OrchestratorClient>, page: u32) -> Response {
         }
         drop(first);
         while more {
-            let rows = match db.read(&page_request(last.as_deref(), page)).await {
-                Ok(rows) => names(&rows),
+            let rows = match db.read_as(&page_request(last.as_deref(), page)).await {
+                Ok(rows) => names(rows),
                 Err(e) => {
                     tracing::warn!(pages, names = total, "user listing cut off: {e}");
                     let _ = tx.send(Err(e)).await;
@@ -161,7 +167,8 @@ mod tests {
 
     #[test]
     fn names_of_rows() {
-        let rows: Vec<Row> = serde_json::from_str(r#"[{"username":"a"},{"username":"b"},{"other":1}]"#).unwrap();
-        assert_eq!(names(&rows), vec!["a", "b"]);
+        let rows: Vec<UserRow> = serde_json::from_str(r#"[{"username":"a"},{"username":"b"}]"#).unwrap();
+        assert_eq!(names(rows), vec!["a", "b"]);
+        assert!(serde_json::from_str::<Vec<UserRow>>(r#"[{"other":1}]"#).is_err(), "a row without a name");
     }
 }
