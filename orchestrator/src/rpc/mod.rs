@@ -199,14 +199,23 @@ impl Rpc {
         if route.persistent {
             props = props.with_delivery_mode(2);
         }
-        {
+        // The channel is taken out of the link, so that a publish on a dying
+        // connection never holds the lock a reconnect needs; and the publish
+        // is bounded, so that it never holds this batch's permit for good.
+        let ch = {
             let link = self.link.read().await;
             let Some(link) = link.as_ref() else { return };
-            let ch = &link.channels[self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len()];
-            let published =
-                ch.basic_publish("".into(), route.queue.into(), BasicPublishOptions::default(), &body, props).await;
-            if let Err(e) = published {
+            link.channels[self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len()].clone()
+        };
+        let publish = ch.basic_publish("".into(), route.queue.into(), BasicPublishOptions::default(), &body, props);
+        match tokio::time::timeout(route.timeout, publish).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
                 warn!(error = %e, queue = route.queue, "could not publish a batch");
+                return;
+            }
+            Err(_) => {
+                warn!(queue = route.queue, "publishing a batch took longer than its timeout");
                 return;
             }
         }
@@ -268,7 +277,9 @@ impl Rpc {
 
     /// Close the connection (bounded) and answer every waiter (503).
     async fn disconnect(&self) {
-        if let Some(old) = self.link.write().await.take() {
+        // Taken out first: the lock is not held while the connection closes.
+        let old = self.link.write().await.take();
+        if let Some(old) = old {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.conn.close(200, "orchestrator leaving".into())).await;
         }
         // Dropping the senders wakes every waiter with an error (503).
