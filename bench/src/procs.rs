@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use procfs::process::Process;
-use procfs::{Current, CurrentSI, KernelStats, LoadAverage};
+use procfs::{Current, LoadAverage};
 use serde::Serialize;
 
 /// What a process is, for the per-request CPU columns (several processes may
@@ -62,20 +62,9 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(s.utime + s.stime)
 }
 
-/// (busy, total) ticks of the whole machine.
+/// (busy, total) ticks of the whole machine ((0, 0) when unreadable).
 pub fn machine_ticks() -> (u64, u64) {
-    let Ok(k) = KernelStats::current() else { return (0, 0) };
-    let c = &k.total;
-    let idle = c.idle + c.iowait.unwrap_or(0);
-    let total = c.user
-        + c.nice
-        + c.system
-        + c.idle
-        + c.iowait.unwrap_or(0)
-        + c.irq.unwrap_or(0)
-        + c.softirq.unwrap_or(0)
-        + c.steal.unwrap_or(0);
-    (total.saturating_sub(idle), total)
+    tasks::cpu::machine_ticks().unwrap_or((0, 0))
 }
 
 pub fn ticks_per_second() -> f64 {

@@ -11,6 +11,7 @@
 //! in a log line.
 
 pub mod config;
+pub mod cpu;
 pub mod metrics;
 pub mod net;
 mod supervisor;

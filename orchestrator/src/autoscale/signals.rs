@@ -2,7 +2,7 @@
 //! `db/read` latency over the window (a lock-free log histogram fed where
 //! the orchestrator already measures each read, `Metrics::db_read`), the
 //! machine's CPU busy fraction between two decisions (`/proc/stat` through
-//! `procfs`), and the read queue's depth: the `db/read` calls waiting for a
+//! `tasks::cpu`), and the read queue's depth: the `db/read` calls waiting for a
 //! slave's answer, sampled every second. (Not `readQ`'s message count: reads
 //! travel there in batches, at most a few messages at once, so the reads
 //! queue up in the orchestrator, where this counts them.)
@@ -105,26 +105,10 @@ impl CpuMeter {
     /// Busy fraction since the previous call (`None` on the first call or
     /// when `/proc/stat` cannot be read).
     pub fn busy_since_last(&mut self) -> Option<f64> {
-        let now = read_cpu();
+        let now = tasks::cpu::machine_ticks();
         let prev = std::mem::replace(&mut self.last, now);
         busy_fraction(prev?, now?)
     }
-}
-
-/// (busy, total) jiffies of all CPUs.
-fn read_cpu() -> Option<(u64, u64)> {
-    use procfs::CurrentSI;
-    let t = procfs::KernelStats::current().ok()?.total;
-    let idle = t.idle + t.iowait.unwrap_or(0);
-    let total = t.user
-        + t.nice
-        + t.system
-        + t.idle
-        + t.iowait.unwrap_or(0)
-        + t.irq.unwrap_or(0)
-        + t.softirq.unwrap_or(0)
-        + t.steal.unwrap_or(0);
-    Some((total - idle, total))
 }
 
 fn busy_fraction(prev: (u64, u64), now: (u64, u64)) -> Option<f64> {
