@@ -669,6 +669,43 @@ pub fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
+/// The owner of every [`tagged_ride`] (create it with [`user_write`] first).
+pub const RIDE_OWNER: &str = "owner";
+
+/// A `db/write` creating user `name`.
+pub fn user_write(name: &str) -> wire::WriteRequest {
+    use wire::Value;
+    wire::WriteRequest::insert("users", [("username", Value::from(name)), ("password", Value::from("p".repeat(40)))])
+}
+
+/// A ride of [`RIDE_OWNER`] whose `start_time` is a unique tag: rides have no
+/// natural key, so a write applied twice shows as two rows with one tag
+/// ([`tags_in`]).
+pub fn tagged_ride(tag: i64) -> wire::WriteRequest {
+    use wire::Value;
+    wire::WriteRequest::insert(
+        "rides",
+        [
+            ("created_by", Value::from(RIDE_OWNER)),
+            ("start_time", Value::Int(tag)),
+            ("source", Value::Int(1)),
+            ("destination", Value::Int(2)),
+        ],
+    )
+}
+
+/// A worker's copy (its SQLite file): tag → how many rides carry it.
+pub fn tags_in(db: &Path) -> std::collections::BTreeMap<i64, u32> {
+    let c = open_db(db).unwrap();
+    let mut st = c.prepare("SELECT start_time, COUNT(*) FROM rides GROUP BY start_time").unwrap();
+    st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?))).unwrap().map(Result::unwrap).collect()
+}
+
+/// The last change a worker's copy has applied.
+pub fn applied_seq(db: &Path) -> u64 {
+    open_db(db).unwrap().query_row("SELECT applied_seq FROM _state", [], |r| r.get::<_, i64>(0)).unwrap() as u64
+}
+
 /// Open a worker's SQLite file read-only (it keeps running and writing).
 pub fn open_db(path: &Path) -> Result<rusqlite::Connection> {
     let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)

@@ -3,33 +3,15 @@
 //! the ensemble and the orchestrator (process runtime: each worker's SQLite
 //! file can be opened directly to check what every copy holds).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use systest::{open_db, poll, Stack, StackOptions, WorkerRuntime};
-use wire::{ReadRequest, Value, WriteRequest};
+use systest::{applied_seq, poll, tagged_ride, tags_in, user_write, Stack, StackOptions, WorkerRuntime};
+use wire::ReadRequest;
 
-const OWNER: &str = "owner";
-
-fn user(name: &str) -> WriteRequest {
-    WriteRequest::insert("users", [("username", Value::from(name)), ("password", Value::from("p".repeat(40)))])
-}
-
-/// A ride whose `start_time` is a unique tag: rides have no natural key, so
-/// a write applied twice would show as two rows with one tag.
-fn ride(tag: i64) -> WriteRequest {
-    WriteRequest::insert(
-        "rides",
-        [
-            ("created_by", Value::from(OWNER)),
-            ("start_time", Value::Int(tag)),
-            ("source", Value::Int(1)),
-            ("destination", Value::Int(2)),
-        ],
-    )
-}
+const OWNER: &str = systest::RIDE_OWNER;
 
 /// What the writers saw: tags acknowledged (201) and tags with no clear answer.
 #[derive(Default)]
@@ -54,7 +36,7 @@ fn start_writers(
                 while !stop.load(Ordering::Relaxed) && i < 100_000 {
                     let tag = (w as i64) * 1_000_000 + i;
                     i += 1;
-                    match stack.write(&ride(tag)).await {
+                    match stack.write(&tagged_ride(tag)).await {
                         Ok((201, _)) => {
                             ledger.acked.lock().unwrap().insert(tag);
                         }
@@ -70,17 +52,6 @@ fn start_writers(
             })
         })
         .collect()
-}
-
-/// Every live worker's copy: tag → how many rides carry it.
-fn tags_in(db: &std::path::Path) -> BTreeMap<i64, u32> {
-    let c = open_db(db).unwrap();
-    let mut st = c.prepare("SELECT start_time, COUNT(*) FROM rides GROUP BY start_time").unwrap();
-    st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?))).unwrap().map(Result::unwrap).collect()
-}
-
-fn applied_seq(db: &std::path::Path) -> u64 {
-    open_db(db).unwrap().query_row("SELECT applied_seq FROM _state", [], |r| r.get::<_, i64>(0)).unwrap() as u64
 }
 
 /// Wait until the cluster is whole again: two workers, all caught up to the
@@ -133,7 +104,7 @@ fn check_copies(live: &[systest::LiveWorker], ledger: &Ledger) {
 
 async fn new_stack(opts: StackOptions) -> Arc<Stack> {
     let stack = Stack::start(opts).await.unwrap();
-    assert_eq!(stack.write(&user(OWNER)).await.unwrap().0, 201);
+    assert_eq!(stack.write(&user_write(OWNER)).await.unwrap().0, 201);
     Arc::new(stack)
 }
 
@@ -179,7 +150,7 @@ async fn master_crashes_under_write_load(runtime: WorkerRuntime, rounds: usize) 
         let mut probe = 0;
         loop {
             probe += 1;
-            let (s, _) = stack.write(&user(&format!("probe-{round}-{probe}"))).await.unwrap();
+            let (s, _) = stack.write(&user_write(&format!("probe-{round}-{probe}"))).await.unwrap();
             if s == 201 {
                 break;
             }
@@ -226,7 +197,7 @@ async fn a_master_killed_outside_the_orchestrator_is_replaced() {
     .unwrap();
     std::process::Command::new("kill").args(["-9", &master.pid.to_string()]).status().unwrap();
     let t = Instant::now();
-    let (s, _) = stack.write(&user("after-kill")).await.unwrap();
+    let (s, _) = stack.write(&user_write("after-kill")).await.unwrap();
     eprintln!("external SIGKILL of the master: next write answered {s} after {:?}", t.elapsed());
     assert_eq!(s, 201);
     tokio::time::sleep(Duration::from_millis(300)).await; // let the writers run on the new master
@@ -239,7 +210,7 @@ async fn a_master_killed_outside_the_orchestrator_is_replaced() {
 async fn a_killed_slave_is_replaced_by_one_that_sees_every_write() {
     let stack = new_stack(StackOptions::default()).await;
     for i in 0..300 {
-        assert_eq!(stack.write(&ride(i)).await.unwrap().0, 201);
+        assert_eq!(stack.write(&tagged_ride(i)).await.unwrap().0, 201);
     }
     let (s, killed) = stack.post("/api/v1/crash/slave").await.unwrap();
     assert_eq!(s, 200);
@@ -338,8 +309,8 @@ async fn rabbitmq_then_zookeeper_restarts_are_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_orchestrator_adopts_the_running_workers() {
     let mut stack = Stack::start(StackOptions::default()).await.unwrap();
-    assert_eq!(stack.write(&user(OWNER)).await.unwrap().0, 201);
-    let (_, first) = stack.write(&ride(1)).await.unwrap();
+    assert_eq!(stack.write(&user_write(OWNER)).await.unwrap().0, 201);
+    let (_, first) = stack.write(&tagged_ride(1)).await.unwrap();
     let before = stack.worker_pids().await.unwrap();
     assert_eq!(before.len(), 2);
     stack.kill_orchestrator();
@@ -349,7 +320,7 @@ async fn a_restarted_orchestrator_adopts_the_running_workers() {
     assert_eq!(stack.worker_pids().await.unwrap(), before, "the same workers, no second set");
     let (s, body) = stack.read(&ReadRequest::table("rides").counting()).await.unwrap();
     assert_eq!((s, body["rows"][0]["count"].as_i64()), (200, Some(1)));
-    let (s, second) = stack.write(&ride(2)).await.unwrap();
+    let (s, second) = stack.write(&tagged_ride(2)).await.unwrap();
     assert_eq!(s, 201);
     assert!(
         second["last_insert_id"].as_i64() > first["last_insert_id"].as_i64(),

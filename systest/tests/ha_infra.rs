@@ -6,35 +6,18 @@
 //! write must be on every live copy afterwards (none twice), no read may be
 //! stale, and writes and reads must be served again within a deadline.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use systest::{ha_script, open_db, poll, Stack, StackOptions};
-use wire::{ReadRequest, Value, WriteRequest};
+use systest::{applied_seq, ha_script, poll, tagged_ride, tags_in, user_write, Stack, StackOptions};
+use wire::ReadRequest;
 
-const OWNER: &str = "owner";
+const OWNER: &str = systest::RIDE_OWNER;
 /// Longest a fault may stop the data path before the test fails (not a
 /// speed claim: the figures are printed, and measured by the bench).
 const SERVE_AGAIN_WITHIN: Duration = Duration::from_secs(60);
-
-fn user(name: &str) -> WriteRequest {
-    WriteRequest::insert("users", [("username", Value::from(name)), ("password", Value::from("p".repeat(40)))])
-}
-
-/// A ride whose `start_time` is a unique tag (a write applied twice shows as two rows).
-fn ride(tag: i64) -> WriteRequest {
-    WriteRequest::insert(
-        "rides",
-        [
-            ("created_by", Value::from(OWNER)),
-            ("start_time", Value::Int(tag)),
-            ("source", Value::Int(1)),
-            ("destination", Value::Int(2)),
-        ],
-    )
-}
 
 /// What the clients saw.
 #[derive(Default)]
@@ -53,7 +36,7 @@ fn writer(stack: Arc<Stack>, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) -> toki
         let mut tag = 0i64;
         while !stop.load(Ordering::Relaxed) && tag < 100_000 {
             tag += 1;
-            match stack.write(&ride(tag)).await {
+            match stack.write(&tagged_ride(tag)).await {
                 Ok((201, _)) => {
                     ledger.acked.lock().unwrap().insert(tag);
                 }
@@ -100,16 +83,6 @@ fn reader(stack: Arc<Stack>, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) -> toki
     })
 }
 
-fn tags_in(db: &std::path::Path) -> BTreeMap<i64, u32> {
-    let c = open_db(db).unwrap();
-    let mut st = c.prepare("SELECT start_time, COUNT(*) FROM rides GROUP BY start_time").unwrap();
-    st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?))).unwrap().map(Result::unwrap).collect()
-}
-
-fn applied_seq(db: &std::path::Path) -> u64 {
-    open_db(db).unwrap().query_row("SELECT applied_seq FROM _state", [], |r| r.get::<_, i64>(0)).unwrap() as u64
-}
-
 /// Until writes and reads both succeed again after `t0` (counts grew); how long that took.
 async fn served_again(ledger: &Ledger, what: &str) -> (Duration, Duration) {
     let t0 = Instant::now();
@@ -132,7 +105,7 @@ async fn served_again(ledger: &Ledger, what: &str) -> (Duration, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_the_broker_node_in_use_and_the_zookeeper_leader_loses_nothing() {
     let stack = Arc::new(Stack::start(StackOptions { ha: true, ..Default::default() }).await.unwrap());
-    assert_eq!(stack.write(&user(OWNER)).await.unwrap().0, 201);
+    assert_eq!(stack.write(&user_write(OWNER)).await.unwrap().0, 201);
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
     let clients =
