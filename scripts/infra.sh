@@ -174,7 +174,9 @@ case "${1:-}" in
   vhost) [ -n "${2:-}" ] || die "usage: $0 vhost NAME"
          rmqctl add_vhost "$2" >/dev/null 2>&1 || true
          rmqctl set_permissions -p "$2" guest '.*' '.*' '.*' >/dev/null ;;
+  close-connections) [ -n "${2:-}" ] || die "usage: $0 close-connections VHOST"
+         rmqctl close_all_connections -p "$2" "closed by scripts/infra.sh" >/dev/null ;;
   restart-rabbitmq) rabbit_down; rabbit_up ;;
   restart-zookeeper) zk_down; zk_up ;;
-  *) echo "usage: $0 install|up|down|status|vhost NAME|restart-rabbitmq|restart-zookeeper" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|down|status|vhost NAME|close-connections VHOST|restart-rabbitmq|restart-zookeeper" >&2; exit 2 ;;
 esac

@@ -27,6 +27,9 @@ LB_PORT=${LB_PORT:-8080}
 USERS_ADDR=${USERS_ADDR:-127.0.0.1:8081}
 RIDES_ADDR=${RIDES_ADDR:-127.0.0.1:8082}
 ORCH_ADDR=${ORCH_ADDR:-127.0.0.1:8090}
+# HA: a second orchestrator (both serve the data path; one, elected in
+# ZooKeeper, supervises the workers).
+ORCH2_ADDR=${ORCH2_ADDR:-127.0.0.1:8091}
 CLUSTER_ID=${CLUSTER_ID:-rideshare}
 DEADLINE_SECS=${STACK_DEADLINE_SECS:-120}
 # The topology: HA=1 (or what the last `up` recorded) = scripts/ha.sh's infra.
@@ -71,6 +74,28 @@ wait_http() { # what, url, [method]
   done
 }
 
+# name:address of every orchestrator of the topology.
+orchestrators() { echo "orchestrator:$ORCH_ADDR"; if [ -n "$HA" ]; then echo "orchestrator-2:$ORCH2_ADDR"; fi; }
+orchestrator_urls() { orchestrators | sed 's|^[^:]*:|http://|' | paste -sd, -; }
+
+start_orchestrators() { # runtime
+  local o name addr
+  # With several orchestrators, every strong read takes its floor from the
+  # master (READ_FLOOR=master, see orchestrator/src/read_floor.rs).
+  local floor=local; [ -z "$HA" ] || floor=master
+  for o in $(orchestrators); do
+    name=${o%%:*} addr=${o#*:}
+    WORKER_RUNTIME=$1 ORCH_ADDR=$addr CLUSTER_ID=$CLUSTER_ID READ_FLOOR=${READ_FLOOR:-$floor} \
+      WORKER_BIN=${WORKER_BIN:-$ROOT/target/release/worker} WORKER_DATA_DIR=${WORKER_DATA_DIR:-$VAR/workers} \
+      start_bg "$name" target/release/orchestrator
+  done
+  for o in $(orchestrators); do
+    name=${o%%:*} addr=${o#*:}
+    wait_http "$name" "http://$addr/health"
+    wait_http "a slave (caught up) through $name" "http://$addr/api/v1/db/read" POST '{"table":"users","count":true}'
+  done
+}
+
 up() {
   mkdir -p "$RUN" "$LOGS"
   if [ -f "$RUN/topology" ] && [ "$(cat "$RUN/topology")" != "$TOPOLOGY" ] && running orchestrator; then
@@ -85,13 +110,9 @@ up() {
     if engine_answers; then runtime=docker; else runtime=process; fi
   fi
   if [ "$runtime" = docker ]; then scripts/build-images.sh; fi
-  WORKER_RUNTIME=$runtime ORCH_ADDR=$ORCH_ADDR CLUSTER_ID=$CLUSTER_ID \
-    WORKER_BIN=${WORKER_BIN:-$ROOT/target/release/worker} WORKER_DATA_DIR=${WORKER_DATA_DIR:-$VAR/workers} \
-    start_bg orchestrator target/release/orchestrator
-  wait_http orchestrator "http://$ORCH_ADDR/health"
-  wait_http "a slave (caught up)" "http://$ORCH_ADDR/api/v1/db/read" POST '{"table":"users","count":true}'
-  ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-http://$ORCH_ADDR} start_bg users-api target/release/users-api
-  ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-http://$ORCH_ADDR} LB_URL=${LB_URL:-http://127.0.0.1:$LB_PORT} \
+  start_orchestrators "$runtime"
+  ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-$(orchestrator_urls)} start_bg users-api target/release/users-api
+  ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-$(orchestrator_urls)} LB_URL=${LB_URL:-http://127.0.0.1:$LB_PORT} \
     RIDES_PUBLIC_URL=${RIDES_PUBLIC_URL:-http://$RIDES_ADDR} start_bg rides-api target/release/rides-api
   wait_http users-api "http://$USERS_ADDR/health"
   wait_http rides-api "http://$RIDES_ADDR/health"
@@ -132,6 +153,7 @@ down() {
   stop_pid users-api
   stop_pid rides-api
   stop_pid orchestrator
+  stop_pid orchestrator-2
   stop_workers
   infra down
   rm -f "$RUN/topology"
@@ -140,13 +162,25 @@ down() {
 status() {
   if [ -n "$HA" ]; then echo "topology   ha: scripts/ha.sh, $AMQP_QUEUE_TYPE queues"; else echo "topology   single node: scripts/infra.sh"; fi
   infra status
-  local n
-  for n in orchestrator users-api rides-api; do
+  local n o role
+  for o in $(orchestrators); do
+    n=${o%%:*}
+    if running "$n"; then
+      # The leader answers the status; a follower sends it there (307).
+      case $(curl -s -o /dev/null -w '%{http_code}' -m 5 "http://${o#*:}/api/v1/status") in
+        200) role=leader ;; 307) role=follower ;; *) role="no leader known" ;;
+      esac
+      echo "$(printf '%-15s' "$n") up    pid $(cat "$RUN/$n.pid")  http://${o#*:}  $role"
+    else
+      echo "$(printf '%-15s' "$n") down"
+    fi
+  done
+  for n in users-api rides-api; do
     if running "$n"; then echo "$(printf '%-11s' "$n") up    pid $(cat "$RUN/$n.pid")"; else echo "$(printf '%-11s' "$n") down"; fi
   done
   if scripts/lb.sh status >/dev/null 2>&1; then echo "lb          up    http://127.0.0.1:$LB_PORT (access log $LB_DIR/logs/access.log)"; else echo "lb          down"; fi
-  if running orchestrator; then
-    echo "workers    $(curl -fsS -m 5 "http://$ORCH_ADDR/api/v1/worker/list" 2>/dev/null || echo '(no answer)')"
+  if running orchestrator || running orchestrator-2; then
+    echo "workers    $(curl -fsSL -m 5 "http://$ORCH_ADDR/api/v1/worker/list" 2>/dev/null || echo '(no answer)')"
   fi
 }
 

@@ -64,7 +64,7 @@ pub fn read_msg_len() -> usize {
 pub fn write_msg_len() -> usize {
     let mut w = user_write(&format!("bw{}-{}", std::process::id(), 123_456));
     w.request_id = Some(uuid_like());
-    serde_json::to_vec(&WriteMsg { write: w, deadline_ms: Some(wire::now_ms()) }).expect("serializes").len()
+    serde_json::to_vec(&WriteMsg { write: Some(w), deadline_ms: Some(wire::now_ms()) }).expect("serializes").len()
 }
 
 fn uuid_like() -> String {

@@ -40,6 +40,9 @@ pub fn desired_slaves(reads: u64, cfg: &ScaleConfig) -> usize {
 #[derive(Default)]
 pub struct ReadCounter {
     count: AtomicU64,
+    /// Every read this process counted since it started (reported to the
+    /// leader by `peers`).
+    total: AtomicU64,
     first: Notify,
     /// Unix ms the current window started and its decision is due (0: no window yet).
     window_start_ms: AtomicU64,
@@ -52,9 +55,26 @@ pub struct ReadCounter {
 
 impl ReadCounter {
     pub fn count_read(&self) {
-        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.add(1);
+    }
+
+    /// Reads counted by other orchestrators (the leader's window counts them all).
+    pub fn count_elsewhere(&self, n: u64) {
+        if n > 0 {
+            self.add(n);
+        }
+    }
+
+    fn add(&self, n: u64) {
+        if self.count.fetch_add(n, Ordering::Relaxed) == 0 {
             self.first.notify_one();
         }
+    }
+
+    /// Every read this process counted since it started.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// The autoscaler as the status API shows it.
@@ -103,6 +123,9 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<()> {
     tel.metrics.slaves_desired.set(cfg.min_slaves as i64);
+    // A term of leadership starts a fresh count (reads counted while another
+    // orchestrator led were in its windows).
+    counter.count.store(0, Ordering::Relaxed);
     info!(policy = cfg.policy.name(), "autoscaler waiting for the first read");
     if counter.count.load(Ordering::Relaxed) == 0 {
         tokio::select! {

@@ -13,6 +13,7 @@ use wire::broker::{Nodes, QueueType};
 use wire::contract::timing;
 
 use crate::autoscale::target::{Policy, TargetConfig};
+use crate::read_floor::FloorMode;
 use crate::runtime::RuntimeConfig;
 
 #[derive(Debug, Clone, Parser)]
@@ -48,6 +49,14 @@ pub struct Config {
     /// A `db/write` gets a 503 when the master did not answer within this (ms); covers a failover.
     #[arg(long = "write-timeout-ms", env = "WRITE_TIMEOUT_MS", default_value_t = Millis(timing::WRITE_TIMEOUT))]
     pub write_timeout: Millis,
+    /// Where a strong read's floor comes from: `local` (one read index from the master at start, then the writes this
+    /// process acknowledged: right for ONE orchestrator) or `master` (a read index from the master for every batch of
+    /// strong reads: required when several orchestrators serve the data path). See read_floor.rs.
+    #[arg(long, env = "READ_FLOOR", value_enum, default_value_t = FloorMode::Local)]
+    pub read_floor: FloorMode,
+    /// The URL other orchestrators send operators to while this one leads (default: http://ORCH_ADDR).
+    #[arg(long, env = "ORCH_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Bearer token for crash, clear and worker/list; open when unset.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -81,6 +90,11 @@ pub struct BatchConfig {
 }
 
 impl Config {
+    /// Where other orchestrators send operators while this one leads.
+    pub fn advertised_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.addr))
+    }
+
     /// The RPC client's batching, from these settings.
     pub fn batching(&self) -> crate::rpc::Batching {
         use crate::rpc::{Batching, Limits};

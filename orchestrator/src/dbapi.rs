@@ -1,7 +1,6 @@
 //! The database API the REST services use, on top of the RPC client:
 //! validation, request ids, the read floor that keeps reads from being stale.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,28 +8,27 @@ use wire::contract::ErrorKind;
 use wire::{Consistency, RawReadResponse, ReadMsg, ReadRequest, Reply, WriteMsg, WriteOutcome, WriteRequest};
 
 use crate::error::ApiError;
+use crate::read_floor::ReadFloor;
 use crate::rpc::{Answer, Rpc};
 
 pub struct DbApi {
     rpc: Arc<Rpc>,
     read_timeout: Duration,
     write_timeout: Duration,
-    /// Highest sequence number acknowledged to any caller: a strong read
-    /// passes it as the floor the answering slave must have applied.
-    floor: AtomicU64,
+    /// What a strong read passes as the floor the answering slave must have
+    /// applied (`read_floor`: covers every acknowledged write).
+    floor: Arc<ReadFloor>,
 }
 
 impl DbApi {
-    /// `floor`: the sequence number reads must at least see from the start
-    /// (non-zero when adopting a cluster that already took writes).
-    pub fn new(rpc: Arc<Rpc>, read_timeout: Duration, write_timeout: Duration, floor: u64) -> Self {
-        DbApi { rpc, read_timeout, write_timeout, floor: AtomicU64::new(floor) }
+    pub fn new(rpc: Arc<Rpc>, read_timeout: Duration, write_timeout: Duration, floor: Arc<ReadFloor>) -> Self {
+        DbApi { rpc, read_timeout, write_timeout, floor }
     }
 
     pub async fn read(&self, req: ReadRequest) -> Result<RawReadResponse, ApiError> {
         req.validate().map_err(|e| ApiError::invalid(e.0))?;
         let min_seq = match req.consistency {
-            Consistency::Strong => self.floor.load(Ordering::SeqCst),
+            Consistency::Strong => self.floor.floor().await?,
             Consistency::Eventual => 0,
         };
         let deadline_ms = Some(wire::now_ms() + self.read_timeout.as_millis() as u64);
@@ -46,9 +44,9 @@ impl DbApi {
             req.request_id = Some(uuid::Uuid::new_v4().to_string());
         }
         let deadline_ms = Some(wire::now_ms() + self.write_timeout.as_millis() as u64);
-        match self.rpc.write(WriteMsg { write: req, deadline_ms }).await? {
+        match self.rpc.write(WriteMsg { write: Some(req), deadline_ms }).await? {
             Reply::Written { outcome, .. } => {
-                self.floor.fetch_max(outcome.seq, Ordering::SeqCst);
+                self.floor.acknowledged(outcome.seq);
                 Ok(outcome)
             }
             other => Err(unexpected(other)),
@@ -65,7 +63,7 @@ fn unexpected(reply: Reply) -> ApiError {
         Reply::Conflict { error, .. } => ApiError::conflict(error),
         Reply::Invalid { error } => ApiError::invalid(error),
         Reply::Unavailable { error } => ApiError::unavailable(error),
-        Reply::Rows(_) | Reply::Written { .. } | Reply::Batch { .. } => {
+        Reply::Rows(_) | Reply::Written { .. } | Reply::ReadIndex { .. } | Reply::Batch { .. } => {
             ApiError::new(ErrorKind::Failed, "worker answered the wrong kind of reply")
         }
     }

@@ -7,6 +7,11 @@
 //! `GET /api/v1/status`, the live feed `GET /api/v1/events` (server-sent
 //! events) and `GET /metrics`. Whatever changes something (crash, clear) or
 //! lists pids for the crash routes needs the bearer token when one is set.
+//!
+//! Several orchestrators may run: each serves the database API; the routes
+//! about the workers (crash, worker/list, status, events) are the leader's,
+//! and another orchestrator answers them with a 307 to the leader (a 503
+//! while no leader is known).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -25,7 +30,9 @@ use crate::autoscale::ReadCounter;
 use crate::cluster::Cluster;
 use crate::dbapi::DbApi;
 use crate::error::ApiError;
+use crate::leader::Role;
 use crate::metrics::{outcome, route_template, SERVICE};
+use crate::supervision::Supervision;
 use crate::Telemetry;
 use wire::contract::ErrorKind;
 
@@ -45,12 +52,34 @@ const BODY_DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 
 pub struct App {
     pub db: DbApi,
-    pub cluster: Arc<Cluster>,
+    pub sup: Arc<Supervision>,
     pub reads: Arc<ReadCounter>,
     pub tel: Arc<Telemetry>,
     pub admin_token: Option<String>,
     /// Ends the live feeds on shutdown (they would hold the server open).
     pub stop: CancellationToken,
+}
+
+impl App {
+    /// The cluster, when this orchestrator leads; else the answer that sends
+    /// the caller of `path` to the leader.
+    fn leading(&self, path: &warp::path::FullPath) -> Result<Arc<Cluster>, warp::reply::Response> {
+        if let Some(c) = self.sup.cluster() {
+            return Ok(c);
+        }
+        Err(match self.sup.role() {
+            Role::Follower(leader) => {
+                let to = format!("{}{}", leader.url.trim_end_matches('/'), path.as_str());
+                warp::reply::with_header(StatusCode::TEMPORARY_REDIRECT, "location", to).into_response()
+            }
+            Role::Leader => {
+                error(StatusCode::SERVICE_UNAVAILABLE, "this orchestrator is taking over the workers; retry")
+            }
+            Role::Unknown => {
+                error(StatusCode::SERVICE_UNAVAILABLE, "no orchestrator leads right now (zookeeper); retry")
+            }
+        })
+    }
 }
 
 fn json_reply<T: serde::Serialize>(status: StatusCode, body: &T) -> warp::reply::Response {
@@ -162,27 +191,42 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
     let crash_master = warp::path!("api" / "v1" / "crash" / "master")
         .and(warp::post())
         .and(admin(app.clone()))
+        .and(warp::path::full())
         .and(with_app.clone())
-        .then(|app: Arc<App>| async move {
+        .then(|path, app: Arc<App>| async move {
+            let cluster = match app.leading(&path) {
+                Ok(c) => c,
+                Err(elsewhere) => return elsewhere,
+            };
             app.tel.metrics.crash_request("master");
-            pid_reply(app.cluster.crash_master().await, "no master to crash")
+            pid_reply(cluster.crash_master().await, "no master to crash")
         });
 
     let crash_slave = warp::path!("api" / "v1" / "crash" / "slave")
         .and(warp::post())
         .and(admin(app.clone()))
+        .and(warp::path::full())
         .and(with_app.clone())
-        .then(|app: Arc<App>| async move {
+        .then(|path, app: Arc<App>| async move {
+            let cluster = match app.leading(&path) {
+                Ok(c) => c,
+                Err(elsewhere) => return elsewhere,
+            };
             app.tel.metrics.crash_request("slave");
-            pid_reply(app.cluster.crash_slave().await, "no slave to crash")
+            pid_reply(cluster.crash_slave().await, "no slave to crash")
         });
 
     let list = warp::path!("api" / "v1" / "worker" / "list")
         .and(warp::get())
         .and(admin(app.clone()))
+        .and(warp::path::full())
         .and(with_app.clone())
-        .then(|app: Arc<App>| async move {
-            match app.cluster.worker_pids().await {
+        .then(|path, app: Arc<App>| async move {
+            let cluster = match app.leading(&path) {
+                Ok(c) => c,
+                Err(elsewhere) => return elsewhere,
+            };
+            match cluster.worker_pids().await {
                 Ok(pids) => json_reply(StatusCode::OK, &pids),
                 Err(e) => ApiError::unavailable(format!("{e:#}")).into_response(),
             }
@@ -190,15 +234,24 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
 
     let health = warp::path!("health").and(warp::get()).map(|| json_reply(StatusCode::OK, &serde_json::json!({})));
 
-    let status = warp::path!("api" / "v1" / "status")
-        .and(warp::get())
-        .and(with_app.clone())
-        .map(|app: Arc<App>| json_reply(StatusCode::OK, &app.cluster.status(&app.reads)));
+    let status =
+        warp::path!("api" / "v1" / "status").and(warp::get()).and(warp::path::full()).and(with_app.clone()).map(
+            |path, app: Arc<App>| match app.leading(&path) {
+                Ok(cluster) => json_reply(StatusCode::OK, &cluster.status(&app.reads)),
+                Err(elsewhere) => elsewhere,
+            },
+        );
 
-    let events = warp::path!("api" / "v1" / "events").and(warp::get()).and(with_app.clone()).map(|app: Arc<App>| {
-        let feed = live_feed(app);
-        warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(feed)).into_response()
-    });
+    let events =
+        warp::path!("api" / "v1" / "events").and(warp::get()).and(warp::path::full()).and(with_app.clone()).map(
+            |path, app: Arc<App>| {
+                if let Err(elsewhere) = app.leading(&path) {
+                    return elsewhere;
+                }
+                let feed = live_feed(app);
+                warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(feed)).into_response()
+            },
+        );
 
     let metrics = warp::path!("metrics").and(warp::get()).and(with_app.clone()).map(|app: Arc<App>| {
         warp::reply::with_header(app.tel.metrics.encode(), "content-type", tasks::metrics::CONTENT_TYPE).into_response()
@@ -257,9 +310,10 @@ fn live_feed(app: Arc<App>) -> impl futures::Stream<Item = Result<warp::sse::Eve
         tick: tokio::time::Interval,
         ready: VecDeque<warp::sse::Event>,
     }
-    fn status(app: &App) -> warp::sse::Event {
-        let s = app.cluster.status(&app.reads);
-        warp::sse::Event::default().event("status").json_data(&s).expect("status serializes")
+    /// Nothing once this orchestrator stopped leading (the feed then ends).
+    fn status(app: &App) -> Option<warp::sse::Event> {
+        let s = app.sup.cluster()?.status(&app.reads);
+        Some(warp::sse::Event::default().event("status").json_data(&s).expect("status serializes"))
     }
     let events = app.tel.events.subscribe();
     let mut tick = tokio::time::interval(FEED_STATUS_EVERY);
@@ -272,15 +326,15 @@ fn live_feed(app: Arc<App>) -> impl futures::Stream<Item = Result<warp::sse::Eve
             }
             tokio::select! {
                 _ = f.app.stop.cancelled() => return None,
-                _ = f.tick.tick() => f.ready.push_back(status(&f.app)),
+                _ = f.tick.tick() => f.ready.push_back(status(&f.app)?),
                 e = f.events.recv() => match e {
                     Ok(e) => {
                         let sse = warp::sse::Event::default().event("event").id(e.id.to_string());
                         f.ready.push_back(sse.json_data(&e).expect("events serialize"));
-                        f.ready.push_back(status(&f.app));
+                        f.ready.push_back(status(&f.app)?);
                     }
                     // Missed some: the status carries the latest events.
-                    Err(RecvError::Lagged(_)) => f.ready.push_back(status(&f.app)),
+                    Err(RecvError::Lagged(_)) => f.ready.push_back(status(&f.app)?),
                     Err(RecvError::Closed) => return None,
                 },
             }

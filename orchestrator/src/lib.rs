@@ -1,8 +1,10 @@
 //! The database orchestrator: the HTTP front of the database (`http`,
-//! `dbapi`), the RPC client of the workers over RabbitMQ (`rpc`), and the
-//! worker supervisor (`cluster`: runtime, ZooKeeper, failover; `autoscale`),
-//! and what operators watch it through (`events`, `metrics`, `status`, the
-//! page in `assets/` served by `http`).
+//! `dbapi`, `read_floor`), the RPC client of the workers over RabbitMQ
+//! (`rpc`), and, while it leads (`leader`, `supervision`), the worker
+//! supervisor (`cluster`: runtime, ZooKeeper, failover; `autoscale`), and
+//! what operators watch it through (`events`, `metrics`, `status`, the page
+//! in `assets/` served by `http`). Several may run: all serve the data path,
+//! one supervises.
 //! Why it is built this way: DESIGN.md beside this crate.
 
 pub mod autoscale;
@@ -12,10 +14,14 @@ pub mod dbapi;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod leader;
 pub mod metrics;
+pub mod peers;
+pub mod read_floor;
 pub mod rpc;
 pub mod runtime;
 pub mod status;
+pub mod supervision;
 pub mod timing;
 
 use std::sync::Arc;
@@ -45,19 +51,28 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     tasks.spawn("rabbitmq connection", |t| rpc.clone().maintain(t));
     tasks.spawn("read batches", |t| rpc.clone().read_batches(t));
     tasks.spawn("write batches", |t| rpc.clone().write_batches(t));
-    let cluster = tokio::select! {
-        c = cluster::Cluster::start(cfg.clone(), rpc.clone(), tel.clone()) => c?,
-        _ = stop.cancelled() => return Ok(()),
-    };
-    tasks.spawn("worker exit watch", |t| cluster.clone().watch_exits(t));
-    tasks.spawn("replacement slaves", |t| cluster.clone().replenish_loop(t));
-    tasks.spawn("reconcile", |t| cluster.clone().reconcile_loop(t));
+    let floor = read_floor::ReadFloor::new(cfg.read_floor);
+    tasks.spawn("read index", |t| floor.clone().run(rpc.clone(), cfg.write_timeout.0, t));
+    tasks.spawn("master epoch", |t| supervision::follow_master_epoch(cfg.clone(), rpc.clone(), tel.clone(), t));
+
+    // Every orchestrator serves the data path; the one elected in ZooKeeper
+    // also supervises the workers.
+    let me = wire::coord::LeaderRecord { instance: rpc.instance().to_owned(), url: cfg.advertised_url() };
+    let (role_tx, role_rx) = tokio::sync::watch::channel(leader::Role::Unknown);
+    let (zk_addr, zk_root, session) = (cfg.zk_addr.clone(), cfg.zk_root.clone(), cfg.zk_session_timeout.0);
+    tasks.spawn("leader election", |t| leader::run(zk_addr, zk_root, me.clone(), session, role_tx, t));
+    let sup = supervision::Supervision::new(role_rx);
     let reads = Arc::new(autoscale::ReadCounter::default());
-    tasks.spawn("autoscaler", |t| autoscale::run(reads.clone(), cluster.clone(), cfg.scale, tel.clone(), t));
+    let record = wire::coord::OrchestratorRecord { instance: me.instance.clone(), url: me.url.clone(), reads_total: 0 };
+    let (zk_addr, zk_root, role) = (cfg.zk_addr.clone(), cfg.zk_root.clone(), sup.role_watch());
+    tasks.spawn("orchestrator registry", |t| peers::run(zk_addr, zk_root, record, reads.clone(), role, session, t));
+    tasks.spawn("supervision", |t| {
+        supervision::run(sup.clone(), cfg.clone(), rpc.clone(), reads.clone(), tel.clone(), t)
+    });
 
     let app = Arc::new(http::App {
-        db: dbapi::DbApi::new(rpc, cfg.read_timeout.0, cfg.write_timeout.0, cluster.adopted_seq()),
-        cluster,
+        db: dbapi::DbApi::new(rpc, cfg.read_timeout.0, cfg.write_timeout.0, floor),
+        sup,
         reads,
         tel,
         admin_token: cfg.admin_token.clone(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use lapin::options::QueueDeleteOptions;
 use systest::{poll, root, Stack, StackOptions};
 use wire::contract::{env, ExitReason};
-use wire::queues::{RESPONSE_Q, SNAPSHOT_Q};
+use wire::queues::SNAPSHOT_Q;
 use wire::{Condition, ReadRequest, Value, WriteRequest};
 
 fn worker_bin() -> std::path::PathBuf {
@@ -217,19 +217,22 @@ fn orchestrator_log(stack: &Stack) -> String {
     std::fs::read_to_string(stack.dir.join("orchestrator.log")).unwrap_or_default()
 }
 
-/// `responseQ` deleted under a running orchestrator: its RPC loop's consumer
-/// is cancelled; the loop says so, reconnects and declares the queue again, and
-/// reads and writes are answered again without a restart.
+/// The broker closes every connection of the cluster (as an operator's
+/// `rabbitmqctl close_all_connections` does): the orchestrator's RPC loop
+/// says so, reconnects and declares its reply queue (`responseQ.<instance>`,
+/// exclusive to its connection) again, and reads and writes are answered
+/// again without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_orchestrator_whose_reply_queue_is_deleted_recovers() {
+async fn an_orchestrator_whose_broker_connection_is_closed_recovers() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     assert_eq!(stack.write(&user("before")).await.unwrap().0, 201);
     let pid = stack.orchestrator_pid().unwrap();
 
-    let amqp = lapin::Connection::connect(&stack.amqp_url, lapin::ConnectionProperties::default()).await.unwrap();
-    let ch = amqp.create_channel().await.unwrap();
-    ch.queue_delete(RESPONSE_Q.into(), QueueDeleteOptions::default()).await.unwrap();
-    let _ = amqp.close(200, "done".into()).await;
+    let st = std::process::Command::new(systest::root().join("scripts/infra.sh"))
+        .args(["close-connections", &stack.name])
+        .status()
+        .unwrap();
+    assert!(st.success(), "scripts/infra.sh close-connections failed");
 
     poll("the orchestrator to say its rabbitmq link ended", Duration::from_secs(15), || async {
         orchestrator_log(&stack).contains("rabbitmq connection lost").then_some(())

@@ -18,7 +18,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::queues::{READ_Q, RESPONSE_Q, SNAPSHOT_Q, SYNC_X, WRITE_Q};
 
-/// How the shared queues (`readQ`, `writeQ`, `responseQ`, `snapshotQ`) and each
+/// How the shared queues (`readQ`, `writeQ`, `snapshotQ`) and each
 /// slave's sync queue are kept: on one node (`classic`, the single-node
 /// default) or replicated by Raft over the cluster (`quorum`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -85,9 +85,9 @@ pub fn sync_queue(kind: QueueType) -> (QueueDeclareOptions, FieldTable) {
     }
 }
 
-/// Durable `readQ`, `writeQ`, `responseQ`, `snapshotQ` and the `syncQ` fanout exchange.
+/// Durable `readQ`, `writeQ`, `snapshotQ` and the `syncQ` fanout exchange.
 pub async fn declare_topology(ch: &Channel, kind: QueueType) -> lapin::Result<()> {
-    for q in [READ_Q, WRITE_Q, RESPONSE_Q, SNAPSHOT_Q] {
+    for q in [READ_Q, WRITE_Q, SNAPSHOT_Q] {
         let (opts, args) = shared_queue(kind);
         ch.queue_declare(q.into(), opts, args).await?;
     }
@@ -98,6 +98,22 @@ pub async fn declare_topology(ch: &Channel, kind: QueueType) -> lapin::Result<()
         FieldTable::default(),
     )
     .await
+}
+
+/// The reply queue of one orchestrator process, `responseQ.<instance>`: each
+/// orchestrator gets the answers to its own requests only, however many run.
+pub fn reply_queue(instance: &str) -> String {
+    format!("{RESPONSE_Q}.{instance}")
+}
+
+/// Declare an orchestrator's reply queue: classic, exclusive and auto-deleted,
+/// so it lives on the node of the connection that consumes it and goes with
+/// it (a reply to a request whose caller already heard 503 is dropped). It
+/// needs no replication: when that node goes, so does the connection, and the
+/// orchestrator declares a new one where it reconnects.
+pub async fn declare_reply_queue(ch: &Channel, name: &str) -> lapin::Result<lapin::Queue> {
+    let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    ch.queue_declare(name.into(), opts, FieldTable::default()).await
 }
 
 /// Declare a slave's sync queue (see [`sync_queue`]), empty: a slave

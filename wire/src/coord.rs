@@ -4,6 +4,8 @@
 //! ```text
 //! <root>/master            persistent: MasterRecord, written only by the orchestrator
 //! <root>/workers/<id>      ephemeral:  WorkerRecord, one per live worker session
+//! <root>/leader            ephemeral:  LeaderRecord, the orchestrator that supervises
+//! <root>/orchestrators/<i> ephemeral:  OrchestratorRecord, one per live orchestrator
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,37 @@ pub fn workers_path(root: &str) -> String {
 
 pub fn worker_path(root: &str, id: &str) -> String {
     format!("{root}/workers/{id}")
+}
+
+pub fn leader_path(root: &str) -> String {
+    format!("{root}/leader")
+}
+
+pub fn orchestrators_path(root: &str) -> String {
+    format!("{root}/orchestrators")
+}
+
+pub fn orchestrator_path(root: &str, instance: &str) -> String {
+    format!("{root}/orchestrators/{instance}")
+}
+
+/// The orchestrator that holds the supervising role (failover, autoscaler,
+/// reconcile): the one whose session created `<root>/leader`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    pub instance: String,
+    /// Where its HTTP API answers (the other orchestrators send operators there).
+    pub url: String,
+}
+
+/// What every live orchestrator reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrchestratorRecord {
+    pub instance: String,
+    pub url: String,
+    /// `db/read` requests it has counted since it started (the leader's
+    /// autoscaler adds every orchestrator's reads to its window).
+    pub reads_total: u64,
 }
 
 /// Which worker is master, and since which epoch. A new master always gets a

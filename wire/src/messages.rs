@@ -73,11 +73,14 @@ pub struct ReadMsg {
     pub deadline_ms: Option<u64>,
 }
 
-/// A write, one item of a [`Batch`] on `writeQ`; `write.request_id` is always
-/// set by the orchestrator.
+/// One item of a [`Batch`] on `writeQ`: a write (its `request_id` always set
+/// by the orchestrator), or, when `write` is `None`, a read index: the master
+/// answers [`Reply::ReadIndex`] with the highest sequence number it has
+/// committed, which covers every write any orchestrator has acknowledged
+/// before the question reached it (the floor of a strong read, docs/guarantees.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WriteMsg {
-    pub write: WriteRequest,
+    pub write: Option<WriteRequest>,
     /// Unix time (ms) after which the caller got a 503: the write must not be
     /// applied any more (RabbitMQ's TTL only covers messages not yet delivered).
     #[serde(default)]
@@ -117,6 +120,12 @@ pub enum Reply {
     /// The worker could not serve it now (behind, shutting down): 503.
     Unavailable {
         error: String,
+    },
+    /// The master's answer to a read index (a [`WriteMsg`] without a write):
+    /// every change up to `seq` is committed and on every slave's sync queue.
+    ReadIndex {
+        seq: u64,
+        epoch: u64,
     },
     /// Answers to some requests of a [`Batch`]: (index in the batch, answer).
     Batch {

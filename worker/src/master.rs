@@ -96,6 +96,8 @@ pub async fn run(
     info!(worker = %ctx.cfg.worker_id, epoch, seq = pos.seq, "serving as master");
 
     let mut master = ctx.zk.master.clone();
+    // The highest sequence number committed and confirmed on syncQ.
+    let mut committed = pos.seq;
     let result = loop {
         tokio::select! {
             d = writes.next() => {
@@ -108,7 +110,7 @@ pub async fn run(
                         _ => break,
                     }
                 }
-                if let Err(e) = handle_batch(batch, &db, &sync_ch, &reply_ch, ctx, epoch).await {
+                if let Err(e) = handle_batch(batch, &db, &sync_ch, &reply_ch, ctx, epoch, &mut committed).await {
                     break Err(e);
                 }
             }
@@ -140,7 +142,8 @@ pub const SNAPSHOT_SERVER: &str = "snapshot server";
 const MAX_BATCH: u16 = 64;
 
 /// Commit a batch of writes, fan their changes out, and only once the broker
-/// confirmed every change, answer and acknowledge them.
+/// confirmed every change, answer and acknowledge them; read indexes in the
+/// batch are answered with what is committed once that is done.
 async fn handle_batch(
     batch: Vec<Delivery>,
     db: &Arc<Mutex<SqliteConn>>,
@@ -148,6 +151,7 @@ async fn handle_batch(
     reply_ch: &Channel,
     ctx: &NodeCtx,
     epoch: u64,
+    committed: &mut u64,
 ) -> Result<()> {
     // Fencing: a newer master record, or no fresh lease, means another master
     // may exist already. Nothing of the batch is touched: it all goes back.
@@ -159,6 +163,7 @@ async fn handle_batch(
     // go back together. (delivery, index in its batch) → answer.
     let mut answers: Vec<Vec<(u32, Reply)>> = vec![Vec::new(); batch.len()];
     let mut todo: Vec<((usize, u32), WriteRequest)> = Vec::new();
+    let mut indexes: Vec<(usize, u32)> = Vec::new();
     for (di, d) in batch.iter().enumerate() {
         match serde_json::from_slice::<Batch<WriteMsg>>(&d.data) {
             Err(e) => {
@@ -168,12 +173,18 @@ async fn handle_batch(
             }
             Ok(b) => {
                 for (j, m) in b.items.into_iter().enumerate() {
+                    let Some(write) = m.write else {
+                        // A read index: answered below, once this batch's
+                        // changes are confirmed.
+                        indexes.push((di, j as u32));
+                        continue;
+                    };
                     if wire::expired(m.deadline_ms) {
-                        warn!(request_id = ?m.write.request_id, "write past its deadline dropped (the caller got a 503)");
+                        warn!(request_id = ?write.request_id, "write past its deadline dropped (the caller got a 503)");
                         let error = "write past its deadline".to_owned();
                         answers[di].push((j as u32, Reply::Unavailable { error }));
                     } else {
-                        todo.push(((di, j as u32), m.write));
+                        todo.push(((di, j as u32), write));
                     }
                 }
             }
@@ -220,6 +231,7 @@ async fn handle_batch(
         }
         publish_changes(sync_ch, &changes).await?;
         if let Some(seq) = top {
+            *committed = seq;
             ctx.set_position(Role::Master, seq, epoch);
         }
     }
@@ -227,6 +239,11 @@ async fn handle_batch(
     if !ctx.zk.lease.valid() || !still_master(ctx, epoch) {
         write_ch_nack_all(&batch).await?;
         bail!("lease lost while writing: stopped taking writes");
+    }
+    // Every write acknowledged before a read index reached us is at or below
+    // what is committed now (batches are handled one at a time).
+    for (di, j) in indexes {
+        answers[di].push((j, Reply::ReadIndex { seq: *committed, epoch }));
     }
     for (d, answers) in batch.iter().zip(answers) {
         let encoded: Vec<(u32, Vec<u8>)> =

@@ -85,10 +85,6 @@ pub struct Cluster {
     rpc: Arc<Rpc>,
     state: Mutex<Membership>,
     next_id: AtomicU64,
-    /// The master's sequence number when this orchestrator adopted a running
-    /// cluster: writes acknowledged by a previous orchestrator are at or below
-    /// it, so reads use it as their first floor.
-    adopted_seq: AtomicU64,
     /// Wakes the task that starts replacement slaves.
     replenish: tokio::sync::Notify,
 }
@@ -113,7 +109,6 @@ impl Cluster {
             rpc,
             state: Mutex::new(Membership::default()),
             next_id: AtomicU64::new(base << 8),
-            adopted_seq: AtomicU64::new(0),
             replenish: tokio::sync::Notify::new(),
         });
         cluster.adopt_or_bootstrap().await?;
@@ -203,8 +198,6 @@ impl Cluster {
             return self.bootstrap(&mut st).await;
         }
         let registered = self.zk_retry("listing worker znodes", || self.zk.workers()).await?;
-        let top = registered.values().map(|r| r.seq).max().unwrap_or(0);
-        self.adopted_seq.store(top, Ordering::SeqCst);
         for w in running {
             let role =
                 if record.as_ref().is_some_and(|r| r.id == w.id) { MemberRole::Master } else { MemberRole::Slave };
@@ -536,11 +529,6 @@ impl Cluster {
         }
         self.publish(&st);
         Ok(())
-    }
-
-    /// See `adopted_seq`.
-    pub fn adopted_seq(&self) -> u64 {
-        self.adopted_seq.load(Ordering::SeqCst)
     }
 
     /// Slaves running and not being stopped, as of the last membership change.

@@ -3,11 +3,15 @@
 //! One long-lived connection, to the first node of the broker that answers
 //! (after a loss, starting with the node after the lost one); reads go to
 //! `readQ`, writes to `writeQ`, coalesced into batches (`batcher`), each
-//! batch with `reply_to = responseQ` and a fresh correlation id. A single
-//! consumer on `responseQ` hands every answer of a batch to the caller
+//! batch with `reply_to = responseQ.<instance>` (this process's own reply
+//! queue: several orchestrators may run) and a fresh correlation id. A single
+//! consumer on that queue hands every answer of a batch to the caller
 //! waiting on it, so any number of requests can be in flight at once and
-//! each gets its own answer. When the connection drops, every waiting caller
-//! is told at once (503) and a background task reconnects with backoff.
+//! each gets its own answer. Publishes are confirmed: a batch the broker
+//! refused or could not place (a quorum queue between leaders after a node
+//! loss) fails its callers at once (503) instead of leaving them to time out.
+//! When the connection drops, every waiting caller is told at once (503) and
+//! a background task reconnects with backoff.
 
 mod answers;
 mod batcher;
@@ -21,7 +25,7 @@ use std::time::Duration;
 
 use crate::timing::{CLOSE_TIMEOUT, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN};
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use tasks::CancellationToken;
@@ -29,7 +33,7 @@ use thiserror::Error;
 use tokio::sync::{oneshot, RwLock};
 use tracing::{info, warn};
 use wire::broker::{Nodes, QueueType};
-use wire::queues::{READ_Q, RESPONSE_Q, WRITE_Q};
+use wire::queues::{READ_Q, WRITE_Q};
 use wire::status::EventKind;
 use wire::{Batch, ReadMsg, Reply, WriteMsg};
 
@@ -92,10 +96,11 @@ pub struct Rpc {
     writes: batcher::Queue<WriteMsg>,
     link: RwLock<Option<Link>>,
     pending: Pending,
-    /// Correlation ids are `<instance>.<n>`: replies still queued on the
-    /// durable `responseQ` for an earlier orchestrator process must never
-    /// match this one's requests.
+    /// Correlation ids are `<instance>.<n>`: a reply meant for another
+    /// orchestrator process (an earlier one, or a stray) never matches.
     instance: u64,
+    /// `responseQ.<instance>`, where the workers answer this process.
+    reply_queue: String,
     next_id: AtomicU64,
     next_channel: AtomicUsize,
     /// Replies from a master older than this epoch are dropped (fencing).
@@ -108,6 +113,7 @@ impl Rpc {
     /// A client with no connection yet: run [`Rpc::maintain`] to connect
     /// (requests made before it connects get 503).
     pub fn new(nodes: Nodes, queue_type: QueueType, batching: Batching, tel: Arc<Telemetry>) -> Arc<Rpc> {
+        let instance: u64 = rand::random();
         Arc::new(Rpc {
             nodes,
             queue_type,
@@ -116,13 +122,19 @@ impl Rpc {
             writes: batcher::Queue::new(),
             link: RwLock::new(None),
             pending: Mutex::new(HashMap::new()),
-            instance: rand::random(),
+            instance,
+            reply_queue: wire::broker::reply_queue(&format!("{instance:016x}")),
             next_id: AtomicU64::new(1),
             next_channel: AtomicUsize::new(0),
             min_epoch: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             tel,
         })
+    }
+
+    /// This process's instance id (hex), as in its correlation ids and reply queue.
+    pub fn instance(&self) -> &str {
+        self.reply_queue.rsplit('.').next().expect("reply queue names end in the instance")
     }
 
     /// Whether the broker connection is up (no call).
@@ -193,7 +205,7 @@ impl Rpc {
         // A message nobody took before the callers gave up is dropped by the
         // broker, so a timed-out request is not executed later.
         let mut props = BasicProperties::default()
-            .with_reply_to(RESPONSE_Q.into())
+            .with_reply_to(self.reply_queue.as_str().into())
             .with_correlation_id(format!("{:016x}.{id}", self.instance).into())
             .with_expiration(route.timeout.as_millis().to_string().into());
         if route.persistent {
@@ -208,8 +220,8 @@ impl Rpc {
             link.channels[self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len()].clone()
         };
         let publish = ch.basic_publish("".into(), route.queue.into(), BasicPublishOptions::default(), &body, props);
-        match tokio::time::timeout(route.timeout, publish).await {
-            Ok(Ok(_)) => {}
+        let confirm = match tokio::time::timeout(route.timeout, publish).await {
+            Ok(Ok(confirm)) => confirm,
             Ok(Err(e)) => {
                 warn!(error = %e, queue = route.queue, "could not publish a batch");
                 return;
@@ -218,8 +230,20 @@ impl Rpc {
                 warn!(queue = route.queue, "publishing a batch took longer than its timeout");
                 return;
             }
+        };
+        // The answers may come before the confirm: wait for both, and stop
+        // at once if the broker says the batch was not placed.
+        let confirmed = async {
+            match confirm.await {
+                Ok(c) if c.is_ack() => std::future::pending::<()>().await,
+                Ok(_) => warn!(queue = route.queue, "the broker refused a batch (nack); its callers get a 503"),
+                Err(e) => warn!(error = %e, queue = route.queue, "a batch was not confirmed; its callers get a 503"),
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(route.timeout, answered) => {}
+            _ = confirmed => {}
         }
-        let _ = tokio::time::timeout(route.timeout, answered).await;
     }
 
     /// Connect, declare, consume replies; on loss fail the waiters and
@@ -291,9 +315,10 @@ impl Rpc {
         let (conn, node) = wire::broker::connect(&self.nodes, "orchestrator").await?;
         let ch = conn.create_channel().await?;
         wire::broker::declare_topology(&ch, self.queue_type).await?;
+        wire::broker::declare_reply_queue(&ch, &self.reply_queue).await?;
         let consumer = ch
             .basic_consume(
-                RESPONSE_Q.into(),
+                self.reply_queue.as_str().into(),
                 "orchestrator-replies".into(),
                 BasicConsumeOptions { no_ack: true, ..Default::default() },
                 FieldTable::default(),
@@ -301,7 +326,9 @@ impl Rpc {
             .await?;
         let mut channels = Vec::with_capacity(PUBLISH_CHANNELS);
         for _ in 0..PUBLISH_CHANNELS {
-            channels.push(conn.create_channel().await?);
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            channels.push(ch);
         }
         *self.link.write().await = Some(Link { conn, channels });
         Ok((consumer, node))
@@ -346,7 +373,10 @@ impl Rpc {
     /// False for a write's answer from a master older than the current one
     /// (fencing: it is dropped, and its caller gets a 503 when it times out).
     fn is_from_current_master(&self, reply: &Reply) -> bool {
-        let (Reply::Written { epoch, .. } | Reply::Conflict { epoch, .. }) = reply else { return true };
+        let (Reply::Written { epoch, .. } | Reply::Conflict { epoch, .. } | Reply::ReadIndex { epoch, .. }) = reply
+        else {
+            return true;
+        };
         let min = self.min_epoch.load(Ordering::SeqCst);
         if *epoch < min {
             warn!(epoch, current = min, "reply from a deposed master dropped");
