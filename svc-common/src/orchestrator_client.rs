@@ -216,11 +216,12 @@ impl OrchestratorClient {
     /// the one that moves says so.
     fn move_on<R>(&self, from: usize, next: usize, outcome: Outcome, result: &Result<R, DbError>) {
         if self.current.compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            let why = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+            let error = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
             tracing::warn!(
                 from = %self.bases[from],
                 to = %self.bases[next],
-                "orchestrator {}, moving to the next one: {why}",
+                %error,
+                "orchestrator {}: moving to the next one",
                 outcome.as_str()
             );
         }
