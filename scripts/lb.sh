@@ -10,8 +10,11 @@
 # Environment:
 #   LB_PORT     port to listen on (default 8080)
 #   LB_HOST     address to listen on (default 127.0.0.1)
-#   USERS_ADDR  users-api host:port (default 127.0.0.1:8081)
-#   RIDES_ADDR  rides-api host:port (default 127.0.0.1:8082)
+#   USERS_ADDRS users-api instances, comma-separated host:port (default USERS_ADDR)
+#   RIDES_ADDRS rides-api instances, comma-separated host:port (default RIDES_ADDR)
+#   USERS_ADDR  the one users-api when USERS_ADDRS is unset (default 127.0.0.1:8081)
+#   RIDES_ADDR  the one rides-api when RIDES_ADDRS is unset (default 127.0.0.1:8082)
+#   LB_FAIL_TIMEOUT  how long an instance that failed is left out (default 3s)
 #   LB_DIR      folder for the rendered config, pid, logs and temp files
 #               (default ./var/lb); the access log is $LB_DIR/logs/access.log
 #   NGINX       nginx binary (default: nginx on PATH, else /usr/sbin/nginx)
@@ -24,8 +27,9 @@ template="$root/alb-config/nginx.conf.template"
 
 LB_PORT="${LB_PORT:-8080}"
 LB_HOST="${LB_HOST:-127.0.0.1}"
-USERS_ADDR="${USERS_ADDR:-127.0.0.1:8081}"
-RIDES_ADDR="${RIDES_ADDR:-127.0.0.1:8082}"
+USERS_ADDRS="${USERS_ADDRS:-${USERS_ADDR:-127.0.0.1:8081}}"
+RIDES_ADDRS="${RIDES_ADDRS:-${RIDES_ADDR:-127.0.0.1:8082}}"
+LB_FAIL_TIMEOUT="${LB_FAIL_TIMEOUT:-3s}"
 LB_DIR="${LB_DIR:-./var/lb}"
 LB_START_TIMEOUT="${LB_START_TIMEOUT:-10}"
 mkdir -p "$LB_DIR"
@@ -61,6 +65,20 @@ answers() {
     curl -fsS -o /dev/null --max-time 1 "http://$LB_HOST:$LB_PORT/lb-health" 2>/dev/null
 }
 
+# The upstream lines for a comma-separated list of host:port: one server per
+# instance, left out for LB_FAIL_TIMEOUT after one failure.
+servers() {
+    local list="$1" addr out="" host_port='^[^[:space:];|]+:[0-9]+$'
+    IFS=',' read -ra addrs <<<"$list"
+    for addr in "${addrs[@]}"; do
+        addr="${addr//[[:space:]]/}"
+        [[ "$addr" =~ $host_port ]] || die "not a host:port in $list: '$addr'"
+        out+="server $addr max_fails=1 fail_timeout=$LB_FAIL_TIMEOUT; "
+    done
+    [[ -n "$out" ]] || die "no instance in '$list'"
+    echo "$out"
+}
+
 # Renders the config for the current settings into $1 (default: the live config).
 render() {
     local out="${1:-$conf}"
@@ -72,10 +90,13 @@ render() {
         user_line="user root;"
     fi
     mkdir -p "$LB_DIR/logs" "$LB_DIR/tmp"
+    local users rides
+    users="$(servers "$USERS_ADDRS")"
+    rides="$(servers "$RIDES_ADDRS")"
     sed -e "s|@LB_DIR@|$LB_DIR|g" \
         -e "s|@LB_LISTEN@|$LB_HOST:$LB_PORT|g" \
-        -e "s|@USERS_ADDR@|$USERS_ADDR|g" \
-        -e "s|@RIDES_ADDR@|$RIDES_ADDR|g" \
+        -e "s|@USERS_SERVERS@|$users|g" \
+        -e "s|@RIDES_SERVERS@|$rides|g" \
         -e "s|@USER_LINE@|$user_line|g" \
         "$template" >"$out.new"
     mv "$out.new" "$out"
@@ -99,7 +120,7 @@ start() {
         "$nginx" -p "$LB_DIR" -e "$LB_DIR/logs/error.log" -c "$conf" -s reload \
             || die "nginx did not reload; see $LB_DIR/logs/error.log"
         wait_answers
-        echo "lb: reloaded (pid $pid) on http://$LB_HOST:$LB_PORT; users -> $USERS_ADDR, rides -> $RIDES_ADDR"
+        echo "lb: reloaded (pid $pid) on http://$LB_HOST:$LB_PORT; users -> $USERS_ADDRS, rides -> $RIDES_ADDRS"
         return 0
     fi
     render
@@ -109,7 +130,7 @@ start() {
     "$nginx" -p "$LB_DIR" -e "$LB_DIR/logs/error.log" -c "$conf" \
         || die "nginx did not start; see $LB_DIR/logs/error.log"
     wait_answers
-    echo "lb: listening on http://$LB_HOST:$LB_PORT (pid $(running_pid)); users -> $USERS_ADDR, rides -> $RIDES_ADDR; log $LB_DIR/logs/access.log"
+    echo "lb: listening on http://$LB_HOST:$LB_PORT (pid $(running_pid)); users -> $USERS_ADDRS, rides -> $RIDES_ADDRS; log $LB_DIR/logs/access.log"
 }
 
 wait_answers() {

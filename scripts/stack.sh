@@ -3,6 +3,7 @@
 #
 #   scripts/stack.sh up      infra, build, worker image (if Docker answers), orchestrator
 #                            with one master and one slave, users-api, rides-api, LB
+#                            (HA=1: two instances of each service behind the LB)
 #   scripts/stack.sh down    stop all of it, workers included
 #   scripts/stack.sh status  what runs, where
 #
@@ -30,6 +31,9 @@ ORCH_ADDR=${ORCH_ADDR:-127.0.0.1:8090}
 # HA: a second orchestrator (both serve the data path; one, elected in
 # ZooKeeper, supervises the workers).
 ORCH2_ADDR=${ORCH2_ADDR:-127.0.0.1:8091}
+# The second instance of each service in the HA topology.
+USERS2_ADDR=${USERS2_ADDR:-127.0.0.1:8083}
+RIDES2_ADDR=${RIDES2_ADDR:-127.0.0.1:8084}
 CLUSTER_ID=${CLUSTER_ID:-rideshare}
 DEADLINE_SECS=${STACK_DEADLINE_SECS:-120}
 # The topology: HA=1 (or what the last `up` recorded) = scripts/ha.sh's infra.
@@ -47,7 +51,15 @@ else
   ZK_ADDR=${ZK_ADDR:-127.0.0.1:${ZK_PORT:-2181}}
   AMQP_QUEUE_TYPE=${AMQP_QUEUE_TYPE:-classic}
 fi
-export LB_DIR=${LB_DIR:-$VAR/lb} LB_PORT USERS_ADDR RIDES_ADDR AMQP_URL ZK_ADDR AMQP_QUEUE_TYPE
+# Every instance of each service (comma-separated host:port; the LB gets all).
+if [ -n "$HA" ]; then
+  USERS_ADDRS=${USERS_ADDRS:-$USERS_ADDR,$USERS2_ADDR}
+  RIDES_ADDRS=${RIDES_ADDRS:-$RIDES_ADDR,$RIDES2_ADDR}
+else
+  USERS_ADDRS=${USERS_ADDRS:-$USERS_ADDR}
+  RIDES_ADDRS=${RIDES_ADDRS:-$RIDES_ADDR}
+fi
+export LB_DIR=${LB_DIR:-$VAR/lb} LB_PORT USERS_ADDRS RIDES_ADDRS AMQP_URL ZK_ADDR AMQP_QUEUE_TYPE
 if [ -n "$HA" ]; then TOPOLOGY=ha; else TOPOLOGY=single; fi
 infra() { if [ -n "$HA" ]; then scripts/ha.sh "$@"; else scripts/infra.sh "$@"; fi; }
 
@@ -57,6 +69,16 @@ die() { log "error: $*"; exit 1; }
 engine_answers() { command -v docker >/dev/null && timeout 5 docker info >/dev/null 2>&1; }
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+# "name host:port" per instance of service $1 (users-api, rides-api) in the
+# list $2: the first is named for the service, the next ones <service>-2, ...
+instances() {
+  local i=0 addr
+  for addr in ${2//,/ }; do
+    i=$((i + 1))
+    if [ $i = 1 ]; then echo "$1 $addr"; else echo "$1-$i $addr"; fi
+  done
+}
 
 start_bg() { # name, then the command; env comes from the caller
   local name=$1; shift
@@ -111,11 +133,16 @@ up() {
   fi
   if [ "$runtime" = docker ]; then scripts/build-images.sh; fi
   start_orchestrators "$runtime"
-  ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-$(orchestrator_urls)} start_bg users-api target/release/users-api
-  ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-$(orchestrator_urls)} LB_URL=${LB_URL:-http://127.0.0.1:$LB_PORT} \
-    RIDES_PUBLIC_URL=${RIDES_PUBLIC_URL:-http://$RIDES_ADDR} start_bg rides-api target/release/rides-api
-  wait_http users-api "http://$USERS_ADDR/health"
-  wait_http rides-api "http://$RIDES_ADDR/health"
+  local name addr
+  while read -r name addr; do
+    USERS_ADDR=$addr ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-$(orchestrator_urls)} start_bg "$name" target/release/users-api
+  done < <(instances users-api "$USERS_ADDRS")
+  while read -r name addr; do
+    RIDES_ADDR=$addr ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-$(orchestrator_urls)} LB_URL=${LB_URL:-http://127.0.0.1:$LB_PORT} \
+      RIDES_PUBLIC_URL=${RIDES_PUBLIC_URL:-http://$addr} start_bg "$name" target/release/rides-api
+  done < <(instances rides-api "$RIDES_ADDRS")
+  while read -r name addr; do wait_http "$name" "http://$addr/health"; done \
+    < <(instances users-api "$USERS_ADDRS"; instances rides-api "$RIDES_ADDRS")
   scripts/lb.sh start
   wait_http "load balancer" "http://127.0.0.1:$LB_PORT/api/v1/rides/count"
   log "up: clients use http://127.0.0.1:$LB_PORT (runtime $runtime)"
@@ -150,8 +177,11 @@ stop_workers() {
 
 down() {
   scripts/lb.sh stop || true
-  stop_pid users-api
-  stop_pid rides-api
+  # Every service instance with a pid file, whatever the topology that started it.
+  local f
+  for f in "$RUN"/users-api*.pid "$RUN"/rides-api*.pid; do
+    [ -e "$f" ] && stop_pid "$(basename "$f" .pid)"
+  done
   stop_pid orchestrator
   stop_pid orchestrator-2
   stop_workers
@@ -175,9 +205,10 @@ status() {
       echo "$(printf '%-15s' "$n") down"
     fi
   done
-  for n in users-api rides-api; do
-    if running "$n"; then echo "$(printf '%-11s' "$n") up    pid $(cat "$RUN/$n.pid")"; else echo "$(printf '%-11s' "$n") down"; fi
-  done
+  local addr
+  while read -r n addr; do
+    if running "$n"; then echo "$(printf '%-15s' "$n") up    pid $(cat "$RUN/$n.pid")  http://$addr"; else echo "$(printf '%-15s' "$n") down  http://$addr"; fi
+  done < <(instances users-api "$USERS_ADDRS"; instances rides-api "$RIDES_ADDRS")
   if scripts/lb.sh status >/dev/null 2>&1; then echo "lb          up    http://127.0.0.1:$LB_PORT (access log $LB_DIR/logs/access.log)"; else echo "lb          down"; fi
   if running orchestrator || running orchestrator-2; then
     echo "workers    $(curl -fsSL -m 5 "http://$ORCH_ADDR/api/v1/worker/list" 2>/dev/null || echo '(no answer)')"

@@ -17,6 +17,7 @@ use wire::{Condition, Op, ReadRequest, Row, WriteRequest};
 
 use svc_common::housekeeping;
 use svc_common::http::{self, Body, Request};
+use svc_common::idempotency::{self, BadKey};
 use svc_common::orchestrator_client::{DbError, OrchestratorClient};
 use svc_common::request_count::RequestCounter;
 
@@ -25,6 +26,8 @@ use crate::{areas, timestamp};
 
 /// What `_count` counts (docs/api.md).
 const COUNTED: &str = "/api/v1/rides";
+/// The namespace of this service's request ids (`svc_common::idempotency`).
+const SERVICE: &str = "rides-api";
 
 pub struct State {
     pub db: OrchestratorClient,
@@ -63,20 +66,31 @@ pub async fn handle(req: Request, st: Arc<State>) -> Response {
     let Some(route) = Route::of(&req.path) else {
         return http::not_found();
     };
-    let result = match (route, req.method) {
-        (Route::Rides, Method::POST) => create(&st, req.body).await,
-        (Route::Rides, Method::GET) => upcoming(&st, &req.query).await,
+    // A write's request id, or the 400 of a malformed Idempotency-Key.
+    let request_id = || idempotency::request_id(SERVICE, &req).map_err(Fail::from);
+    let result = match (route, &req.method) {
+        (Route::Rides, &Method::POST) => match request_id() {
+            Ok(rid) => create(&st, req.body, rid).await,
+            Err(e) => Err(e),
+        },
+        (Route::Rides, &Method::GET) => upcoming(&st, &req.query).await,
         (Route::Rides, _) => Ok(http::method_not_allowed("GET, POST")),
-        (Route::RideCount, Method::GET) => st
+        (Route::RideCount, &Method::GET) => st
             .db
             .count(&ReadRequest::table("rides").counting())
             .await
             .map(|n| http::json(StatusCode::OK, &[n]))
             .map_err(Fail::from),
         (Route::RideCount, _) => Ok(http::method_not_allowed("GET")),
-        (Route::Ride(id), Method::GET) => details(&st, &id).await,
-        (Route::Ride(id), Method::POST) => join(&st, &id, req.body).await,
-        (Route::Ride(id), Method::DELETE) => delete(&st, &id).await,
+        (Route::Ride(id), &Method::GET) => details(&st, &id).await,
+        (Route::Ride(id), &Method::POST) => match request_id() {
+            Ok(rid) => join(&st, &id, req.body, rid).await,
+            Err(e) => Err(e),
+        },
+        (Route::Ride(id), &Method::DELETE) => match request_id() {
+            Ok(rid) => delete(&st, &id, rid).await,
+            Err(e) => Err(e),
+        },
         (Route::Ride(_), _) => Ok(http::method_not_allowed("GET, POST, DELETE")),
     };
     result.unwrap_or_else(Fail::into_response)
@@ -93,6 +107,8 @@ enum Fail {
     Db(#[from] DbError),
     #[error(transparent)]
     Check(#[from] crate::user_check::CheckError),
+    #[error(transparent)]
+    Key(#[from] BadKey),
 }
 
 impl Fail {
@@ -100,6 +116,7 @@ impl Fail {
         match self {
             Fail::Bad(m) => http::error(StatusCode::BAD_REQUEST, m),
             Fail::Body(e) => e.response(),
+            Fail::Key(e) => e.response(),
             Fail::Db(e) => e.into_response(),
             Fail::Check(e) => {
                 let status = e.status();
@@ -158,7 +175,7 @@ async fn ensure_user(st: &State, name: &str) -> Result<(), Fail> {
     }
 }
 
-async fn create(st: &State, body: Body) -> Answer {
+async fn create(st: &State, body: Body, request_id: String) -> Answer {
     let obj = object_body(body)?;
     let created_by = string_field(&obj, "created_by")?;
     let ts = match obj.get("timestamp") {
@@ -173,7 +190,7 @@ async fn create(st: &State, body: Body) -> Answer {
         return bad("source and destination are the same area");
     }
     ensure_user(st, &created_by).await?;
-    let insert = WriteRequest::insert(
+    let mut insert = WriteRequest::insert(
         "rides",
         [
             ("created_by", created_by.clone().into()),
@@ -182,6 +199,7 @@ async fn create(st: &State, body: Body) -> Answer {
             ("destination", destination.into()),
         ],
     );
+    insert.request_id = Some(request_id);
     match st.db.write(&insert).await {
         Ok(_) => Ok(http::empty_object(StatusCode::CREATED)),
         // The user was deleted between the check and the insert.
@@ -276,7 +294,7 @@ async fn details(st: &State, id: &str) -> Answer {
     ))
 }
 
-async fn join(st: &State, id: &str, body: Body) -> Answer {
+async fn join(st: &State, id: &str, body: Body, request_id: String) -> Answer {
     let id = ride_id(id)?;
     let obj = object_body(body)?;
     let username = string_field(&obj, "username")?;
@@ -287,7 +305,9 @@ async fn join(st: &State, id: &str, body: Body) -> Answer {
         return bad("the creator of a ride cannot join it");
     }
     ensure_user(st, &username).await?;
-    let insert = WriteRequest::insert("ride_riders", [("ride_id", id.into()), ("username", username.clone().into())]);
+    let mut insert =
+        WriteRequest::insert("ride_riders", [("ride_id", id.into()), ("username", username.clone().into())]);
+    insert.request_id = Some(request_id);
     match st.db.write(&insert).await {
         Ok(_) => Ok(http::empty_object(StatusCode::OK)),
         // The primary key (ride_id, username) says the user is on the ride
@@ -297,10 +317,12 @@ async fn join(st: &State, id: &str, body: Body) -> Answer {
     }
 }
 
-async fn delete(st: &State, id: &str) -> Answer {
+async fn delete(st: &State, id: &str, request_id: String) -> Answer {
     let id = ride_id(id)?;
     // ON DELETE CASCADE takes the riders off with it.
-    let outcome = st.db.write(&WriteRequest::delete("rides", vec![Condition::eq("ride_id", id)])).await?;
+    let mut delete = WriteRequest::delete("rides", vec![Condition::eq("ride_id", id)]);
+    delete.request_id = Some(request_id);
+    let outcome = st.db.write(&delete).await?;
     if outcome.rows_affected == 0 {
         return bad(format!("no ride {id}"));
     }
@@ -368,9 +390,20 @@ mod tests {
         assert_eq!(status("GET", "/api/v1/rides?source=1&destination=199", String::new()).await, 400);
         assert_eq!(status("POST", "/api/v1/rides/3", r#"{"user":"a"}"#.into()).await, 400);
         assert_eq!(status("GET", "/api/v1/ridesX", String::new()).await, 404);
-        assert_eq!(st.count.get(), 16);
+        // A malformed Idempotency-Key on any write route is a 400 before
+        // anything else; on a read it is not looked at.
+        let keyed = |method: &str, path: &str, key: &str| {
+            let req = warp::test::request().method(method).path(path).header("idempotency-key", key).body("{}");
+            let r = r.clone();
+            async move { req.reply(&r).await.status().as_u16() }
+        };
+        assert_eq!(keyed("POST", "/api/v1/rides", "a b").await, 400);
+        assert_eq!(keyed("POST", "/api/v1/rides/3", "").await, 400);
+        assert_eq!(keyed("DELETE", "/api/v1/rides/3", "ключ").await, 400);
+        assert_eq!(keyed("GET", "/api/v1/rides/count", "a b").await, 503);
+        assert_eq!(st.count.get(), 20);
         assert_eq!(status("GET", "/api/v1/users", String::new()).await, 404);
-        assert_eq!(st.count.get(), 16);
+        assert_eq!(st.count.get(), 20);
         // Valid requests reach the dead backends: 503, not a hang or a 500.
         assert_eq!(status("POST", "/api/v1/rides", ride(ok_ts, "\"12\"", "13")).await, 503);
         assert_eq!(status("GET", "/api/v1/rides/count", String::new()).await, 503);

@@ -11,9 +11,11 @@ use reqwest::Url;
 /// How a service reaches the orchestrator.
 #[derive(clap::Args, Debug, Clone)]
 pub struct OrchestratorArgs {
-    /// Base URL of the orchestrator, whose /api/v1/db/* API holds all data.
-    #[arg(long, env = "ORCHESTRATOR_URL", default_value = "http://127.0.0.1:8090", value_parser = http_url)]
-    pub orchestrator_url: Url,
+    /// Base URL of the orchestrator, whose /api/v1/db/* API holds all data;
+    /// several, comma-separated, for several orchestrators: the service sticks
+    /// to one that answers and moves to the next when it does not.
+    #[arg(long, env = "ORCHESTRATOR_URL", default_value = "http://127.0.0.1:8090", value_parser = http_urls)]
+    pub orchestrator_url: Urls,
     /// The orchestrator's operator token, sent as a bearer token (db/clear
     /// needs it when the orchestrator has one) [default: unset].
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
@@ -33,6 +35,24 @@ pub fn http_url(s: &str) -> Result<Url, String> {
         return Err(format!("{s:?} must not carry a query or fragment"));
     }
     Ok(url)
+}
+
+/// One or more URLs, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Urls(pub Vec<Url>);
+
+impl Urls {
+    /// Each as a base for paths ([`base`]).
+    pub fn bases(&self) -> Vec<String> {
+        self.0.iter().map(base).collect()
+    }
+}
+
+/// A comma-separated list of [`http_url`]s (spaces around each are
+/// ignored); at least one, none empty.
+pub fn http_urls(s: &str) -> Result<Urls, String> {
+    let urls = s.split(',').map(|u| http_url(u.trim())).collect::<Result<Vec<_>, _>>()?;
+    Ok(Urls(urls))
 }
 
 /// A base URL as a prefix for paths: no trailing slash.
@@ -58,6 +78,15 @@ mod tests {
         assert_eq!(base(&http_url("http://h:1/p/").unwrap()), "http://h:1/p");
     }
 
+    #[test]
+    fn url_lists() {
+        assert_eq!(http_urls("http://a:1/").unwrap().bases(), ["http://a:1"]);
+        assert_eq!(http_urls("http://a:1, http://b:2/").unwrap().bases(), ["http://a:1", "http://b:2"]);
+        for bad in ["", "http://a:1,", ",http://a:1", "http://a:1,,http://b:2", "http://a:1,ftp://b"] {
+            assert!(http_urls(bad).is_err(), "{bad:?}");
+        }
+    }
+
     #[derive(Parser, Debug)]
     struct Service {
         #[command(flatten)]
@@ -69,8 +98,10 @@ mod tests {
     #[test]
     fn flattened_options() {
         let s = Service::try_parse_from(["svc", "--orchestrator-url", "http://o:1/", "--admin-token", "t"]).unwrap();
-        assert_eq!(base(&s.orchestrator.orchestrator_url), "http://o:1");
+        assert_eq!(s.orchestrator.orchestrator_url.bases(), ["http://o:1"]);
         assert_eq!(s.orchestrator.admin_token.as_deref(), Some("t"));
+        let s = Service::try_parse_from(["svc", "--orchestrator-url", "http://o:1,http://p:2"]).unwrap();
+        assert_eq!(s.orchestrator.orchestrator_url.bases(), ["http://o:1", "http://p:2"]);
         let e = Service::try_parse_from(["svc", "--orchestrator-url", "nowhere"]).unwrap_err();
         assert!(e.to_string().contains("nowhere"), "{e}");
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
-use warp::http::{header, HeaderValue, Method, StatusCode};
+use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use warp::path::FullPath;
 use warp::reply::{Reply, Response};
 use warp::Filter;
@@ -34,6 +34,8 @@ pub struct Request {
     /// Still percent-encoded: a `%2F` must not split a segment in two.
     pub path: String,
     pub query: String,
+    /// For the write routes' `Idempotency-Key` (`crate::idempotency`).
+    pub headers: HeaderMap,
     pub body: Body,
 }
 
@@ -56,8 +58,15 @@ where
     warp::method()
         .and(warp::path::full())
         .and(raw_query())
+        .and(warp::header::headers_cloned())
         .and(warp::body::stream().then(|body| read_body(body, timing::BODY_READ_TIMEOUT)))
-        .map(|method, path: FullPath, query, body| Request { method, path: path.as_str().to_owned(), query, body })
+        .map(|method, path: FullPath, query, headers, body| Request {
+            method,
+            path: path.as_str().to_owned(),
+            query,
+            headers,
+            body,
+        })
         .and(warp::any().map(move || state.clone()))
         .then(handle)
 }

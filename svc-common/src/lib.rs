@@ -7,8 +7,10 @@
 //! Each service's own routes, validation and domain logic stay in its crate.
 
 pub mod config;
+pub mod failover;
 pub mod housekeeping;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod orchestrator_client;
 pub mod process_test;

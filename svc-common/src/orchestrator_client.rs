@@ -5,12 +5,18 @@
 //! here. One pooled client with timeouts (`crate::timing`), so a stuck
 //! orchestrator turns into a 503 instead of a request that hangs.
 //!
+//! With several orchestrators (`ORCHESTRATOR_URL=a,b`), calls stick to one
+//! that answers and move to the next when it is unreachable, times out or
+//! answers 503 (`crate::failover` decides), each orchestrator tried at most
+//! once per call and the whole call within `timing::CLIENT_TIMEOUT`.
+//!
 //! Invariant: an orchestrator status becomes a [`DbError`] through
 //! `wire::contract::ErrorKind` and a [`DbError`] becomes the service's status
 //! in [`DbError::status`], nowhere else.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
 use warp::http::StatusCode;
@@ -18,6 +24,7 @@ use warp::reply::Response;
 use wire::contract::ErrorKind;
 use wire::{ErrorBody, ReadRequest, Row, WriteOutcome, WriteRequest};
 
+use crate::failover::{self, Outcome};
 use crate::metrics::{self, ServiceMetrics};
 use crate::{config, http, timing};
 
@@ -98,7 +105,10 @@ impl DbError {
 
 pub struct OrchestratorClient {
     http: reqwest::Client,
-    base: String,
+    /// Every orchestrator's base URL, in the order configured (never empty).
+    bases: Vec<String>,
+    /// The index into `bases` that calls start with (`crate::failover::next`).
+    current: AtomicUsize,
     /// The orchestrator's operator token (`ADMIN_TOKEN`), which `db/clear` needs when it is set.
     admin_token: Option<String>,
     /// Where each call is counted (`rideshare_db_calls_total`), when set.
@@ -107,15 +117,23 @@ pub struct OrchestratorClient {
 
 impl OrchestratorClient {
     pub fn new(args: &config::OrchestratorArgs) -> anyhow::Result<OrchestratorClient> {
-        Self::with_base(&config::base(&args.orchestrator_url), args.admin_token.clone())
+        Self::with_bases(args.orchestrator_url.bases(), args.admin_token.clone())
     }
 
+    /// A client of one orchestrator.
     pub fn with_base(base: &str, admin_token: Option<String>) -> anyhow::Result<OrchestratorClient> {
+        Self::with_bases(vec![base.to_owned()], admin_token)
+    }
+
+    /// A client of several orchestrators, tried in this order.
+    pub fn with_bases(bases: Vec<String>, admin_token: Option<String>) -> anyhow::Result<OrchestratorClient> {
+        anyhow::ensure!(!bases.is_empty(), "no orchestrator URL");
         let http = reqwest::Client::builder()
             .timeout(timing::CLIENT_TIMEOUT)
             .connect_timeout(timing::CONNECT_TIMEOUT)
             .build()?;
-        Ok(OrchestratorClient { http, base: base.trim_end_matches('/').to_owned(), admin_token, metrics: None })
+        let bases = bases.iter().map(|b| b.trim_end_matches('/').to_owned()).collect();
+        Ok(OrchestratorClient { http, bases, current: AtomicUsize::new(0), admin_token, metrics: None })
     }
 
     /// Count every call, its outcome and duration, in `metrics`.
@@ -124,9 +142,9 @@ impl OrchestratorClient {
         self
     }
 
-    /// Where this client sends its calls (for the start-up log line).
-    pub fn base(&self) -> &str {
-        &self.base
+    /// Where this client sends its calls, comma-separated (for the start-up log line).
+    pub fn bases(&self) -> String {
+        self.bases.join(",")
     }
 
     pub async fn read(&self, req: &ReadRequest) -> Result<Vec<Row>, DbError> {
@@ -171,24 +189,80 @@ impl OrchestratorClient {
         r
     }
 
+    /// The request on the orchestrator in use, then on the next ones while
+    /// `failover::retry` says so, within one `timing::CLIENT_TIMEOUT`.
     async fn call<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, DbError> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.post(&url).json(body);
+        let deadline = Instant::now() + timing::CLIENT_TIMEOUT;
+        let count = self.bases.len();
+        let mut at = self.current.load(Ordering::Relaxed) % count;
+        let mut tried = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (result, outcome) = self.attempt(&self.bases[at], path, body, left).await;
+            tried += 1;
+            let next = failover::next(at, count, outcome);
+            if next != at {
+                self.move_on(at, next, outcome, &result);
+            }
+            let time_left = Instant::now() < deadline;
+            if !failover::retry(tried, count, outcome, time_left) {
+                return result;
+            }
+            at = next;
+        }
+    }
+
+    /// Calls start at `next` from now on, unless another call moved already;
+    /// the one that moves says so.
+    fn move_on<R>(&self, from: usize, next: usize, outcome: Outcome, result: &Result<R, DbError>) {
+        if self.current.compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            let error = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+            tracing::warn!(
+                from = %self.bases[from],
+                to = %self.bases[next],
+                %error,
+                "orchestrator {}: moving to the next one",
+                outcome.as_str()
+            );
+        }
+    }
+
+    /// One attempt on the orchestrator at `base`, given `left` of the call's time.
+    async fn attempt<B: Serialize, R: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        body: &B,
+        left: Duration,
+    ) -> (Result<R, DbError>, Outcome) {
+        let url = format!("{base}{path}");
+        let mut req = self.http.post(&url).json(body).timeout(left);
         if let Some(t) = &self.admin_token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.map_err(|e| DbError::Unavailable(format!("orchestrator unreachable: {e}")))?;
+        let cut = |e: reqwest::Error, what: &str| {
+            let outcome = if e.is_timeout() { Outcome::TimedOut } else { Outcome::Unreachable };
+            (Err(DbError::Unavailable(format!("orchestrator {what}: {e}"))), outcome)
+        };
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return cut(e, "unreachable"),
+        };
         let status = resp.status();
-        let bytes =
-            resp.bytes().await.map_err(|e| DbError::Unavailable(format!("orchestrator answer cut off: {e}")))?;
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return cut(e, "answer cut off"),
+        };
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
+            let r = serde_json::from_slice(&bytes)
                 .map_err(|e| DbError::Failed(format!("orchestrator answered unreadable JSON: {e}")));
+            return (r, Outcome::Answered);
         }
         let msg = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned());
-        Err(DbError::from_status(status, msg))
+        let outcome = if status == StatusCode::SERVICE_UNAVAILABLE { Outcome::Unavailable } else { Outcome::Answered };
+        (Err(DbError::from_status(status, msg)), outcome)
     }
 }
 
@@ -286,6 +360,49 @@ mod tests {
             let e = DbError::from_status(StatusCode::from_u16(orchestrator).unwrap(), "m".into());
             assert_eq!(e.status().as_u16(), service, "orchestrator {orchestrator}: {e:?}");
         }
+    }
+
+    /// An orchestrator that answers every call 503 (no master, say).
+    async fn unavailable() -> (String, JoinSet<()>) {
+        let all = warp::any().map(|| {
+            warp::reply::with_status(warp::reply::json(&ErrorBody::new("no master")), StatusCode::SERVICE_UNAVAILABLE)
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut server = JoinSet::new();
+        server.spawn(warp::serve(all).incoming(listener).run());
+        (format!("http://{addr}"), server)
+    }
+
+    #[tokio::test]
+    async fn moves_past_a_dead_orchestrator_and_stays_on_the_live_one() {
+        let (live, _server) = fake().await;
+        let db = OrchestratorClient::with_bases(vec!["http://127.0.0.1:9".into(), live], None).unwrap();
+        assert_eq!(db.count(&ReadRequest::table("rides").counting()).await.unwrap(), 3);
+        assert_eq!(db.current.load(Ordering::Relaxed), 1, "calls now start at the live one");
+        // A write moves as well (it carries a request id), and an answer that
+        // is an error of the orchestrator's meaning (409) is not moved past.
+        let db = OrchestratorClient::with_bases(vec!["http://127.0.0.1:9".into(), db.bases[1].clone()], None).unwrap();
+        let e = db.write(&WriteRequest::delete("users", vec![])).await.unwrap_err();
+        assert!(matches!(e, DbError::Conflict(_)), "{e:?}");
+        assert_eq!(db.current.load(Ordering::Relaxed), 1);
+        assert!(matches!(db.write(&WriteRequest::delete("users", vec![])).await, Err(DbError::Conflict(_))));
+        assert_eq!(db.current.load(Ordering::Relaxed), 1, "a 409 is an answer: no move");
+    }
+
+    #[tokio::test]
+    async fn a_503_moves_to_the_next_and_all_503_is_503() {
+        let (busy, _s1) = unavailable().await;
+        let (live, _s2) = fake().await;
+        let db = OrchestratorClient::with_bases(vec![busy.clone(), live], Some("s3cret".into())).unwrap();
+        db.clear().await.unwrap();
+        assert_eq!(db.current.load(Ordering::Relaxed), 1);
+
+        let (busy2, _s3) = unavailable().await;
+        let db = OrchestratorClient::with_bases(vec![busy, "http://127.0.0.1:9".into(), busy2], None).unwrap();
+        let e = db.count(&ReadRequest::table("rides").counting()).await.unwrap_err();
+        assert!(matches!(&e, DbError::Unavailable(m) if m == "no master"), "the last answer: {e:?}");
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[tokio::test]

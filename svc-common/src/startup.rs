@@ -50,7 +50,7 @@ impl Service {
         drop(tasks::cancel_on_signal(stop.clone()));
         let metrics = ServiceMetrics::new(name);
         let db = OrchestratorClient::new(orchestrator)?.with_metrics(metrics.clone());
-        Ok((Service { name, stop, metrics, orchestrator: db.base().to_owned() }, db))
+        Ok((Service { name, stop, metrics, orchestrator: db.bases() }, db))
     }
 
     /// Listen on `addr`, say so (with `detail`), and serve `routes` (the

@@ -46,6 +46,12 @@ pub struct StackOptions {
     pub runtime: WorkerRuntime,
     /// Also start users-api, rides-api and the nginx load balancer.
     pub services: bool,
+    /// How many instances of each service (with `services`); the load
+    /// balancer gets all of them.
+    pub service_instances: usize,
+    /// Put before this stack's orchestrator in the services'
+    /// `ORCHESTRATOR_URL` (e.g. a URL nobody answers, to see them move past it).
+    pub orchestrator_urls_before: Vec<String>,
     pub scale_window_secs: u64,
     pub reads_per_slave: u64,
     pub min_slaves: u32,
@@ -68,6 +74,8 @@ impl Default for StackOptions {
         StackOptions {
             runtime: WorkerRuntime::Process,
             services: false,
+            service_instances: 1,
+            orchestrator_urls_before: vec![],
             scale_window_secs: 120,
             reads_per_slave: 20,
             min_slaves: 1,
@@ -82,8 +90,12 @@ impl Default for StackOptions {
 
 pub struct Stack {
     pub orchestrator: String,
+    /// The first users-api and rides-api instance (of `users_instances` and
+    /// `rides_instances`).
     pub users: String,
     pub rides: String,
+    pub users_instances: Vec<String>,
+    pub rides_instances: Vec<String>,
     pub lb: String,
     /// This stack's folder under `var/test/`; logs land here.
     pub dir: PathBuf,
@@ -97,7 +109,8 @@ pub struct Stack {
     /// Set when the stack runs on its own RabbitMQ/ZooKeeper.
     infra: Option<Infra>,
     orch: Option<Child>,
-    services: Vec<Child>,
+    /// Each service instance's process, by name (`users-api`, `users-api.1`, ...).
+    services: Vec<(String, Child)>,
     lb_started: bool,
 }
 
@@ -266,6 +279,8 @@ impl Stack {
             orchestrator: format!("http://127.0.0.1:{orch_port}"),
             users: String::new(),
             rides: String::new(),
+            users_instances: vec![],
+            rides_instances: vec![],
             lb: String::new(),
             rides_public_url: String::new(),
             zk_root: format!("/{name}"),
@@ -343,39 +358,55 @@ impl Stack {
     }
 
     async fn start_services(&mut self, opts: &StackOptions) -> Result<()> {
-        let (up, rp, lp) = (free_port(), free_port(), free_port());
-        self.users = format!("http://127.0.0.1:{up}");
-        self.rides = format!("http://127.0.0.1:{rp}");
+        let lp = free_port();
         self.lb = format!("http://127.0.0.1:{lp}");
-        self.rides_public_url = format!("http://rides-{}.test:{rp}", self.name);
-        let mut common = vec![
-            ("ORCHESTRATOR_URL".to_owned(), self.orchestrator.clone()),
-            ("RUST_LOG".to_owned(), "info".to_owned()),
-        ];
+        let mut orchestrators = opts.orchestrator_urls_before.clone();
+        orchestrators.push(self.orchestrator.clone());
+        let mut common =
+            vec![("ORCHESTRATOR_URL".to_owned(), orchestrators.join(",")), ("RUST_LOG".to_owned(), "info".to_owned())];
         if let Some(t) = &opts.admin_token {
             common.push(("ADMIN_TOKEN".into(), t.clone()));
         }
-        let mut users_env = common.clone();
-        users_env.push(("USERS_ADDR".into(), format!("127.0.0.1:{up}")));
-        let mut rides_env = common;
-        rides_env.push(("RIDES_ADDR".into(), format!("127.0.0.1:{rp}")));
-        rides_env.push(("LB_URL".into(), self.lb.clone()));
-        rides_env.push(("RIDES_PUBLIC_URL".into(), self.rides_public_url.clone()));
-        self.services.push(spawn_logged(&bin("users-api"), &users_env, &self.dir.join("users-api.log"))?);
-        self.services.push(spawn_logged(&bin("rides-api"), &rides_env, &self.dir.join("rides-api.log"))?);
+        for i in 0..opts.service_instances.max(1) {
+            let (up, rp) = (free_port(), free_port());
+            let suffix = if i == 0 { String::new() } else { format!(".{i}") };
+            let rides_public_url = format!("http://rides{suffix}-{}.test:{rp}", self.name);
+            let mut users_env = common.clone();
+            users_env.push(("USERS_ADDR".into(), format!("127.0.0.1:{up}")));
+            let mut rides_env = common.clone();
+            rides_env.push(("RIDES_ADDR".into(), format!("127.0.0.1:{rp}")));
+            rides_env.push(("LB_URL".into(), self.lb.clone()));
+            rides_env.push(("RIDES_PUBLIC_URL".into(), rides_public_url.clone()));
+            for (name, env) in [(format!("users-api{suffix}"), users_env), (format!("rides-api{suffix}"), rides_env)] {
+                let bin_name = name.split('.').next().unwrap_or(&name).to_owned();
+                let child = spawn_logged(&bin(&bin_name), &env, &self.dir.join(format!("{name}.log")))?;
+                self.services.push((name, child));
+            }
+            self.users_instances.push(format!("http://127.0.0.1:{up}"));
+            self.rides_instances.push(format!("http://127.0.0.1:{rp}"));
+            if i == 0 {
+                self.rides_public_url = rides_public_url;
+            }
+        }
+        self.users = self.users_instances[0].clone();
+        self.rides = self.rides_instances[0].clone();
+        let addrs =
+            |urls: &[String]| urls.iter().map(|u| u.trim_start_matches("http://")).collect::<Vec<_>>().join(",");
         let st = Command::new(root().join("scripts/lb.sh"))
             .arg("start")
             .env("LB_DIR", self.dir.join("lb"))
             .env("LB_PORT", lp.to_string())
-            .env("USERS_ADDR", format!("127.0.0.1:{up}"))
-            .env("RIDES_ADDR", format!("127.0.0.1:{rp}"))
+            .env_remove("USERS_ADDR")
+            .env_remove("RIDES_ADDR")
+            .env("USERS_ADDRS", addrs(&self.users_instances))
+            .env("RIDES_ADDRS", addrs(&self.rides_instances))
             .status()?;
         if !st.success() {
             bail!("scripts/lb.sh start failed");
         }
         self.lb_started = true;
         let http = Self::http();
-        for base in [self.users.clone(), self.rides.clone()] {
+        for base in self.users_instances.iter().chain(&self.rides_instances) {
             poll(&format!("{base}/health"), Duration::from_secs(30), || {
                 let http = http.clone();
                 let url = format!("{base}/health");
@@ -384,6 +415,16 @@ impl Stack {
             .await?;
         }
         Ok(())
+    }
+
+    /// SIGKILL the service instance `name` (`users-api`, `rides-api.1`, ...);
+    /// its pid, or None if there is no such instance running.
+    pub fn kill_service(&mut self, name: &str) -> Option<u32> {
+        let (_, child) = self.services.iter_mut().find(|(n, _)| n == name)?;
+        let pid = child.id();
+        child.kill().ok()?;
+        let _ = child.wait();
+        Some(pid)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -734,7 +775,7 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.kill_orchestrator();
-        for mut c in self.services.drain(..) {
+        for (_, mut c) in self.services.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
         }

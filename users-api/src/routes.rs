@@ -14,15 +14,17 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 use wire::{Condition, ReadRequest, WriteRequest};
 
-use svc_common::housekeeping;
 use svc_common::http::{self, Body, Request};
 use svc_common::orchestrator_client::{DbError, OrchestratorClient};
 use svc_common::request_count::RequestCounter;
+use svc_common::{housekeeping, idempotency};
 
 use crate::{listing, validate};
 
 /// What `_count` counts (docs/api.md).
 const COUNTED: &str = "/api/v1/users";
+/// The namespace of this service's request ids (`svc_common::idempotency`).
+const SERVICE: &str = "users-api";
 
 pub struct State {
     pub db: Arc<OrchestratorClient>,
@@ -59,16 +61,24 @@ pub async fn handle(req: Request, st: Arc<State>) -> Response {
     let Some(route) = Route::of(&req.path) else {
         return http::not_found();
     };
-    match (route, req.method) {
-        (Route::Users, Method::PUT) => create(&st, req.body).await,
-        (Route::Users, Method::GET) => list(&st, &req.query).await,
+    // A write's request id, or the 400 of a malformed Idempotency-Key.
+    let request_id = || idempotency::request_id(SERVICE, &req);
+    match (route, &req.method) {
+        (Route::Users, &Method::PUT) => match request_id() {
+            Ok(id) => create(&st, req.body, id).await,
+            Err(e) => e.response(),
+        },
+        (Route::Users, &Method::GET) => list(&st, &req.query).await,
         (Route::Users, _) => http::method_not_allowed("GET, PUT"),
-        (Route::User(name), Method::DELETE) => delete(&st, name).await,
+        (Route::User(name), &Method::DELETE) => match request_id() {
+            Ok(id) => delete(&st, name, id).await,
+            Err(e) => e.response(),
+        },
         (Route::User(_), _) => http::method_not_allowed("DELETE"),
     }
 }
 
-async fn create(st: &State, body: Body) -> Response {
+async fn create(st: &State, body: Body, request_id: String) -> Response {
     let bytes = match body {
         Ok(b) => b,
         Err(e) => return e.response(),
@@ -77,8 +87,9 @@ async fn create(st: &State, body: Body) -> Response {
         Ok(u) => u,
         Err(e) => return http::error(StatusCode::BAD_REQUEST, e.0),
     };
-    let insert =
+    let mut insert =
         WriteRequest::insert("users", [("username", user.username.clone().into()), ("password", user.password.into())]);
+    insert.request_id = Some(request_id);
     match st.db.write(&insert).await {
         Ok(_) => http::empty_object(StatusCode::CREATED),
         Err(DbError::Conflict(_)) => {
@@ -109,10 +120,12 @@ async fn list(st: &State, query: &str) -> Response {
     }
 }
 
-async fn delete(st: &State, name: String) -> Response {
+async fn delete(st: &State, name: String, request_id: String) -> Response {
     // The schema's ON DELETE CASCADE removes the user's rides and takes it
     // off the rides it joined, in the same statement.
-    match st.db.write(&WriteRequest::delete("users", vec![Condition::eq("username", name.clone())])).await {
+    let mut delete = WriteRequest::delete("users", vec![Condition::eq("username", name.clone())]);
+    delete.request_id = Some(request_id);
+    match st.db.write(&delete).await {
         Ok(o) if o.rows_affected == 0 => {
             http::error(StatusCode::BAD_REQUEST, format!("no user {:?}", http::short(&name)))
         }
@@ -159,8 +172,24 @@ mod tests {
         assert_eq!(status("PUT", "/api/v1/_count", "").await, 405);
         assert_eq!(status("GET", "/api/v1/db/clear", "").await, 405);
         assert_eq!(status("GET", "/health", "").await, 200);
+        // A malformed Idempotency-Key is refused before anything is read or written.
+        let keyed = |method: &str, path: &str, key: &str| {
+            let req = warp::test::request()
+                .method(method)
+                .path(path)
+                .header("idempotency-key", key)
+                .body(r#"{"username":"ann","password":"3d725109c7e7c0bfb9d709836735b56d943d263f"}"#);
+            let r = r.clone();
+            async move { req.reply(&r).await }
+        };
+        let bad = keyed("PUT", "/api/v1/users", "no spaces").await;
+        assert_eq!(bad.status(), 400);
+        assert!(String::from_utf8_lossy(bad.body()).contains("Idempotency-Key"), "{bad:?}");
+        assert_eq!(keyed("DELETE", "/api/v1/users/ann", &"k".repeat(129)).await.status(), 400);
+        // A good one goes on to the (dead) orchestrator.
+        assert_eq!(keyed("PUT", "/api/v1/users", "k-1").await.status(), 503);
         // The 404 above is not a users route; _count, db/clear and /health are not counted.
-        assert_eq!(st.count.get(), 5);
+        assert_eq!(st.count.get(), 8);
         // Orchestrator down: 503, never a hang or a 500.
         assert_eq!(status("GET", "/api/v1/users", "").await, 503);
         assert_eq!(status("DELETE", "/api/v1/_count", "").await, 200);

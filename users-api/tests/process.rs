@@ -23,7 +23,12 @@ fn help_lists_every_setting() {
 fn a_bad_value_stops_it_at_start() {
     process_test::assert_refused(
         command,
-        &[("USERS_ADDR", "nowhere"), ("USERS_ADDR", "127.0.0.1:99999"), ("ORCHESTRATOR_URL", "ftp://o")],
+        &[
+            ("USERS_ADDR", "nowhere"),
+            ("USERS_ADDR", "127.0.0.1:99999"),
+            ("ORCHESTRATOR_URL", "ftp://o"),
+            ("ORCHESTRATOR_URL", "http://o:1,,http://p:2"),
+        ],
     );
 }
 
