@@ -49,6 +49,9 @@ pub struct StackOptions {
     /// How many instances of each service (with `services`); the load
     /// balancer gets all of them.
     pub service_instances: usize,
+    /// Orchestrators (all serve the data path, one supervises; more than one
+    /// sets `READ_FLOOR=master` on all).
+    pub orchestrators: usize,
     /// Put before this stack's orchestrator in the services'
     /// `ORCHESTRATOR_URL` (e.g. a URL nobody answers, to see them move past it).
     pub orchestrator_urls_before: Vec<String>,
@@ -75,6 +78,7 @@ impl Default for StackOptions {
             runtime: WorkerRuntime::Process,
             services: false,
             service_instances: 1,
+            orchestrators: 1,
             orchestrator_urls_before: vec![],
             scale_window_secs: 120,
             reads_per_slave: 20,
@@ -90,6 +94,8 @@ impl Default for StackOptions {
 
 pub struct Stack {
     pub orchestrator: String,
+    /// Every orchestrator's URL: `orchestrator` first, then the peers.
+    pub orchestrators: Vec<String>,
     /// The first users-api and rides-api instance (of `users_instances` and
     /// `rides_instances`).
     pub users: String,
@@ -109,6 +115,8 @@ pub struct Stack {
     /// Set when the stack runs on its own RabbitMQ/ZooKeeper.
     infra: Option<Infra>,
     orch: Option<Child>,
+    /// The other orchestrators, as `orchestrators[1..]`.
+    peers: Vec<Option<Child>>,
     /// Each service instance's process, by name (`users-api`, `users-api.1`, ...).
     services: Vec<(String, Child)>,
     lb_started: bool,
@@ -277,6 +285,8 @@ impl Stack {
         let orch_port = free_port();
         let mut stack = Stack {
             orchestrator: format!("http://127.0.0.1:{orch_port}"),
+            orchestrators: vec![format!("http://127.0.0.1:{orch_port}")],
+            peers: vec![],
             users: String::new(),
             rides: String::new(),
             users_instances: vec![],
@@ -322,10 +332,16 @@ impl Stack {
         if opts.ha {
             env.push(("AMQP_QUEUE_TYPE".into(), "quorum".into()));
         }
+        if opts.orchestrators > 1 {
+            env.push(("READ_FLOOR".into(), "master".into()));
+        }
         env.extend(opts.orchestrator_env.iter().cloned());
         stack.orchestrator_env = env;
         stack.spawn_orchestrator()?;
         stack.wait_ready().await?;
+        for i in 1..opts.orchestrators {
+            stack.spawn_peer_orchestrator(i).await?;
+        }
         if opts.services {
             stack.start_services(&opts).await?;
         }
@@ -339,6 +355,39 @@ impl Stack {
         let log = self.dir.join(format!("orchestrator{}.log", if n == 0 { String::new() } else { format!(".{n}") }));
         self.orch = Some(spawn_logged(&bin("orchestrator"), &self.orchestrator_env, &log)?);
         Ok(())
+    }
+
+    /// Start orchestrator number `i` (> 0) with the first one's settings on
+    /// a port of its own, and wait until it serves reads.
+    async fn spawn_peer_orchestrator(&mut self, i: usize) -> Result<()> {
+        let port = free_port();
+        let mut env = self.orchestrator_env.clone();
+        env.retain(|(k, _)| k != "ORCH_ADDR");
+        env.push(("ORCH_ADDR".into(), format!("127.0.0.1:{port}")));
+        let log = self.dir.join(format!("orchestrator-peer{i}.log"));
+        self.peers.push(Some(spawn_logged(&bin("orchestrator"), &env, &log)?));
+        let url = format!("http://127.0.0.1:{port}");
+        self.orchestrators.push(url.clone());
+        let http = Self::http();
+        poll(&format!("orchestrator {i} to serve reads"), Duration::from_secs(60), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let r = http.post(format!("{url}/api/v1/db/read")).json(&ReadRequest::table("users").counting());
+                r.send().await.ok()?.status().is_success().then_some(())
+            }
+        })
+        .await
+    }
+
+    /// SIGKILL orchestrator `i` (0: the first one); workers keep running.
+    pub fn kill_orchestrator_n(&mut self, i: usize) {
+        if i == 0 {
+            return self.kill_orchestrator();
+        }
+        if let Some(mut c) = self.peers.get_mut(i - 1).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Until the orchestrator answers and a read goes through a caught-up slave.
@@ -361,7 +410,7 @@ impl Stack {
         let lp = free_port();
         self.lb = format!("http://127.0.0.1:{lp}");
         let mut orchestrators = opts.orchestrator_urls_before.clone();
-        orchestrators.push(self.orchestrator.clone());
+        orchestrators.extend(self.orchestrators.iter().cloned());
         let mut common =
             vec![("ORCHESTRATOR_URL".to_owned(), orchestrators.join(",")), ("RUST_LOG".to_owned(), "info".to_owned())];
         if let Some(t) = &opts.admin_token {
@@ -774,7 +823,9 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.kill_orchestrator();
+        for i in 0..self.orchestrators.len() {
+            self.kill_orchestrator_n(i);
+        }
         for (_, mut c) in self.services.drain(..) {
             let _ = c.kill();
             let _ = c.wait();

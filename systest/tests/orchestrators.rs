@@ -1,0 +1,156 @@
+//! Two orchestrators on one cluster (orchestrator/DESIGN.md, "Several
+//! orchestrators"): both serve the database API, one (elected in ZooKeeper)
+//! supervises; a read through one sees every write acknowledged by the
+//! other; SIGKILL of the leader under load loses no acknowledged write, the
+//! other keeps serving and takes over the supervision, and a failover after
+//! that promotes exactly once.
+#![cfg(feature = "e2e")]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use systest::{poll, user_write, Stack, StackOptions};
+use wire::{Condition, ReadRequest, WriteRequest};
+
+fn two() -> StackOptions {
+    StackOptions { orchestrators: 2, ..Default::default() }
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// The index of the orchestrator that leads: the one whose status is 200
+/// while the other answers 307 to it. None while that is not so.
+async fn leader(stack: &Stack) -> Option<usize> {
+    let http = no_redirects();
+    let mut answers = Vec::new();
+    for url in &stack.orchestrators {
+        let r = http.get(format!("{url}/api/v1/status")).send().await.ok()?;
+        let to = r.headers().get("location").and_then(|l| l.to_str().ok()).map(str::to_owned);
+        answers.push((r.status().as_u16(), to));
+    }
+    let leaders: Vec<usize> = answers.iter().enumerate().filter(|(_, (s, _))| *s == 200).map(|(i, _)| i).collect();
+    let [l] = leaders[..] else { return None };
+    let want = format!("{}/api/v1/status", stack.orchestrators[l]);
+    answers.iter().enumerate().all(|(i, (s, to))| i == l || (*s == 307 && to.as_deref() == Some(&want))).then_some(l)
+}
+
+async fn write_to(url: &str, w: &WriteRequest) -> Option<u16> {
+    let r = Stack::http().post(format!("{url}/api/v1/db/write")).json(w).send().await.ok()?;
+    Some(r.status().as_u16())
+}
+
+/// Rows a strong read of `username = name` returns through `url`.
+async fn users_named(url: &str, name: &str) -> Option<usize> {
+    let q = ReadRequest::table("users").filter(Condition::eq("username", name));
+    let r = Stack::http().post(format!("{url}/api/v1/db/read")).json(&q).send().await.ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    Some(r.json::<serde_json::Value>().await.ok()?["rows"].as_array()?.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_leads_and_reads_through_either_see_writes_acknowledged_by_the_other() {
+    let stack = Stack::start(two()).await.unwrap();
+    poll("one orchestrator to lead and the other to send operators there", Duration::from_secs(30), || leader(&stack))
+        .await
+        .unwrap();
+    // Writes through one, the read that follows through the other: never stale.
+    let mut stale = Vec::new();
+    for i in 0..200 {
+        let (via, then) = (&stack.orchestrators[i % 2], &stack.orchestrators[(i + 1) % 2]);
+        let name = format!("raw-{i}");
+        assert_eq!(write_to(via, &user_write(&name)).await, Some(201), "write {i}");
+        if users_named(then, &name).await != Some(1) {
+            stale.push(name);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "reads that missed a write acknowledged just before by the other orchestrator: {stale:?}"
+    );
+    // The operator routes work through either (the follower sends them on).
+    let st = stack.status().await.unwrap();
+    assert!(st.master.is_some() && st.workers.len() >= 2, "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_killed_under_load_loses_nothing_and_the_other_takes_over() {
+    let mut stack = Stack::start(two()).await.unwrap();
+    let lead = poll("a leader", Duration::from_secs(30), || leader(&stack)).await.unwrap();
+    let other = 1 - lead;
+    let epoch_before = stack.status().await.unwrap().master.unwrap().epoch;
+
+    // A writer that sends each write (with its own request id) to the leader
+    // first and, on an error, to the other: as the services do.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let urls = [stack.orchestrators[lead].clone(), stack.orchestrators[other].clone()];
+    let writer = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let end = Instant::now() + Duration::from_secs(20);
+            let mut n = 0;
+            while Instant::now() < end && n < 5_000 {
+                n += 1;
+                let name = format!("load-{n}");
+                let mut w = user_write(&name);
+                w.request_id = Some(format!("t-{n}"));
+                'tries: for _ in 0..50 {
+                    for url in &urls {
+                        if write_to(url, &w).await == Some(201) {
+                            acked.lock().unwrap().push(name.clone());
+                            break 'tries;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    };
+    poll("some writes acknowledged", Duration::from_secs(30), || async {
+        (acked.lock().unwrap().len() >= 50).then_some(())
+    })
+    .await
+    .unwrap();
+    stack.kill_orchestrator_n(lead);
+    writer.await.unwrap();
+
+    // The other one supervises now: its status answers, and a crash of the
+    // master through it is a failover that promotes exactly once.
+    let survivor = stack.orchestrators[other].clone();
+    let http = no_redirects();
+    poll("the survivor to lead", Duration::from_secs(30), || async {
+        let r = http.get(format!("{survivor}/api/v1/status")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    let crashed = http.post(format!("{survivor}/api/v1/crash/master")).send().await.unwrap();
+    assert_eq!(crashed.status(), 200, "crash/master through the new leader");
+    let st = poll("a new master", Duration::from_secs(30), || async {
+        let st: wire::status::ClusterStatus =
+            http.get(format!("{survivor}/api/v1/status")).send().await.ok()?.json().await.ok()?;
+        st.master.as_ref().is_some_and(|m| m.epoch > epoch_before).then_some(st)
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.master.as_ref().unwrap().epoch, epoch_before + 1, "promoted exactly once: {st:?}");
+
+    // Every acknowledged write is there, once.
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 50);
+    let mut missing = Vec::new();
+    for name in &acked {
+        let found = poll(&format!("a read of {name}"), Duration::from_secs(20), || users_named(&survivor, name)).await;
+        if found.ok() != Some(1) {
+            missing.push(name.clone());
+        }
+    }
+    assert!(missing.is_empty(), "{} acknowledged writes lost or doubled: {missing:?}", missing.len());
+}
