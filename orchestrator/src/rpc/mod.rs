@@ -106,6 +106,9 @@ pub struct Rpc {
     /// Replies from a master older than this epoch are dropped (fencing).
     min_epoch: AtomicU64,
     connected: AtomicBool,
+    /// Told when a publish was refused: the connection is dropped and opened
+    /// again (see `send_batch`).
+    relink: tokio::sync::Notify,
     tel: Arc<Telemetry>,
 }
 
@@ -128,6 +131,7 @@ impl Rpc {
             next_channel: AtomicUsize::new(0),
             min_epoch: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            relink: tokio::sync::Notify::new(),
             tel,
         })
     }
@@ -236,7 +240,13 @@ impl Rpc {
         let confirmed = async {
             match confirm.await {
                 Ok(c) if c.is_ack() => std::future::pending::<()>().await,
-                Ok(_) => warn!(queue = route.queue, "the broker refused a batch (nack); its callers get a 503"),
+                // A channel whose publishes to a quorum queue are refused
+                // after a node loss keeps refusing them (it still points at
+                // the queue's lost leader): open new ones.
+                Ok(_) => {
+                    warn!(queue = route.queue, "the broker refused a batch (nack); its callers get a 503; reconnecting");
+                    self.relink.notify_one();
+                }
                 Err(e) => warn!(error = %e, queue = route.queue, "a batch was not confirmed; its callers get a 503"),
             }
         };
@@ -274,6 +284,7 @@ impl Rpc {
                             warn!("rabbitmq connection lost; failing requests in flight and reconnecting");
                             Some("connection lost".to_owned())
                         }
+                        _ = self.relink.notified() => Some("publishes refused".to_owned()),
                         _ = stop.cancelled() => None,
                     }
                 }
