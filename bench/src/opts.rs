@@ -70,6 +70,10 @@ pub struct Opts {
     /// The broker queues' type (AMQP_QUEUE_TYPE: classic or quorum); the topology's default when unset.
     #[arg(long, env = "BENCH_QUEUE_TYPE")]
     pub queue_type: Option<wire::broker::QueueType>,
+    /// Orchestrators to run (more than one: READ_FLOOR=master on all, as the redundant topology runs them); the
+    /// load goes through the first.
+    #[arg(long, env = "BENCH_ORCHESTRATORS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
+    pub orchestrators: u32,
 }
 
 impl Opts {

@@ -120,6 +120,21 @@ pub fn nginx(dir_pid_file: &Path, name: &str) -> Vec<Proc> {
     out
 }
 
+/// The broker's nodes: the three of the redundant topology (`HA_DIR`, else
+/// var/ha, as scripts/ha.sh keeps them), or the single one ([`rabbitmq`]).
+pub fn rabbitmq_nodes(ha: bool) -> Vec<Proc> {
+    if !ha {
+        return rabbitmq().into_iter().collect();
+    }
+    let dir = std::env::var_os("HA_DIR").map_or_else(|| systest::root().join("var/ha"), Into::into);
+    (1..=3)
+        .filter_map(|n| {
+            let pid = pid_file(&dir.join(format!("rabbit{n}/rabbitmq.pid"))).filter(|p| process(*p).is_some())?;
+            Some(Proc { name: format!("rabbitmq{n}"), role: Role::Rabbitmq, pid })
+        })
+        .collect()
+}
+
 /// The shared broker: the pid file of the infra this run uses (`VAR_DIR`, else
 /// the workspace's var/), else the Erlang VM running our node.
 pub fn rabbitmq() -> Option<Proc> {

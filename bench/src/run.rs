@@ -51,7 +51,7 @@ pub async fn processes(stack: &Stack) -> Result<Vec<Proc>> {
         }
     }
     out.extend(procs::nginx(&stack.dir.join("lb/nginx.pid"), "nginx"));
-    out.extend(procs::rabbitmq());
+    out.extend(procs::rabbitmq_nodes(stack.amqp_url.contains(',')));
     out.push(Proc { name: "bench".into(), role: Role::Bench, pid: std::process::id() });
     Ok(out)
 }
@@ -99,6 +99,7 @@ pub async fn run(opts: Opts) -> Result<()> {
             .chain(opts.queue_type.map(|q| ("AMQP_QUEUE_TYPE".to_owned(), q.to_string())))
             .collect(),
         ha: opts.ha,
+        orchestrators: opts.orchestrators as usize,
         ..StackOptions::default()
     })
     .await?;

@@ -244,7 +244,10 @@ impl Rpc {
                 // after a node loss keeps refusing them (it still points at
                 // the queue's lost leader): open new ones.
                 Ok(_) => {
-                    warn!(queue = route.queue, "the broker refused a batch (nack); its callers get a 503; reconnecting");
+                    warn!(
+                        queue = route.queue,
+                        "the broker refused a batch (nack); its callers get a 503; reconnecting"
+                    );
                     self.relink.notify_one();
                 }
                 Err(e) => warn!(error = %e, queue = route.queue, "a batch was not confirmed; its callers get a 503"),
