@@ -63,11 +63,11 @@ pub struct App {
 impl App {
     /// The cluster, when this orchestrator leads; else the answer that sends
     /// the caller of `path` to the leader.
-    fn leading(&self, path: &warp::path::FullPath) -> Result<Arc<Cluster>, warp::reply::Response> {
+    fn leading(&self, path: &warp::path::FullPath) -> Result<Arc<Cluster>, Box<warp::reply::Response>> {
         if let Some(c) = self.sup.cluster() {
             return Ok(c);
         }
-        Err(match self.sup.role() {
+        Err(Box::new(match self.sup.role() {
             Role::Follower(leader) => {
                 let to = format!("{}{}", leader.url.trim_end_matches('/'), path.as_str());
                 warp::reply::with_header(StatusCode::TEMPORARY_REDIRECT, "location", to).into_response()
@@ -78,7 +78,7 @@ impl App {
             Role::Unknown => {
                 error(StatusCode::SERVICE_UNAVAILABLE, "no orchestrator leads right now (zookeeper); retry")
             }
-        })
+        }))
     }
 }
 
@@ -196,7 +196,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .then(|path, app: Arc<App>| async move {
             let cluster = match app.leading(&path) {
                 Ok(c) => c,
-                Err(elsewhere) => return elsewhere,
+                Err(elsewhere) => return *elsewhere,
             };
             app.tel.metrics.crash_request("master");
             pid_reply(cluster.crash_master().await, "no master to crash")
@@ -210,7 +210,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .then(|path, app: Arc<App>| async move {
             let cluster = match app.leading(&path) {
                 Ok(c) => c,
-                Err(elsewhere) => return elsewhere,
+                Err(elsewhere) => return *elsewhere,
             };
             app.tel.metrics.crash_request("slave");
             pid_reply(cluster.crash_slave().await, "no slave to crash")
@@ -224,7 +224,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .then(|path, app: Arc<App>| async move {
             let cluster = match app.leading(&path) {
                 Ok(c) => c,
-                Err(elsewhere) => return elsewhere,
+                Err(elsewhere) => return *elsewhere,
             };
             match cluster.worker_pids().await {
                 Ok(pids) => json_reply(StatusCode::OK, &pids),
@@ -238,7 +238,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         warp::path!("api" / "v1" / "status").and(warp::get()).and(warp::path::full()).and(with_app.clone()).map(
             |path, app: Arc<App>| match app.leading(&path) {
                 Ok(cluster) => json_reply(StatusCode::OK, &cluster.status(&app.reads)),
-                Err(elsewhere) => elsewhere,
+                Err(elsewhere) => *elsewhere,
             },
         );
 

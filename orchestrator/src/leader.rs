@@ -171,7 +171,8 @@ mod tests {
     #[test]
     fn the_znode_decides_the_role() {
         let other = LeaderRecord { instance: "b".into(), url: "http://b".into() };
-        let cases: [(&str, Option<(i64, Option<LeaderRecord>)>, Role); 5] = [
+        type Znode = Option<(i64, Option<LeaderRecord>)>;
+        let cases: [(&str, Znode, Role); 5] = [
             ("no znode: nobody is known to lead", None, Role::Unknown),
             (
                 "created by my session",

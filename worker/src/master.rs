@@ -275,7 +275,13 @@ async fn publish_changes(sync_ch: &Channel, changes: &[Vec<u8>]) -> Result<()> {
                 .context("publishing changes on syncQ")?,
         );
     }
-    for c in futures::future::try_join_all(confirms).await.context("waiting for syncQ confirms")? {
+    // Bounded: a confirm that never comes (seen across a whole-broker restart)
+    // would hold every write; ending the role instead reconnects, and the
+    // writes of this batch, unacknowledged, come again.
+    let confirmed = tokio::time::timeout(timing::SYNC_CONFIRM_TIMEOUT, futures::future::try_join_all(confirms))
+        .await
+        .map_err(|_| anyhow!("syncQ confirms not received within {:?}", timing::SYNC_CONFIRM_TIMEOUT))?;
+    for c in confirmed.context("waiting for syncQ confirms")? {
         if !c.is_ack() {
             bail!("broker refused a change (nack)");
         }

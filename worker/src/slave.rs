@@ -342,6 +342,13 @@ async fn apply_loop(
                     if applied.seq > seq {
                         bail!("holds changes up to {} beyond the new master's {seq}: reloading", applied.seq);
                     }
+                    // Everything the broker confirmed is queued before this
+                    // message; a master that committed changes it could not
+                    // get confirmed (its connection lost mid-publish) starts
+                    // again above them. Waiting for them would hold every read.
+                    if applied.seq < seq {
+                        bail!("the master starts at {seq}, past the {} applied here: reloading", applied.seq);
+                    }
                     known_epoch.fetch_max(epoch, Ordering::SeqCst);
                     info!(epoch, seq, "new master epoch");
                 }

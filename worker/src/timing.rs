@@ -34,6 +34,9 @@ pub const BROKER_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Pause after a role ended on an error, before reconnecting: lets a broker
 /// that just dropped us settle instead of spinning.
 pub const ROLE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Longest wait for the broker to confirm a group commit's changes on
+/// `syncQ`; past it the master role ends and reconnects.
+pub const SYNC_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a connection or channel to confirm its close: one in a
 /// broken state may never answer.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
