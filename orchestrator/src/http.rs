@@ -246,7 +246,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         warp::path!("api" / "v1" / "events").and(warp::get()).and(warp::path::full()).and(with_app.clone()).map(
             |path, app: Arc<App>| {
                 if let Err(elsewhere) = app.leading(&path) {
-                    return elsewhere;
+                    return *elsewhere;
                 }
                 let feed = live_feed(app);
                 warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(feed)).into_response()
