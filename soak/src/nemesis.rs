@@ -148,6 +148,8 @@ impl Nemesis {
                     candidates.choose(&mut self.rng).cloned().ok_or_else(|| anyhow!("no {kind} running"))?;
                 let at = rec.now();
                 kill(pid, libc::SIGKILL)?;
+                // Until reaped: a zombie still counts as running for stack.sh.
+                gone(pid).await?;
                 self.stack(&["revive"]).await?;
                 (format!("{name} pid {pid}"), at)
             }
@@ -230,9 +232,13 @@ impl Nemesis {
             .env("HA_DIR", &self.files.ha_dir)
             .env("CLUSTER_ID", &self.files.cluster_id)
             .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        // Not `output()`: it would capture stderr too, and the scripts' log
+        // lines belong in the soak's log.
+        let child = cmd.spawn().with_context(|| format!("starting {script}"))?;
+        let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
             .await
             .with_context(|| format!("{script} {} did not finish within 300 s", args.join(" ")))??;
         if !out.status.success() {
@@ -240,6 +246,15 @@ impl Nemesis {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// Until `pid` no longer exists (killed and reaped), 10 s at most.
+async fn gone(pid: u32) -> Result<()> {
+    systest::poll(&format!("pid {pid} to be gone"), Duration::from_secs(10), || async {
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        (unsafe { libc::kill(pid as i32, 0) } != 0).then_some(())
+    })
+    .await
 }
 
 fn kill(pid: u32, sig: i32) -> Result<()> {
