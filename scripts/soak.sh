@@ -18,10 +18,12 @@ log() { printf '[soak] %s\n' "$*" >&2; }
 
 # Nothing inherited may point this stack at other infra or ports.
 unset AMQP_URL ZK_ADDR AMQP_PORT ZK_PORT AMQP_QUEUE_TYPE LB_DIR LB_URL ORCHESTRATOR_URL RIDES_PUBLIC_URL \
-  WORKER_BIN WORKER_DATA_DIR ZK_ROOT
+  WORKER_BIN WORKER_DATA_DIR ZK_ROOT USERS_ADDRS RIDES_ADDRS
 export HA=1 VAR_DIR=$ROOT/var/soak
 export HA_DIR=$VAR_DIR/ha HA_AMQP_BASE=5880 HA_ZK_BASE=2580
 export LB_PORT=18080 USERS_ADDR=127.0.0.1:18081 RIDES_ADDR=127.0.0.1:18082 ORCH_ADDR=127.0.0.1:18090
+# The second instance of each service where the topology runs two.
+export USERS2_ADDR=127.0.0.1:18083 RIDES2_ADDR=127.0.0.1:18084
 export CLUSTER_ID=soak WORKER_RUNTIME=process
 # The autoscaler follows the soak's reads; a bound keeps it to this machine's size.
 export MAX_SLAVES=${SOAK_MAX_SLAVES:-3}

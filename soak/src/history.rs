@@ -112,6 +112,30 @@ impl FaultKind {
     ];
 }
 
+impl FaultKind {
+    /// The short name `--kinds` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::RabbitNode => "rabbit-node",
+            FaultKind::ZkLeader => "zk-leader",
+            FaultKind::ZkFollower => "zk-follower",
+            FaultKind::Orchestrator => "orchestrator",
+            FaultKind::Service => "service",
+            FaultKind::Master => "master",
+            FaultKind::Slave => "slave",
+            FaultKind::Pause => "pause",
+            FaultKind::BrokerRestart => "broker-restart",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<FaultKind, String> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown fault kind '{name}' (one of: all, {})", names.join(", "))
+        })
+    }
+}
+
 impl fmt::Display for FaultKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -26,7 +26,7 @@ use rand::SeedableRng;
 use tracing::{info, warn};
 
 use crate::clients::{Load, Retry};
-use crate::history::Recorder;
+use crate::history::{FaultKind, Recorder};
 use crate::nemesis::{Injected, Nemesis};
 use crate::procs::StackFiles;
 
@@ -39,6 +39,11 @@ struct Args {
     /// Fewer faults than this fails the run (default: 10 a minute).
     #[arg(long, env = "SOAK_MIN_FAULTS")]
     min_faults: Option<usize>,
+    /// Fault kinds to inject (comma-separated): all, or any of rabbit-node,
+    /// zk-leader, zk-follower, orchestrator, service, master, slave, pause,
+    /// broker-restart.
+    #[arg(long, env = "SOAK_KINDS", value_delimiter = ',', default_value = "all")]
+    kinds: Vec<String>,
     /// The load balancer clients use.
     #[arg(long, env = "SOAK_LB_URL", default_value = "http://127.0.0.1:18080")]
     lb_url: String,
@@ -99,6 +104,11 @@ async fn main() -> Result<()> {
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     });
+    let kinds: Vec<FaultKind> = if a.kinds.iter().any(|k| k == "all") {
+        FaultKind::ALL.to_vec()
+    } else {
+        a.kinds.iter().map(|k| FaultKind::from_name(k.trim())).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?
+    };
     let min_faults = a.min_faults.unwrap_or((a.minutes * 10.0).ceil() as usize);
     let abs = |p: &PathBuf| if p.is_absolute() { p.clone() } else { systest::root().join(p) };
     let files = StackFiles { var_dir: abs(&a.var_dir), ha_dir: abs(&a.ha_dir), cluster_id: a.cluster_id.clone() };
@@ -117,7 +127,11 @@ async fn main() -> Result<()> {
         a.admin_token.clone(),
         http.clone(),
         rand::rngs::StdRng::seed_from_u64(seed),
+        &kinds,
     );
+    for k in FaultKind::ALL.into_iter().filter(|k| !kinds.contains(k)) {
+        rec.skip(k, "not selected (SOAK_KINDS)".to_owned());
+    }
     nemesis.pause = Duration::from_secs(a.pause_secs);
     nemesis.recover = Duration::from_secs(a.recover_secs);
 
@@ -137,7 +151,11 @@ async fn main() -> Result<()> {
     let run_for = Duration::from_secs_f64(a.minutes * 60.0);
     let t0 = Instant::now();
     while t0.elapsed() < run_for {
-        let kind = nemesis.choose(t0.elapsed().as_secs_f64() / run_for.as_secs_f64());
+        let Some(kind) = nemesis.choose(t0.elapsed().as_secs_f64() / run_for.as_secs_f64()) else {
+            // Nothing left to inject: the load runs on to the end.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
         match nemesis.inject(kind, &rec).await {
             Ok(Injected::Fault(f)) => {
                 info!(kind = %f.kind, target = %f.target, heal_ms = f.healed - f.injected, "fault injected and healed");

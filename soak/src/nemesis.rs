@@ -48,6 +48,7 @@ pub struct Nemesis {
     /// Kinds still to run once, in order.
     first_round: Vec<FaultKind>,
     broker_restarted: bool,
+    /// Kinds not to run (not selected, or found impossible).
     skipped: Vec<FaultKind>,
 }
 
@@ -65,10 +66,12 @@ impl Nemesis {
         admin_token: Option<String>,
         http: Client,
         mut rng: StdRng,
+        kinds: &[FaultKind],
     ) -> Nemesis {
         let mut first_round: Vec<FaultKind> =
-            FaultKind::ALL.into_iter().filter(|k| *k != FaultKind::BrokerRestart).collect();
+            kinds.iter().copied().filter(|k| *k != FaultKind::BrokerRestart).collect();
         first_round.shuffle(&mut rng);
+        let skipped: Vec<FaultKind> = FaultKind::ALL.into_iter().filter(|k| !kinds.contains(k)).collect();
         Nemesis {
             files,
             root,
@@ -79,26 +82,26 @@ impl Nemesis {
             pause: Duration::from_secs(3),
             recover: Duration::from_secs(60),
             first_round,
-            broker_restarted: false,
-            skipped: vec![],
+            broker_restarted: skipped.contains(&FaultKind::BrokerRestart),
+            skipped,
         }
     }
 
     /// The next kind; `progress` is the fraction of the run gone (the whole
-    /// broker restarts once, past 40 %).
-    pub fn choose(&mut self, progress: f64) -> FaultKind {
+    /// broker restarts once, past 40 %); None when no kind is left to run.
+    pub fn choose(&mut self, progress: f64) -> Option<FaultKind> {
         if !self.broker_restarted && progress >= 0.4 {
             self.broker_restarted = true;
-            return FaultKind::BrokerRestart;
+            return Some(FaultKind::BrokerRestart);
         }
         while let Some(k) = self.first_round.pop() {
             if !self.skipped.contains(&k) {
-                return k;
+                return Some(k);
             }
         }
         let kinds: Vec<FaultKind> =
             FaultKind::ALL.into_iter().filter(|k| weight(*k) > 0 && !self.skipped.contains(k)).collect();
-        *kinds.choose_weighted(&mut self.rng, |k| weight(*k)).expect("some kind has a weight")
+        kinds.choose_weighted(&mut self.rng, |k| weight(*k)).ok().copied()
     }
 
     /// Inject `kind` and heal it; the fault as recorded.
