@@ -1,5 +1,5 @@
 # The two commands of the README: `make up` and `make test`.
-.PHONY: up down status test build images bench bench-million clean deploy undeploy
+.PHONY: up down status test build images bench bench-million clean deploy undeploy soak
 
 # `HA=1 make up`: the same stack on the redundant infra (scripts/ha.sh: a
 # 3-node RabbitMQ cluster with quorum queues, a 3-server ZooKeeper ensemble;
@@ -44,6 +44,13 @@ bench:
 # the rest: MILLION_* variables (`target/release/bench million --help`).
 bench-million:
 	scripts/bench.sh million
+
+# Load through the LB of an isolated redundant stack while a nemesis kills
+# broker nodes, ZooKeeper servers, orchestrators, service instances and
+# workers; then a checker: 0 lost, 0 applied twice, 0 stale (README "Soak").
+# SOAK_MINUTES=N (default 3).
+soak:
+	scripts/soak.sh
 
 clean:
 	scripts/stack.sh down || true

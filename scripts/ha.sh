@@ -9,6 +9,10 @@
 #   scripts/ha.sh up | down | status
 #   scripts/ha.sh kill-rabbit N | start-rabbit N   (N = 1..3; kill = SIGKILL)
 #   scripts/ha.sh kill-zk N | start-zk N
+#   scripts/ha.sh restart-rabbits                  the whole broker: all three nodes
+#                                                  killed (a power cut), then started as
+#                                                  one cluster (an orderly stop of the last
+#                                                  two waits for a paused minority node)
 #   scripts/ha.sh zk-leader                        prints N of the ZK leader
 #   scripts/ha.sh amqp-urls | zk-addr              what clients are given
 #
@@ -263,6 +267,7 @@ case "${1:-}" in
   down) for n in 3 2 1; do rabbit_stop "$n"; done; for n in "${NODES[@]}"; do zk_stop "$n"; done ;;
   kill-rabbit) check_n "${2:-}"; rabbit_kill "$2" ;;
   start-rabbit) check_n "${2:-}"; rabbit_start "$2"; rabbit_await "$2"; log "rabbitmq node $2 ready" ;;
+  restart-rabbits) for n in "${NODES[@]}"; do rabbit_kill "$n"; done; rabbit_cluster_up ;;
   kill-zk) check_n "${2:-}"; zk_kill "$2" ;;
   start-zk) check_n "${2:-}"; zk_start "$2"; zk_await "$2"; log "zookeeper server $2 serving ($(zk_mode "$2"))" ;;
   vhost) [ -n "${2:-}" ] || die "usage: $0 vhost NAME"
@@ -270,5 +275,5 @@ case "${1:-}" in
          for n in "${NODES[@]}"; do rabbit_answers "$n" && break; done
          rmqctl "$n" add_vhost "$2" >/dev/null 2>&1 || true
          rmqctl "$n" set_permissions -p "$2" guest '.*' '.*' '.*' >/dev/null ;;
-  *) echo "usage: $0 up|down|status|kill-rabbit N|start-rabbit N|kill-zk N|start-zk N|zk-leader|amqp-urls [VHOST]|zk-addr|vhost NAME" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kill-rabbit N|start-rabbit N|restart-rabbits|kill-zk N|start-zk N|zk-leader|amqp-urls [VHOST]|zk-addr|vhost NAME" >&2; exit 2 ;;
 esac

@@ -215,9 +215,20 @@ status() {
   fi
 }
 
+# `revive`: (re)start every stack process that is not running, as a process
+# supervisor would (the nemesis of `make soak` uses it): `up` with the infra
+# and the build left as they are; run it with the environment `up` had.
+revive() {
+  [ -f "$RUN/topology" ] || die "no stack to revive here ($RUN): scripts/stack.sh up first"
+  infra() { :; }
+  cargo() { :; }
+  up
+}
+
 case "${1:-}" in
+  revive) revive ;;
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|revive" >&2; exit 2 ;;
 esac

@@ -9,6 +9,7 @@
 #      orchestrator/e2e: real broker, ensemble, engine); a plain `cargo test`
 #      runs only the unit tier and needs none of it
 #   6. the `make up` (twice) / `make status` / `make down` (twice) smoke test
+#   7. a 3-minute `make soak` on the redundant topology (scripts/soak.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[test] %s\n' "$*" >&2; }
@@ -48,4 +49,6 @@ log "cargo test (unit and end-to-end tiers)"
 cargo test --release --workspace "${E2E[@]}" -- --test-threads="${TEST_THREADS:-2}"
 log "smoke test of make up / status / down"
 scripts/smoke.sh
+log "soak: 3 minutes of load and faults on the redundant topology (scripts/soak.sh)"
+SOAK_MINUTES=3 scripts/soak.sh
 log "all tests passed"

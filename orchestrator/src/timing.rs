@@ -36,6 +36,10 @@ pub const RPC_BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const RPC_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Closing a connection that may be broken.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connecting to RabbitMQ and declaring the topology there: a node that is
+/// still booting (a whole-broker restart) can accept the TCP connection and
+/// never finish the handshake or the declares; then the next node is tried.
+pub const RPC_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a single engine call may take before it is reported as an error.
 pub const RUNTIME_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `kill` (and `stop` after its SIGKILL) waits for the worker to be gone.

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::timing::{CLOSE_TIMEOUT, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN};
+use crate::timing::{CLOSE_TIMEOUT, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN, RPC_CONNECT_TIMEOUT};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
@@ -269,7 +269,10 @@ impl Rpc {
         let mut down_reported = false;
         while !stop.is_cancelled() {
             let connected = tokio::select! {
-                c = self.connect() => c,
+                c = tokio::time::timeout(RPC_CONNECT_TIMEOUT, self.connect()) => match c {
+                    Ok(c) => c.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("connecting and declaring took over {RPC_CONNECT_TIMEOUT:?}")),
+                },
                 _ = stop.cancelled() => break,
             };
             let lost = match connected {
@@ -293,7 +296,7 @@ impl Rpc {
                 }
                 Err(e) => {
                     warn!(error = %e, "no rabbitmq node answered; retrying");
-                    Some(e.to_string())
+                    Some(e)
                 }
             };
             self.connected.store(false, Ordering::Relaxed);
