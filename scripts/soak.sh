@@ -21,13 +21,13 @@ unset AMQP_URL ZK_ADDR AMQP_PORT ZK_PORT AMQP_QUEUE_TYPE LB_DIR LB_URL ORCHESTRA
   WORKER_BIN WORKER_DATA_DIR ZK_ROOT USERS_ADDRS RIDES_ADDRS
 export HA=1 VAR_DIR=$ROOT/var/soak
 export HA_DIR=$VAR_DIR/ha HA_AMQP_BASE=5880 HA_ZK_BASE=2580
-export LB_PORT=18080 USERS_ADDR=127.0.0.1:18081 RIDES_ADDR=127.0.0.1:18082 ORCH_ADDR=127.0.0.1:18090
+export LB_PORT=18080 USERS_ADDR=127.0.0.1:18081 RIDES_ADDR=127.0.0.1:18082 ORCH_ADDR=127.0.0.1:18090 ORCH2_ADDR=127.0.0.1:18091
 # The second instance of each service where the topology runs two.
 export USERS2_ADDR=127.0.0.1:18083 RIDES2_ADDR=127.0.0.1:18084
 export CLUSTER_ID=soak WORKER_RUNTIME=process
 # The autoscaler follows the soak's reads; a bound keeps it to this machine's size.
 export MAX_SLAVES=${SOAK_MAX_SLAVES:-3}
-export SOAK_LB_URL=http://127.0.0.1:$LB_PORT SOAK_ORCHESTRATORS=${SOAK_ORCHESTRATORS:-http://$ORCH_ADDR}
+export SOAK_LB_URL=http://127.0.0.1:$LB_PORT SOAK_ORCHESTRATORS=${SOAK_ORCHESTRATORS:-http://$ORCH_ADDR,http://$ORCH2_ADDR}
 export RUST_LOG=${RUST_LOG:-info,lapin=warn,zookeeper_client=warn}
 
 cargo build --release -q -p soak
