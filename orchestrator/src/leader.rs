@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use wire::coord::{leader_path, LeaderRecord};
 use zookeeper_client as zk;
 
-use crate::timing::{ZK_CALL_TIMEOUT, ZK_CONNECT_TIMEOUT, ZK_RETRY_EVERY};
+use crate::zk_session::{self, bounded};
 
 /// This orchestrator's part, as last seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,20 +64,13 @@ pub async fn run(
     role: watch::Sender<Role>,
     stop: CancellationToken,
 ) -> Result<()> {
-    while !stop.is_cancelled() {
-        let ended = tokio::select! {
-            r = session(&zk_addr, &root, &me, session_timeout, &role, &stop) => r,
-            _ = stop.cancelled() => Ok(()),
-        };
+    // The session itself leaves on `stop` (deleting the znode if it leads).
+    zk_session::keep("leader election", &stop, || async {
+        let ended = session(&zk_addr, &root, &me, session_timeout, &role, &stop).await;
         set(&role, Role::Unknown);
-        if let Err(e) = ended {
-            warn!(error = %e, "leader election: zookeeper session ended; opening a new one");
-            tokio::select! {
-                _ = tokio::time::sleep(ZK_RETRY_EVERY) => {}
-                _ = stop.cancelled() => {}
-            }
-        }
-    }
+        ended
+    })
+    .await;
     Ok(())
 }
 
@@ -98,10 +91,6 @@ fn set(role: &watch::Sender<Role>, new: Role) {
     });
 }
 
-async fn bounded<T>(f: impl std::future::Future<Output = Result<T, zk::Error>>) -> Result<T, zk::Error> {
-    tokio::time::timeout(ZK_CALL_TIMEOUT, f).await.map_err(|_| zk::Error::ConnectionLoss)?
-}
-
 /// One session, from connect until it ends (an error) or `stop` (Ok).
 async fn session(
     addr: &str,
@@ -111,11 +100,7 @@ async fn session(
     role: &watch::Sender<Role>,
     stop: &CancellationToken,
 ) -> Result<(), zk::Error> {
-    let connect = zk::Client::connector()
-        .with_session_timeout(session_timeout)
-        .with_connection_timeout(ZK_CONNECT_TIMEOUT)
-        .connect(addr);
-    let client = bounded(connect).await?;
+    let client = zk_session::open(addr, session_timeout).await?;
     bounded(client.mkdir(root, &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()))).await?;
     let path = leader_path(root);
     let data = serde_json::to_vec(me).expect("record serializes");

@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod status;
 pub mod supervision;
 pub mod timing;
+pub mod zk_session;
 
 use std::sync::Arc;
 

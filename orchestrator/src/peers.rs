@@ -16,13 +16,12 @@ use std::time::Duration;
 use anyhow::Result;
 use tasks::CancellationToken;
 use tokio::sync::watch;
-use tracing::warn;
 use wire::coord::{orchestrator_path, orchestrators_path, OrchestratorRecord};
 use zookeeper_client as zk;
 
 use crate::autoscale::ReadCounter;
 use crate::leader::Role;
-use crate::timing::{ZK_CALL_TIMEOUT, ZK_CONNECT_TIMEOUT, ZK_RETRY_EVERY};
+use crate::zk_session::{self, bounded};
 
 /// How often each orchestrator reports, and the leader collects.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -52,24 +51,14 @@ pub async fn run(
     session_timeout: Duration,
     stop: CancellationToken,
 ) -> Result<()> {
-    while !stop.is_cancelled() {
-        let ended = tokio::select! {
-            r = session(&zk_addr, &root, &me, &reads, &role, session_timeout) => r,
-            _ = stop.cancelled() => return Ok(()),
-        };
-        if let Err(e) = ended {
-            warn!(error = %e, "orchestrator registry: zookeeper session ended; opening a new one");
-        }
+    zk_session::keep("orchestrator registry", &stop, || async {
         tokio::select! {
-            _ = tokio::time::sleep(ZK_RETRY_EVERY) => {}
-            _ = stop.cancelled() => {}
+            r = session(&zk_addr, &root, &me, &reads, &role, session_timeout) => r,
+            _ = stop.cancelled() => Ok(()),
         }
-    }
+    })
+    .await;
     Ok(())
-}
-
-async fn bounded<T>(f: impl std::future::Future<Output = Result<T, zk::Error>>) -> Result<T, zk::Error> {
-    tokio::time::timeout(ZK_CALL_TIMEOUT, f).await.map_err(|_| zk::Error::ConnectionLoss)?
 }
 
 async fn session(
@@ -80,11 +69,7 @@ async fn session(
     role: &watch::Receiver<Role>,
     session_timeout: Duration,
 ) -> Result<(), zk::Error> {
-    let connect = zk::Client::connector()
-        .with_session_timeout(session_timeout)
-        .with_connection_timeout(ZK_CONNECT_TIMEOUT)
-        .connect(addr);
-    let client = bounded(connect).await?;
+    let client = zk_session::open(addr, session_timeout).await?;
     bounded(client.mkdir(&orchestrators_path(root), &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())))
         .await?;
     let path = orchestrator_path(root, &me.instance);

@@ -48,7 +48,12 @@ struct Args {
     #[arg(long, env = "SOAK_LB_URL", default_value = "http://127.0.0.1:18080")]
     lb_url: String,
     /// Orchestrators to ask for the cluster status (comma-separated).
-    #[arg(long, env = "SOAK_ORCHESTRATORS", value_delimiter = ',', default_value = "http://127.0.0.1:18090,http://127.0.0.1:18091")]
+    #[arg(
+        long,
+        env = "SOAK_ORCHESTRATORS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:18090,http://127.0.0.1:18091"
+    )]
     orchestrators: Vec<String>,
     /// Writers that only write.
     #[arg(long, env = "SOAK_WRITERS", default_value_t = 3)]
