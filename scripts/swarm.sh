@@ -6,7 +6,8 @@
 #                             deploy the stack, return once a request through the LB is answered
 #   scripts/swarm.sh down     remove the stack, the workers' services (label
 #                             rideshare.cluster=<CLUSTER_ID>), the network and the volumes;
-#                             leave the swarm only if `up` created it
+#                             leave the swarm (and remove the docker_gwbridge network its
+#                             init made) only if `up` created it
 #   scripts/swarm.sh status   the stack's services and the workers' services
 #
 # Settings: docker/.env holds the defaults, the environment wins (DEPLOY_HOST,
@@ -107,8 +108,10 @@ up() {
     active) log "engine already in a swarm: deploying into it (it stays after down)" ;;
     inactive)
       mkdir -p "$STATE_DIR"
+      # swarm init creates the docker_gwbridge network and leaving keeps it:
+      # remember whether it was there, so that down removes it only if not.
+      if docker network inspect docker_gwbridge >/dev/null 2>&1; then echo kept >"$MARK"; else : >"$MARK"; fi
       docker swarm init --advertise-addr "$ADVERTISE" >/dev/null || die "docker swarm init failed"
-      touch "$MARK"
       log "swarm initialized (one node, advertising $ADVERTISE); down will leave it"
       ;;
     *) die "this engine's swarm state is $(swarm_state): fix it (docker swarm leave --force?) and retry" ;;
@@ -189,6 +192,9 @@ down() {
   fi
   if [[ -f $MARK ]]; then
     docker swarm leave --force >/dev/null || die "docker swarm leave failed"
+    if [[ $(cat "$MARK") != kept ]]; then
+      docker network rm docker_gwbridge >/dev/null 2>&1 || log "docker_gwbridge (made by swarm init) left: still in use"
+    fi
     rm -f "$MARK"
     log "left the swarm (swarm.sh had created it)"
   fi

@@ -223,6 +223,8 @@ async fn count(c: &Client, lb: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_system_on_a_swarm() {
     let state_before = swarm_state();
+    let gwbridge = || run(Command::new("docker").args(["network", "inspect", "docker_gwbridge"])).status.success();
+    let gwbridge_before = gwbridge();
     let d = SwarmDeployment::up(&[("SCALE_WINDOW_SECS", "4"), ("READS_PER_SLAVE", "50")]);
     assert_eq!(swarm_state(), "active");
     let c = Stack::http();
@@ -406,6 +408,7 @@ async fn the_system_on_a_swarm() {
     assert!(!run(Command::new("docker").args(["network", "inspect", &format!("{cluster}-net")])).status.success());
     if state_before == "inactive" {
         assert_eq!(swarm_state(), "inactive", "swarm.sh created the swarm, so it leaves it");
+        assert_eq!(gwbridge(), gwbridge_before, "docker_gwbridge (made by swarm init) removed unless it was there");
     } else {
         assert_eq!(swarm_state(), state_before, "a swarm that was there stays");
     }
