@@ -9,7 +9,7 @@
 #   scripts/deploy.sh status   the services, their health, and the workers
 #
 # Settings: docker/.env holds the defaults, the environment wins (DEPLOY_HOST,
-# DEPLOY_PORT, ORCH_PORT, RABBITMQ_USER, RABBITMQ_PASS, CLUSTER_ID, ...).
+# DEPLOY_PORT, ORCH_PORT, ORCH2_PORT, RABBITMQ_USER, RABBITMQ_PASS, CLUSTER_ID, ...).
 # Also:
 #   DEPLOY_PROJECT   compose project name (default rideshare)
 #   DEPLOY_TIMEOUT   seconds `up` waits for the LB to answer (default 180)
@@ -103,8 +103,8 @@ up() {
 
 down() {
   local t0=$SECONDS
-  # The orchestrator first, so that it does not replace the workers removed next.
-  compose stop -t 10 orchestrator >/dev/null 2>&1 || true
+  # The orchestrators first, so that no leader replaces the workers removed next.
+  compose stop -t 10 orchestrator orchestrator-2 >/dev/null 2>&1 || true
   local ids
   ids=$(workers)
   if [[ -n $ids ]]; then

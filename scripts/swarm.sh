@@ -6,11 +6,12 @@
 #                             deploy the stack, return once a request through the LB is answered
 #   scripts/swarm.sh down     remove the stack, the workers' services (label
 #                             rideshare.cluster=<CLUSTER_ID>), the network and the volumes;
-#                             leave the swarm only if `up` created it
+#                             leave the swarm (and remove the docker_gwbridge network its
+#                             init made) only if `up` created it
 #   scripts/swarm.sh status   the stack's services and the workers' services
 #
 # Settings: docker/.env holds the defaults, the environment wins (DEPLOY_HOST,
-# DEPLOY_PORT, ORCH_PORT, RABBITMQ_USER, RABBITMQ_PASS, CLUSTER_ID, ...); they are
+# DEPLOY_PORT, ORCH_PORT, ORCH2_PORT, RABBITMQ_USER, RABBITMQ_PASS, CLUSTER_ID, ...); they are
 # exported for `docker stack deploy`, which reads no .env file. Also:
 #   SWARM_STACK      stack name (default rideshare)
 #   SWARM_ADVERTISE  address for `docker swarm init --advertise-addr` (default 127.0.0.1:
@@ -48,12 +49,14 @@ CLUSTER_ID=$(setting CLUSTER_ID rideshare-swarm)
 DEPLOY_HOST=$(setting DEPLOY_HOST 127.0.0.1)
 DEPLOY_PORT=$(setting DEPLOY_PORT 8080)
 ORCH_PORT=$(setting ORCH_PORT 8090)
+ORCH2_PORT=$(setting ORCH2_PORT 8091)
 DEPLOY_TIMEOUT=$(setting DEPLOY_TIMEOUT 240)
 ADVERTISE=$(setting SWARM_ADVERTISE 127.0.0.1)
 [[ $STACK =~ ^[a-z0-9][a-z0-9_-]*$ ]] || die "SWARM_STACK=$STACK: lower-case letters, digits, - and _ only"
 [[ $CLUSTER_ID =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "CLUSTER_ID=$CLUSTER_ID: letters, digits, . _ - only"
 [[ $DEPLOY_PORT =~ ^[0-9]+$ ]] || die "DEPLOY_PORT=$DEPLOY_PORT is not a port number"
 [[ $ORCH_PORT =~ ^[0-9]+$ ]] || die "ORCH_PORT=$ORCH_PORT is not a port number"
+[[ $ORCH2_PORT =~ ^[0-9]+$ ]] || die "ORCH2_PORT=$ORCH2_PORT is not a port number"
 [[ $DEPLOY_TIMEOUT =~ ^[0-9]+$ ]] || die "DEPLOY_TIMEOUT=$DEPLOY_TIMEOUT is not a number of seconds"
 # What `docker stack deploy` substitutes into stack.yml.
 for name in RABBITMQ_USER RABBITMQ_PASS ADMIN_TOKEN RUST_LOG LOG_FORMAT SCALE_WINDOW_SECS READS_PER_SLAVE \
@@ -61,7 +64,7 @@ for name in RABBITMQ_USER RABBITMQ_PASS ADMIN_TOKEN RUST_LOG LOG_FORMAT SCALE_WI
   v=$(setting "$name")
   if [[ -n $v ]]; then export "$name=$v"; fi
 done
-export CLUSTER_ID DEPLOY_PORT ORCH_PORT
+export CLUSTER_ID DEPLOY_HOST DEPLOY_PORT ORCH_PORT ORCH2_PORT
 
 # The marker that `up` made this engine a swarm (so `down` leaves it).
 STATE_DIR=$ROOT/var/swarm
@@ -76,6 +79,13 @@ answers() {
 swarm_state() { docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown; }
 worker_services() { docker service ls -q --filter "label=rideshare.cluster=$CLUSTER_ID" 2>/dev/null || true; }
 stack_services() { docker stack services -q "$STACK" 2>/dev/null || true; }
+# Every service of the stack runs as many tasks as it asks for (n/n).
+all_replicas_running() {
+  local replicas
+  replicas=$(docker stack services --format '{{.Replicas}}' "$STACK" 2>/dev/null) || return 1
+  [[ -n $replicas ]] || return 1
+  ! echo "$replicas" | awk -F'[/ ]' '$1 != $2 { bad = 1 } END { exit !bad }'
+}
 
 up() {
   if [[ ${SKIP_BUILD:-0} == 1 ]]; then
@@ -98,8 +108,10 @@ up() {
     active) log "engine already in a swarm: deploying into it (it stays after down)" ;;
     inactive)
       mkdir -p "$STATE_DIR"
+      # swarm init creates the docker_gwbridge network and leaving keeps it:
+      # remember whether it was there, so that down removes it only if not.
+      if docker network inspect docker_gwbridge >/dev/null 2>&1; then echo kept >"$MARK"; else : >"$MARK"; fi
       docker swarm init --advertise-addr "$ADVERTISE" >/dev/null || die "docker swarm init failed"
-      touch "$MARK"
       log "swarm initialized (one node, advertising $ADVERTISE); down will leave it"
       ;;
     *) die "this engine's swarm state is $(swarm_state): fix it (docker swarm leave --force?) and retry" ;;
@@ -109,6 +121,17 @@ up() {
   docker stack deploy --resolve-image never --prune -c "$STACK_FILE" "$STACK" >/dev/null \
     || die "docker stack deploy failed"
   local deadline=$((t0 + DEPLOY_TIMEOUT))
+  # The LB resolves users-api and rides-api (two tasks each) when it starts:
+  # once every service runs all its replicas, restart it so that it lists
+  # every instance, not only those running when it first started.
+  until all_replicas_running; do
+    if ((SECONDS >= deadline)); then
+      docker stack ps --no-trunc "$STACK" >&2 || true
+      die "the stack's services did not all run their replicas within ${DEPLOY_TIMEOUT}s"
+    fi
+    sleep 0.5
+  done
+  docker service update --force --detach=false "${STACK}_lb" >/dev/null || die "restarting ${STACK}_lb failed"
   until answers; do
     if ((SECONDS >= deadline)); then
       docker stack ps --no-trunc "$STACK" >&2 || true
@@ -144,8 +167,8 @@ down() {
     rm -f "$MARK"
     return 0
   fi
-  # The orchestrator first, so that it does not replace the workers removed next.
-  docker service rm "${STACK}_orchestrator" >/dev/null 2>&1 || true
+  # The orchestrators first, so that no leader replaces the workers removed next.
+  docker service rm "${STACK}_orchestrator" "${STACK}_orchestrator-2" >/dev/null 2>&1 || true
   local ids
   ids=$(worker_services)
   if [[ -n $ids ]]; then
@@ -169,6 +192,9 @@ down() {
   fi
   if [[ -f $MARK ]]; then
     docker swarm leave --force >/dev/null || die "docker swarm leave failed"
+    if [[ $(cat "$MARK") != kept ]]; then
+      docker network rm docker_gwbridge >/dev/null 2>&1 || log "docker_gwbridge (made by swarm init) left: still in use"
+    fi
     rm -f "$MARK"
     log "left the swarm (swarm.sh had created it)"
   fi

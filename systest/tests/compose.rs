@@ -3,11 +3,18 @@
 //! scripts/deploy.sh), checked as a client sees it, through the load balancer:
 //! the API contract's basics, read-after-write, the crash endpoints (a new
 //! master, every acknowledged write present exactly once; a replaced slave),
-//! the autoscaler going out and back in, and partitions: the master cut off
-//! from ZooKeeper and RabbitMQ, a slave cut off, the orchestrator cut off from
-//! ZooKeeper and then from RabbitMQ (iptables in its network namespace, run
-//! with the host's binary through nsenter: the images have neither), each
-//! printing its recovery time and writes acknowledged, lost and refused.
+//! the autoscaler going out and back in, partitions: the master cut off
+//! from ZooKeeper and RabbitMQ, a slave cut off, the first orchestrator cut
+//! off from ZooKeeper and then from RabbitMQ (iptables in its network
+//! namespace, run with the host's binary through nsenter: the images have
+//! neither), each printing its recovery time and writes acknowledged, lost
+//! and refused; and the redundant topology (two orchestrators, two instances
+//! of each service): the leading orchestrator and one users-api killed,
+//! requests through the LB still answered.
+//!
+//! The operator routes are called on the first orchestrator's published
+//! port; while the other leads it answers 307 to the leader's
+//! ORCH_PUBLIC_URL, its published port on the host, which reqwest follows.
 //!
 //! Every test brings up its own deployment (its own compose project, cluster
 //! id, network, volumes and free host ports, so it never meets `make up`'s
@@ -41,8 +48,11 @@ struct Deployment {
     env: Vec<(String, String)>,
     /// The load balancer: the entry point.
     lb: String,
-    /// The orchestrator's operator endpoints (crash, worker/list).
+    /// The first orchestrator's operator endpoints (crash, worker/list,
+    /// status): served there while it leads, a 307 to the leader otherwise.
     orch: String,
+    /// The second orchestrator's.
+    orch2: String,
 }
 
 impl Deployment {
@@ -54,13 +64,14 @@ impl Deployment {
         let tag = format!("{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let project = format!("rstest{name}{tag}");
         let cluster = format!("rstest-{name}-{tag}");
-        let (lb_port, orch_port) = (free_port(), free_port());
+        let (lb_port, orch_port, orch2_port) = (free_port(), free_port(), free_port());
         let mut env: Vec<(String, String)> = vec![
             ("DEPLOY_PROJECT".into(), project.clone()),
             ("CLUSTER_ID".into(), cluster.clone()),
             ("DEPLOY_HOST".into(), "127.0.0.1".into()),
             ("DEPLOY_PORT".into(), lb_port.to_string()),
             ("ORCH_PORT".into(), orch_port.to_string()),
+            ("ORCH2_PORT".into(), orch2_port.to_string()),
             ("RABBITMQ_USER".into(), "systest".into()),
             ("RABBITMQ_PASS".into(), format!("pw-{tag}")),
             ("SKIP_BUILD".into(), "1".into()),
@@ -73,6 +84,7 @@ impl Deployment {
             env,
             lb: format!("http://127.0.0.1:{lb_port}"),
             orch: format!("http://127.0.0.1:{orch_port}"),
+            orch2: format!("http://127.0.0.1:{orch2_port}"),
         };
         let t0 = Instant::now();
         let out = d.deploy_sh("up");
@@ -774,6 +786,155 @@ async fn partitions_slave_and_orchestrator() {
         unclear.len(),
         unclear.iter().filter(|t| seen.contains_key(t)).count()
     );
+    assert!(missing.is_empty(), "acknowledged rides lost: {missing:?}");
+    assert!(twice.is_empty(), "rides applied twice: {twice:?}");
+    assert!(unknown.is_empty(), "rides nobody wrote: {unknown:?}");
+}
+
+// ------------------------------------------------------------ redundancy
+
+impl Deployment {
+    /// The leading orchestrator: (its compose service, its operator URL),
+    /// from the first of the two that answers `status` with redirects off (a
+    /// 200: it leads; a 307: the Location is the leader's public URL).
+    async fn leader(&self) -> (&'static str, String) {
+        let c = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
+        let found = poll("a leading orchestrator", Duration::from_secs(30), || async {
+            for orch in [&self.orch, &self.orch2] {
+                let Ok(r) = c.get(format!("{orch}/api/v1/status")).send().await else { continue };
+                match r.status().as_u16() {
+                    200 => return Some(orch.clone()),
+                    307 => return Some(r.headers().get("location")?.to_str().ok()?.trim_end_matches('/').to_owned()),
+                    _ => {}
+                }
+            }
+            None
+        })
+        .await
+        .unwrap();
+        let url = [(self.orch.as_str(), "orchestrator"), (self.orch2.as_str(), "orchestrator-2")]
+            .into_iter()
+            .find(|(u, _)| found.starts_with(u))
+            .unwrap_or_else(|| panic!("the leader's URL {found} is neither {} nor {}", self.orch, self.orch2));
+        (url.1, url.0.to_owned())
+    }
+}
+
+/// The redundant topology holds with one of each kind gone: under two
+/// writers and a read-after-write client through the LB, the leading
+/// orchestrator's container and one users-api container are killed
+/// (SIGKILL, `docker kill`). Requests through the LB keep being answered
+/// (writes acknowledged, users created and read back at once, never stale),
+/// the other orchestrator leads and supervises (its worker/list names the
+/// two workers, a crash/slave through it is replaced), and every
+/// acknowledged write is present exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_orchestrator_and_one_users_api_killed() {
+    let d = Deployment::up("redundant", &[]);
+    let c = Stack::http();
+    let lb = d.lb.clone();
+    let owner = uniq("owner");
+    add_user(&c, &lb, &owner).await;
+    let pids = d.wait_workers(2, &[], Duration::from_secs(30)).await;
+    let (leader, leader_url) = d.leader().await;
+    let (survivor, survivor_url) =
+        if leader == "orchestrator" { ("orchestrator-2", d.orch2.clone()) } else { ("orchestrator", d.orch.clone()) };
+    eprintln!("[redundant] {leader} leads ({leader_url}); workers {pids:?}");
+
+    let ledger = Arc::new(Ledger::default());
+    let raw = Arc::new(RawClient::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = start_writers(&lb, &owner, 2, &ledger, &stop);
+    tasks.push(start_raw(&lb, &raw, &stop));
+    poll("traffic flowing", Duration::from_secs(60), || async {
+        let n = counts(&ledger, &raw);
+        (n.acked >= 50 && n.raw_ok >= 10).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let killed = [d.container(leader), d.container("users-api")];
+    let before = counts(&ledger, &raw);
+    let t_kill = Instant::now();
+    for cid in &killed {
+        let out = run(Command::new("docker").args(["kill", cid]));
+        assert!(out.status.success(), "docker kill {cid}: {}", text(&out));
+    }
+    // Answered again: 100 more acknowledged writes and 20 more read-after-write
+    // rounds with the two containers gone.
+    poll("writes and read-after-write rounds answered after the kills", Duration::from_secs(90), || async {
+        let n = counts(&ledger, &raw);
+        (n.acked >= before.acked + 100 && n.raw_ok >= before.raw_ok + 20).then_some(())
+    })
+    .await
+    .unwrap();
+    let answered = t_kill.elapsed();
+
+    // The survivor leads: it serves the operator routes itself and supervises.
+    let survivor_pids = poll("the surviving orchestrator lists the two workers", Duration::from_secs(60), || async {
+        let r = Stack::http().get(format!("{survivor_url}/api/v1/worker/list")).send().await.ok()?;
+        let pids: Vec<u32> = if r.status() == 200 { r.json().await.ok()? } else { return None };
+        (pids.len() == 2).then_some(pids)
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.leader().await.0, survivor, "the surviving orchestrator leads");
+    let r = Stack::http().post(format!("{survivor_url}/api/v1/crash/slave")).send().await.expect("crash/slave");
+    assert_eq!(r.status(), 200, "crash/slave through the survivor");
+    let slave: Vec<u32> = r.json().await.expect("[pid]");
+    assert_eq!(slave.len(), 1, "{slave:?}");
+    poll("the slave replaced by the surviving leader", Duration::from_secs(60), || async {
+        let r = Stack::http().get(format!("{survivor_url}/api/v1/worker/list")).send().await.ok()?;
+        let pids: Vec<u32> = if r.status() == 200 { r.json().await.ok()? } else { return None };
+        (pids.len() == 2 && !pids.contains(&slave[0])).then_some(())
+    })
+    .await
+    .unwrap();
+    let n = counts(&ledger, &raw);
+    poll("traffic answered after the crash/slave", Duration::from_secs(60), || async {
+        let m = counts(&ledger, &raw);
+        (m.acked >= n.acked + 20 && m.raw_ok >= n.raw_ok + 5).then_some(())
+    })
+    .await
+    .unwrap();
+
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The traffic above ran with both containers down (not restarted).
+    for cid in &killed {
+        assert_eq!(d.inspect(cid, "{{.State.Running}}"), "false", "{cid} stayed down");
+    }
+    let after = counts(&ledger, &raw);
+    let stale = raw.stale.lock().unwrap().clone();
+    eprintln!(
+        "[redundant] {leader} and users-api killed: 100 writes and 20 read-after-write rounds answered after {:.2}s; \
+         since the kills {} writes acknowledged, {} failed; {} read-after-write rounds ok, {} failed, {} stale; \
+         {survivor} leads, workers {survivor_pids:?}",
+        answered.as_secs_f64(),
+        after.acked - before.acked,
+        after.failed - before.failed,
+        after.raw_ok - before.raw_ok,
+        after.raw_failed - before.raw_failed,
+        stale.len()
+    );
+    assert!(stale.is_empty(), "stale reads: {stale:?}");
+    assert_eq!(ledger.refused.load(Ordering::Relaxed), 0, "no ride of the owner may be refused");
+    let list = upcoming(&c, &lb, 20, 21).await;
+    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    for r in &list {
+        *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
+    }
+    let acked = ledger.acked.lock().unwrap().clone();
+    let unclear = ledger.unclear.lock().unwrap().clone();
+    let missing: Vec<_> = acked.iter().filter(|t| !seen.contains_key(t)).collect();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let unknown: Vec<_> = seen.keys().filter(|t| !acked.contains(t) && !unclear.contains(t)).collect();
     assert!(missing.is_empty(), "acknowledged rides lost: {missing:?}");
     assert!(twice.is_empty(), "rides applied twice: {twice:?}");
     assert!(unknown.is_empty(), "rides nobody wrote: {unknown:?}");

@@ -2,8 +2,10 @@
 //! The whole system on a Docker Swarm (docker/stack.yml through
 //! scripts/swarm.sh), the workers as Swarm services (WORKER_RUNTIME=swarm),
 //! checked as a client sees it, through the load balancer: bootstrap (a
-//! master and a slave service), crash/master under writers (a new master,
-//! every acknowledged write present exactly once), crash/slave (replaced), a
+//! master and a slave service; two tasks of each service; two orchestrators,
+//! one leading, the other redirecting an operator to it), crash/master under
+//! writers (a new master, every acknowledged write present exactly once),
+//! crash/slave (replaced), a
 //! master's container killed behind the orchestrator's back (failover from
 //! the runtime's exit report), and the autoscaler going out and back in.
 //!
@@ -44,7 +46,11 @@ struct SwarmDeployment {
     cluster: String,
     env: Vec<(String, String)>,
     lb: String,
+    /// The first orchestrator's operator endpoints (a 307 to the leader
+    /// while the other leads, which reqwest follows).
     orch: String,
+    /// The second orchestrator's.
+    orch2: String,
 }
 
 impl SwarmDeployment {
@@ -53,13 +59,14 @@ impl SwarmDeployment {
         let tag = std::process::id();
         let stack = format!("rstestswarm{tag}");
         let cluster = format!("rstest-swarm-{tag}");
-        let (lb_port, orch_port) = (free_port(), free_port());
+        let (lb_port, orch_port, orch2_port) = (free_port(), free_port(), free_port());
         let mut env: Vec<(String, String)> = vec![
             ("SWARM_STACK".into(), stack.clone()),
             ("CLUSTER_ID".into(), cluster.clone()),
             ("DEPLOY_HOST".into(), "127.0.0.1".into()),
             ("DEPLOY_PORT".into(), lb_port.to_string()),
             ("ORCH_PORT".into(), orch_port.to_string()),
+            ("ORCH2_PORT".into(), orch2_port.to_string()),
             ("RABBITMQ_USER".into(), "systest".into()),
             ("RABBITMQ_PASS".into(), format!("pw-{tag}")),
             ("SKIP_BUILD".into(), "1".into()),
@@ -72,6 +79,7 @@ impl SwarmDeployment {
             env,
             lb: format!("http://127.0.0.1:{lb_port}"),
             orch: format!("http://127.0.0.1:{orch_port}"),
+            orch2: format!("http://127.0.0.1:{orch2_port}"),
         };
         let t0 = Instant::now();
         let out = d.swarm_sh("up");
@@ -215,6 +223,8 @@ async fn count(c: &Client, lb: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_system_on_a_swarm() {
     let state_before = swarm_state();
+    let gwbridge = || run(Command::new("docker").args(["network", "inspect", "docker_gwbridge"])).status.success();
+    let gwbridge_before = gwbridge();
     let d = SwarmDeployment::up(&[("SCALE_WINDOW_SECS", "4"), ("READS_PER_SLAVE", "50")]);
     assert_eq!(swarm_state(), "active");
     let c = Stack::http();
@@ -236,6 +246,49 @@ async fn the_system_on_a_swarm() {
         assert_eq!(spec, "1 none", "service {sid}: one replica, never restarted by the swarm");
     }
     eprintln!("[swarm] bootstrap: {pids:?}, master {master0}, epoch {epoch0}");
+
+    // The redundant topology: two instances of each service, and two
+    // orchestrators of which one leads; the other sends an operator (with a
+    // 307) to the leader's published address.
+    for service in ["users-api", "rides-api"] {
+        let replicas = stdout(Command::new("docker").args([
+            "service",
+            "ls",
+            "--filter",
+            &format!("name={}_{service}", d.stack),
+            "--format",
+            "{{.Replicas}}",
+        ]));
+        assert_eq!(replicas, "2/2", "{service}: two tasks running");
+    }
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    // (orchestrator URL, status, Location) of both, once one leads and the
+    // other knows it.
+    let answers = poll("one orchestrator leading, the other redirecting", Duration::from_secs(30), || async {
+        let mut answers = Vec::new();
+        for orch in [&d.orch, &d.orch2] {
+            let r = no_redirect.get(format!("{orch}/api/v1/status")).send().await.ok()?;
+            let location = r.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
+            answers.push((orch.clone(), r.status().as_u16(), location));
+        }
+        let mut statuses: Vec<u16> = answers.iter().map(|a| a.1).collect();
+        statuses.sort();
+        (statuses == [200, 307]).then_some(answers)
+    })
+    .await
+    .unwrap();
+    let leader = answers.iter().find(|a| a.1 == 200).unwrap();
+    let follower = answers.iter().find(|a| a.1 == 307).unwrap();
+    assert_eq!(
+        follower.2.as_deref(),
+        Some(format!("{}/api/v1/status", leader.0).as_str()),
+        "the follower sends the operator to the leader's published address: {answers:?}"
+    );
+    eprintln!("[swarm] orchestrators: {} leads, {} redirects to it", leader.0, follower.0);
 
     let owner = uniq("owner");
     let body = json!({"username": owner, "password": PASSWORD});
@@ -355,6 +408,7 @@ async fn the_system_on_a_swarm() {
     assert!(!run(Command::new("docker").args(["network", "inspect", &format!("{cluster}-net")])).status.success());
     if state_before == "inactive" {
         assert_eq!(swarm_state(), "inactive", "swarm.sh created the swarm, so it leaves it");
+        assert_eq!(gwbridge(), gwbridge_before, "docker_gwbridge (made by swarm init) removed unless it was there");
     } else {
         assert_eq!(swarm_state(), state_before, "a swarm that was there stays");
     }
