@@ -390,7 +390,8 @@ impl Stack {
         }
     }
 
-    /// Until the orchestrator answers and a read goes through a caught-up slave.
+    /// Until the orchestrator answers, a read goes through a caught-up slave,
+    /// and it supervises (leads, with the workers adopted or started).
     pub async fn wait_ready(&self) -> Result<()> {
         let http = Self::http();
         let url = self.url("/api/v1/db/read");
@@ -401,6 +402,16 @@ impl Stack {
                 let r = http.post(&url).json(&ReadRequest::table("users").counting()).send().await.ok()?;
                 r.status().is_success().then_some(())
             }
+        })
+        .await
+        .with_context(|| format!("see {}", self.dir.display()))?;
+        // And supervises: its status answers once it leads and has adopted
+        // or started the workers (after a restart, once the killed process's
+        // leadership lapsed with its ZooKeeper session).
+        let url = self.url("/api/v1/status");
+        poll("the orchestrator to supervise", Duration::from_secs(60), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(&url).send().await.ok()?.status().is_success().then_some(()) }
         })
         .await
         .with_context(|| format!("see {}", self.dir.display()))
@@ -556,6 +567,9 @@ impl Stack {
     }
 
     /// Start the orchestrator again with the same settings and wait for it.
+    /// SIGKILL the orchestrator, start a new one, and wait until it serves
+    /// reads and supervises again (its status answers: the killed process's
+    /// leadership lapses with its ZooKeeper session, `ZK_SESSION_TIMEOUT_MS`).
     pub async fn restart_orchestrator(&mut self) -> Result<()> {
         self.kill_orchestrator();
         self.spawn_orchestrator()?;
