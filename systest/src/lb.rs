@@ -99,6 +99,47 @@ pub struct Ledger {
     pub max_fail_ms: AtomicU64,
 }
 
+/// The rides the LB lists, held against a [`Ledger`].
+#[derive(Debug)]
+pub struct Audit {
+    pub acked: usize,
+    pub unclear: usize,
+    /// Unclear rides (no answer) that were applied after all (once).
+    pub unclear_applied: usize,
+    pub missing: Vec<u64>,
+    pub twice: Vec<(u64, u32)>,
+    pub unknown: Vec<u64>,
+}
+
+impl Ledger {
+    /// Hold `rides` (rows with a tagged `timestamp`) against what was written.
+    pub fn audit(&self, rides: &[Value]) -> Audit {
+        let mut seen: std::collections::BTreeMap<u64, u32> = Default::default();
+        for r in rides {
+            *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let unclear = self.unclear.lock().unwrap().clone();
+        Audit {
+            acked: acked.len(),
+            unclear: unclear.len(),
+            unclear_applied: unclear.iter().filter(|t| seen.contains_key(t)).count(),
+            missing: acked.iter().filter(|t| !seen.contains_key(t)).copied().collect(),
+            twice: seen.iter().filter(|(_, n)| **n > 1).map(|(t, n)| (*t, *n)).collect(),
+            unknown: seen.keys().filter(|t| !acked.contains(t) && !unclear.contains(t)).copied().collect(),
+        }
+    }
+}
+
+impl Audit {
+    /// Every acknowledged ride present, none twice, none that nobody wrote.
+    pub fn assert_whole(&self) {
+        assert!(self.missing.is_empty(), "acknowledged rides lost: {:?}", self.missing);
+        assert!(self.twice.is_empty(), "rides applied twice: {:?}", self.twice);
+        assert!(self.unknown.is_empty(), "rides nobody wrote: {:?}", self.unknown);
+    }
+}
+
 /// `n` writers creating rides with unique tags through the LB until `stop`.
 pub fn start_writers(
     lb: &str,

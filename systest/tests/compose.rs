@@ -24,7 +24,7 @@
 //!
 //! Run with `cargo test --release -p systest --features e2e --test compose -- --test-threads=1`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,7 @@ use futures::{stream, StreamExt};
 use reqwest::{Client, Method};
 use serde_json::{json, Value};
 use systest::lb::{
-    assert_images, call, free_port, must, ride, run, start_writers, tag_time, text, time_tag, uniq, Ledger, PASSWORD,
+    assert_images, call, free_port, must, ride, run, start_writers, tag_time, text, uniq, Ledger, PASSWORD,
 };
 use systest::{poll, root, Stack};
 
@@ -340,23 +340,11 @@ async fn crash_master_and_slave_in_containers() {
 
     // Every acknowledged ride exactly once, nothing twice.
     let list = upcoming(&c, &lb, 20, 21).await;
-    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
-    for r in &list {
-        *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
-    }
-    let acked = ledger.acked.lock().unwrap().clone();
-    let unclear = ledger.unclear.lock().unwrap().clone();
-    let missing: Vec<_> = acked.iter().filter(|t| !seen.contains_key(t)).collect();
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    let unknown: Vec<_> = seen.keys().filter(|t| !acked.contains(t) && !unclear.contains(t)).collect();
-    assert!(missing.is_empty(), "acknowledged rides lost: {missing:?}");
-    assert!(twice.is_empty(), "rides applied twice: {twice:?}");
-    assert!(unknown.is_empty(), "rides nobody wrote: {unknown:?}");
+    let audit = ledger.audit(&list);
+    audit.assert_whole();
     eprintln!(
         "[compose] {} acknowledged, {} unclear ({} of them applied), all present once",
-        acked.len(),
-        unclear.len(),
-        unclear.iter().filter(|t| seen.contains_key(t)).count()
+        audit.acked, audit.unclear, audit.unclear_applied
     );
     assert_eq!(rides_count(&c, &lb).await, list.len() as u64);
 
@@ -501,23 +489,11 @@ async fn master_cut_off_from_zookeeper_and_rabbitmq() {
     assert_eq!(ledger.refused.load(Ordering::Relaxed), 0, "no ride of the owner may be refused");
 
     let list = upcoming(&c, &lb, 20, 21).await;
-    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
-    for r in &list {
-        *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
-    }
-    let acked = ledger.acked.lock().unwrap().clone();
-    let unclear = ledger.unclear.lock().unwrap().clone();
-    let missing: Vec<_> = acked.iter().filter(|t| !seen.contains_key(t)).collect();
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    let unknown: Vec<_> = seen.keys().filter(|t| !acked.contains(t) && !unclear.contains(t)).collect();
-    assert!(missing.is_empty(), "acknowledged rides lost: {missing:?}");
-    assert!(twice.is_empty(), "rides applied twice: {twice:?}");
-    assert!(unknown.is_empty(), "rides nobody wrote: {unknown:?}");
+    let audit = ledger.audit(&list);
+    audit.assert_whole();
     eprintln!(
         "[compose] partition: {} acknowledged, {} unclear ({} applied), all present once",
-        acked.len(),
-        unclear.len(),
-        unclear.iter().filter(|t| seen.contains_key(t)).count()
+        audit.acked, audit.unclear, audit.unclear_applied
     );
 }
 
@@ -770,25 +746,15 @@ async fn partitions_slave_and_orchestrator() {
     assert!(raw.stale.lock().unwrap().is_empty(), "stale reads: {:?}", raw.stale.lock().unwrap());
     assert_eq!(ledger.refused.load(Ordering::Relaxed), 0, "no ride of the owner may be refused");
     let list = upcoming(&c, &lb, 20, 21).await;
-    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
-    for r in &list {
-        *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
-    }
-    let acked = ledger.acked.lock().unwrap().clone();
-    let unclear = ledger.unclear.lock().unwrap().clone();
-    let missing: Vec<_> = acked.iter().filter(|t| !seen.contains_key(t)).collect();
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    let unknown: Vec<_> = seen.keys().filter(|t| !acked.contains(t) && !unclear.contains(t)).collect();
+    let audit = ledger.audit(&list);
     eprintln!(
         "[partition] all three: {} acknowledged, {} lost, {} refused/unclear ({} of them applied)",
-        acked.len(),
-        missing.len(),
-        unclear.len(),
-        unclear.iter().filter(|t| seen.contains_key(t)).count()
+        audit.acked,
+        audit.missing.len(),
+        audit.unclear,
+        audit.unclear_applied
     );
-    assert!(missing.is_empty(), "acknowledged rides lost: {missing:?}");
-    assert!(twice.is_empty(), "rides applied twice: {twice:?}");
-    assert!(unknown.is_empty(), "rides nobody wrote: {unknown:?}");
+    audit.assert_whole();
 }
 
 // ------------------------------------------------------------ redundancy
@@ -926,16 +892,6 @@ async fn one_orchestrator_and_one_users_api_killed() {
     assert!(stale.is_empty(), "stale reads: {stale:?}");
     assert_eq!(ledger.refused.load(Ordering::Relaxed), 0, "no ride of the owner may be refused");
     let list = upcoming(&c, &lb, 20, 21).await;
-    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
-    for r in &list {
-        *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
-    }
-    let acked = ledger.acked.lock().unwrap().clone();
-    let unclear = ledger.unclear.lock().unwrap().clone();
-    let missing: Vec<_> = acked.iter().filter(|t| !seen.contains_key(t)).collect();
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    let unknown: Vec<_> = seen.keys().filter(|t| !acked.contains(t) && !unclear.contains(t)).collect();
-    assert!(missing.is_empty(), "acknowledged rides lost: {missing:?}");
-    assert!(twice.is_empty(), "rides applied twice: {twice:?}");
-    assert!(unknown.is_empty(), "rides nobody wrote: {unknown:?}");
+    let audit = ledger.audit(&list);
+    audit.assert_whole();
 }

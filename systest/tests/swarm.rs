@@ -18,7 +18,6 @@
 //!
 //! Run with `cargo test --release -p systest --features e2e --test swarm -- --test-threads=1`.
 
-use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,9 +26,7 @@ use std::time::{Duration, Instant};
 use futures::{stream, StreamExt};
 use reqwest::{Client, Method};
 use serde_json::{json, Value};
-use systest::lb::{
-    assert_images, call, free_port, run, start_writers, text, time_tag, uniq, wait_acked, Ledger, PASSWORD,
-};
+use systest::lb::{assert_images, call, free_port, run, start_writers, text, uniq, wait_acked, Ledger, PASSWORD};
 use systest::{poll, root, Stack};
 
 fn stdout(cmd: &mut Command) -> String {
@@ -348,25 +345,15 @@ async fn the_system_on_a_swarm() {
     let r = call(&c, Method::GET, &format!("{lb}/api/v1/rides?source=20&destination=21"), None).await.unwrap();
     assert_eq!(r.status, 200);
     let list: Vec<Value> = serde_json::from_str(&r.body).unwrap();
-    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
-    for r in &list {
-        *seen.entry(time_tag(r["timestamp"].as_str().expect("timestamp"))).or_default() += 1;
-    }
-    let acked = ledger.acked.lock().unwrap().clone();
-    let unclear = ledger.unclear.lock().unwrap().clone();
-    let missing: Vec<_> = acked.iter().filter(|t| !seen.contains_key(t)).collect();
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    let unknown: Vec<_> = seen.keys().filter(|t| !acked.contains(t) && !unclear.contains(t)).collect();
+    let audit = ledger.audit(&list);
     eprintln!(
         "[swarm] two failovers: {} acknowledged, {} lost, {} unclear ({} applied)",
-        acked.len(),
-        missing.len(),
-        unclear.len(),
-        unclear.iter().filter(|t| seen.contains_key(t)).count()
+        audit.acked,
+        audit.missing.len(),
+        audit.unclear,
+        audit.unclear_applied
     );
-    assert!(missing.is_empty(), "acknowledged rides lost: {missing:?}");
-    assert!(twice.is_empty(), "rides applied twice: {twice:?}");
-    assert!(unknown.is_empty(), "rides nobody wrote: {unknown:?}");
+    audit.assert_whole();
 
     // Scaling: idle windows first bring it back to one slave (the writers'
     // user checks were reads); then a burst of reads adds slave services, and
