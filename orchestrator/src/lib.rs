@@ -58,7 +58,7 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
 
     // Every orchestrator serves the data path; the one elected in ZooKeeper
     // also supervises the workers.
-    let me = wire::coord::LeaderRecord { instance: rpc.instance().to_owned(), url: cfg.advertised_url() };
+    let me = wire::coord::LeaderRecord { instance: rpc.instance(), url: cfg.advertised_url() };
     let (role_tx, role_rx) = tokio::sync::watch::channel(leader::Role::Unknown);
     let (zk_addr, zk_root, session) = (cfg.zk_addr.clone(), cfg.zk_root.clone(), cfg.zk_session_timeout.0);
     tasks.spawn("leader election", |t| leader::run(zk_addr, zk_root, me.clone(), session, role_tx, t));

@@ -96,8 +96,6 @@ pub async fn run(
     info!(worker = %ctx.cfg.worker_id, epoch, seq = pos.seq, "serving as master");
 
     let mut master = ctx.zk.master.clone();
-    // The highest sequence number committed and confirmed on syncQ.
-    let mut committed = pos.seq;
     let result = loop {
         tokio::select! {
             d = writes.next() => {
@@ -110,7 +108,7 @@ pub async fn run(
                         _ => break,
                     }
                 }
-                if let Err(e) = handle_batch(batch, &db, &sync_ch, &reply_ch, ctx, epoch, &mut committed).await {
+                if let Err(e) = handle_batch(batch, &db, &sync_ch, &reply_ch, ctx, epoch).await {
                     break Err(e);
                 }
             }
@@ -151,7 +149,6 @@ async fn handle_batch(
     reply_ch: &Channel,
     ctx: &NodeCtx,
     epoch: u64,
-    committed: &mut u64,
 ) -> Result<()> {
     // Fencing: a newer master record, or no fresh lease, means another master
     // may exist already. Nothing of the batch is touched: it all goes back.
@@ -231,7 +228,6 @@ async fn handle_batch(
         }
         publish_changes(sync_ch, &changes).await?;
         if let Some(seq) = top {
-            *committed = seq;
             ctx.set_position(Role::Master, seq, epoch);
         }
     }
@@ -241,9 +237,11 @@ async fn handle_batch(
         bail!("lease lost while writing: stopped taking writes");
     }
     // Every write acknowledged before a read index reached us is at or below
-    // what is committed now (batches are handled one at a time).
+    // what is committed and confirmed now (the position set above and at
+    // start; batches are handled one at a time).
+    let committed = ctx.applied_seq();
     for (di, j) in indexes {
-        answers[di].push((j, Reply::ReadIndex { seq: *committed, epoch }));
+        answers[di].push((j, Reply::ReadIndex { seq: committed, epoch }));
     }
     for (d, answers) in batch.iter().zip(answers) {
         let encoded: Vec<(u32, Vec<u8>)> =

@@ -137,8 +137,8 @@ impl Rpc {
     }
 
     /// This process's instance id (hex), as in its correlation ids and reply queue.
-    pub fn instance(&self) -> &str {
-        self.reply_queue.rsplit('.').next().expect("reply queue names end in the instance")
+    pub fn instance(&self) -> String {
+        format!("{:016x}", self.instance)
     }
 
     /// Whether the broker connection is up (no call).
