@@ -549,6 +549,33 @@ fn start_raw(lb: &str, raw: &Arc<RawClient>, stop: &Arc<AtomicBool>) -> tokio::t
     })
 }
 
+type Tasks = Vec<tokio::task::JoinHandle<()>>;
+
+/// Two ride writers and a read-after-write client through the LB, running
+/// until `stop` is set; returned once traffic flows (50 rides acknowledged,
+/// 10 read-after-write rounds).
+async fn start_traffic(lb: &str, owner: &str) -> (Arc<Ledger>, Arc<RawClient>, Arc<AtomicBool>, Tasks) {
+    let ledger = Arc::new(Ledger::default());
+    let raw = Arc::new(RawClient::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = start_writers(lb, owner, 2, &ledger, &stop);
+    tasks.push(start_raw(lb, &raw, &stop));
+    poll("traffic flowing", Duration::from_secs(60), || async {
+        let n = counts(&ledger, &raw);
+        (n.acked >= 50 && n.raw_ok >= 10).then_some(())
+    })
+    .await
+    .unwrap();
+    (ledger, raw, stop, tasks)
+}
+
+async fn stop_traffic(stop: &AtomicBool, tasks: Tasks) {
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 /// Counters at a moment, to report one partition's share.
 #[derive(Clone, Copy, Debug)]
 struct Counts {
@@ -655,17 +682,7 @@ async fn partitions_slave_and_orchestrator() {
     let slave_pid = *pids.iter().find(|p| **p != master_pid).expect("a slave");
     let net = format!("{}-net", d.cluster);
 
-    let ledger = Arc::new(Ledger::default());
-    let raw = Arc::new(RawClient::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = start_writers(&lb, &owner, 2, &ledger, &stop);
-    tasks.push(start_raw(&lb, &raw, &stop));
-    poll("traffic flowing", Duration::from_secs(60), || async {
-        let n = counts(&ledger, &raw);
-        (n.acked >= 50 && n.raw_ok >= 10).then_some(())
-    })
-    .await
-    .unwrap();
+    let (ledger, raw, stop, tasks) = start_traffic(&lb, &owner).await;
 
     // (a) the slave cut off.
     let slave = d.container_of_pid(slave_pid);
@@ -739,10 +756,7 @@ async fn partitions_slave_and_orchestrator() {
         d.wait_workers(2, &[], Duration::from_secs(60)).await;
     }
 
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
+    stop_traffic(&stop, tasks).await;
     assert!(raw.stale.lock().unwrap().is_empty(), "stale reads: {:?}", raw.stale.lock().unwrap());
     assert_eq!(ledger.refused.load(Ordering::Relaxed), 0, "no ride of the owner may be refused");
     let list = upcoming(&c, &lb, 20, 21).await;
@@ -811,17 +825,7 @@ async fn one_orchestrator_and_one_users_api_killed() {
         if leader == "orchestrator" { ("orchestrator-2", d.orch2.clone()) } else { ("orchestrator", d.orch.clone()) };
     eprintln!("[redundant] {leader} leads ({leader_url}); workers {pids:?}");
 
-    let ledger = Arc::new(Ledger::default());
-    let raw = Arc::new(RawClient::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = start_writers(&lb, &owner, 2, &ledger, &stop);
-    tasks.push(start_raw(&lb, &raw, &stop));
-    poll("traffic flowing", Duration::from_secs(60), || async {
-        let n = counts(&ledger, &raw);
-        (n.acked >= 50 && n.raw_ok >= 10).then_some(())
-    })
-    .await
-    .unwrap();
+    let (ledger, raw, stop, tasks) = start_traffic(&lb, &owner).await;
 
     let killed = [d.container(leader), d.container("users-api")];
     let before = counts(&ledger, &raw);
@@ -868,10 +872,7 @@ async fn one_orchestrator_and_one_users_api_killed() {
     .await
     .unwrap();
 
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
+    stop_traffic(&stop, tasks).await;
     // The traffic above ran with both containers down (not restarted).
     for cid in &killed {
         assert_eq!(d.inspect(cid, "{{.State.Running}}"), "false", "{cid} stayed down");
