@@ -6,17 +6,7 @@
 //! ([`wire::contract::ExitReason`]): settings that do not parse, a part the
 //! worker cannot do without, a stop, a deposition.
 
-mod amqp;
-mod config;
-mod master;
-mod node;
-mod reads;
-mod slave;
-mod snapshot;
-mod sql;
-mod store;
-mod timing;
-mod zk;
+use worker::{config, node};
 
 use tracing::{error, info};
 use wire::contract::ExitReason;
