@@ -6,6 +6,8 @@
 //! <root>/workers/<id>      ephemeral:  WorkerRecord, one per live worker session
 //! <root>/leader            ephemeral:  LeaderRecord, the orchestrator that supervises
 //! <root>/orchestrators/<i> ephemeral:  OrchestratorRecord, one per live orchestrator
+//! <root>/committed         persistent: CommittedRecord, written by the master before it acks
+//! <root>/archive           persistent: ArchiveRecord, written by the archiver as it uploads
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,14 @@ pub fn worker_path(root: &str, id: &str) -> String {
 
 pub fn leader_path(root: &str) -> String {
     format!("{root}/leader")
+}
+
+pub fn committed_path(root: &str) -> String {
+    format!("{root}/committed")
+}
+
+pub fn archive_path(root: &str) -> String {
+    format!("{root}/archive")
 }
 
 pub fn orchestrators_path(root: &str) -> String {
@@ -85,4 +95,27 @@ pub struct WorkerRecord {
     /// Highest sequence number applied (updated as it moves).
     pub seq: u64,
     pub epoch: u64,
+}
+
+/// The newest acknowledged write of the cluster: the master sets it (epoch and
+/// sequence number of its last committed change) before it acknowledges the
+/// writes that reach it, so it is never behind what any client was told.
+/// A recovery promotes only a copy at or past it (or an operator accepts the
+/// loss by name); a brand-new cluster has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedRecord {
+    pub epoch: u64,
+    pub seq: u64,
+    /// Wall clock of the write, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// How far the continuous backup has got: every change up to `seq` is in the
+/// archive (uploaded and confirmed by the object store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveRecord {
+    pub epoch: u64,
+    pub seq: u64,
+    /// When the archiver last uploaded, ms since the Unix epoch.
+    pub at_ms: u64,
 }
