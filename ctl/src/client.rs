@@ -69,6 +69,13 @@ impl Orchestrator {
         pids.first().copied().ok_or_else(|| self.unreadable("an empty pid list"))
     }
 
+    /// `POST /api/v1/recover`: accept losing the writes past `kept_seq`
+    /// (0: start empty) while the data is missing. The orchestrator's answer.
+    pub async fn recover(&self, kept_seq: u64) -> Result<serde_json::Value, CtlError> {
+        let body = serde_json::json!({ "accept_data_loss_after": kept_seq });
+        self.json(self.http.post(self.url("/api/v1/recover")).json(&body)).await
+    }
+
     /// `GET /api/v1/worker/list` → the workers' pids, sorted.
     pub async fn workers(&self) -> Result<Vec<u32>, CtlError> {
         self.json(self.http.get(self.url("/api/v1/worker/list"))).await

@@ -4,6 +4,9 @@
 //!   rideshare-ctl events [--follow]    recent events; --follow streams the feed until Ctrl-C
 //!   rideshare-ctl crash master|slave   kill a worker (needs the admin token when one is set)
 //!   rideshare-ctl workers              the workers' pids (needs the admin token when one is set)
+//!   rideshare-ctl recover --accept-data-loss-after SEQ
+//!                                      while the data is missing: keep the copy holding SEQ
+//!                                      (the status names it), lose every write after it
 //!
 //! Invariant: it exits 0 only when the orchestrator answered what was asked;
 //! otherwise it prints one line saying why (cannot reach it, token refused,
@@ -64,6 +67,14 @@ enum Command {
     },
     /// The pids of the running workers, one per line.
     Workers,
+    /// While no volume holds every acknowledged write (status: "data missing"),
+    /// open the most advanced copy anyway: every write after SEQ is lost. SEQ
+    /// must be that copy's (the status and the error say which); 0 starts empty.
+    Recover {
+        /// The last write kept; the ones after it, up to the committed one, are thrown away.
+        #[arg(long = "accept-data-loss-after", value_name = "SEQ")]
+        accept_data_loss_after: u64,
+    },
 }
 
 fn base_url(s: &str) -> Result<String, String> {
@@ -125,6 +136,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for pid in o.workers().await? {
                 writeln!(out, "{pid}")?;
             }
+        }
+        Command::Recover { accept_data_loss_after } => {
+            let done = o.recover(accept_data_loss_after).await?;
+            let (master, kept, lost) = (&done["master"], &done["kept_seq"], &done["lost_through"]);
+            writeln!(out, "recovered: master {master}, kept writes up to seq {kept}, lost seq {kept}+1..={lost}")?;
         }
     }
     Ok(())

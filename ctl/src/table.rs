@@ -17,8 +17,32 @@ pub fn render_status(s: &ClusterStatus) -> String {
     out.push('\n');
     out.push_str(&autoscaler_line(s));
     out.push('\n');
+    out.push_str(&data_line(s));
+    out.push('\n');
     out.push_str(&render_table(s));
     out
+}
+
+/// `Data: committed seq 42 (epoch 3) | archive seq 40 (lag 2) | volumes 3 (1 kept, 12.0 MB)`,
+/// or, while no copy holds every acknowledged write, `Data: MISSING: …`.
+pub fn data_line(s: &ClusterStatus) -> String {
+    let d = &s.data;
+    let committed = match &d.committed {
+        Some(c) => format!("committed seq {} (epoch {})", c.seq, c.epoch),
+        None => "nothing committed yet".to_owned(),
+    };
+    let archive = match (&d.archive, &d.committed) {
+        (Some(a), Some(c)) => format!("archive seq {} (lag {})", a.seq, c.seq.saturating_sub(a.seq)),
+        (Some(a), None) => format!("archive seq {}", a.seq),
+        (None, _) => "no archive".to_owned(),
+    };
+    let kept = d.volumes.iter().filter(|v| !v.in_use).count();
+    let bytes: u64 = d.volumes.iter().filter_map(|v| v.bytes).sum();
+    let volumes = format!("volumes {} ({kept} kept, {:.1} MB)", d.volumes.len(), bytes as f64 / 1e6);
+    match &d.missing {
+        Some(why) => format!("Data: MISSING: {why} | {committed} | {volumes}"),
+        None => format!("Data: {committed} | {archive} | {volumes}"),
+    }
 }
 
 /// `Cluster: rideshare (runtime process) | master: w-1 pid 4242, epoch 3 | broker: connected | zookeeper: connected`
@@ -232,6 +256,7 @@ pub(crate) mod tests {
             },
             broker_connected: true,
             zookeeper_connected: false,
+            data: Default::default(),
             events: vec![],
         }
     }
@@ -241,6 +266,7 @@ pub(crate) mod tests {
         let expected = "\
 Cluster: rideshare (runtime process) | master: w-1 pid 4242, epoch 3 | broker: connected | zookeeper: DISCONNECTED
 Autoscaler: reads-per-window, window 120s (37s in), 12 reads, would choose 1 slave (running 1, desired 1, min 1, max 10)
+Data: nothing committed yet | no archive | volumes 0 (0 kept, 0.0 MB)
 +--------+------+--------+---------+-------+-------------+----------+--------+--------+
 | Worker | Pid  | Role   | State   | Epoch | Applied seq | Lag seqs | Lag ms | Uptime |
 +--------+------+--------+---------+-------+-------------+----------+--------+--------+
@@ -290,10 +316,27 @@ Autoscaler: reads-per-window, window 120s (37s in), 12 reads, would choose 1 sla
             "Autoscaler: reads-per-window, window 0.5s (not started), 1 read, would choose 0 slaves \
              (running 1, desired 1, min 1, max 10)"
         );
-        assert_eq!(lines[5].split_whitespace().collect::<Vec<_>>(), ["|", "(no", "workers)", "|"]);
-        assert!(lines[5].starts_with("| (no workers) "), "{out}");
-        assert_eq!(lines[5].len(), lines[2].len(), "{out}");
-        assert_eq!(lines.len(), 7);
+        assert_eq!(lines[6].split_whitespace().collect::<Vec<_>>(), ["|", "(no", "workers)", "|"]);
+        assert!(lines[6].starts_with("| (no workers) "), "{out}");
+        assert_eq!(lines[6].len(), lines[3].len(), "{out}");
+        assert_eq!(lines.len(), 8);
+    }
+
+    #[test]
+    fn the_data_line_says_what_is_committed_archived_and_kept() {
+        use wire::coord::{ArchiveRecord, CommittedRecord};
+        use wire::status::VolumeStatus;
+        let mut s = two_workers();
+        s.data.committed = Some(CommittedRecord { epoch: 3, seq: 42, at_ms: 0 });
+        s.data.archive = Some(ArchiveRecord { epoch: 3, seq: 40, at_ms: 0 });
+        let vol = |w: &str, in_use| VolumeStatus { worker: w.into(), name: w.into(), bytes: Some(6_000_000), in_use };
+        s.data.volumes = vec![vol("w-1", true), vol("w-2", true), vol("w-0", false)];
+        assert_eq!(
+            data_line(&s),
+            "Data: committed seq 42 (epoch 3) | archive seq 40 (lag 2) | volumes 3 (1 kept, 18.0 MB)"
+        );
+        s.data.missing = Some("data missing: acknowledged writes reach seq 42, no intact copy found".into());
+        assert!(data_line(&s).starts_with("Data: MISSING: data missing: acknowledged writes reach seq 42"));
     }
 
     #[test]

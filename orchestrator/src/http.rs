@@ -27,7 +27,7 @@ use warp::{Filter, Rejection, Reply};
 use wire::ErrorBody;
 
 use crate::autoscale::ReadCounter;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, RecoverError};
 use crate::dbapi::DbApi;
 use crate::error::ApiError;
 use crate::leader::Role;
@@ -80,6 +80,13 @@ impl App {
             }
         }))
     }
+}
+
+/// `POST /api/v1/recover`'s body: the last write to keep, by name.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverRequest {
+    accept_data_loss_after: u64,
 }
 
 fn json_reply<T: serde::Serialize>(status: StatusCode, body: &T) -> warp::reply::Response {
@@ -232,6 +239,32 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
             }
         });
 
+    // While the data is missing: an operator accepts losing the writes past
+    // the best copy's seq, naming it (0: start empty). Never automatic.
+    let recover = warp::path!("api" / "v1" / "recover")
+        .and(warp::post())
+        .and(admin(app.clone()))
+        .and(warp::path::full())
+        .and(body())
+        .and(with_app.clone())
+        .then(|path, body: Bytes, app: Arc<App>| async move {
+            let cluster = match app.leading(&path) {
+                Ok(c) => c,
+                Err(elsewhere) => return *elsewhere,
+            };
+            let req: RecoverRequest = match parse(&body) {
+                Ok(r) => r,
+                Err(e) => return api_error(e),
+            };
+            match cluster.accept_data_loss(req.accept_data_loss_after).await {
+                Ok(done) => json_reply(StatusCode::OK, &done),
+                Err(e @ (RecoverError::NothingMissing | RecoverError::Mismatch { .. })) => {
+                    error(StatusCode::CONFLICT, e.to_string())
+                }
+                Err(e) => ApiError::unavailable(e.to_string()).into_response(),
+            }
+        });
+
     let health = warp::path!("health").and(warp::get()).map(|| json_reply(StatusCode::OK, &serde_json::json!({})));
 
     let status =
@@ -291,6 +324,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .or(crash_slave)
         .unify()
         .or(list)
+        .unify()
+        .or(recover)
         .unify()
         .or(health)
         .unify()

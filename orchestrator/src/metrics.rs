@@ -94,6 +94,10 @@ pub struct Metrics {
     pub slaves_desired: Gauge,
     pub master_up: Gauge,
     pub master_epoch: Gauge,
+    pub data_missing: Gauge,
+    pub committed_seq: Gauge,
+    pub archive_lag_seqs: Gauge,
+    pub volumes_kept: Gauge,
     pub worker_applied_seq: Family<WorkerLabels, Gauge>,
     pub worker_lag_seqs: Family<WorkerLabels, Gauge>,
     pub worker_lag_seconds: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
@@ -133,6 +137,10 @@ impl Metrics {
             slaves_desired: Gauge::default(),
             master_up: Gauge::default(),
             master_epoch: Gauge::default(),
+            data_missing: Gauge::default(),
+            committed_seq: Gauge::default(),
+            archive_lag_seqs: Gauge::default(),
+            volumes_kept: Gauge::default(),
             worker_applied_seq: Family::default(),
             worker_lag_seqs: Family::default(),
             worker_lag_seconds: Family::default(),
@@ -178,6 +186,22 @@ impl Metrics {
         r.register("rideshare_slaves_desired", "Slaves the autoscaler last asked for", m.slaves_desired.clone());
         r.register("rideshare_master_up", "1 while a master is named, else 0", m.master_up.clone());
         r.register("rideshare_master_epoch", "The current master's epoch", m.master_epoch.clone());
+        r.register(
+            "rideshare_data_missing",
+            "1 while no volume holds every acknowledged write (no master is named; alert)",
+            m.data_missing.clone(),
+        );
+        r.register(
+            "rideshare_committed_seq",
+            "Sequence number of the newest acknowledged write (ZooKeeper's committed record)",
+            m.committed_seq.clone(),
+        );
+        r.register(
+            "rideshare_archive_lag_seqs",
+            "Acknowledged writes not yet in the continuous backup (0 without an archiver)",
+            m.archive_lag_seqs.clone(),
+        );
+        r.register("rideshare_volumes_kept", "Worker volumes whose worker does not run", m.volumes_kept.clone());
         r.register(
             "rideshare_worker_applied_seq",
             "Highest sequence number a worker applied, as its znode says",

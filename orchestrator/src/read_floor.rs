@@ -17,6 +17,12 @@
 //! - `master`: a read index for every strong read (batched as above). Needed
 //!   when several orchestrators serve the data path; costs a `writeQ` round
 //!   trip per batch of reads (measured in docs/topologies.md).
+//!
+//! The floor belongs to a history: when a newer epoch starts (a failover, a
+//! recovery) it is taken again from the new master, so a history that an
+//! operator cut short (`rideshare-ctl recover`) never leaves reads waiting for
+//! sequence numbers the new master will not reach; an acknowledgement from an
+//! older epoch arriving late is ignored.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,8 +47,10 @@ type Waiter = oneshot::Sender<Result<u64, String>>;
 
 pub struct ReadFloor {
     mode: FloorMode,
-    /// The highest sequence number this process acknowledged, or learnt.
+    /// The highest sequence number this process acknowledged, or learnt, in
+    /// the epoch `epoch`.
     known: AtomicU64,
+    epoch: AtomicU64,
     /// Local mode: set once a read index answered (the start is covered).
     primed: AtomicBool,
     waiting: Mutex<Vec<Waiter>>,
@@ -54,6 +62,7 @@ impl ReadFloor {
         Arc::new(ReadFloor {
             mode,
             known: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
             primed: AtomicBool::new(false),
             waiting: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -64,9 +73,21 @@ impl ReadFloor {
         self.mode
     }
 
-    /// A write with this sequence number was acknowledged.
-    pub fn acknowledged(&self, seq: u64) {
-        self.known.fetch_max(seq, Ordering::SeqCst);
+    /// A write with this sequence number was acknowledged by a master of `epoch`.
+    pub fn acknowledged(&self, epoch: u64, seq: u64) {
+        self.new_epoch(epoch);
+        if epoch >= self.epoch.load(Ordering::SeqCst) {
+            self.known.fetch_max(seq, Ordering::SeqCst);
+        }
+    }
+
+    /// A master of `epoch` was named (or answered): if the epoch is newer, the
+    /// floor is taken again from it (the next strong read asks a read index).
+    pub fn new_epoch(&self, epoch: u64) {
+        if self.epoch.fetch_max(epoch, Ordering::SeqCst) < epoch {
+            self.primed.store(false, Ordering::SeqCst);
+            self.known.store(0, Ordering::SeqCst);
+        }
     }
 
     /// The floor for a strong read arriving now.
@@ -97,19 +118,19 @@ impl ReadFloor {
             }
             let deadline_ms = Some(wire::now_ms() + timeout.as_millis() as u64);
             let answer = match rpc.write(WriteMsg { write: None, deadline_ms }).await {
-                Ok(Reply::ReadIndex { seq, .. }) => Ok(seq),
+                Ok(Reply::ReadIndex { seq, epoch }) => Ok((epoch, seq)),
                 Ok(Reply::Unavailable { error }) => Err(error),
                 Ok(other) => Err(format!("unexpected answer to a read index: {other:?}")),
                 Err(e) => Err(e.to_string()),
             };
-            if let Ok(seq) = answer {
-                self.acknowledged(seq);
+            if let Ok((epoch, seq)) = answer {
+                self.acknowledged(epoch, seq);
                 if !self.primed.swap(true, Ordering::AcqRel) && self.mode == FloorMode::Local {
                     info!(seq, "read floor primed from the master's read index");
                 }
             }
             for w in waiters {
-                let _ = w.send(answer.clone());
+                let _ = w.send(answer.clone().map(|(_, seq)| seq));
             }
         }
     }

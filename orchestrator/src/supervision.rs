@@ -128,6 +128,8 @@ pub async fn follow_master_epoch(
     cfg: Config,
     rpc: Arc<Rpc>,
     tel: Arc<Telemetry>,
+    floor: Arc<crate::read_floor::ReadFloor>,
+    no_master: Arc<crate::dbapi::NoMaster>,
     stop: CancellationToken,
 ) -> Result<()> {
     let zk = Zk::new(&cfg.zk_addr, &cfg.zk_root, cfg.zk_session_timeout.0, tel);
@@ -140,6 +142,8 @@ pub async fn follow_master_epoch(
         }
         if let Ok(Some(rec)) = zk.master().await {
             rpc.set_min_epoch(rec.epoch);
+            floor.new_epoch(rec.epoch);
+            no_master.set(if rec.has_master() { None } else { rec.waiting.or(Some("no master named".into())) });
         }
     }
 }

@@ -24,6 +24,15 @@ pub const ZK_RETRY_FOR: Duration = Duration::from_secs(30);
 pub const ZK_RETRY_EVERY: Duration = Duration::from_millis(200);
 /// Reconcile runs on every change of the workers' znodes, and at least this often.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a recovery waits for the workers it started on kept volumes to
+/// report their copies (each runs `PRAGMA quick_check` first: seconds for
+/// a million rows).
+pub const RECOVERY_WAIT: Duration = Duration::from_secs(30);
+
+/// While the data is missing, how often the leader looks again (a volume
+/// may come back, e.g. a restarted node's).
+pub const MISSING_RETRY: Duration = Duration::from_secs(10);
 /// A retired worker (stopped, deposed) still running after this is killed:
 /// time enough to notice it was deposed and leave by itself.
 pub const RETIRED_GRACE: Duration = Duration::from_secs(30);

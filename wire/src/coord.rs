@@ -67,8 +67,30 @@ pub struct OrchestratorRecord {
 /// higher epoch; changes and replies from an older epoch are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MasterRecord {
+    /// Empty while no worker is master: a recovery is choosing one, or the
+    /// cluster's data cannot be found (`waiting` says which).
     pub id: String,
     pub epoch: u64,
+    /// Why there is no master right now (shown to clients in their 503s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+impl MasterRecord {
+    pub fn named(id: impl Into<String>, epoch: u64) -> MasterRecord {
+        MasterRecord { id: id.into(), epoch, waiting: None }
+    }
+
+    /// No master under this epoch (a newer one than any served: the old
+    /// master, if it still runs, is deposed by it).
+    pub fn none(epoch: u64, why: impl Into<String>) -> MasterRecord {
+        MasterRecord { id: String::new(), epoch, waiting: Some(why.into()) }
+    }
+
+    /// Whether the record names a worker at all.
+    pub fn has_master(&self) -> bool {
+        !self.id.is_empty()
+    }
 }
 
 /// A worker's role as it reports it.
@@ -95,6 +117,24 @@ pub struct WorkerRecord {
     /// Highest sequence number applied (updated as it moves).
     pub seq: u64,
     pub epoch: u64,
+    /// The copy of the database this worker found on its volume when it
+    /// started, checked (`PRAGMA quick_check`) and not yet replaced by a
+    /// snapshot: what a recovery may promote. None: no file, or replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskCopy>,
+}
+
+/// A database file found on a worker's volume at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCopy {
+    /// Its `_state`: the last change it holds and that change's epoch.
+    pub seq: u64,
+    pub epoch: u64,
+    /// False when the file failed its integrity check (it is never promoted).
+    pub intact: bool,
+    /// Why it is not intact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// The newest acknowledged write of the cluster: the master sets it (epoch and

@@ -19,8 +19,37 @@ pub struct ClusterStatus {
     pub autoscaler: AutoscalerStatus,
     pub broker_connected: bool,
     pub zookeeper_connected: bool,
+    /// Where the data is: what is committed, the volumes, the archive, and
+    /// why there is no master if there is none (absent from older orchestrators).
+    #[serde(default)]
+    pub data: DataStatus,
     /// The latest events, oldest first (at most [`EVENTS_KEPT`]).
     pub events: Vec<Event>,
+}
+
+/// The cluster's data and the storage it lives on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataStatus {
+    /// The newest acknowledged write, as the master recorded it in ZooKeeper.
+    pub committed: Option<crate::coord::CommittedRecord>,
+    /// How far the continuous backup has got (None: no archiver has run).
+    pub archive: Option<crate::coord::ArchiveRecord>,
+    /// Set while no master can be named because no volume holds every
+    /// acknowledged write: what is missing and what the best copy has.
+    /// Cleared by a recovery or by an operator accepting the loss.
+    pub missing: Option<String>,
+    /// Every worker volume of the cluster (running workers' and kept ones).
+    pub volumes: Vec<VolumeStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    pub worker: String,
+    pub name: String,
+    /// Bytes on it, when the orchestrator can see them.
+    pub bytes: Option<u64>,
+    /// Whether its worker runs; a kept volume is one whose worker does not.
+    pub in_use: bool,
 }
 
 /// How many events the orchestrator keeps.
@@ -159,6 +188,38 @@ pub enum EventKind {
         worker: String,
         pid: u32,
         epoch: u64,
+    },
+    /// No caught-up slave: a recovery looks for the newest copy on the
+    /// workers' volumes (`why`: what called for it).
+    RecoveryStarted {
+        why: String,
+        committed_seq: Option<u64>,
+        volumes: u64,
+    },
+    /// A copy on a volume holding every acknowledged write was opened as master.
+    Recovered {
+        worker: String,
+        pid: u32,
+        epoch: u64,
+        seq: u64,
+        took_ms: u64,
+    },
+    /// No volume holds every acknowledged write: no master is named until one
+    /// comes back or an operator accepts the loss.
+    DataMissing {
+        need_seq: Option<u64>,
+        best_seq: Option<u64>,
+        best_worker: Option<String>,
+    },
+    /// An operator accepted losing the writes after `kept_seq` up to `lost_through`.
+    DataLossAccepted {
+        kept_seq: u64,
+        lost_through: u64,
+    },
+    /// A worker's volume was removed (`why`: its data is held elsewhere, or a wipe).
+    VolumeRemoved {
+        worker: String,
+        why: String,
     },
     Scaled {
         window: u64,

@@ -26,12 +26,13 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm
 use rusqlite::Connection as SqliteConn;
 use tasks::{CancellationToken, Supervisor};
 use tracing::{error, info, warn};
-use wire::coord::Role;
+use wire::coord::{CommittedRecord, Role};
 use wire::queues::{SNAPSHOT_Q, SYNC_X, WRITE_Q};
 use wire::{Batch, Reply, SnapshotFrame, SyncMsg, WriteMsg, WriteRequest};
 
 use crate::node::NodeCtx;
 use crate::store::{self, Applied, StoreError};
+use crate::zk::Committed;
 use crate::{snapshot, timing};
 
 /// Why the master loop ended without a broker error.
@@ -46,14 +47,18 @@ pub enum MasterExit {
 /// Publish on `syncQ` and wait for the broker's confirm.
 async fn publish_sync(ch: &Channel, msg: &SyncMsg) -> Result<()> {
     let body = serde_json::to_vec(msg).expect("sync messages serialize");
-    let confirm = ch
-        .basic_publish(SYNC_X.into(), "".into(), BasicPublishOptions::default(), &body, BasicProperties::default())
-        .await?
-        .await?;
+    let confirm =
+        ch.basic_publish(SYNC_X.into(), "".into(), BasicPublishOptions::default(), &body, persistent()).await?.await?;
     if !confirm.is_ack() {
         bail!("broker refused the change (nack)");
     }
     Ok(())
+}
+
+/// `syncQ` messages are persistent (delivery mode 2): in a durable queue
+/// (the archive's, a quorum slave queue) they survive a broker restart.
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
 }
 
 /// Run as master until the broker connection fails or this worker is deposed.
@@ -73,6 +78,13 @@ pub async fn run(
         let db = db.clone();
         tokio::task::spawn_blocking(move || store::position(&db.lock().expect("db lock"))).await??
     };
+    // Claim the committed record for this epoch before taking any write: from
+    // here on a master of an older epoch can acknowledge nothing.
+    let claim = CommittedRecord { epoch, seq: pos.seq, at_ms: wire::now_ms() };
+    if let Committed::Fenced { by_epoch } = ctx.zk.set_committed(claim).await? {
+        warn!(worker = %ctx.cfg.worker_id, epoch, by_epoch, "deposed: the committed record belongs to a newer epoch");
+        return Ok(MasterExit::Deposed);
+    }
     publish_sync(&sync_ch, &SyncMsg::Epoch { epoch, seq: pos.seq }).await?;
     ctx.set_position(Role::Master, pos.seq, epoch);
 
@@ -226,7 +238,20 @@ async fn handle_batch(
             };
             answers[*di].push((*j, reply));
         }
-        publish_changes(sync_ch, &changes).await?;
+        // Both before any answer: every slave's queue (and the archive's)
+        // holds the changes, and ZooKeeper knows how far the cluster got.
+        let record = async {
+            match top {
+                Some(seq) => ctx.zk.set_committed(CommittedRecord { epoch, seq, at_ms: wire::now_ms() }).await,
+                None => Ok(Committed::Written),
+            }
+        };
+        let (published, recorded) = tokio::join!(publish_changes(sync_ch, &changes), record);
+        published?;
+        if let Committed::Fenced { by_epoch } = recorded? {
+            write_ch_nack_all(&batch).await?;
+            bail!("fenced: the committed record belongs to epoch {by_epoch}; stopped taking writes");
+        }
         if let Some(seq) = top {
             ctx.set_position(Role::Master, seq, epoch);
         }
@@ -262,13 +287,7 @@ async fn publish_changes(sync_ch: &Channel, changes: &[Vec<u8>]) -> Result<()> {
         let body = SyncMsg::encode_changes(changes[range].iter().map(|c| &c[..]));
         confirms.push(
             sync_ch
-                .basic_publish(
-                    SYNC_X.into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default(),
-                )
+                .basic_publish(SYNC_X.into(), "".into(), BasicPublishOptions::default(), &body, persistent())
                 .await
                 .context("publishing changes on syncQ")?,
         );

@@ -17,7 +17,7 @@ use tasks::{CancellationToken, Supervisor};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 use wire::contract::ExitReason;
-use wire::coord::{MasterRecord, Role, WorkerRecord};
+use wire::coord::{DiskCopy, MasterRecord, Role, WorkerRecord};
 
 use crate::config::Config;
 use crate::master::{self, MasterExit};
@@ -84,14 +84,19 @@ pub enum RoleDecision {
 
 /// The role decision. `held_epoch`: the epoch of the master database this
 /// worker holds (None while it never was master).
-pub fn decide_role(rec: &MasterRecord, me: &str, held_epoch: Option<u64>, bootstrap: bool) -> RoleDecision {
+/// `may_open`: this worker was started to open its file as master if named
+/// (a brand-new cluster's first master, `BOOTSTRAP_MASTER`), or it found an
+/// intact copy on its volume at start that no snapshot has replaced yet (the
+/// orchestrator names such a worker only after checking that the copy holds
+/// every acknowledged write: a recovery).
+pub fn decide_role(rec: &MasterRecord, me: &str, held_epoch: Option<u64>, may_open: bool) -> RoleDecision {
     let named = rec.id == me;
     match held_epoch {
         // A master whose record moved on while it was disconnected: its data
         // is no longer the cluster's.
         Some(epoch) if !named || rec.epoch != epoch => RoleDecision::Exit(ExitReason::Deposed),
         Some(epoch) => RoleDecision::ServeMaster { epoch },
-        None if named && bootstrap => RoleDecision::OpenAndServeMaster { epoch: rec.epoch },
+        None if named && may_open => RoleDecision::OpenAndServeMaster { epoch: rec.epoch },
         // Named master without having caught up as a slave: nothing to serve.
         None if named => RoleDecision::Exit(ExitReason::NotPromotable),
         None => RoleDecision::ServeSlave,
@@ -100,8 +105,10 @@ pub fn decide_role(rec: &MasterRecord, me: &str, held_epoch: Option<u64>, bootst
 
 /// Run the worker until it stops, is deposed, or cannot go on (`Err`).
 pub async fn run(cfg: Config, stop: CancellationToken) -> Result<ExitReason> {
+    let disk = inspect_volume(&cfg).await?;
+    let (seq, epoch) = disk.as_ref().filter(|d| d.intact).map_or((0, 0), |d| (d.seq, d.epoch));
     let record =
-        WorkerRecord { id: cfg.worker_id.clone(), pid: std::process::id(), role: Role::CatchingUp, seq: 0, epoch: 0 };
+        WorkerRecord { id: cfg.worker_id.clone(), pid: std::process::id(), role: Role::CatchingUp, seq, epoch, disk };
     // The ZooKeeper task has a token of its own, cancelled only once the roles
     // are done: the znode stays while reads in hand finish.
     let mut sup = Supervisor::new(CancellationToken::new());
@@ -118,6 +125,32 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<ExitReason> {
         warn!(%failed, "while stopping");
     }
     result
+}
+
+/// What the worker's volume holds at start (see [`store::inspect_copy`]). A
+/// damaged file is set aside (kept beside it as `<db>.corrupt`) and reported
+/// as not intact, so that it is never promoted and the worker can still
+/// serve as a slave from a snapshot.
+async fn inspect_volume(cfg: &Config) -> Result<Option<DiskCopy>> {
+    let path = cfg.db_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let t0 = std::time::Instant::now();
+        let copy = store::inspect_copy(&path);
+        let took_ms = t0.elapsed().as_millis() as u64;
+        match &copy {
+            None => info!(path = %path.display(), "no database on the volume: starting empty"),
+            Some(c) if c.intact => {
+                info!(path = %path.display(), seq = c.seq, epoch = c.epoch, took_ms, "database found on the volume, intact")
+            }
+            Some(c) => {
+                let aside = store::set_aside(&path).context("setting the damaged database aside")?;
+                error!(path = %path.display(), problem = ?c.problem, aside = %aside.display(), took_ms,
+                    "database on the volume is damaged: set aside, never promoted");
+            }
+        }
+        Ok(copy)
+    })
+    .await?
 }
 
 /// Connect, decide, serve; again after each broker fault.
@@ -179,7 +212,8 @@ async fn serve(
 ) -> Result<Option<ExitReason>> {
     let me = ctx.cfg.worker_id.as_str();
     let held = master_db.as_ref().map(|(_, e)| *e);
-    match decide_role(rec, me, held, ctx.cfg.bootstrap_master) {
+    let may_open = ctx.cfg.bootstrap_master || ctx.zk.record.borrow().disk.as_ref().is_some_and(|d| d.intact);
+    match decide_role(rec, me, held, may_open) {
         RoleDecision::Exit(reason) => {
             error!(worker = %me, now = ?rec, held_epoch = ?held, %reason, "cannot serve under this master record");
             Ok(Some(reason))
@@ -197,15 +231,30 @@ async fn serve(
             let db = master_db.as_ref().expect("held").0.clone();
             serve_as_master(conn, db, ctx, epoch, stop).await
         }
-        RoleDecision::ServeSlave => match slave::run(conn, ctx, stop.clone()).await? {
-            SlaveExit::Promoted { db, epoch } => {
-                info!(worker = %me, epoch, seq = ctx.applied_seq(), "promoted to master");
-                *master_db = Some((db.clone(), epoch));
-                // Straight on as master, on the same connection: writes wait.
-                serve_as_master(conn, db, ctx, epoch, stop).await
-            }
-            SlaveExit::Stopped => Ok(Some(ExitReason::Stopped)),
-        },
+        RoleDecision::ServeSlave => {
+            // A snapshot replaces what the volume held: from now on it is no
+            // copy a recovery could promote.
+            ctx.zk.record.send_if_modified(|r| r.disk.take().is_some());
+            serve_as_slave(conn, ctx, master_db, stop).await
+        }
+    }
+}
+
+async fn serve_as_slave(
+    conn: &lapin::Connection,
+    ctx: &NodeCtx,
+    master_db: &mut Option<(Arc<Mutex<SqliteConn>>, u64)>,
+    stop: &CancellationToken,
+) -> Result<Option<ExitReason>> {
+    let me = ctx.cfg.worker_id.as_str();
+    match slave::run(conn, ctx, stop.clone()).await? {
+        SlaveExit::Promoted { db, epoch } => {
+            info!(worker = %me, epoch, seq = ctx.applied_seq(), "promoted to master");
+            *master_db = Some((db.clone(), epoch));
+            // Straight on as master, on the same connection: writes wait.
+            serve_as_master(conn, db, ctx, epoch, stop).await
+        }
+        SlaveExit::Stopped => Ok(Some(ExitReason::Stopped)),
     }
 }
 
@@ -237,7 +286,8 @@ async fn wait_master_record(zk: &ZkHandle, stop: &CancellationToken) -> Option<M
         if stop.is_cancelled() {
             return None;
         }
-        if let Some(r) = rx.borrow_and_update().clone() {
+        // A record naming nobody: a recovery is choosing the master; wait.
+        if let Some(r) = rx.borrow_and_update().clone().filter(MasterRecord::has_master) {
             return Some(r);
         }
         tokio::select! {
@@ -254,7 +304,7 @@ mod tests {
     #[test]
     fn the_role_at_each_connect() {
         use RoleDecision::*;
-        let rec = |id: &str, epoch| MasterRecord { id: id.into(), epoch };
+        let rec = |id: &str, epoch| MasterRecord::named(id, epoch);
         // (record, held master epoch, bootstrap flag) -> decision, for worker "me"
         let cases = [
             ("a slave follows another master", rec("m", 3), None, false, ServeSlave),
@@ -263,6 +313,7 @@ mod tests {
             ("named without data", rec("me", 4), None, false, Exit(ExitReason::NotPromotable)),
             ("a master resumes after a reconnect", rec("me", 4), Some(4), false, ServeMaster { epoch: 4 }),
             ("a bootstrapped master resumes too", rec("me", 1), Some(1), true, ServeMaster { epoch: 1 }),
+            ("a recovered copy named master opens it", rec("me", 6), None, true, OpenAndServeMaster { epoch: 6 }),
             ("another master named meanwhile", rec("s", 5), Some(4), false, Exit(ExitReason::Deposed)),
             ("named again under a newer epoch", rec("me", 5), Some(4), false, Exit(ExitReason::Deposed)),
         ];

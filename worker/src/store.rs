@@ -54,17 +54,60 @@ pub struct Position {
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(timing::SQLITE_BUSY)?;
-    // NORMAL in WAL mode survives a process crash (our failure model: a
-    // killed container); only an OS crash could lose the last commits.
+    // Readers never write; the write connection sets its own `synchronous`.
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
 }
 
 /// Open (creating if needed) the write connection and bring the schema up to date.
+///
+/// `synchronous=FULL` in WAL mode: every commit is fsynced to the WAL before
+/// it returns, so a change the master acknowledged survives a kernel crash or
+/// a power loss of its machine, not only the loss of the process (NORMAL
+/// would lose the commits since the last checkpoint then). docs/guarantees.md
+/// §"What survives what" has the whole table.
 pub fn open_writer(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;
     configure(&conn)?;
+    conn.execute_batch("PRAGMA synchronous=FULL;")?;
     migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// The copy of the database at `path`, as found when the worker starts:
+/// None when there is no file; otherwise its position and whether it passed
+/// `PRAGMA quick_check` (a torn or corrupt file is reported, never served).
+/// Read-only: the file is not changed.
+pub fn inspect_copy(path: &Path) -> Option<wire::coord::DiskCopy> {
+    if !path.exists() {
+        return None;
+    }
+    let broken = |problem: String| wire::coord::DiskCopy { seq: 0, epoch: 0, intact: false, problem: Some(problem) };
+    let check = || -> Result<std::result::Result<Position, String>> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        conn.busy_timeout(timing::SQLITE_BUSY)?;
+        let verdict: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if verdict != "ok" {
+            return Ok(Err(format!("quick_check: {verdict}")));
+        }
+        Ok(Ok(position(&conn)?))
+    };
+    Some(match check() {
+        Ok(Ok(pos)) => wire::coord::DiskCopy { seq: pos.seq, epoch: pos.epoch, intact: true, problem: None },
+        Ok(Err(problem)) => broken(problem),
+        Err(e) => broken(e.to_string()),
+    })
+}
+
+/// Set a damaged file aside (renamed with a `.corrupt` suffix, kept for
+/// inspection) so that the worker starts without it.
+pub fn set_aside(path: &Path) -> Result<PathBuf> {
+    let aside = PathBuf::from(format!("{}.corrupt", path.display()));
+    remove_db_files(&aside)?;
+    std::fs::rename(path, &aside).map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
+    for ext in ["-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+    Ok(aside)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -376,6 +419,17 @@ pub fn backup_to(db: &Path, dst: &Path) -> Result<Position> {
     Ok(pos)
 }
 
+/// fsync the folder holding `file`, so a rename or a removal in it is durable.
+pub fn sync_dir(file: &Path) -> Result<()> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io { path: dir.to_owned(), source })
+}
+
 /// Remove a database file and its WAL companions, if there.
 fn remove_db_files(db: &Path) -> Result<()> {
     for ext in ["", "-wal", "-shm", "-journal"] {
@@ -391,9 +445,14 @@ fn remove_db_files(db: &Path) -> Result<()> {
 
 /// Replace the database file with a received snapshot file (moved, not
 /// copied: `staged` must be in the same folder) and open it for writing.
+///
+/// The staged file was fsynced when it was assembled; the rename is made
+/// durable by an fsync of the folder, so after a power loss the folder holds
+/// either no database (the worker asks again) or the whole new one.
 pub fn install_snapshot(db: &Path, staged: &Path) -> Result<(Connection, Position)> {
     remove_db_files(db)?;
     std::fs::rename(staged, db).map_err(|source| StoreError::Io { path: staged.to_owned(), source })?;
+    sync_dir(db)?;
     let conn = open_writer(db)?;
     let pos = position(&conn)?;
     Ok((conn, pos))
@@ -423,6 +482,29 @@ mod tests {
     }
     fn user(name: &str) -> WriteRequest {
         WriteRequest::insert("users", [("username", name.into()), ("password", "p".into())])
+    }
+
+    #[test]
+    fn a_copy_on_disk_is_inspected_before_it_counts() {
+        let db = temp_db("inspect");
+        assert_eq!(inspect_copy(&db), None, "no file, no copy");
+        let mut c = open_writer(&db).unwrap();
+        execute_write(&mut c, &user("ann"), 3).unwrap();
+        drop(c);
+        let copy = inspect_copy(&db).expect("a copy");
+        assert!(copy.intact, "{copy:?}");
+        assert_eq!((copy.seq, copy.epoch), (1, 3));
+        // A torn file: the header survives, the pages do not.
+        let bytes = std::fs::read(&db).unwrap();
+        let mut torn = bytes[..100].to_vec();
+        torn.resize(bytes.len(), 0xAB);
+        std::fs::write(&db, torn).unwrap();
+        let copy = inspect_copy(&db).expect("still a file");
+        assert!(!copy.intact, "a garbled file is not intact: {copy:?}");
+        let aside = set_aside(&db).unwrap();
+        assert!(aside.exists() && !db.exists());
+        std::fs::write(&db, b"not a database at all, just text").unwrap();
+        assert!(!inspect_copy(&db).unwrap().intact);
     }
 
     #[test]

@@ -37,6 +37,13 @@ pub const ROLE_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Longest wait for the broker to confirm a group commit's changes on
 /// `syncQ`; past it the master role ends and reconnects.
 pub const SYNC_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most a master waits for `<root>/committed` to be written before it
+/// acknowledges a batch (it runs beside the `syncQ` confirm wait). Past it
+/// the role reconnects and the batch, unacknowledged, comes again: the same
+/// treatment as a missing confirm. Shorter than the lease, which a
+/// ZooKeeper that does not answer ends anyway.
+pub const COMMITTED_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for a connection or channel to confirm its close: one in a
 /// broken state may never answer.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);

@@ -18,10 +18,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use tasks::{CancellationToken, Supervisor};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
-use wire::coord::{master_path, worker_path, workers_path, MasterRecord, WorkerRecord};
+use wire::coord::{
+    committed_path, master_path, worker_path, workers_path, CommittedRecord, MasterRecord, WorkerRecord,
+};
 use zookeeper_client as zkc;
 
 use crate::config::Config;
@@ -90,6 +92,48 @@ pub struct ZkHandle {
     /// What this worker reports in its znode.
     pub record: watch::Sender<WorkerRecord>,
     pub lease: Arc<Lease>,
+    commits: mpsc::Sender<CommitAsk>,
+}
+
+/// A master's request to move `<root>/committed`, and where to answer.
+type CommitAsk = (CommittedRecord, oneshot::Sender<Result<Committed, String>>);
+
+/// What became of a write of `<root>/committed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// It is in ZooKeeper: the writes up to its seq may be acknowledged.
+    Written,
+    /// A newer epoch holds the record: another master was named; this one
+    /// must not acknowledge anything.
+    Fenced { by_epoch: u64 },
+}
+
+impl ZkHandle {
+    /// Record in ZooKeeper that everything up to `rec.seq` is committed, before
+    /// those writes are acknowledged. Conditional on the version last seen
+    /// (compare-and-set): a master of an older epoch than the record's is
+    /// refused. Bounded by `timing::COMMITTED_WRITE_TIMEOUT`.
+    pub async fn set_committed(&self, rec: CommittedRecord) -> Result<Committed> {
+        let (tx, rx) = oneshot::channel();
+        let asked = async {
+            self.commits.send((rec, tx)).await.map_err(|_| anyhow!("the zookeeper task is gone"))?;
+            rx.await
+                .map_err(|_| anyhow!("the zookeeper session ended before the committed record was written"))?
+                .map_err(|e| anyhow!("writing the committed record: {e}"))
+        };
+        tokio::time::timeout(timing::COMMITTED_WRITE_TIMEOUT, asked)
+            .await
+            .map_err(|_| anyhow!("committed record not written within {:?}", timing::COMMITTED_WRITE_TIMEOUT))?
+    }
+}
+
+/// Whether a master of `mine.epoch` may replace the committed record `current`
+/// (pure; the I/O is a compare-and-set on the version it was read at).
+pub fn may_replace_committed(current: Option<&CommittedRecord>, mine: &CommittedRecord) -> Committed {
+    match current {
+        Some(c) if c.epoch > mine.epoch => Committed::Fenced { by_epoch: c.epoch },
+        _ => Committed::Written,
+    }
 }
 
 /// The supervisor's name for the session task.
@@ -101,8 +145,9 @@ pub fn spawn(sup: &mut Supervisor, cfg: Config, initial: WorkerRecord) -> ZkHand
     let (record_tx, record_rx) = watch::channel(initial);
     let lease = Arc::new(Lease::new(timing::lease(cfg.zk_session_timeout)));
     let task_lease = lease.clone();
-    sup.spawn(TASK, move |token| run(cfg, master_tx, record_rx, task_lease, token));
-    ZkHandle { master: master_rx, record: record_tx, lease }
+    let (commits_tx, commits_rx) = mpsc::channel(16);
+    sup.spawn(TASK, move |token| run(cfg, master_tx, record_rx, task_lease, commits_rx, token));
+    ZkHandle { master: master_rx, record: record_tx, lease, commits: commits_tx }
 }
 
 /// Sessions, one after another, until `stop`.
@@ -111,12 +156,13 @@ async fn run(
     master_tx: watch::Sender<Option<MasterRecord>>,
     mut record_rx: watch::Receiver<WorkerRecord>,
     lease: Arc<Lease>,
+    mut commits: mpsc::Receiver<CommitAsk>,
     stop: CancellationToken,
 ) -> Result<()> {
     let mut backoff = timing::ZK_BACKOFF_FIRST;
     loop {
         let ended = tokio::select! {
-            r = session(&cfg, &master_tx, &mut record_rx, &lease) => r,
+            r = session(&cfg, &master_tx, &mut record_rx, &lease, &mut commits) => r,
             _ = stop.cancelled() => return Ok(()),
         };
         match ended {
@@ -155,6 +201,7 @@ async fn session(
     master_tx: &watch::Sender<Option<MasterRecord>>,
     record_rx: &mut watch::Receiver<WorkerRecord>,
     lease: &Lease,
+    commits: &mut mpsc::Receiver<CommitAsk>,
 ) -> std::result::Result<(), zkc::Error> {
     let client =
         tokio::time::timeout(cfg.zk_session_timeout, connect(cfg)).await.map_err(|_| zkc::Error::ConnectionLoss)??;
@@ -179,6 +226,9 @@ async fn session(
     let mut renew = tokio::time::interval(timing::lease_renew_every(lease.length));
     let mut publish_at: Option<Instant> = None;
     let mut last_publish = Instant::now();
+    let cpath = committed_path(&cfg.zk_root);
+    // The committed record's version as this session last wrote or read it.
+    let mut committed_version: Option<i32> = None;
     loop {
         let watcher = match client.get_and_watch_data(&mpath).await {
             Ok((data, _, w)) => {
@@ -226,6 +276,15 @@ async fn session(
                     last_role = rec.role;
                     client.set_data(&me, &serde_json::to_vec(&rec).expect("record serializes"), None).await?;
                 }
+                Some((rec, answer)) = commits.recv() => {
+                    match write_committed(&client, &cpath, &rec, &mut committed_version).await {
+                        Ok(done) => { let _ = answer.send(Ok(done)); }
+                        Err(e) => {
+                            let _ = answer.send(Err(e.to_string()));
+                            return Err(e);
+                        }
+                    }
+                }
                 _ = renew.tick() => {
                     // A round trip proves the session is alive right now.
                     let asked = Instant::now();
@@ -234,6 +293,47 @@ async fn session(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Compare-and-set of `<root>/committed` (see [`ZkHandle::set_committed`]).
+async fn write_committed(
+    client: &zkc::Client,
+    path: &str,
+    rec: &CommittedRecord,
+    version: &mut Option<i32>,
+) -> std::result::Result<Committed, zkc::Error> {
+    let data = serde_json::to_vec(rec).expect("record serializes");
+    loop {
+        match *version {
+            Some(v) => match client.set_data(path, &data, Some(v)).await {
+                Ok(stat) => {
+                    *version = Some(stat.version);
+                    return Ok(Committed::Written);
+                }
+                // Someone else wrote it (a new master?): read it and decide.
+                Err(zkc::Error::BadVersion) | Err(zkc::Error::NoNode) => *version = None,
+                Err(e) => return Err(e),
+            },
+            None => match client.get_data(path).await {
+                Ok((bytes, stat)) => {
+                    let current: Option<CommittedRecord> = serde_json::from_slice(&bytes).ok();
+                    if let fenced @ Committed::Fenced { .. } = may_replace_committed(current.as_ref(), rec) {
+                        return Ok(fenced);
+                    }
+                    *version = Some(stat.version);
+                }
+                Err(zkc::Error::NoNode) => match client.create(path, &data, &persistent()).await {
+                    Ok((stat, _)) => {
+                        *version = Some(stat.version);
+                        return Ok(Committed::Written);
+                    }
+                    Err(zkc::Error::NodeExists) => {}
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            },
         }
     }
 }
@@ -270,6 +370,21 @@ mod tests {
             let st = steps.iter().fold(never, |st, (asked, me)| st.after_answer(ms(*asked), *me));
             assert_eq!(st.valid_at(ms(at), len), valid, "{what}");
             assert_eq!(st.ends_at(len), ends.map(ms), "{what}");
+        }
+    }
+
+    #[test]
+    fn only_an_older_epoch_is_fenced_off_the_committed_record() {
+        let rec = |epoch, seq| CommittedRecord { epoch, seq, at_ms: 0 };
+        let cases = [
+            ("a brand-new cluster", None, rec(1, 0), Committed::Written),
+            ("the same master moves on", Some(rec(3, 10)), rec(3, 11), Committed::Written),
+            ("a promoted master takes it over", Some(rec(3, 10)), rec(4, 10), Committed::Written),
+            ("an accepted loss restarts lower", Some(rec(3, 10)), rec(4, 7), Committed::Written),
+            ("a deposed master is refused", Some(rec(4, 10)), rec(3, 11), Committed::Fenced { by_epoch: 4 }),
+        ];
+        for (what, current, mine, want) in cases {
+            assert_eq!(may_replace_committed(current.as_ref(), &mine), want, "{what}");
         }
     }
 

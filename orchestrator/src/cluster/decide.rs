@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use wire::coord::{Role, WorkerRecord};
+use wire::coord::{CommittedRecord, DiskCopy, Role, WorkerRecord};
 
 use crate::runtime::WorkerInfo;
 
@@ -133,6 +133,68 @@ pub fn failover_step(members: &BTreeMap<String, Member>, registry: Registry, wai
     }
 }
 
+/// A worker started on a kept volume during a recovery, with what it found there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: String,
+    pub pid: u32,
+    /// None: no database on the volume (or it was already replaced).
+    pub copy: Option<DiskCopy>,
+}
+
+/// What a recovery does, given the copies on the volumes and what ZooKeeper
+/// says was committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Open this copy as master: it holds every acknowledged write.
+    Promote { id: String, pid: u32, seq: u64 },
+    /// Nothing was ever acknowledged (a brand-new cluster, or one whose
+    /// committed record says seq 0) and no volume holds data: start empty.
+    StartEmpty,
+    /// No intact copy holds every acknowledged write. `need`: the committed
+    /// seq (None: ZooKeeper lost its record but a damaged copy shows there
+    /// was data); `best`: the most advanced intact copy, if any.
+    Missing { need: Option<u64>, best: Option<(String, u64)> },
+}
+
+/// Which copy a recovery promotes. Only an intact copy at or past the
+/// committed seq qualifies; among those the last master's own copy first (as
+/// Patroni restarts the old primary on its data: the others may lack nothing,
+/// but it certainly lacks nothing), then the most advanced, then the lowest
+/// pid. Without a committed record (ZooKeeper's data lost) the most advanced
+/// intact copy is the best knowledge there is; a damaged copy alone is
+/// never a reason to start empty.
+pub fn recovery_step(
+    candidates: &[Candidate],
+    committed: Option<&CommittedRecord>,
+    last_master: Option<&str>,
+) -> Recovery {
+    let intact: Vec<(&Candidate, u64)> =
+        candidates.iter().filter_map(|c| c.copy.as_ref().filter(|d| d.intact).map(|d| (c, d.seq))).collect();
+    let best = intact
+        .iter()
+        .max_by(|(a, sa), (b, sb)| {
+            sa.cmp(sb)
+                .then_with(|| (Some(a.id.as_str()) == last_master).cmp(&(Some(b.id.as_str()) == last_master)))
+                .then_with(|| b.pid.cmp(&a.pid))
+        })
+        .map(|(c, seq)| (c.id.clone(), *seq));
+    let need = committed.map(|c| c.seq);
+    let complete = |seq: u64| need.is_none_or(|n| seq >= n);
+    let pick = intact.iter().filter(|(_, seq)| complete(*seq)).max_by(|(a, sa), (b, sb)| {
+        (Some(a.id.as_str()) == last_master)
+            .cmp(&(Some(b.id.as_str()) == last_master))
+            .then_with(|| sa.cmp(sb))
+            .then_with(|| b.pid.cmp(&a.pid))
+    });
+    let damaged = candidates.iter().any(|c| c.copy.as_ref().is_some_and(|d| !d.intact));
+    match pick {
+        Some((c, seq)) if *seq > 0 || need.is_some() => Recovery::Promote { id: c.id.clone(), pid: c.pid, seq: *seq },
+        _ if need.unwrap_or(0) == 0 && (need.is_some() || !damaged) => Recovery::StartEmpty,
+        _ => Recovery::Missing { need, best },
+    }
+}
+
 /// What a reconcile pass found, to be carried out in this order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fix {
@@ -230,6 +292,92 @@ pub fn reconcile(
 }
 
 #[cfg(test)]
+mod recovery_tests {
+    use super::*;
+
+    fn cand(id: &str, pid: u32, copy: Option<(u64, bool)>) -> Candidate {
+        let copy = copy.map(|(seq, intact)| DiskCopy {
+            seq,
+            epoch: 3,
+            intact,
+            problem: (!intact).then(|| "quick_check: torn page".to_owned()),
+        });
+        Candidate { id: id.into(), pid, copy }
+    }
+
+    #[test]
+    fn a_recovery_promotes_only_a_copy_holding_every_acknowledged_write() {
+        use Recovery::*;
+        let committed = |seq| Some(CommittedRecord { epoch: 3, seq, at_ms: 0 });
+        let promote = |id: &str, pid, seq| Promote { id: id.into(), pid, seq };
+        // (what, candidates, committed, last master) -> step
+        let cases: Vec<(&str, Vec<Candidate>, Option<CommittedRecord>, Option<&str>, Recovery)> = vec![
+            ("a brand-new cluster starts empty", vec![], None, None, StartEmpty),
+            ("nothing acknowledged yet: empty is no loss", vec![cand("a", 5, None)], committed(0), None, StartEmpty),
+            (
+                "the dead master's own copy first",
+                vec![cand("s", 4, Some((120, true))), cand("m", 9, Some((120, true)))],
+                committed(120),
+                Some("m"),
+                promote("m", 9, 120),
+            ),
+            (
+                "a slave's copy when the master's is behind the record",
+                vec![cand("s", 4, Some((120, true))), cand("m", 9, Some((80, true)))],
+                committed(120),
+                Some("m"),
+                promote("s", 4, 120),
+            ),
+            (
+                "a copy still catching up is never promoted over data it lacks",
+                vec![cand("s", 4, Some((80, true)))],
+                committed(120),
+                Some("m"),
+                Missing { need: Some(120), best: Some(("s".into(), 80)) },
+            ),
+            (
+                "a damaged copy is never promoted, however far it got",
+                vec![cand("m", 9, Some((0, false))), cand("s", 4, Some((70, true)))],
+                committed(120),
+                Some("m"),
+                Missing { need: Some(120), best: Some(("s".into(), 70)) },
+            ),
+            (
+                "no copy at all: missing, not empty",
+                vec![cand("a", 5, None)],
+                committed(120),
+                None,
+                Missing { need: Some(120), best: None },
+            ),
+            (
+                "ZooKeeper's record lost: the most advanced copy",
+                vec![cand("s", 4, Some((50, true))), cand("t", 6, Some((90, true)))],
+                None,
+                None,
+                promote("t", 6, 90),
+            ),
+            (
+                "ZooKeeper's record lost and only a damaged copy: missing",
+                vec![cand("m", 9, Some((0, false)))],
+                None,
+                None,
+                Missing { need: None, best: None },
+            ),
+            (
+                "between equal copies, the lower pid",
+                vec![cand("s", 7, Some((120, true))), cand("t", 4, Some((120, true)))],
+                committed(120),
+                Some("gone"),
+                promote("t", 4, 120),
+            ),
+        ];
+        for (what, cands, committed, last, want) in cases {
+            assert_eq!(recovery_step(&cands, committed.as_ref(), last), want, "{what}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -240,7 +388,7 @@ mod tests {
     };
 
     fn rec(id: &str, role: Role, seq: u64) -> (String, WorkerRecord) {
-        (id.into(), WorkerRecord { id: id.into(), pid: 1, role, seq, epoch: 1 })
+        (id.into(), WorkerRecord { id: id.into(), pid: 1, role, seq, epoch: 1, disk: None })
     }
 
     fn member(pid: u32, role: MemberRole, t0: Instant) -> Member {

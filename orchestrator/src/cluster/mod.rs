@@ -26,17 +26,17 @@ use anyhow::{anyhow, bail, Result};
 use tasks::CancellationToken;
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
-use wire::coord::{MasterRecord, Role, WorkerRecord};
-use wire::status::{ClusterStatus, EventKind, MasterStatus, WorkerRole, WorkerStatus};
+use wire::coord::{ArchiveRecord, CommittedRecord, MasterRecord, Role, WorkerRecord};
+use wire::status::{ClusterStatus, DataStatus, EventKind, MasterStatus, VolumeStatus, WorkerRole, WorkerStatus};
 
 use crate::config::Config;
 use crate::metrics::{gauge_i64, WorkerGauges};
 use crate::rpc::Rpc;
-use crate::runtime::{Runtime, WorkerSpec};
+use crate::runtime::{Runtime, VolumeInfo, WorkerSpec};
 use crate::status::{worker_state, SeqHistory};
 use crate::{timing, Telemetry};
 pub use decide::{Detected, Member, MemberRole};
-use decide::{FailoverStep, Fix};
+use decide::{FailoverStep, Fix, Recovery};
 use zk::Zk;
 
 #[derive(Debug, Default)]
@@ -45,6 +45,11 @@ struct Membership {
     epoch: u64,
     /// Workers removed on purpose or declared failed: exits are not crashes.
     retired: HashMap<String, Instant>,
+    /// The last worker named master (its volume is a recovery's first choice).
+    last_master: Option<String>,
+    /// Set while no volume holds every acknowledged write, with why, and when
+    /// the leader last looked.
+    missing: Option<(String, Instant)>,
 }
 
 impl Membership {
@@ -62,6 +67,7 @@ impl Membership {
 struct View {
     members: BTreeMap<String, Member>,
     epoch: u64,
+    missing: Option<String>,
 }
 
 /// What the last good registry read showed (the reconcile loop reads it at
@@ -73,6 +79,30 @@ struct ZkView {
     records: HashMap<String, (WorkerRecord, Instant)>,
     /// The master's sequence numbers over time, for lag in ms.
     master_seqs: SeqHistory,
+    committed: Option<CommittedRecord>,
+    archive: Option<ArchiveRecord>,
+    volumes: Vec<VolumeInfo>,
+}
+
+/// What `POST /api/v1/recover` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AcceptedLoss {
+    /// The worker now master.
+    pub master: String,
+    /// The last write kept.
+    pub kept_seq: u64,
+    /// The last write acknowledged before the loss (kept_seq+1..=this are gone).
+    pub lost_through: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("nothing is missing: a master holds every acknowledged write")]
+    NothingMissing,
+    #[error("the most advanced intact copy holds seq {best}, not {asked} ({why}); name {best} to keep it, or 0 to start empty")]
+    Mismatch { asked: u64, best: u64, why: String },
+    #[error("{0}")]
+    Failed(String),
 }
 
 pub struct Cluster {
@@ -185,7 +215,9 @@ impl Cluster {
         m.slaves_running.set(st.slaves().count() as i64);
         m.master_up.set(i64::from(st.master().is_some()));
         m.master_epoch.set(gauge_i64(st.epoch));
-        *self.view.lock().expect("view lock") = View { members: st.members.clone(), epoch: st.epoch };
+        m.data_missing.set(i64::from(st.missing.is_some()));
+        *self.view.lock().expect("view lock") =
+            View { members: st.members.clone(), epoch: st.epoch, missing: st.missing.as_ref().map(|(m, _)| m.clone()) };
     }
 
     async fn adopt_or_bootstrap(&self) -> Result<()> {
@@ -193,9 +225,20 @@ impl Cluster {
         let record = self.zk_retry("reading the master record", || self.zk.master()).await?;
         let mut st = self.state.lock().await;
         st.epoch = record.as_ref().map_or(0, |r| r.epoch);
+        st.last_master = record.as_ref().filter(|r| r.has_master()).map(|r| r.id.clone());
         self.rpc.set_min_epoch(st.epoch);
         if running.is_empty() {
-            return self.bootstrap(&mut st).await;
+            // A cold start: a cluster that ever acknowledged a write, or left
+            // a volume, resumes its data; only a brand-new one starts empty.
+            let committed = self.zk_retry("reading the committed record", || self.zk.committed()).await?;
+            let volumes = self.runtime.volumes().await.map_err(|e| anyhow!("listing volumes: {e}"))?;
+            if committed.is_none() && volumes.is_empty() {
+                return self.bootstrap(&mut st).await;
+            }
+            self.recover(&mut st, "cold start", Instant::now()).await?;
+            self.fill_slaves(&mut st).await;
+            self.publish(&st);
+            return Ok(());
         }
         let registered = self.zk_retry("listing worker znodes", || self.zk.workers()).await?;
         for w in running {
@@ -220,11 +263,13 @@ impl Cluster {
     async fn bootstrap(&self, st: &mut Membership) -> Result<()> {
         st.epoch += 1;
         let id = self.new_id();
-        let rec = MasterRecord { id: id.clone(), epoch: st.epoch };
+        let rec = MasterRecord::named(id.clone(), st.epoch);
         self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
         self.rpc.set_min_epoch(st.epoch);
         let pid = self.start_worker(&id, true).await?;
         st.members.insert(id.clone(), Member::new(pid, MemberRole::Master, Instant::now()));
+        st.last_master = Some(id.clone());
+        st.missing = None;
         info!(worker = %id, pid, epoch = st.epoch, "master started");
         self.publish(st);
         self.tel.events.emit(EventKind::MasterStarted { worker: id.clone(), pid, epoch: st.epoch });
@@ -287,22 +332,20 @@ impl Cluster {
                 FailoverStep::Promote { id, pid } => break (id, pid, registry),
                 FailoverStep::Wait => tokio::time::sleep(timing::CATCH_UP_POLL).await,
                 FailoverStep::StartEmptyMaster => {
-                    error!(?how, "no caught-up slave to promote: starting an empty master (data held by the lost master is gone)");
-                    self.bootstrap(st).await?;
-                    self.tel.metrics.failovers.inc();
-                    self.tel.metrics.failover_duration.observe(seen.elapsed().as_secs_f64());
-                    return Ok(());
+                    warn!(?how, "no caught-up slave to promote: recovering from the workers' volumes");
+                    return self.recover(st, "no caught-up slave", seen).await;
                 }
                 FailoverStep::Postpone => bail!("zookeeper unreadable: failover postponed until it answers"),
             }
         };
         st.epoch += 1;
-        let rec = MasterRecord { id: id.clone(), epoch: st.epoch };
+        let rec = MasterRecord::named(id.clone(), st.epoch);
         self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
         self.rpc.set_min_epoch(st.epoch);
         if let Some(m) = st.members.get_mut(&id) {
             m.role = MemberRole::Master;
         }
+        st.last_master = Some(id.clone());
         let seq = registry.as_ref().and_then(|r| r.get(&id)).map(|r| r.seq);
         let took = seen.elapsed();
         let failover_ms = took.as_millis() as u64;
@@ -312,6 +355,217 @@ impl Cluster {
         self.publish(st);
         self.tel.events.emit(EventKind::Promoted { worker: id, pid, epoch: st.epoch, seq, failover_ms });
         Ok(())
+    }
+
+    /// No caught-up slave can take over (or nothing runs at all): find the
+    /// newest copy on the workers' volumes and open it as master. The record
+    /// first names nobody under a new epoch (an old master still alive is
+    /// deposed by it, and workers started on volumes wait); a worker is
+    /// started on every kept volume and reports the copy it found; the pure
+    /// [`decide::recovery_step`] picks one. If no copy holds every
+    /// acknowledged write, no master is named: clients get a 503 saying so
+    /// until a volume comes back or an operator accepts the loss
+    /// ([`Cluster::accept_data_loss`]). docs/guarantees.md, "What survives what".
+    async fn recover(&self, st: &mut Membership, why: &str, seen: Instant) -> Result<()> {
+        let repeat = st.missing.is_some();
+        st.epoch += 1;
+        let looking = MasterRecord::none(st.epoch, "recovering: looking for the newest copy on the workers' volumes");
+        self.zk_retry("writing the master record", || self.zk.set_master(&looking)).await?;
+        self.rpc.set_min_epoch(st.epoch);
+        let committed = self.zk_retry("reading the committed record", || self.zk.committed()).await?;
+        let volumes = self.runtime.volumes().await.map_err(|e| anyhow!("listing volumes: {e}"))?;
+        if !repeat {
+            warn!(why, committed = ?committed, volumes = volumes.len(), "recovery: looking for the newest copy");
+            self.tel.events.emit(EventKind::RecoveryStarted {
+                why: why.to_owned(),
+                committed_seq: committed.map(|c| c.seq),
+                volumes: volumes.len() as u64,
+            });
+        }
+        let running = self.runtime.list().await.map_err(|e| anyhow!("listing workers: {e}"))?;
+        for v in &volumes {
+            if st.members.contains_key(&v.id) {
+                continue;
+            }
+            // Declared gone but still there (paused, cut off): the new epoch
+            // fenced it; it must go so its volume can be opened.
+            if running.iter().any(|w| w.id == v.id) {
+                warn!(worker = %v.id, "recovery: stopping the worker still running on a kept volume");
+                let _ = self.runtime.kill(&v.id).await;
+            }
+            match self.start_worker(&v.id, false).await {
+                Ok(pid) => {
+                    info!(worker = %v.id, pid, volume = %v.name, "recovery: worker started on its kept volume");
+                    st.members.insert(v.id.clone(), Member::new(pid, MemberRole::Slave, Instant::now()));
+                    st.retired.remove(&v.id);
+                }
+                Err(e) => warn!(worker = %v.id, error = %e, "recovery: could not start a worker on its volume"),
+            }
+        }
+        self.publish(st);
+        // Every member reports its copy once its ZooKeeper session is up.
+        let until = Instant::now() + timing::RECOVERY_WAIT;
+        let candidates = loop {
+            let registry = self.registry().await;
+            let all_in = registry.as_ref().is_some_and(|r| st.members.keys().all(|id| r.contains_key(id)));
+            if all_in || Instant::now() >= until {
+                let Some(registry) = registry else {
+                    bail!("zookeeper unreadable: recovery postponed until it answers")
+                };
+                break st
+                    .members
+                    .iter()
+                    .map(|(id, m)| decide::Candidate {
+                        id: id.clone(),
+                        pid: m.pid,
+                        copy: registry.get(id).and_then(|r| r.disk.clone()),
+                    })
+                    .collect::<Vec<_>>();
+            }
+            tokio::time::sleep(timing::CATCH_UP_POLL).await;
+        };
+        match decide::recovery_step(&candidates, committed.as_ref(), st.last_master.as_deref()) {
+            Recovery::Promote { id, pid, seq } => {
+                self.name_recovered(st, &id, pid, seq, seen).await?;
+                Ok(())
+            }
+            Recovery::StartEmpty => {
+                info!("recovery: nothing was ever acknowledged; starting an empty master");
+                self.bootstrap(st).await
+            }
+            Recovery::Missing { need, best } => {
+                let why = match (&need, &best) {
+                    (Some(n), Some((w, b))) => format!(
+                        "data missing: acknowledged writes reach seq {n}, the most advanced copy found ({w}) holds {b}"
+                    ),
+                    (Some(n), None) => format!("data missing: acknowledged writes reach seq {n}, no intact copy found"),
+                    (None, _) => "data missing: only damaged copies found".to_owned(),
+                };
+                let changed = st.missing.as_ref().is_none_or(|(m, _)| *m != why);
+                let rec = MasterRecord::none(st.epoch, why.clone());
+                self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
+                st.missing = Some((why.clone(), Instant::now()));
+                self.publish(st);
+                if changed {
+                    error!(reason = %why, "no copy holds every acknowledged write: no master named (rideshare-ctl recover)");
+                    self.tel.events.emit(EventKind::DataMissing {
+                        need_seq: need,
+                        best_seq: best.as_ref().map(|b| b.1),
+                        best_worker: best.map(|b| b.0),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Name a worker started on its volume master (a recovery's choice).
+    async fn name_recovered(&self, st: &mut Membership, id: &str, pid: u32, seq: u64, seen: Instant) -> Result<()> {
+        let rec = MasterRecord::named(id, st.epoch);
+        self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
+        if let Some(m) = st.members.get_mut(id) {
+            m.role = MemberRole::Master;
+        }
+        st.last_master = Some(id.to_owned());
+        st.missing = None;
+        let took = seen.elapsed();
+        let took_ms = took.as_millis() as u64;
+        info!(worker = %id, pid, epoch = st.epoch, seq, took_ms, "recovered: copy on the volume opened as master");
+        self.tel.metrics.failovers.inc();
+        self.tel.metrics.failover_duration.observe(took.as_secs_f64());
+        self.publish(st);
+        self.tel.events.emit(EventKind::Recovered { worker: id.to_owned(), pid, epoch: st.epoch, seq, took_ms });
+        Ok(())
+    }
+
+    /// `POST /api/v1/recover`: while the data is missing, an operator accepts
+    /// losing the writes past `kept_seq`, naming the copy that holds exactly
+    /// that (0: start empty, losing everything). The other kept volumes hold
+    /// the discarded history and are removed.
+    pub async fn accept_data_loss(&self, kept_seq: u64) -> Result<AcceptedLoss, RecoverError> {
+        let mut st = self.state.lock().await;
+        let Some((why, _)) = st.missing.clone() else {
+            return Err(RecoverError::NothingMissing);
+        };
+        let committed = self.zk.committed().await.map_err(|e| RecoverError::Failed(e.to_string()))?;
+        let registry = self.registry().await.ok_or_else(|| RecoverError::Failed("zookeeper unreadable".into()))?;
+        let best = st
+            .members
+            .iter()
+            .filter_map(|(id, m)| {
+                let d = registry.get(id)?.disk.as_ref().filter(|d| d.intact)?;
+                Some((d.seq, std::cmp::Reverse(m.pid), id.clone()))
+            })
+            .max();
+        let lost_through = committed.map_or(0, |c| c.seq);
+        let best_seq = best.as_ref().map_or(0, |b| b.0);
+        if kept_seq != 0 && kept_seq != best_seq {
+            return Err(RecoverError::Mismatch { asked: kept_seq, best: best_seq, why });
+        }
+        st.epoch += 1;
+        self.rpc.set_min_epoch(st.epoch);
+        let keep = match (kept_seq, best) {
+            (0, _) | (_, None) => {
+                warn!(lost_through, "operator accepted losing every write: starting an empty master");
+                self.tel.events.emit(EventKind::DataLossAccepted { kept_seq: 0, lost_through });
+                // The candidates hold the discarded history: stop them.
+                for id in st.members.keys().cloned().collect::<Vec<_>>() {
+                    st.members.remove(&id);
+                    st.retired.insert(id.clone(), Instant::now());
+                    let _ = self.runtime.kill(&id).await;
+                }
+                st.missing = None;
+                self.bootstrap(&mut st).await.map_err(|e| RecoverError::Failed(format!("{e:#}")))?;
+                None
+            }
+            (_, Some((seq, std::cmp::Reverse(pid), id))) => {
+                warn!(kept_seq = seq, lost_through, worker = %id, "operator accepted a data loss");
+                self.tel.events.emit(EventKind::DataLossAccepted { kept_seq: seq, lost_through });
+                self.name_recovered(&mut st, &id, pid, seq, Instant::now())
+                    .await
+                    .map_err(|e| RecoverError::Failed(format!("{e:#}")))?;
+                Some(id)
+            }
+        };
+        // Kept volumes of workers that do not run hold the discarded history.
+        if let Ok(volumes) = self.runtime.volumes().await {
+            for v in volumes.iter().filter(|v| !st.members.contains_key(&v.id)) {
+                self.remove_volume(&v.id, "holds history an operator discarded").await;
+            }
+        }
+        let master = st.master().map(|(id, _)| id.clone()).unwrap_or_default();
+        self.publish(&st);
+        Ok(AcceptedLoss { master, kept_seq: if keep.is_some() { best_seq } else { 0 }, lost_through })
+    }
+
+    async fn remove_volume(&self, id: &str, why: &str) {
+        match self.runtime.remove_volume(id).await {
+            Ok(()) => {
+                info!(worker = %id, why, "volume removed");
+                self.tel.events.emit(EventKind::VolumeRemoved { worker: id.to_owned(), why: why.to_owned() });
+            }
+            Err(e) => warn!(worker = %id, error = %e, "could not remove a volume"),
+        }
+    }
+
+    /// Bound the disk kept volumes use: once a registered master and at least
+    /// one caught-up slave run, the volumes of workers that do not run hold
+    /// nothing the cluster lacks (two running copies hold it all), and go.
+    /// Until then they are kept: a recovery may need them.
+    async fn prune_volumes(&self, st: &Membership, registry: Option<&HashMap<String, WorkerRecord>>) {
+        let Some(registry) = registry else { return };
+        let master_ok = st.master().is_some_and(|(id, _)| registry.get(id).is_some_and(|r| r.role == Role::Master));
+        let slaves_ok = st.slaves().any(|(id, m)| m.serving && registry.get(id).is_some_and(|r| r.role == Role::Slave));
+        let Ok(volumes) = self.runtime.volumes().await else { return };
+        let kept: Vec<&VolumeInfo> = volumes.iter().filter(|v| !st.members.contains_key(&v.id)).collect();
+        if master_ok && slaves_ok && st.missing.is_none() {
+            let running = self.runtime.list().await.unwrap_or_default();
+            for v in kept.iter().filter(|v| !running.iter().any(|w| w.id == v.id)) {
+                self.remove_volume(&v.id, "its data is held by the running master and a caught-up slave").await;
+            }
+        }
+        self.tel.metrics.volumes_kept.set(kept.len() as i64);
+        self.zk_view.lock().expect("zk view lock").volumes = volumes;
     }
 
     /// A member left without being stopped: fail over if it was the master,
@@ -418,8 +672,10 @@ impl Cluster {
         drop(st);
         // Graceful stops wait for reads in flight: not under the lock.
         let stops = to_stop.iter().map(|id| async move {
-            if let Err(e) = self.runtime.stop(id, timing::SCALE_IN_GRACE).await {
-                warn!(worker = %id, error = %e, "graceful stop failed");
+            match self.runtime.stop(id, timing::SCALE_IN_GRACE).await {
+                // A caught-up slave's data is the master's: its volume goes.
+                Ok(()) => self.remove_volume(id, "scaled in: a copy of the master's data").await,
+                Err(e) => warn!(worker = %id, error = %e, "graceful stop failed"),
             }
         });
         futures::future::join_all(stops).await;
@@ -439,7 +695,11 @@ impl Cluster {
             match exit {
                 Ok(exit) => {
                     let mut st = self.state.lock().await;
-                    if st.members.contains_key(&exit.id) {
+                    // A worker restarted under the same id (on its volume)
+                    // is another incarnation: an earlier one's exit, reported
+                    // late, is not its crash.
+                    let current = st.members.get(&exit.id).is_some_and(|m| exit.pid == 0 || exit.pid == m.pid);
+                    if current {
                         self.handle_loss(&mut st, &exit.id, Detected::RuntimeExit).await;
                     }
                 }
@@ -520,6 +780,15 @@ impl Cluster {
                     }
                 }
                 Fix::Failover => {
+                    if let Some((_, at)) = &st.missing {
+                        if at.elapsed() < timing::MISSING_RETRY {
+                            continue;
+                        }
+                        if let Err(e) = self.recover(&mut st, "data missing: looking again", Instant::now()).await {
+                            error!(error = %e, "recovery failed");
+                        }
+                        continue;
+                    }
                     warn!("no master: failing over");
                     if let Err(e) = self.failover(&mut st, Detected::NotRunning, Instant::now()).await {
                         error!(error = %e, "failover failed");
@@ -527,7 +796,20 @@ impl Cluster {
                 }
             }
         }
+        self.prune_volumes(&st, registry.as_ref()).await;
         self.publish(&st);
+        drop(st);
+        // What the status shows of the data (ZooKeeper reads, not under the lock).
+        let committed = self.zk.committed().await.ok().flatten();
+        let archive = self.zk.archive().await.ok().flatten();
+        if let Some(c) = &committed {
+            self.tel.metrics.committed_seq.set(gauge_i64(c.seq));
+            let archived = archive.map_or(c.seq, |a| a.seq);
+            self.tel.metrics.archive_lag_seqs.set(gauge_i64(c.seq.saturating_sub(archived)));
+        }
+        let mut zv = self.zk_view.lock().expect("zk view lock");
+        zv.committed = committed;
+        zv.archive = archive;
         Ok(())
     }
 
@@ -585,7 +867,27 @@ impl Cluster {
             autoscaler: reads.status(&self.cfg.scale, slaves_running),
             broker_connected: self.rpc.connected(),
             zookeeper_connected: self.zk.connected(),
+            data: self.data_status(&view),
             events: self.tel.events.recent(),
+        }
+    }
+
+    fn data_status(&self, view: &View) -> DataStatus {
+        let zv = self.zk_view.lock().expect("zk view lock");
+        DataStatus {
+            committed: zv.committed,
+            archive: zv.archive,
+            missing: view.missing.clone(),
+            volumes: zv
+                .volumes
+                .iter()
+                .map(|v| VolumeStatus {
+                    worker: v.id.clone(),
+                    name: v.name.clone(),
+                    bytes: v.bytes,
+                    in_use: view.members.contains_key(&v.id),
+                })
+                .collect(),
         }
     }
 }

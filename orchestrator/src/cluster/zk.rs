@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tracing::{info, warn};
-use wire::coord::{master_path, worker_path, workers_path, MasterRecord, WorkerRecord};
+use wire::coord::{
+    archive_path, committed_path, master_path, worker_path, workers_path, ArchiveRecord, CommittedRecord, MasterRecord,
+    WorkerRecord,
+};
 use wire::status::EventKind;
 use zookeeper_client as zk;
 
@@ -107,6 +110,25 @@ impl Zk {
     pub async fn master(&self) -> Result<Option<MasterRecord>, ZkError> {
         let c = self.client().await?;
         match self.bounded(c.get_data(&master_path(&self.root))).await {
+            Ok((data, _)) => Ok(serde_json::from_slice(&data).ok()),
+            Err(ZkError::Zk(zk::Error::NoNode)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `<root>/committed`: the newest acknowledged write (None: never written).
+    pub async fn committed(&self) -> Result<Option<CommittedRecord>, ZkError> {
+        self.read_json(&committed_path(&self.root)).await
+    }
+
+    /// `<root>/archive`: how far the continuous backup has got.
+    pub async fn archive(&self) -> Result<Option<ArchiveRecord>, ZkError> {
+        self.read_json(&archive_path(&self.root)).await
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ZkError> {
+        let c = self.client().await?;
+        match self.bounded(c.get_data(path)).await {
             Ok((data, _)) => Ok(serde_json::from_slice(&data).ok()),
             Err(ZkError::Zk(zk::Error::NoNode)) => Ok(None),
             Err(e) => Err(e),

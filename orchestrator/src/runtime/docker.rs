@@ -13,10 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, Mount, MountType, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    ListContainersOptionsBuilder, ListVolumesOptions, RemoveContainerOptionsBuilder, RemoveVolumeOptions,
+    StartContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -24,8 +27,8 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::{
-    RuntimeConfig, RuntimeError, WorkerExit, WorkerInfo, WorkerSpec, CALL_TIMEOUT, CLUSTER_ENV, CLUSTER_LABEL,
-    EXIT_CHANNEL_CAPACITY, EXIT_TIMEOUT, WORKER_ID_ENV, WORKER_LABEL,
+    RuntimeConfig, RuntimeError, VolumeInfo, WorkerExit, WorkerInfo, WorkerSpec, CALL_TIMEOUT, CLUSTER_ENV,
+    CLUSTER_LABEL, DATA_DIR, EXIT_CHANNEL_CAPACITY, EXIT_TIMEOUT, WORKER_ID_ENV, WORKER_LABEL,
 };
 
 /// Poll interval while waiting for a signalled container to stop running;
@@ -196,19 +199,61 @@ impl DockerRuntime {
             (CLUSTER_LABEL.to_string(), self.cfg.cluster_id.clone()),
             (WORKER_LABEL.to_string(), spec.id.clone()),
         ]);
+        let data = Mount {
+            target: Some(DATA_DIR.to_string()),
+            source: Some(self.volume_name(&spec.id)),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        };
         ContainerCreateBody {
             image: Some(self.cfg.image.clone()),
             env: Some(env),
             labels: Some(labels),
-            host_config: Some(HostConfig { network_mode: Some(self.cfg.network.clone()), ..Default::default() }),
+            host_config: Some(HostConfig {
+                network_mode: Some(self.cfg.network.clone()),
+                mounts: Some(vec![data]),
+                ..Default::default()
+            }),
             ..Default::default()
         }
+    }
+
+    /// The named volume holding worker `id`'s database: it outlives the
+    /// container (a crash, `make down`), and a worker started again under the
+    /// same id finds its data there.
+    pub fn volume_name(&self, id: &str) -> String {
+        format!("{}-{}-data", self.cfg.cluster_id, id)
+    }
+
+    /// Create worker `id`'s volume with the cluster and worker labels (a
+    /// volume that exists already is kept as it is: that is the point).
+    async fn ensure_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = VolumeCreateRequest {
+            name: Some(self.volume_name(id)),
+            labels: Some(HashMap::from([
+                (CLUSTER_LABEL.to_string(), self.cfg.cluster_id.clone()),
+                (WORKER_LABEL.to_string(), id.to_string()),
+            ])),
+            ..Default::default()
+        };
+        call("create volume", id, self.docker.create_volume(req)).await.map(|_| ())
+    }
+
+    /// This cluster's worker volumes, by label.
+    pub async fn volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        list_volumes(&self.docker, &self.cfg.cluster_id).await
+    }
+
+    /// Remove worker `id`'s volume (its container must be gone).
+    pub async fn remove_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        remove_volume(&self.docker, &self.volume_name(id), id).await
     }
 
     pub async fn start(&self, spec: WorkerSpec) -> Result<WorkerInfo, RuntimeError> {
         let id = spec.id.as_str();
         let name = self.container_name(id);
         let t0 = Instant::now();
+        self.ensure_volume(id).await?;
         let opts = || CreateContainerOptionsBuilder::new().name(&name).build();
         let created = match call("create", id, self.docker.create_container(Some(opts()), self.create_body(&spec))).await {
             Ok(c) => c,
@@ -383,6 +428,41 @@ async fn list_running(docker: &Docker, cluster: &str) -> Result<Vec<(String, Wor
         }
     }
     Ok(out)
+}
+
+/// The worker volumes labelled with `cluster` on this engine (Docker and
+/// Swarm: a Swarm's volumes are node-local, so these are this node's).
+pub(super) async fn list_volumes(docker: &Docker, cluster: &str) -> Result<Vec<VolumeInfo>, RuntimeError> {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{CLUSTER_LABEL}={cluster}")])]);
+    let opts = ListVolumesOptions { filters: Some(filters) };
+    let listed = call("list volumes", "*", docker.list_volumes(Some(opts))).await?;
+    let mut out: Vec<VolumeInfo> = listed
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| {
+            let id = v.labels.get(WORKER_LABEL)?.clone();
+            let bytes = dir_bytes(std::path::Path::new(&v.mountpoint));
+            Some(VolumeInfo { id, name: v.name, bytes })
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// The bytes under a volume's mount point, when this process can read it
+/// (the orchestrator on the host; not from inside a container).
+fn dir_bytes(dir: &std::path::Path) -> Option<u64> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    Some(entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+}
+
+pub(super) async fn remove_volume(docker: &Docker, name: &str, id: &str) -> Result<(), RuntimeError> {
+    match call("remove volume", id, docker.remove_volume(name, Some(RemoveVolumeOptions { force: false }))).await {
+        Ok(()) => Ok(()),
+        Err(e) if status_of(&e) == Some(404) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 async fn remove_container(docker: &Docker, cid: &str, id: &str) -> Result<(), RuntimeError> {

@@ -120,6 +120,21 @@ pub struct WorkerSpec {
     pub env: Vec<(String, String)>,
 }
 
+/// Where a worker's database lives inside its container (the volume's mount).
+pub const DATA_DIR: &str = "/data";
+
+/// A worker's storage that outlives its process: a Docker volume, a Swarm
+/// node-local volume, or the process runtime's directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// The worker id it belongs to (a worker started under it finds the data).
+    pub id: String,
+    /// The engine's name for it, or the directory.
+    pub name: String,
+    /// Bytes it holds, when this process can see them.
+    pub bytes: Option<u64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerInfo {
     pub id: String,
@@ -251,6 +266,26 @@ impl Runtime {
         };
         v.sort_by_key(|w| w.pid);
         Ok(v)
+    }
+
+    /// Every worker volume of this cluster, whether its worker runs or not.
+    pub async fn volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        match self {
+            Runtime::Docker(d) => d.volumes().await,
+            Runtime::Swarm(s) => s.volumes().await,
+            Runtime::Process(p) => p.volumes(),
+        }
+    }
+
+    /// Remove a worker's volume for good (its worker must not run): only when
+    /// its data is held elsewhere, or on an operator's explicit wipe.
+    pub async fn remove_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        validate_worker_id(id)?;
+        match self {
+            Runtime::Docker(d) => d.remove_volume(id).await,
+            Runtime::Swarm(s) => s.remove_volume(id).await,
+            Runtime::Process(p) => p.remove_volume(id),
+        }
     }
 
     /// Worker id → container id of the workers seen running (Docker, and the

@@ -22,11 +22,13 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::{
-    RuntimeConfig, RuntimeError, WorkerExit, WorkerInfo, WorkerSpec, CLUSTER_ENV, EXIT_CHANNEL_CAPACITY, EXIT_TIMEOUT,
-    WORKER_ID_ENV,
+    RuntimeConfig, RuntimeError, VolumeInfo, WorkerExit, WorkerInfo, WorkerSpec, CLUSTER_ENV, EXIT_CHANNEL_CAPACITY,
+    EXIT_TIMEOUT, WORKER_ID_ENV,
 };
 
 /// How often adopted workers (not our children) are checked for life.
+/// The file in a worker's directory naming its cluster.
+const CLUSTER_MARKER: &str = "cluster";
 const ADOPTED_POLL: Duration = Duration::from_millis(200);
 /// How often `kill`/`stop` look whether the signalled process is gone.
 const WAIT_POLL: Duration = Duration::from_millis(10);
@@ -212,6 +214,42 @@ impl ProcessRuntime {
         self.cfg.data_dir.join(id)
     }
 
+    /// The kept directories of this cluster's workers (see `CLUSTER_MARKER`).
+    pub fn volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        let entries = match fs::read_dir(&self.cfg.data_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Self::io_err("*", "list data dir")(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let mine = fs::read_to_string(dir.join(CLUSTER_MARKER)).is_ok_and(|c| c == self.cfg.cluster_id);
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if !mine || super::validate_worker_id(&id).is_err() {
+                continue;
+            }
+            let bytes = fs::read_dir(&dir).ok().map(|es| {
+                es.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+            });
+            out.push(VolumeInfo { id, name: dir.display().to_string(), bytes });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Remove a worker's directory (its worker must not run).
+    pub fn remove_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        if scan(&self.cfg.cluster_id).iter().any(|f| f.id == id) {
+            return Err(RuntimeError::AlreadyRunning(id.to_string()));
+        }
+        match fs::remove_dir_all(self.worker_dir(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Self::io_err(id, "remove data dir")(e)),
+        }
+    }
+
     /// Scans /proc and starts watching any worker of the cluster not tracked
     /// yet (started by an earlier orchestrator). Returns what runs now.
     fn refresh(&self) -> Vec<Found> {
@@ -243,6 +281,9 @@ impl ProcessRuntime {
         }
         let dir = self.worker_dir(id);
         fs::create_dir_all(&dir).map_err(Self::io_err(id, "create data dir"))?;
+        // The directory is this worker's volume: marked with the cluster so
+        // `volumes()` never lists another cluster's data.
+        fs::write(dir.join(CLUSTER_MARKER), &self.cfg.cluster_id).map_err(Self::io_err(id, "mark data dir"))?;
         // Absolute paths: the worker's cwd is its own directory, so a
         // relative data_dir or binary path would resolve wrongly there.
         let dir = fs::canonicalize(&dir).map_err(Self::io_err(id, "resolve data dir"))?;

@@ -40,8 +40,8 @@ use tokio::task::JoinHandle;
 
 use super::docker::{call, connect_call, now_secs, running_pid, status_of};
 use super::{
-    RuntimeConfig, RuntimeError, WorkerExit, WorkerInfo, WorkerSpec, CLUSTER_ENV, CLUSTER_LABEL, EXIT_CHANNEL_CAPACITY,
-    EXIT_TIMEOUT, WORKER_ID_ENV, WORKER_LABEL,
+    RuntimeConfig, RuntimeError, VolumeInfo, WorkerExit, WorkerInfo, WorkerSpec, CLUSTER_ENV, CLUSTER_LABEL, DATA_DIR,
+    EXIT_CHANNEL_CAPACITY, EXIT_TIMEOUT, WORKER_ID_ENV, WORKER_LABEL,
 };
 
 /// Poll interval while waiting for a task to run or a container to stop.
@@ -279,6 +279,21 @@ impl SwarmRuntime {
         Ok(Some(task_view(&tasks)))
     }
 
+    /// The node-local volume holding worker `id`'s database.
+    pub fn volume_name(&self, id: &str) -> String {
+        format!("{}-{}-data", self.cfg.cluster_id, id)
+    }
+
+    /// This cluster's worker volumes on this node.
+    pub async fn volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        super::docker::list_volumes(&self.docker, &self.cfg.cluster_id).await
+    }
+
+    /// Remove worker `id`'s volume on this node.
+    pub async fn remove_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        super::docker::remove_volume(&self.docker, &self.volume_name(id), id).await
+    }
+
     fn service_spec(&self, spec: &WorkerSpec, image_id: &str) -> ServiceSpec {
         let mut env: Vec<String> = spec
             .env
@@ -303,7 +318,21 @@ impl SwarmRuntime {
                 container_spec: Some(TaskSpecContainerSpec {
                     image: Some(image_id.to_string()),
                     env: Some(env),
-                    labels: Some(labels),
+                    labels: Some(labels.clone()),
+                    // A node-local named volume, created by the engine of the
+                    // node the task lands on (labelled, so `volumes()` finds it).
+                    // A task moved to another node starts with an empty one:
+                    // docs/deployment.md.
+                    mounts: Some(vec![bollard::models::Mount {
+                        target: Some(DATA_DIR.to_string()),
+                        source: Some(self.volume_name(&spec.id)),
+                        typ: Some(bollard::models::MountType::VOLUME),
+                        volume_options: Some(bollard::models::MountVolumeOptions {
+                            labels: Some(labels),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
                     stop_grace_period: Some(secs_ns(STOP_GRACE)),
                     ..Default::default()
                 }),
