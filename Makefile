@@ -1,5 +1,5 @@
 # The two commands of the README: `make up` and `make test`.
-.PHONY: up down status test build images bench bench-million clean deploy undeploy soak
+.PHONY: up down wipe status test build images bench bench-million clean deploy undeploy soak
 
 # `HA=1 make up`: the same stack on the redundant infra (scripts/ha.sh: a
 # 3-node RabbitMQ cluster with quorum queues, a 3-server ZooKeeper ensemble;
@@ -12,6 +12,11 @@ down:
 
 status:
 	scripts/stack.sh status
+
+# `make down` keeps the data (the next `make up` resumes it); this removes it:
+# the workers' volumes and the broker's and ZooKeeper's data.
+wipe:
+	scripts/stack.sh wipe
 
 build:
 	cargo build --release --workspace --all-targets
@@ -53,5 +58,5 @@ soak:
 	scripts/soak.sh
 
 clean:
-	scripts/stack.sh down || true
+	scripts/stack.sh wipe || true
 	rm -rf var

@@ -70,4 +70,17 @@ fi
 
 log "make down again on the stopped stack"
 make -s down || fail "make down on a stopped stack exited $?"
+
+# The data outlives the processes: `make up` resumes it; only `make wipe` removes it.
+exists() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LB_PORT/api/v1/users?username=$1"; }
+make -s up || fail "make up after make down"
+[ "$(exists "$user")" = 200 ] || fail "user $user, written before make down, is gone after make up"
+log "make down / make up kept the data (user $user listed)"
+make -s wipe || fail "make wipe"
+if command -v docker >/dev/null; then
+  [ -z "$(docker volume ls -q --filter "label=rideshare.cluster=$CLUSTER_ID")" ] || fail "worker volumes left after make wipe"
+fi
+make -s up || fail "make up after make wipe"
+[ "$(exists "$user")" = 204 ] || fail "user $user still there after make wipe"
+make -s wipe || fail "make wipe"
 echo "smoke: 1 passed, 0 failed"

@@ -6,6 +6,11 @@
 #                            (HA=1: two instances of each service behind the LB)
 #   scripts/stack.sh down    stop all of it, workers included
 #   scripts/stack.sh status  what runs, where
+#   scripts/stack.sh wipe    down, then remove the data: the workers' volumes, and the
+#                            broker's and ZooKeeper's data (the next `up` starts empty)
+#
+# `down` keeps the data (as `docker compose down` keeps volumes): the next `up`
+# resumes it, the orchestrator opening the newest copy on the workers' volumes.
 #
 # HA=1 runs the stack on the redundant infra of scripts/ha.sh (a 3-node
 # RabbitMQ cluster with quorum queues, a 3-server ZooKeeper ensemble; see
@@ -215,6 +220,17 @@ status() {
   fi
 }
 
+# `wipe`: the explicit way to throw the data away (never part of `down`).
+wipe() {
+  down
+  if command -v docker >/dev/null && timeout 5 docker info >/dev/null 2>&1; then
+    local vols; vols=$(docker volume ls -q --filter "label=rideshare.cluster=$CLUSTER_ID" 2>/dev/null || true)
+    [ -z "$vols" ] || { docker volume rm $vols >/dev/null; log "worker volumes removed: $(echo $vols | wc -w)"; }
+  fi
+  rm -rf "${WORKER_DATA_DIR:-$VAR/workers}" "$VAR/zookeeper" "$VAR/rabbitmq" "${HA_DIR:-$ROOT/var/ha}"
+  log "wiped: workers' data, RabbitMQ and ZooKeeper data"
+}
+
 # `revive`: (re)start every stack process that is not running, as a process
 # supervisor would (the nemesis of `make soak` uses it): `up` with the infra
 # and the build left as they are; run it with the environment `up` had.
@@ -230,5 +246,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status|revive" >&2; exit 2 ;;
+  wipe) wipe ;;
+  *) echo "usage: $0 up|down|status|wipe|revive" >&2; exit 2 ;;
 esac

@@ -11,28 +11,8 @@ use crate::error::ApiError;
 use crate::read_floor::ReadFloor;
 use crate::rpc::{Answer, Rpc};
 
-/// Why no master is named, as the master record says (a recovery under way,
-/// or the data missing): requests get a 503 with it at once instead of a
-/// timeout. Kept current by the task that follows the master record.
-#[derive(Default)]
-pub struct NoMaster(std::sync::RwLock<Option<String>>);
-
-impl NoMaster {
-    pub fn set(&self, why: Option<String>) {
-        *self.0.write().expect("no-master lock") = why;
-    }
-
-    fn check(&self) -> Result<(), ApiError> {
-        match &*self.0.read().expect("no-master lock") {
-            Some(why) => Err(ApiError::unavailable(format!("no master: {why}"))),
-            None => Ok(()),
-        }
-    }
-}
-
 pub struct DbApi {
     rpc: Arc<Rpc>,
-    no_master: Arc<NoMaster>,
     read_timeout: Duration,
     write_timeout: Duration,
     /// What a strong read passes as the floor the answering slave must have
@@ -41,19 +21,13 @@ pub struct DbApi {
 }
 
 impl DbApi {
-    pub fn new(
-        rpc: Arc<Rpc>,
-        read_timeout: Duration,
-        write_timeout: Duration,
-        floor: Arc<ReadFloor>,
-        no_master: Arc<NoMaster>,
-    ) -> Self {
-        DbApi { rpc, no_master, read_timeout, write_timeout, floor }
+    pub fn new(rpc: Arc<Rpc>, read_timeout: Duration, write_timeout: Duration, floor: Arc<ReadFloor>) -> Self {
+        DbApi { rpc, read_timeout, write_timeout, floor }
     }
 
     pub async fn read(&self, req: ReadRequest) -> Result<RawReadResponse, ApiError> {
         req.validate().map_err(|e| ApiError::invalid(e.0))?;
-        self.no_master.check()?;
+        self.rpc.no_master.check(self.rpc.min_epoch())?;
         let min_seq = match req.consistency {
             Consistency::Strong => self.floor.floor().await?,
             Consistency::Eventual => 0,
@@ -67,7 +41,7 @@ impl DbApi {
 
     pub async fn write(&self, mut req: WriteRequest) -> Result<WriteOutcome, ApiError> {
         req.validate().map_err(|e| ApiError::invalid(e.0))?;
-        self.no_master.check()?;
+        self.rpc.no_master.check(self.rpc.min_epoch())?;
         if req.request_id.is_none() {
             req.request_id = Some(uuid::Uuid::new_v4().to_string());
         }

@@ -54,9 +54,8 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     tasks.spawn("write batches", |t| rpc.clone().write_batches(t));
     let floor = read_floor::ReadFloor::new(cfg.read_floor);
     tasks.spawn("read index", |t| floor.clone().run(rpc.clone(), cfg.write_timeout.0, t));
-    let no_master = Arc::new(dbapi::NoMaster::default());
     tasks.spawn("master epoch", |t| {
-        supervision::follow_master_epoch(cfg.clone(), rpc.clone(), tel.clone(), floor.clone(), no_master.clone(), t)
+        supervision::follow_master_epoch(cfg.clone(), rpc.clone(), tel.clone(), floor.clone(), t)
     });
 
     // Every orchestrator serves the data path; the one elected in ZooKeeper
@@ -75,7 +74,7 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     });
 
     let app = Arc::new(http::App {
-        db: dbapi::DbApi::new(rpc, cfg.read_timeout.0, cfg.write_timeout.0, floor, no_master),
+        db: dbapi::DbApi::new(rpc, cfg.read_timeout.0, cfg.write_timeout.0, floor),
         sup,
         reads,
         tel,

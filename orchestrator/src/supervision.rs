@@ -129,7 +129,6 @@ pub async fn follow_master_epoch(
     rpc: Arc<Rpc>,
     tel: Arc<Telemetry>,
     floor: Arc<crate::read_floor::ReadFloor>,
-    no_master: Arc<crate::dbapi::NoMaster>,
     stop: CancellationToken,
 ) -> Result<()> {
     let zk = Zk::new(&cfg.zk_addr, &cfg.zk_root, cfg.zk_session_timeout.0, tel);
@@ -143,7 +142,8 @@ pub async fn follow_master_epoch(
         if let Ok(Some(rec)) = zk.master().await {
             rpc.set_min_epoch(rec.epoch);
             floor.new_epoch(rec.epoch);
-            no_master.set(if rec.has_master() { None } else { rec.waiting.or(Some("no master named".into())) });
+            let why = (!rec.has_master()).then(|| rec.waiting.unwrap_or_else(|| "no master named".into()));
+            rpc.no_master.set(rec.epoch, why);
         }
     }
 }

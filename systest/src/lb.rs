@@ -187,3 +187,26 @@ pub async fn wait_acked(ledger: &Ledger, n: usize, what: &str) {
         .await
         .unwrap();
 }
+
+/// Create user `name` through the LB (asserts the 201).
+pub async fn add_user(c: &Client, lb: &str, name: &str) {
+    let r = must(c, Method::PUT, &format!("{lb}/api/v1/users"), Some(&json!({"username": name, "password": PASSWORD})))
+        .await;
+    assert_eq!((r.status, r.json()), (201, json!({})), "create user {name}");
+}
+
+/// The upcoming rides of a route; `[]` for a 204.
+pub async fn upcoming(c: &Client, lb: &str, source: u32, destination: u32) -> Vec<Value> {
+    let r = must(c, Method::GET, &format!("{lb}/api/v1/rides?source={source}&destination={destination}"), None).await;
+    match r.status {
+        204 => vec![],
+        200 => r.json().as_array().expect("a list").clone(),
+        _ => panic!("upcoming rides {source}->{destination}: {r:?}"),
+    }
+}
+
+pub async fn rides_count(c: &Client, lb: &str) -> u64 {
+    let r = must(c, Method::GET, &format!("{lb}/api/v1/rides/count"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()[0].as_u64().expect("[n]")
+}

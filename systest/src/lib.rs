@@ -576,6 +576,13 @@ impl Stack {
         self.wait_ready().await
     }
 
+    /// SIGKILL the orchestrator and start a new one without waiting for it
+    /// to serve (a test of a cluster that must not serve yet).
+    pub fn respawn_orchestrator(&mut self) -> Result<()> {
+        self.kill_orchestrator();
+        self.spawn_orchestrator()
+    }
+
     /// The orchestrator's OS pid while it runs (for RSS/CPU measurements).
     pub fn orchestrator_pid(&self) -> Option<u32> {
         self.orch.as_ref().map(|c| c.id())
@@ -742,7 +749,25 @@ pub async fn remove_cluster_containers(cluster: &str) -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("docker: remove {cid}")),
         }
     }
+    // And the workers' volumes, which outlive their containers by design.
+    for name in cluster_volumes(cluster).await? {
+        match d.remove_volume(&name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("docker: remove volume {name}")),
+        }
+    }
     Ok(())
+}
+
+/// The names of the worker volumes labelled with `cluster`.
+pub async fn cluster_volumes(cluster: &str) -> Result<Vec<String>> {
+    let d = docker()?;
+    let filters =
+        std::collections::HashMap::from([("label".to_string(), vec![format!("{}={cluster}", labels::CLUSTER)])]);
+    let opts = bollard::query_parameters::ListVolumesOptions { filters: Some(filters) };
+    let listed = d.list_volumes(Some(opts)).await.context("docker: list volumes")?;
+    Ok(listed.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
 }
 
 /// A path of a container as a tar archive (what `docker cp` reads).

@@ -31,10 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
-use reqwest::{Client, Method};
+use reqwest::Method;
 use serde_json::{json, Value};
 use systest::lb::{
-    assert_images, call, free_port, must, ride, run, start_writers, tag_time, text, uniq, Ledger, PASSWORD,
+    add_user, assert_images, call, free_port, must, ride, rides_count, run, start_writers, tag_time, text, uniq,
+    upcoming, Ledger, PASSWORD,
 };
 use systest::{poll, root, Stack};
 
@@ -185,28 +186,6 @@ impl Drop for Deployment {
             if out.status.success() { String::new() } else { format!("\n{}", text(&out)) }
         );
     }
-}
-
-async fn add_user(c: &Client, lb: &str, name: &str) {
-    let r = must(c, Method::PUT, &format!("{lb}/api/v1/users"), Some(&json!({"username": name, "password": PASSWORD})))
-        .await;
-    assert_eq!((r.status, r.json()), (201, json!({})), "create user {name}");
-}
-
-/// The upcoming rides of a route; `[]` for a 204.
-async fn upcoming(c: &Client, lb: &str, source: u32, destination: u32) -> Vec<Value> {
-    let r = must(c, Method::GET, &format!("{lb}/api/v1/rides?source={source}&destination={destination}"), None).await;
-    match r.status {
-        204 => vec![],
-        200 => r.json().as_array().expect("a list").clone(),
-        _ => panic!("upcoming rides {source}->{destination}: {r:?}"),
-    }
-}
-
-async fn rides_count(c: &Client, lb: &str) -> u64 {
-    let r = must(c, Method::GET, &format!("{lb}/api/v1/rides/count"), None).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    r.json()[0].as_u64().expect("[n]")
 }
 
 // ------------------------------------------------------------------ tests

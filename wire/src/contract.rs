@@ -27,6 +27,11 @@ pub mod env {
     pub const ZK_SESSION_TIMEOUT_MS: &str = "ZK_SESSION_TIMEOUT_MS";
     /// `1` for the cluster's first master, which may start from an empty file.
     pub const BOOTSTRAP_MASTER: &str = "BOOTSTRAP_MASTER";
+    /// A number the orchestrator draws for each start of a worker and the
+    /// worker repeats in its znode: a worker restarted under its id (on its
+    /// volume) is told apart from its predecessor's znode, which lingers
+    /// until that session expires.
+    pub const INCARNATION: &str = "WORKER_INCARNATION";
     /// The worker's log filter.
     pub const RUST_LOG: &str = "RUST_LOG";
     /// Human-readable (default) or `json` log lines.

@@ -117,6 +117,9 @@ pub struct WorkerRecord {
     /// Highest sequence number applied (updated as it moves).
     pub seq: u64,
     pub epoch: u64,
+    /// The orchestrator's number for this start of the worker (`WORKER_INCARNATION`; 0: not given).
+    #[serde(default)]
+    pub incarnation: u64,
     /// The copy of the database this worker found on its volume when it
     /// started, checked (`PRAGMA quick_check`) and not yet replaced by a
     /// snapshot: what a recovery may promote. None: no file, or replaced.

@@ -66,6 +66,9 @@ struct Args {
     /// 1 for the cluster's first master, which may start from an empty file.
     #[arg(long, env = "BOOTSTRAP_MASTER", action = clap::ArgAction::Set, default_value_t = false, value_parser = flag)]
     bootstrap_master: bool,
+    /// The orchestrator's number for this start (repeated in the znode).
+    #[arg(long, env = "WORKER_INCARNATION", default_value_t = 0)]
+    incarnation: u64,
 }
 
 /// What the worker runs with.
@@ -89,6 +92,7 @@ pub struct Config {
     pub reader_connections: usize,
     /// This worker is the cluster's first master and may start from an empty file.
     pub bootstrap_master: bool,
+    pub incarnation: u64,
 }
 
 impl Config {
@@ -119,6 +123,7 @@ impl From<Args> for Config {
             zk_session_timeout: a.zk_session_timeout.0,
             reader_connections: a.reader_connections,
             bootstrap_master: a.bootstrap_master,
+            incarnation: a.incarnation,
         }
     }
 }
@@ -203,6 +208,7 @@ mod tests {
             ("read_wait", env::READ_WAIT_MS),
             ("reader_connections", env::READER_CONNECTIONS),
             ("bootstrap_master", env::BOOTSTRAP_MASTER),
+            ("incarnation", env::INCARNATION),
         ];
         assert_eq!(names.len(), expected.len(), "every setting has an env name: {names:?}");
         for (id, name) in expected {

@@ -107,8 +107,15 @@ pub fn decide_role(rec: &MasterRecord, me: &str, held_epoch: Option<u64>, may_op
 pub async fn run(cfg: Config, stop: CancellationToken) -> Result<ExitReason> {
     let disk = inspect_volume(&cfg).await?;
     let (seq, epoch) = disk.as_ref().filter(|d| d.intact).map_or((0, 0), |d| (d.seq, d.epoch));
-    let record =
-        WorkerRecord { id: cfg.worker_id.clone(), pid: std::process::id(), role: Role::CatchingUp, seq, epoch, disk };
+    let record = WorkerRecord {
+        id: cfg.worker_id.clone(),
+        pid: std::process::id(),
+        role: Role::CatchingUp,
+        seq,
+        epoch,
+        incarnation: cfg.incarnation,
+        disk,
+    };
     // The ZooKeeper task has a token of its own, cancelled only once the roles
     // are done: the znode stays while reads in hand finish.
     let mut sup = Supervisor::new(CancellationToken::new());

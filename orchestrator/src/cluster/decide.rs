@@ -32,6 +32,9 @@ pub struct Member {
     pub registered: bool,
     /// It reported role slave (caught up, serving reads) at least once.
     pub serving: bool,
+    /// The number this start of the worker repeats in its znode (0: adopted,
+    /// unknown): a znode with another number is a predecessor's.
+    pub incarnation: u64,
 }
 
 impl MemberRole {
@@ -54,7 +57,16 @@ impl MemberRole {
 
 impl Member {
     pub fn new(pid: u32, role: MemberRole, now: Instant) -> Member {
-        Member { pid, role, stopping: false, started: now, missing_since: None, registered: false, serving: false }
+        Member {
+            pid,
+            role,
+            stopping: false,
+            started: now,
+            missing_since: None,
+            registered: false,
+            serving: false,
+            incarnation: 0,
+        }
     }
 
     /// A slave that counts toward the slave count (not being stopped).
@@ -95,6 +107,18 @@ impl Detected {
 /// the orchestrator's session is not connected), which is not the same as
 /// "no worker registered".
 pub type Registry<'a> = Option<&'a HashMap<String, WorkerRecord>>;
+
+/// The registry without the znodes of earlier starts of the members (a
+/// worker restarted under its id, on its volume, while its predecessor's
+/// session has not expired yet): those say nothing about the new process.
+pub fn current_records(
+    registry: Option<HashMap<String, WorkerRecord>>,
+    members: &BTreeMap<String, Member>,
+) -> Option<HashMap<String, WorkerRecord>> {
+    let mut registry = registry?;
+    registry.retain(|id, rec| members.get(id).is_none_or(|m| m.incarnation == 0 || m.incarnation == rec.incarnation));
+    Some(registry)
+}
 
 /// The next step of a failover.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,7 +335,8 @@ mod recovery_tests {
         let committed = |seq| Some(CommittedRecord { epoch: 3, seq, at_ms: 0 });
         let promote = |id: &str, pid, seq| Promote { id: id.into(), pid, seq };
         // (what, candidates, committed, last master) -> step
-        let cases: Vec<(&str, Vec<Candidate>, Option<CommittedRecord>, Option<&str>, Recovery)> = vec![
+        type Case<'a> = (&'a str, Vec<Candidate>, Option<CommittedRecord>, Option<&'a str>, Recovery);
+        let cases: Vec<Case> = vec![
             ("a brand-new cluster starts empty", vec![], None, None, StartEmpty),
             ("nothing acknowledged yet: empty is no loss", vec![cand("a", 5, None)], committed(0), None, StartEmpty),
             (
@@ -388,7 +413,7 @@ mod tests {
     };
 
     fn rec(id: &str, role: Role, seq: u64) -> (String, WorkerRecord) {
-        (id.into(), WorkerRecord { id: id.into(), pid: 1, role, seq, epoch: 1, disk: None })
+        (id.into(), WorkerRecord { id: id.into(), pid: 1, role, seq, epoch: 1, incarnation: 0, disk: None })
     }
 
     fn member(pid: u32, role: MemberRole, t0: Instant) -> Member {

@@ -266,8 +266,9 @@ impl Cluster {
         let rec = MasterRecord::named(id.clone(), st.epoch);
         self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
         self.rpc.set_min_epoch(st.epoch);
-        let pid = self.start_worker(&id, true).await?;
-        st.members.insert(id.clone(), Member::new(pid, MemberRole::Master, Instant::now()));
+        let member = self.start_worker(&id, true, MemberRole::Master).await?;
+        let pid = member.pid;
+        st.members.insert(id.clone(), member);
         st.last_master = Some(id.clone());
         st.missing = None;
         info!(worker = %id, pid, epoch = st.epoch, "master started");
@@ -277,8 +278,10 @@ impl Cluster {
         Ok(())
     }
 
-    async fn start_worker(&self, id: &str, bootstrap_master: bool) -> Result<u32> {
+    /// Start worker `id` (on its volume), as a member of `role`.
+    async fn start_worker(&self, id: &str, bootstrap_master: bool, role: MemberRole) -> Result<Member> {
         use wire::contract::env;
+        let incarnation = rand::random::<u64>() | 1;
         let mut vars = vec![
             (env::AMQP_URL.to_owned(), self.cfg.amqp_url.clone()),
             (env::AMQP_QUEUE_TYPE.to_owned(), self.cfg.amqp_queue_type.to_string()),
@@ -290,18 +293,20 @@ impl Cluster {
         if bootstrap_master {
             vars.push((env::BOOTSTRAP_MASTER.to_owned(), "1".to_owned()));
         }
+        vars.push((env::INCARNATION.to_owned(), incarnation.to_string()));
         let info = self
             .runtime
             .start(WorkerSpec { id: id.to_owned(), env: vars })
             .await
             .map_err(|e| anyhow!("starting worker {id}: {e}"))?;
-        Ok(info.pid)
+        Ok(Member { incarnation, ..Member::new(info.pid, role, Instant::now()) })
     }
 
     async fn start_slave(&self, st: &mut Membership) -> Result<()> {
         let id = self.new_id();
-        let pid = self.start_worker(&id, false).await?;
-        st.members.insert(id.clone(), Member::new(pid, MemberRole::Slave, Instant::now()));
+        let member = self.start_worker(&id, false, MemberRole::Slave).await?;
+        let pid = member.pid;
+        st.members.insert(id.clone(), member);
         info!(worker = %id, pid, "slave started");
         self.publish(st);
         self.tel.events.emit(EventKind::WorkerStarted { worker: id, pid, role: WorkerRole::Slave });
@@ -327,7 +332,7 @@ impl Cluster {
         // was queued for it: wait for it, bounded, rather than start empty.
         let wait_until = Instant::now() + timing::CATCH_UP_WAIT;
         let (id, pid, registry) = loop {
-            let registry = self.registry().await;
+            let registry = decide::current_records(self.registry().await, &st.members);
             match decide::failover_step(&st.members, registry.as_ref(), Instant::now() >= wait_until) {
                 FailoverStep::Promote { id, pid } => break (id, pid, registry),
                 FailoverStep::Wait => tokio::time::sleep(timing::CATCH_UP_POLL).await,
@@ -369,9 +374,15 @@ impl Cluster {
     async fn recover(&self, st: &mut Membership, why: &str, seen: Instant) -> Result<()> {
         let repeat = st.missing.is_some();
         st.epoch += 1;
-        let looking = MasterRecord::none(st.epoch, "recovering: looking for the newest copy on the workers' volumes");
+        // Looking again while the data is missing: clients keep hearing why.
+        let why_none = match &st.missing {
+            Some((why, _)) => why.clone(),
+            None => "recovering: looking for the newest copy on the workers' volumes".to_owned(),
+        };
+        let looking = MasterRecord::none(st.epoch, why_none.clone());
         self.zk_retry("writing the master record", || self.zk.set_master(&looking)).await?;
         self.rpc.set_min_epoch(st.epoch);
+        self.rpc.no_master.set(st.epoch, Some(why_none));
         let committed = self.zk_retry("reading the committed record", || self.zk.committed()).await?;
         let volumes = self.runtime.volumes().await.map_err(|e| anyhow!("listing volumes: {e}"))?;
         if !repeat {
@@ -393,10 +404,10 @@ impl Cluster {
                 warn!(worker = %v.id, "recovery: stopping the worker still running on a kept volume");
                 let _ = self.runtime.kill(&v.id).await;
             }
-            match self.start_worker(&v.id, false).await {
-                Ok(pid) => {
-                    info!(worker = %v.id, pid, volume = %v.name, "recovery: worker started on its kept volume");
-                    st.members.insert(v.id.clone(), Member::new(pid, MemberRole::Slave, Instant::now()));
+            match self.start_worker(&v.id, false, MemberRole::Slave).await {
+                Ok(member) => {
+                    info!(worker = %v.id, pid = member.pid, volume = %v.name, "recovery: worker started on its kept volume");
+                    st.members.insert(v.id.clone(), member);
                     st.retired.remove(&v.id);
                 }
                 Err(e) => warn!(worker = %v.id, error = %e, "recovery: could not start a worker on its volume"),
@@ -406,7 +417,7 @@ impl Cluster {
         // Every member reports its copy once its ZooKeeper session is up.
         let until = Instant::now() + timing::RECOVERY_WAIT;
         let candidates = loop {
-            let registry = self.registry().await;
+            let registry = decide::current_records(self.registry().await, &st.members);
             let all_in = registry.as_ref().is_some_and(|r| st.members.keys().all(|id| r.contains_key(id)));
             if all_in || Instant::now() >= until {
                 let Some(registry) = registry else {
@@ -444,6 +455,7 @@ impl Cluster {
                 let changed = st.missing.as_ref().is_none_or(|(m, _)| *m != why);
                 let rec = MasterRecord::none(st.epoch, why.clone());
                 self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
+                self.rpc.no_master.set(st.epoch, Some(why.clone()));
                 st.missing = Some((why.clone(), Instant::now()));
                 self.publish(st);
                 if changed {
@@ -461,8 +473,12 @@ impl Cluster {
 
     /// Name a worker started on its volume master (a recovery's choice).
     async fn name_recovered(&self, st: &mut Membership, id: &str, pid: u32, seq: u64, seen: Instant) -> Result<()> {
+        // A newer epoch than the record that named nobody: this process's
+        // data path stops answering "no master" the moment it is raised.
+        st.epoch += 1;
         let rec = MasterRecord::named(id, st.epoch);
         self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
+        self.rpc.set_min_epoch(st.epoch);
         if let Some(m) = st.members.get_mut(id) {
             m.role = MemberRole::Master;
         }
@@ -488,7 +504,8 @@ impl Cluster {
             return Err(RecoverError::NothingMissing);
         };
         let committed = self.zk.committed().await.map_err(|e| RecoverError::Failed(e.to_string()))?;
-        let registry = self.registry().await.ok_or_else(|| RecoverError::Failed("zookeeper unreadable".into()))?;
+        let registry = decide::current_records(self.registry().await, &st.members)
+            .ok_or_else(|| RecoverError::Failed("zookeeper unreadable".into()))?;
         let best = st
             .members
             .iter()
@@ -731,6 +748,7 @@ impl Cluster {
         let running = self.runtime.list().await.map_err(|e| anyhow!("listing workers: {e}"))?;
         let registry = self.registry().await;
         let mut st = self.state.lock().await;
+        let registry = decide::current_records(registry, &st.members);
         let now = Instant::now();
         st.retired.retain(|_, at| now.duration_since(*at) < timing::RETIRED_FORGET);
         let fixes = decide::reconcile(

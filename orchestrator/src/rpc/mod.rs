@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::error::ApiError;
 use crate::timing::{CLOSE_TIMEOUT, RPC_BACKOFF_MAX, RPC_BACKOFF_MIN, RPC_CONNECT_TIMEOUT};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
@@ -88,7 +89,33 @@ pub struct Batching {
     pub write_timeout: Duration,
 }
 
+/// Why no master is named under an epoch, as the master record says (a
+/// recovery under way, or the data missing): requests get a 503 with it at
+/// once instead of a timeout. Kept current by the task that follows the
+/// master record; a master named under a newer epoch (the leader raises the
+/// RPC client's epoch the moment it names one) makes it stale at once.
+#[derive(Default)]
+pub struct NoMaster(std::sync::RwLock<Option<(u64, String)>>);
+
+impl NoMaster {
+    /// The record at `epoch` names no master because of `why` (None: it names one).
+    pub fn set(&self, epoch: u64, why: Option<String>) {
+        *self.0.write().expect("no-master lock") = why.map(|w| (epoch, w));
+    }
+
+    /// Err while no master is named under the newest epoch known (`current`).
+    pub fn check(&self, current: u64) -> Result<(), ApiError> {
+        match &*self.0.read().expect("no-master lock") {
+            Some((epoch, why)) if *epoch >= current => Err(ApiError::unavailable(format!("no master: {why}"))),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub struct Rpc {
+    /// Why the data path has no master right now (the leader sets it as it
+    /// writes the master record; the others as they read it).
+    pub no_master: NoMaster,
     nodes: Nodes,
     queue_type: QueueType,
     batching: Batching,
@@ -118,6 +145,7 @@ impl Rpc {
     pub fn new(nodes: Nodes, queue_type: QueueType, batching: Batching, tel: Arc<Telemetry>) -> Arc<Rpc> {
         let instance: u64 = rand::random();
         Arc::new(Rpc {
+            no_master: NoMaster::default(),
             nodes,
             queue_type,
             batching,
@@ -148,6 +176,11 @@ impl Rpc {
 
     pub fn set_min_epoch(&self, epoch: u64) {
         self.min_epoch.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// The oldest epoch whose replies are taken (the newest master known).
+    pub fn min_epoch(&self) -> u64 {
+        self.min_epoch.load(Ordering::SeqCst)
     }
 
     /// Send a read (in the next batch to `readQ`) and wait for its answer.
