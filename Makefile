@@ -1,5 +1,5 @@
 # The two commands of the README: `make up` and `make test`.
-.PHONY: up down wipe status test build images bench bench-million clean deploy undeploy soak
+.PHONY: up down wipe status test undeploy-wipe build images bench bench-million clean deploy undeploy soak
 
 # `HA=1 make up`: the same stack on the redundant infra (scripts/ha.sh: a
 # 3-node RabbitMQ cluster with quorum queues, a 3-server ZooKeeper ensemble;
@@ -29,9 +29,14 @@ images:
 deploy:
 	scripts/deploy.sh up
 
-# Stops it and removes the workers it started, its network and volumes.
+# Stops it and removes the workers it started and its network; the volumes
+# (the data) are kept for the next `make deploy`.
 undeploy:
 	scripts/deploy.sh down
+
+# As undeploy, then removes the volumes: the data is gone.
+undeploy-wipe:
+	scripts/deploy.sh wipe
 
 # Installs and starts what the tests need (RabbitMQ, ZooKeeper, nginx, the
 # worker image), then runs every test against them.

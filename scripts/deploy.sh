@@ -4,8 +4,10 @@
 #   scripts/deploy.sh up       build the images (scripts/build-images.sh all), start
 #                              everything, return once a request through the LB is answered
 #   scripts/deploy.sh down     stop it; remove the worker containers the orchestrator
-#                              started (label rideshare.cluster=<CLUSTER_ID>), the network
-#                              and the broker's and ZooKeeper's volumes
+#                              started (label rideshare.cluster=<CLUSTER_ID>) and the network;
+#                              every volume is kept (the workers' databases, the broker's and
+#                              ZooKeeper's data): the next `up` resumes the same data
+#   scripts/deploy.sh wipe     `down`, then remove those volumes too (the data is gone)
 #   scripts/deploy.sh status   the services, their health, and the workers
 #
 # Settings: docker/.env holds the defaults, the environment wins (DEPLOY_HOST,
@@ -14,8 +16,7 @@
 #   DEPLOY_PROJECT   compose project name (default rideshare)
 #   DEPLOY_TIMEOUT   seconds `up` waits for the LB to answer (default 180)
 #   SKIP_BUILD=1     use the images as they are (fails if one is missing)
-#   KEEP_VOLUMES=1   `down` keeps the broker's and ZooKeeper's volumes (the
-#                    workers' databases go with their containers either way)
+#   KEEP_VOLUMES=0   `down` also removes the volumes (as `wipe`)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -112,14 +113,26 @@ down() {
     # shellcheck disable=SC2086
     docker rm -f $ids >/dev/null
   fi
-  local volumes=(-v)
-  [[ ${KEEP_VOLUMES:-0} != 1 ]] || volumes=()
+  local volumes=()
+  [[ ${KEEP_VOLUMES:-1} != 0 ]] || volumes=(-v)
   compose down --remove-orphans "${volumes[@]}" -t 10
   # down removes the network unless something still uses it.
   if docker network inspect "$CLUSTER_ID-net" >/dev/null 2>&1; then
     docker network rm "$CLUSTER_ID-net" >/dev/null || die "network $CLUSTER_ID-net is still in use"
   fi
   log "down in $((SECONDS - t0))s (project $PROJECT, cluster $CLUSTER_ID)"
+}
+
+# The explicit way to throw the data away: down, then every volume.
+wipe() {
+  KEEP_VOLUMES=0 down
+  local vols
+  vols=$(docker volume ls -q --filter "label=rideshare.cluster=$CLUSTER_ID" 2>/dev/null || true)
+  if [[ -n $vols ]]; then
+    # shellcheck disable=SC2086
+    docker volume rm $vols >/dev/null
+    log "removed $(echo "$vols" | wc -l) worker volume(s) of cluster $CLUSTER_ID"
+  fi
 }
 
 status() {
@@ -132,7 +145,8 @@ status() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  wipe) wipe ;;
   status) status ;;
   -h | --help) sed -n '2,21p' "$0" ;;
-  *) die "usage: $0 up|down|status" ;;
+  *) die "usage: $0 up|down|wipe|status" ;;
 esac

@@ -5,9 +5,11 @@
 #                             engine a one-node swarm if it is in none (and remember that),
 #                             deploy the stack, return once a request through the LB is answered
 #   scripts/swarm.sh down     remove the stack, the workers' services (label
-#                             rideshare.cluster=<CLUSTER_ID>), the network and the volumes;
+#                             rideshare.cluster=<CLUSTER_ID>) and the network, keeping every
+#                             volume (node-local: the workers' databases, broker, ZooKeeper);
 #                             leave the swarm (and remove the docker_gwbridge network its
 #                             init made) only if `up` created it
+#   scripts/swarm.sh wipe     `down`, then remove those volumes too (the data is gone)
 #   scripts/swarm.sh status   the stack's services and the workers' services
 #
 # Settings: docker/.env holds the defaults, the environment wins (DEPLOY_HOST,
@@ -18,7 +20,7 @@
 #                    a one-node swarm; give a routable address to join more nodes)
 #   DEPLOY_TIMEOUT   seconds `up` waits for the LB to answer (default 240)
 #   SKIP_BUILD=1     use the images as they are (fails if one is missing)
-#   KEEP_VOLUMES=1   `down` keeps the broker's and ZooKeeper's volumes
+#   KEEP_VOLUMES=0   `down` also removes the volumes (as `wipe`)
 # More nodes: docs/deployment.md.
 set -euo pipefail
 
@@ -184,10 +186,13 @@ down() {
     docker network rm "$CLUSTER_ID-net" >/dev/null 2>&1 || true
     wait_while "network $CLUSTER_ID-net" 30 has_network || true
   fi
-  if [[ ${KEEP_VOLUMES:-0} != 1 ]]; then
+  if [[ ${KEEP_VOLUMES:-1} == 0 ]]; then
     local v
     for v in rabbitmq-data zookeeper-data; do
       docker volume rm "${STACK}_$v" >/dev/null 2>&1 || true
+    done
+    for v in $(docker volume ls -q --filter "label=rideshare.cluster=$CLUSTER_ID" 2>/dev/null); do
+      docker volume rm "$v" >/dev/null 2>&1 || log "volume $v left: still in use"
     done
   fi
   if [[ -f $MARK ]]; then
@@ -211,7 +216,8 @@ status() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  wipe) KEEP_VOLUMES=0 down ;;
   status) status ;;
-  -h | --help) sed -n '2,22p' "$0" ;;
-  *) die "usage: $0 up|down|status" ;;
+  -h | --help) sed -n '2,23p' "$0" ;;
+  *) die "usage: $0 up|down|wipe|status" ;;
 esac

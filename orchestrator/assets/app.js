@@ -46,6 +46,11 @@
       case "promoted": return e.worker + " (pid " + e.pid + ") promoted to master, epoch " + e.epoch +
         ", seq " + fmt(e.seq) + ", failover " + e.failover_ms + " ms";
       case "master_started": return "empty master " + e.worker + " (pid " + e.pid + ") started, epoch " + e.epoch;
+      case "recovery_started": return "recovery (" + e.why + "): committed seq " + fmt(e.committed_seq) + ", " + e.volumes + " volumes";
+      case "recovered": return e.worker + " (pid " + e.pid + ") opened its volume's copy as master, seq " + e.seq + ", epoch " + e.epoch + ", " + e.took_ms + " ms";
+      case "data_missing": return "DATA MISSING: acknowledged writes reach seq " + fmt(e.need_seq) + ", the best copy holds " + fmt(e.best_seq);
+      case "data_loss_accepted": return "operator accepted losing seq " + (e.kept_seq + 1) + "–" + e.lost_through;
+      case "volume_removed": return "volume of " + e.worker + " removed: " + e.why;
       case "scaled": return "window " + e.window + ": " + e.reads + " reads, slaves " + e.before + " → " + e.after + (e.reason ? " (" + e.reason + ")" : "");
       case "broker_lost": return "broker connection lost: " + e.error;
       case "broker_regained": return "broker connection regained";
@@ -147,6 +152,13 @@
       a.min_slaves + "–" + a.max_slaves + " slaves" + (a.last_window ? "; last: " + a.last_window.reason : "");
     badge("broker", s.broker_connected, "broker");
     badge("zookeeper", s.zookeeper_connected, "zookeeper");
+    var d = s.data || { volumes: [] };
+    var db = $("data");
+    db.className = "badge " + (d.missing ? "bad" : "ok");
+    db.textContent = d.missing ? "DATA MISSING" : "data ok";
+    db.title = d.missing || "";
+    $("committed").textContent = (d.committed ? String(d.committed.seq) : "–") + " / " + (d.archive ? String(d.archive.seq) : "no archive");
+    $("volumes").textContent = d.volumes.length + " (" + d.volumes.filter(function (v) { return !v.in_use; }).length + ")";
     renderWorkers(s);
     renderChart(s);
     renderEvents(s);

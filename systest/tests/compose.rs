@@ -177,7 +177,7 @@ impl Drop for Deployment {
             eprintln!("[compose] {} logs before teardown:\n{}", self.project, text(&logs));
         }
         let t0 = Instant::now();
-        let out = self.deploy_sh("down");
+        let out = self.deploy_sh("wipe");
         eprintln!(
             "[compose] {} down in {:.1}s (ok: {}){}",
             self.project,
@@ -275,6 +275,26 @@ async fn api_basics_and_read_after_write_through_the_lb() {
         let nets = d.inspect(cid, "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}");
         assert_eq!(nets, format!("{}-net", d.cluster), "worker {cid}'s network");
     }
+
+    // `make undeploy` then `make deploy`: the same data (the volumes are kept).
+    let count = rides_count(&c, lb).await;
+    let t0 = Instant::now();
+    let out = d.deploy_sh("down");
+    assert!(out.status.success(), "scripts/deploy.sh down failed:\n{}", text(&out));
+    assert!(d.worker_containers().is_empty(), "no worker container left after down");
+    let out = d.deploy_sh("up");
+    assert!(out.status.success(), "scripts/deploy.sh up (again) failed:\n{}", text(&out));
+    eprintln!("[compose] down + up in {:.1}s", t0.elapsed().as_secs_f64());
+    poll("the data back after undeploy/deploy", Duration::from_secs(120), || async {
+        let r = call(&c, Method::GET, &format!("{lb}/api/v1/rides/count"), None).await.ok()?;
+        (r.status == 200 && r.json()[0].as_u64() == Some(count)).then_some(())
+    })
+    .await
+    .unwrap();
+    let all = must(&c, Method::GET, &format!("{lb}/api/v1/users"), None).await;
+    let names: BTreeSet<String> =
+        all.json().as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    assert!(names.contains(&ann) && names.contains(&bob), "users kept across undeploy/deploy: {names:?}");
 }
 
 /// crash/master under four writers: a new master takes writes, every

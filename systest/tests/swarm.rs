@@ -200,7 +200,7 @@ impl Drop for SwarmDeployment {
             eprintln!("[swarm] orchestrator logs before teardown:\n{}", text(&logs));
         }
         let t0 = Instant::now();
-        let out = self.swarm_sh("down");
+        let out = self.swarm_sh("wipe");
         eprintln!(
             "[swarm] {} down in {:.1}s (ok: {})\n{}",
             self.stack,
