@@ -43,13 +43,17 @@ pub enum MasterExit {
     Stopped,
 }
 
+/// `syncQ` messages are persistent (delivery mode 2): a durable queue on the
+/// fanout (the archiver's `syncQ.archive`) keeps them across a broker restart.
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
 /// Publish on `syncQ` and wait for the broker's confirm.
 async fn publish_sync(ch: &Channel, msg: &SyncMsg) -> Result<()> {
     let body = serde_json::to_vec(msg).expect("sync messages serialize");
-    let confirm = ch
-        .basic_publish(SYNC_X.into(), "".into(), BasicPublishOptions::default(), &body, BasicProperties::default())
-        .await?
-        .await?;
+    let confirm =
+        ch.basic_publish(SYNC_X.into(), "".into(), BasicPublishOptions::default(), &body, persistent()).await?.await?;
     if !confirm.is_ack() {
         bail!("broker refused the change (nack)");
     }
@@ -262,13 +266,7 @@ async fn publish_changes(sync_ch: &Channel, changes: &[Vec<u8>]) -> Result<()> {
         let body = SyncMsg::encode_changes(changes[range].iter().map(|c| &c[..]));
         confirms.push(
             sync_ch
-                .basic_publish(
-                    SYNC_X.into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default(),
-                )
+                .basic_publish(SYNC_X.into(), "".into(), BasicPublishOptions::default(), &body, persistent())
                 .await
                 .context("publishing changes on syncQ")?,
         );
