@@ -4,11 +4,11 @@
 # its pid and log under var/s3/. Idempotent: `up` on a running server only
 # makes sure the bucket exists; `down` on a stopped one succeeds.
 #   scripts/s3.sh up | down | status | env
-# S3_PORT [9788], S3_BUCKET [rideshare-test], VAR_DIR [var]
+# S3_PORT [9788], S3_BUCKET [rideshare-test], S3_DIR [var/s3] (not under VAR_DIR:
+# one server per checkout, whichever infra the tests share).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VAR=${VAR_DIR:-$PWD/var}
-DIR=$VAR/s3
+DIR=${S3_DIR:-$PWD/var/s3}
 PORT=${S3_PORT:-9788}
 BUCKET=${S3_BUCKET:-rideshare-test}
 PIDFILE=$DIR/moto.pid
@@ -22,7 +22,8 @@ answers() { curl -s -o /dev/null --max-time 2 "$URL/"; }
 
 up() {
   mkdir -p "$DIR"
-  if ! running; then
+  # Already answering (ours, or one started by another checkout): use it.
+  if ! running && ! answers; then
     command -v moto_server >/dev/null || python3 -c 'import moto.server' 2>/dev/null || {
       log "installing moto[server] from PyPI"
       python3 -m pip install -q 'moto[server]'

@@ -1,0 +1,276 @@
+#![cfg(feature = "e2e")]
+//! Continuous backup and point-in-time restore, end to end: a stack
+//! (process runtime) with a real master, two archivers on it (one into a
+//! file:// archive, one into the S3 server of `scripts/s3.sh`, each with its
+//! own durable queue), writes through the orchestrator, then
+//! `archiver restore` to a seq, to a time and to the latest: the restored
+//! file holds exactly the acknowledged writes up to the target. The file
+//! archiver is killed (SIGKILL) in the middle of the writes and started again:
+//! what was written while it was down is archived from its durable queue.
+//!
+//! Prints the figures (archive lag after the last ack, restore times).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use systest::{poll, root, tagged_ride, tags_in, user_write, Stack, StackOptions, RIDE_OWNER};
+
+struct Archiver {
+    child: Child,
+    url: String,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+fn bin(name: &str) -> PathBuf {
+    root().join("target/release").join(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Archiver {
+    fn start(stack: &Stack, name: &str, backup_url: &str, extra: &[(&str, String)]) -> Result<Archiver> {
+        let port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            ("AMQP_URL".into(), stack.amqp_url.clone()),
+            ("ZK_ADDR".into(), "127.0.0.1:2181".into()),
+            ("ZK_ROOT".into(), stack.zk_root.clone()),
+            ("BACKUP_URL".into(), backup_url.into()),
+            ("ARCHIVER_ADDR".into(), format!("127.0.0.1:{port}")),
+            ("ARCHIVE_FLUSH_MS".into(), "100".into()),
+            ("ARCHIVER_WORK_DIR".into(), stack.dir.join(name).display().to_string()),
+            ("RUST_LOG".into(), "info,lapin=warn,zookeeper_client=warn".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let log = stack.dir.join(format!("{name}.log"));
+        let mut a = Archiver { child: spawn(&env, &log)?, url: format!("http://127.0.0.1:{port}"), env, log };
+        a.log = stack.dir.join(format!("{name}.log"));
+        Ok(a)
+    }
+
+    /// SIGKILL, then the same settings again (its log continues in `<name>.2.log`).
+    fn kill_and_restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log = PathBuf::from(format!("{}.2.log", self.log.display()));
+        self.child = spawn(&self.env, &self.log)?;
+        Ok(())
+    }
+
+    async fn summary(&self) -> Option<archive::Summary> {
+        let r = Stack::http().get(format!("{}/api/v1/backups", self.url)).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Poll until the archive holds `seq` (uploaded); how long it took.
+    async fn wait_archived(&self, seq: u64, what: &str) -> Result<Duration> {
+        let started = Instant::now();
+        poll(
+            &format!("{what}: the archive to reach seq {seq} ({})", self.log.display()),
+            Duration::from_secs(60),
+            || async move { self.summary().await.filter(|s| s.seq >= seq).map(|_| ()) },
+        )
+        .await?;
+        Ok(started.elapsed())
+    }
+}
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(env: &[(String, String)], log: &Path) -> Result<Child> {
+    let out = std::fs::File::create(log)?;
+    Command::new(bin("archiver"))
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting target/release/archiver")
+}
+
+/// `archiver restore`; the restored file and how long the command took.
+fn restore(backup_url: &str, target: &[&str], out: &Path, env: &[(&str, String)]) -> Result<(PathBuf, Duration)> {
+    let started = Instant::now();
+    let o = Command::new(bin("archiver"))
+        .arg("restore")
+        .args(["--backup-url", backup_url])
+        .args(target)
+        .arg("--out")
+        .arg(out)
+        .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
+        .output()?;
+    let took = started.elapsed();
+    if !o.status.success() {
+        bail!("archiver restore {target:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    println!("restore {target:?}: {}", String::from_utf8_lossy(&o.stdout).trim().replace('\n', " | "));
+    Ok((out.to_owned(), took))
+}
+
+/// The tags 1..=n, each once.
+fn once(n: i64) -> BTreeMap<i64, u32> {
+    (1..=n).map(|t| (t, 1)).collect()
+}
+
+/// The tags whose write got a seq at or below `k`, each once (writes go
+/// 8 at a time, so seqs do not follow the tags' order).
+fn upto(seqs: &BTreeMap<i64, u64>, k: u64) -> BTreeMap<i64, u32> {
+    seqs.iter().filter(|(_, &s)| s <= k).map(|(&t, _)| (t, 1)).collect()
+}
+
+fn s3_env() -> Vec<(&'static str, String)> {
+    let port = std::env::var("S3_PORT").unwrap_or_else(|_| "9788".into());
+    vec![
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+    ]
+}
+
+/// Write tagged rides `tags`, in waves of `parallel`; each tag's seq.
+async fn write_rides(
+    stack: &Stack,
+    tags: std::ops::RangeInclusive<i64>,
+    parallel: usize,
+) -> Result<BTreeMap<i64, u64>> {
+    let mut seqs = BTreeMap::new();
+    let tags: Vec<i64> = tags.collect();
+    for wave in tags.chunks(parallel) {
+        let answers =
+            futures::future::join_all(wave.iter().map(|&t| async move { (t, stack.write(&tagged_ride(t)).await) }))
+                .await;
+        for (t, r) in answers {
+            let (status, body) = r?;
+            if status != 201 {
+                bail!("write of tag {t}: {status} {body}");
+            }
+            seqs.insert(t, body["seq"].as_u64().context("a seq in the answer")?);
+        }
+    }
+    Ok(seqs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_backup_and_point_in_time_restore() -> Result<()> {
+    let st = Command::new(root().join("scripts/s3.sh")).arg("up").status()?;
+    assert!(st.success(), "scripts/s3.sh up failed");
+    let stack = Stack::start(StackOptions::default()).await?;
+    let file_url = format!("file://{}", stack.dir.join("backup").display());
+    let bucket = std::env::var("S3_BUCKET").unwrap_or_else(|_| "rideshare-test".into());
+    let s3_url = format!("s3://{bucket}/{}", stack.name);
+    let mut file_arch = Archiver::start(&stack, "archiver-file", &file_url, &[])?;
+    let mut s3_extra = s3_env();
+    s3_extra.push(("ARCHIVE_QUEUE", "syncQ.archive-s3".into()));
+    // Its own root for `<root>/archive` (the file archiver writes the stack's).
+    s3_extra.push(("ZK_ROOT", format!("{}-s3", stack.zk_root)));
+    let s3_arch = Archiver::start(&stack, "archiver-s3", &s3_url, &s3_extra)?;
+    for a in [&file_arch, &s3_arch] {
+        poll(&format!("a first base snapshot ({})", a.log.display()), Duration::from_secs(60), || async move {
+            a.summary().await.filter(|s| !s.snapshots.is_empty()).map(|_| ())
+        })
+        .await?;
+    }
+
+    // 1. The owner, then rides 1..=100; the archive reaches them; the time T.
+    let (status, body) = stack.write(&user_write(RIDE_OWNER)).await?;
+    assert_eq!(status, 201, "{body}");
+    let first = write_rides(&stack, 1..=100, 8).await?;
+    let seq_100 = *first.values().max().unwrap();
+    for a in [&file_arch, &s3_arch] {
+        a.wait_archived(seq_100, "first writes").await?;
+    }
+    let t_ms = wire::now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // 2. Rides 101..=200, the file archiver killed after 150 and started again.
+    let mut seqs = first;
+    seqs.extend(write_rides(&stack, 101..=150, 8).await?);
+    file_arch.kill_and_restart()?;
+    seqs.extend(write_rides(&stack, 151..=200, 8).await?);
+    let last = *seqs.values().max().unwrap();
+    let lag_file = file_arch.wait_archived(last, "after a restart").await?;
+    let lag_s3 = s3_arch.wait_archived(last, "s3").await?;
+    println!("archive lag after the last ack: file {lag_file:?} (restarted meanwhile), s3 {lag_s3:?}");
+
+    // 3. Restores from both archives: to a seq K < N, to the time T, to the latest.
+    let k = seqs[&60];
+    let out = stack.dir.join("restored");
+    std::fs::create_dir_all(&out)?;
+    for (name, url, env) in [("file", &file_url, vec![]), ("s3", &s3_url, s3_env())] {
+        let (db, took) = restore(url, &["--to-seq", &k.to_string()], &out.join(format!("{name}-k.db")), &env)?;
+        assert_eq!(systest::applied_seq(&db), k, "{name}: --to-seq {k}");
+        assert_eq!(tags_in(&db), upto(&seqs, k), "{name}: --to-seq {k} holds exactly the rides written up to it");
+        println!("{name}: restore --to-seq {k} took {took:?}");
+        let (db, _) = restore(url, &["--to-time", &t_ms.to_string()], &out.join(format!("{name}-t.db")), &env)?;
+        assert_eq!(tags_in(&db), once(100), "{name}: --to-time holds what was archived by then");
+        assert_eq!(systest::applied_seq(&db), seq_100, "{name}: --to-time");
+        let (db, took) = restore(url, &["--latest"], &out.join(format!("{name}-latest.db")), &env)?;
+        assert_eq!(systest::applied_seq(&db), last, "{name}: --latest");
+        assert_eq!(tags_in(&db), once(200), "{name}: --latest holds every acknowledged write once");
+        println!("{name}: restore --latest ({last} changes) took {took:?}");
+    }
+    // Beyond the archive: a clear refusal, no file.
+    let beyond = restore(&file_url, &["--to-seq", &(last + 1000).to_string()], &out.join("beyond.db"), &[]);
+    let e = beyond.unwrap_err().to_string();
+    assert!(e.contains("beyond the archive"), "{e}");
+    assert!(!out.join("beyond.db").exists());
+
+    // 4. A base snapshot on demand: the latest restore starts from it and changes nothing.
+    let r = Stack::http().post(format!("{}/api/v1/backup", file_arch.url)).send().await?;
+    assert_eq!(r.status(), 201);
+    let taken: serde_json::Value = r.json().await?;
+    assert!(taken["seq"].as_u64() >= Some(last), "{taken}");
+    let (db, _) = restore(&file_url, &["--latest"], &out.join("file-latest-2.db"), &[])?;
+    assert_eq!((systest::applied_seq(&db), tags_in(&db)), (last, once(200)));
+    let (db, _) = restore(&file_url, &["--to-seq", &k.to_string()], &out.join("file-k-2.db"), &[])?;
+    assert_eq!(tags_in(&db), upto(&seqs, k), "an older target still restores from the older base");
+
+    // The operator's view: rideshare-ctl backups / backup.
+    let ctl = |args: &[&str]| {
+        let o = Command::new(bin("rideshare-ctl")).args(args).env("ARCHIVER_URL", &file_arch.url).output().unwrap();
+        assert!(o.status.success(), "rideshare-ctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let table = ctl(&["backups"]);
+    assert!(table.starts_with(&format!("Archive: newest seq {last} (epoch 1)")), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with(&format!("{last} "))).count(),
+        1,
+        "the new snapshot listed: {table}"
+    );
+    let taken = ctl(&["backup"]);
+    assert!(taken.starts_with(&format!("base snapshot taken: seq {last} ")), "{taken}");
+    let db = out.join("ctl-restore.db");
+    let o = Command::new(bin("rideshare-ctl"))
+        .args(["restore", "--backup-url", &file_url, "--to-seq", &k.to_string(), "--out"])
+        .arg(&db)
+        .output()?;
+    assert!(o.status.success(), "rideshare-ctl restore: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(tags_in(&db), upto(&seqs, k), "rideshare-ctl restore --to-seq {k}");
+
+    // 5. The metrics an operator watches.
+    let metrics = Stack::http().get(format!("{}/metrics", file_arch.url)).send().await?.text().await?;
+    let archived: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rideshare_archive_seq "))
+        .context("rideshare_archive_seq in /metrics")?
+        .trim()
+        .parse()?;
+    assert!(archived >= last, "{metrics}");
+    assert!(metrics.contains("rideshare_archive_uploads_total{kind=\"snapshot\"}"), "{metrics}");
+    Ok(())
+}
