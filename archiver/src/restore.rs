@@ -155,3 +155,91 @@ pub async fn restore(url: &str, target: archive::Target, out: &Path, force: bool
     let _ = tokio::fs::remove_dir_all(&dir).await;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archive::SnapshotMeta;
+    use wire::{Change, Value, WriteRequest};
+    use worker::store::Applied;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("restore-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn user(i: u64) -> WriteRequest {
+        WriteRequest::insert(
+            "users",
+            [("username", Value::from(format!("u{i}"))), ("password", Value::from("p".repeat(40)))],
+        )
+    }
+
+    /// A master's database with users 1..=n; the changes it committed.
+    fn master(path: &Path, n: u64) -> Vec<Change> {
+        let mut c = store::open_writer(path).unwrap();
+        (1..=n)
+            .map(|i| match store::execute_writes(&mut c, &[user(i)], 1).unwrap().pop().unwrap().unwrap() {
+                Applied::New(ch) => ch,
+                Applied::Duplicate(_) => panic!("new"),
+            })
+            .collect()
+    }
+
+    fn users(path: &Path) -> u64 {
+        row_counts(path).unwrap().into_iter().find(|(t, _)| t == "users").unwrap().1
+    }
+
+    #[test]
+    fn a_plan_restores_exactly_its_position() {
+        let d = dir("plans");
+        let changes = master(&d.join("m.db"), 2500);
+        // A base snapshot at 1000, as the archiver receives one.
+        let snap = d.join("snap.db");
+        let m2 = d.join("m2.db");
+        let mut c = store::open_writer(&m2).unwrap();
+        store::apply_changes(&mut c, &changes[..1000]).unwrap();
+        drop(c);
+        assert_eq!(store::backup_to(&m2, &snap).unwrap().seq, 1000);
+        let meta = SnapshotMeta { seq: 1000, epoch: 1, at_ms: 0, bytes: 0, sha256: String::new() };
+
+        // Snapshot + changes, in chunks across CHUNK.
+        let out = d.join("out.db");
+        let plan = Plan {
+            snapshot: Some((meta.clone(), snap.clone())),
+            changes: changes[1000..2345].to_vec(),
+            seq: 2345,
+            epoch: 1,
+        };
+        assert_eq!(restore_into(&plan, &out).unwrap(), Position { seq: 2345, epoch: 1 });
+        for ext in ["-wal", "-shm"] {
+            assert!(!PathBuf::from(format!("{}{ext}", out.display())).exists(), "one self-contained file");
+        }
+        assert_eq!(users(&out), 2345);
+        // From an empty database.
+        let plan = Plan { snapshot: None, changes: changes[..10].to_vec(), seq: 10, epoch: 1 };
+        assert_eq!(restore_into(&plan, &out).unwrap().seq, 10);
+        assert_eq!(users(&out), 10);
+
+        // A plan that does not reach its seq, a gap, a snapshot that is not what its manifest says:
+        // refused, and the file in place is untouched.
+        let bad = [
+            Plan { snapshot: None, changes: changes[..5].to_vec(), seq: 6, epoch: 1 },
+            Plan { snapshot: None, changes: [&changes[..3], &changes[4..6]].concat(), seq: 6, epoch: 1 },
+            Plan {
+                snapshot: Some((SnapshotMeta { seq: 999, ..meta }, snap.clone())),
+                changes: changes[999..1005].to_vec(),
+                seq: 1005,
+                epoch: 1,
+            },
+        ];
+        for plan in bad {
+            assert!(restore_into(&plan, &out).is_err(), "seq {}", plan.seq);
+            assert_eq!(users(&out), 10, "the previous file stays");
+            assert!(!PathBuf::from(format!("{}.restoring", out.display())).exists(), "the half-built copy is removed");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
