@@ -331,36 +331,49 @@ impl Archive {
         let snapshots: Vec<SnapshotMeta> = self.snapshots().await?.into_iter().filter(|m| m.at_ms <= until).collect();
         let segments = self.segments().await?;
 
-        // 1. Every segment, verified; what the history depends on (not the writes yet).
-        let mut points: Vec<Point> = snapshots.iter().map(|m| Point::Snapshot { epoch: m.epoch, seq: m.seq }).collect();
-        let mut refs: Vec<ChangeRef> = vec![];
-        let mut files = vec![];
-        for (name, _) in &segments {
-            let file = log_dir.join(name.file_name());
-            self.download(&self.path(layout::LOG, &name.file_name()), &file, &name.sha256).await?;
-            for line in read_lines(&file).await? {
-                if line.at_ms > until {
-                    continue;
-                }
-                match line.msg {
-                    wire::SyncMsg::Epoch { epoch, seq } => points.push(Point::Marker { epoch, seq }),
-                    wire::SyncMsg::Changes { changes } => {
-                        for c in changes {
-                            points.push(Point::Change { epoch: c.epoch, seq: c.seq });
-                            refs.push(ChangeRef { seq: c.seq, epoch: c.epoch });
-                        }
-                    }
-                    wire::SyncMsg::Marker { .. } => {}
-                }
-            }
-            files.push(file);
-        }
-        let lin = Linear::new(points);
-        let hist = linear::history(&lin, refs);
         let keys: Vec<(u64, u64)> = snapshots.iter().map(|m| (m.seq, m.epoch)).collect();
         let want = match target {
             Target::Seq(n) => Some(n),
             Target::Latest | Target::TimeMs(_) => None,
+        };
+        // The base a restore will most likely use: the newest snapshot at or
+        // before the target. Only segments that can matter to it are read
+        // (see `needed`); if it turns out not to be in the history, all are.
+        let candidate = keys.iter().copied().filter(|&(seq, _)| want.is_none_or(|n| seq <= n)).max();
+        let mut only = candidate;
+        let (lin, hist, files) = loop {
+            // 1. The segments, verified; what the history depends on (not the writes yet).
+            let mut points: Vec<Point> = keys.iter().map(|&(seq, epoch)| Point::Snapshot { epoch, seq }).collect();
+            let mut refs: Vec<ChangeRef> = vec![];
+            let mut files = vec![];
+            for (name, _) in segments.iter().filter(|(n, _)| needed(n, only)) {
+                let file = log_dir.join(name.file_name());
+                self.download(&self.path(layout::LOG, &name.file_name()), &file, &name.sha256).await?;
+                for line in read_lines(&file).await? {
+                    if line.at_ms > until {
+                        continue;
+                    }
+                    match line.msg {
+                        wire::SyncMsg::Epoch { epoch, seq } => points.push(Point::Marker { epoch, seq }),
+                        wire::SyncMsg::Changes { changes } => {
+                            for c in changes {
+                                points.push(Point::Change { epoch: c.epoch, seq: c.seq });
+                                refs.push(ChangeRef { seq: c.seq, epoch: c.epoch });
+                            }
+                        }
+                        wire::SyncMsg::Marker { .. } => {}
+                    }
+                }
+                files.push(file);
+            }
+            let lin = Linear::new(points);
+            match only {
+                Some((seq, epoch)) if !lin.holds(epoch, seq) => only = None,
+                _ => {
+                    let hist = linear::history(&lin, refs);
+                    break (lin, hist, files);
+                }
+            }
         };
         let r = linear::resolve(&lin, &keys, &hist, want).map_err(unreachable)?;
 
@@ -446,6 +459,17 @@ impl Archive {
         self.store.put(&self.path(folder, name), PutPayload::from(bytes)).await?;
         Ok(())
     }
+}
+
+/// Whether a restore based on the snapshot `base` (`(seq, epoch)`; `None`:
+/// no base, everything) needs segment `n`: it may hold changes after the base,
+/// or it is of a later epoch (whose start decides whether the base and the
+/// changes after it are history). A segment of the base's epoch or older,
+/// wholly at or below its seq, holds nothing of either: the base holds that
+/// part of the history, and an older epoch's change above the base is out of
+/// it anyway (the base's epoch started at or below its seq).
+pub fn needed(n: &SegmentName, base: Option<(u64, u64)>) -> bool {
+    base.is_none_or(|(seq, epoch)| n.last_seq > seq || n.epoch > epoch)
 }
 
 /// One segment line: `{"at_ms":…,"msg":<the message as received>}`. The
@@ -544,6 +568,24 @@ mod tests {
         assert_eq!(segment_name(&lines[2..]), None);
     }
 
+    #[test]
+    fn a_restore_reads_only_the_segments_that_can_matter_to_its_base() {
+        let seg =
+            |first_seq, last_seq, epoch| SegmentName { first_seq, last_seq, epoch, at_ms: 0, sha256: String::new() };
+        // (segment, base (seq, epoch), needed)
+        let table = [
+            (seg(1, 10, 1), None, true),
+            (seg(1, 10, 1), Some((10, 1)), false),
+            (seg(1, 11, 1), Some((10, 1)), true),
+            (seg(11, 20, 1), Some((10, 1)), true),
+            (seg(5, 8, 2), Some((10, 1)), true),
+            (seg(5, 8, 1), Some((10, 2)), false),
+        ];
+        for (s, base, want) in table {
+            assert_eq!(needed(&s, base), want, "{s:?} for {base:?}");
+        }
+    }
+
     #[tokio::test]
     async fn file_archive_round_trip_and_corruption() {
         let root = std::env::temp_dir().join(format!("archive-unit-{}", std::process::id()));
@@ -625,8 +667,11 @@ pub mod testkit {
         a.put_segment(&[line(t0 + 30, &SyncMsg::Epoch { epoch: 2, seq: 8 }), changes(t0 + 31, 9..=9, 2)])
             .await
             .unwrap();
+        // A snapshot of the discarded branch (epoch 1 at 10) is not a base:
+        // the restore reads every segment and goes from the one at 4.
+        a.put_snapshot(&snap_file, 10, 1, t0 + 25).await.unwrap();
         let p = a.fetch(Target::Latest, &work.join("f5")).await.unwrap();
-        assert_eq!((p.seq, p.epoch), (9, 2));
+        assert_eq!((p.seq, p.epoch, p.snapshot.as_ref().map(|(m, _)| m.seq)), (9, 2, Some(4)));
         assert_eq!(
             p.changes.iter().map(|c| (c.seq, c.epoch)).collect::<Vec<_>>(),
             [(5, 1), (6, 1), (7, 1), (8, 1), (9, 2)]
@@ -651,10 +696,10 @@ pub mod testkit {
         a.put_snapshot(&snap_file, 4, 1, t0 + 15).await.unwrap();
 
         // Retention: a younger snapshot at 8 (epoch 2); at t0 + 1000 with a
-        // retention of 500 both are old: the one at 4 goes with the log below 8.
+        // retention of 500 all are old: the ones at 4 and 10 go with the log below 8.
         let meta8 = a.put_snapshot(&snap_file, 8, 2, t0 + 40).await.unwrap();
         let pruned = a.prune_at(Duration::from_millis(500), t0 + 1000).await.unwrap();
-        assert_eq!(pruned, Pruned { snapshots: 1, segments: 2 });
+        assert_eq!(pruned, Pruned { snapshots: 2, segments: 2 });
         let s = a.summary().await.unwrap();
         assert_eq!(s.snapshots, vec![meta8]);
         assert_eq!(s.segments, 2);
