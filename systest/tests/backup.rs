@@ -373,14 +373,21 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Figures (run by name): archive lag under a write load and restore times.
-/// BACKUP_FIGURES_N writes [20000], BACKUP_FIGURES_PARALLEL at once [32].
+/// BACKUP_FIGURES_N writes [20000], BACKUP_FIGURES_PARALLEL at once [32],
+/// BACKUP_FIGURES_WORKER_BIN [target/release/worker].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn backup_figures() -> Result<()> {
     let n: i64 = std::env::var("BACKUP_FIGURES_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let parallel: usize = std::env::var("BACKUP_FIGURES_PARALLEL").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
     let flush = std::env::var("ARCHIVE_FLUSH_MS").unwrap_or_else(|_| "200".into());
-    let stack = Stack::start(StackOptions::default()).await?;
+    // Another worker binary to compare (e.g. one publishing syncQ messages transient).
+    let orchestrator_env: Vec<(String, String)> = std::env::var("BACKUP_FIGURES_WORKER_BIN")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| vec![("WORKER_BIN".to_owned(), b)])
+        .unwrap_or_default();
+    let stack = Stack::start(StackOptions { orchestrator_env, ..StackOptions::default() }).await?;
     stack.write(&user_write(RIDE_OWNER)).await?;
     // Without an archive queue bound to syncQ: the cluster as it was.
     let base: Vec<i64> = (1_000_001..=1_000_000 + n).collect();
