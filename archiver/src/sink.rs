@@ -83,10 +83,20 @@ struct Pending {
     due: Option<Instant>,
 }
 
+/// One connection: consume until `stop` or a fault; the connection is closed
+/// either way, so what it held unacked goes back to the queue at once (a
+/// dropped connection could hold it until the broker's heartbeat gives up).
 async fn session(intake: &Intake, stop: &CancellationToken) -> Result<()> {
     let (conn, node) = tokio::time::timeout(timing::CONNECT_WAIT, wire::broker::connect(&intake.nodes, "archiver"))
         .await
         .map_err(|_| anyhow!("no broker node answered within {:?}", timing::CONNECT_WAIT))??;
+    let r = consume(intake, &conn, &node, stop).await;
+    let reason = if r.is_ok() { "archiver stopping" } else { "archiver reconnecting" };
+    let _ = tokio::time::timeout(timing::CLOSE_WAIT, conn.close(200, reason.into())).await;
+    r
+}
+
+async fn consume(intake: &Intake, conn: &lapin::Connection, node: &str, stop: &CancellationToken) -> Result<()> {
     let ch = conn.create_channel().await?;
     wire::broker::declare_topology(&ch, intake.queue_type).await?;
     let (opts, args) = archive_queue(intake.queue_type);
@@ -99,7 +109,7 @@ async fn session(intake: &Intake, stop: &CancellationToken) -> Result<()> {
         FieldTable::default(),
     )
     .await?;
-    info!(%node, queue = %intake.queue, waiting = q.message_count(), "connected to RabbitMQ; archive queue bound");
+    info!(node, queue = %intake.queue, waiting = q.message_count(), "connected to RabbitMQ; archive queue bound");
     intake.bound.send_replace(true);
     ch.basic_qos(timing::PREFETCH, BasicQosOptions::default()).await?;
     let mut deliveries = ch
@@ -147,7 +157,6 @@ async fn session(intake: &Intake, stop: &CancellationToken) -> Result<()> {
                 if let Err(e) = flush(intake, &ch, &mut p).await {
                     warn!(error = format!("{e:#}"), "last segment not uploaded; it stays queued");
                 }
-                let _ = tokio::time::timeout(timing::CLOSE_WAIT, conn.close(200, "archiver stopping".into())).await;
                 return Ok(());
             }
         }
