@@ -5,15 +5,16 @@
 #   3. cfn-lint from PyPI for the ALB template
 #   4. release build of the workspace and every image (no registry needed),
 #      chromium + chromedriver and prometheus from Debian
-#   5. cargo test with the end-to-end tier on (features systest/e2e and
-#      orchestrator/e2e: real broker, ensemble, engine); a plain `cargo test`
-#      runs only the unit tier and needs none of it
+#   5. cargo test with the end-to-end tier on (features systest/e2e,
+#      orchestrator/e2e and archive/e2e: real broker, ensemble, engine, an
+#      S3-compatible server from scripts/s3.sh); a plain `cargo test` runs
+#      only the unit tier and needs none of it
 #   6. the `make up` (twice) / `make status` / `make down` (twice) smoke test
 #   7. a 3-minute `make soak` on the redundant topology (scripts/soak.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[test] %s\n' "$*" >&2; }
-E2E=(--features systest/e2e,orchestrator/e2e)
+E2E=(--features systest/e2e,orchestrator/e2e,archive/e2e)
 
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   log "installing rustfmt and clippy"
@@ -25,6 +26,9 @@ log "lint: cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 scripts/infra.sh up
+# The S3-compatible server of the backup tests (moto, from PyPI), stopped on exit.
+scripts/s3.sh up
+trap 'scripts/s3.sh down' EXIT
 # The browser (page test) and Prometheus (metrics test), from Debian's packages.
 scripts/browser-deps.sh
 scripts/prometheus-deps.sh

@@ -7,11 +7,16 @@
 //!   rideshare-ctl recover --accept-data-loss-after SEQ
 //!                                      while the data is missing: keep the copy holding SEQ
 //!                                      (the status names it), lose every write after it
+//!   rideshare-ctl backup               a base snapshot now (the archiver, ARCHIVER_URL)
+//!   rideshare-ctl backups              the archive: newest archived seq, base snapshots
+//!   rideshare-ctl restore (--to-seq N | --to-time T | --latest) --out FILE
+//!                                      a database file from the archive (BACKUP_URL)
 //!
 //! Invariant: it exits 0 only when the orchestrator answered what was asked;
 //! otherwise it prints one line saying why (cannot reach it, token refused,
 //! its error) and exits 1. Every request has a deadline.
 
+mod backup;
 mod client;
 mod events;
 mod table;
@@ -42,6 +47,9 @@ struct Cli {
     /// `events --follow`: an event feed silent this long (ms) is reconnected.
     #[arg(long, global = true, env = "CTL_FEED_IDLE_MS", default_value_t = Millis(Duration::from_secs(60)))]
     feed_idle_ms: Millis,
+    /// The archiver's base URL (backup, backups).
+    #[arg(long, global = true, env = "ARCHIVER_URL", default_value = "http://127.0.0.1:8095", value_parser = base_url)]
+    archiver: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,6 +82,35 @@ enum Command {
         /// The last write kept; the ones after it, up to the committed one, are thrown away.
         #[arg(long = "accept-data-loss-after", value_name = "SEQ")]
         accept_data_loss_after: u64,
+    },
+    /// Take a base snapshot into the archive now; prints its seq.
+    Backup,
+    /// The archive: newest archived seq, log, base snapshots (newest first).
+    Backups {
+        /// Print the archiver's answer as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a database file from the archive, as `archiver restore` does.
+    #[command(group = clap::ArgGroup::new("target").required(true).args(["to_seq", "to_time", "latest"]))]
+    Restore {
+        /// The archive (the archiver's BACKUP_URL): file:///dir or s3://bucket/prefix.
+        #[arg(long, env = "BACKUP_URL")]
+        backup_url: String,
+        /// Exactly up to this sequence number.
+        #[arg(long)]
+        to_seq: Option<u64>,
+        /// What the archiver had received at this time: RFC 3339 or Unix ms.
+        #[arg(long, value_parser = archiver::config::time_ms)]
+        to_time: Option<u64>,
+        /// As far as the archive reaches.
+        #[arg(long)]
+        latest: bool,
+        /// The database file to write (must not exist, unless --force).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -142,6 +179,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (master, kept, lost) = (&done["master"], &done["kept_seq"], &done["lost_through"]);
             writeln!(out, "recovered: master {master}, kept writes up to seq {kept}, lost seq {kept}+1..={lost}")?;
         }
+        Command::Backup => {
+            let t = backup::ArchiverClient::new(&cli.archiver, cli.timeout_ms.0)?.backup().await?;
+            writeln!(out, "base snapshot taken: seq {} (epoch {}, {} bytes)", t.seq, t.epoch, t.bytes)?;
+        }
+        Command::Backups { json } => {
+            let s = backup::ArchiverClient::new(&cli.archiver, cli.timeout_ms.0)?.backups().await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+            } else {
+                write!(out, "{}", backup::render_backups(&s))?;
+            }
+        }
+        Command::Restore { backup_url, to_seq, to_time, latest: _, out: file, force } => {
+            let target = match (to_seq, to_time) {
+                (Some(n), _) => archive::Target::Seq(n),
+                (None, Some(t)) => archive::Target::TimeMs(t),
+                (None, None) => archive::Target::Latest,
+            };
+            let report = archiver::restore::restore(&backup_url, target, &file, force).await?;
+            writeln!(out, "{report}")?;
+        }
     }
     Ok(())
 }
@@ -198,6 +256,10 @@ mod tests {
         assert!(matches!(c.command, Command::Crash { target: CrashTarget::Slave }));
         assert!(matches!(parse(&["status", "--json"]).unwrap().command, Command::Status { json: true }));
         assert!(matches!(parse(&["events", "-f"]).unwrap().command, Command::Events { follow: true }));
+        assert!(matches!(parse(&["backups"]).unwrap().command, Command::Backups { json: false }));
+        let r = parse(&["restore", "--backup-url", "file:///b", "--to-seq", "9", "--out", "x.db"]).unwrap();
+        assert!(matches!(r.command, Command::Restore { to_seq: Some(9), .. }));
+        assert!(parse(&["restore", "--backup-url", "file:///b", "--out", "x.db"]).is_err(), "a target is required");
         for bad in [
             &["crash", "everyone"][..],
             &["--orchestrator", "https://x:1", "status"],
@@ -212,7 +274,7 @@ mod tests {
     #[test]
     fn help_lists_every_setting_with_its_variable() {
         let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
-        for env in ["ORCHESTRATOR_URL", "ADMIN_TOKEN", "CTL_TIMEOUT_MS", "CTL_FEED_IDLE_MS"] {
+        for env in ["ORCHESTRATOR_URL", "ADMIN_TOKEN", "CTL_TIMEOUT_MS", "CTL_FEED_IDLE_MS", "ARCHIVER_URL"] {
             assert!(help.contains(env), "{env} missing from:\n{help}");
         }
         assert!(help.contains("[default: http://127.0.0.1:8090]"), "{help}");

@@ -583,6 +583,11 @@ impl Stack {
         self.spawn_orchestrator()
     }
 
+    /// The ZooKeeper ensemble this stack's processes use (`host:port,...`).
+    pub fn zk_addr(&self) -> String {
+        self.orchestrator_env.iter().find(|(k, _)| k == "ZK_ADDR").map(|(_, v)| v.clone()).unwrap_or_default()
+    }
+
     /// The orchestrator's OS pid while it runs (for RSS/CPU measurements).
     pub fn orchestrator_pid(&self) -> Option<u32> {
         self.orch.as_ref().map(|c| c.id())

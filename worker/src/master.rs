@@ -44,6 +44,12 @@ pub enum MasterExit {
     Stopped,
 }
 
+/// `syncQ` messages are persistent (delivery mode 2): a durable queue on the
+/// fanout (the archiver's `syncQ.archive`) keeps them across a broker restart.
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
 /// Publish on `syncQ` and wait for the broker's confirm.
 async fn publish_sync(ch: &Channel, msg: &SyncMsg) -> Result<()> {
     let body = serde_json::to_vec(msg).expect("sync messages serialize");
@@ -53,12 +59,6 @@ async fn publish_sync(ch: &Channel, msg: &SyncMsg) -> Result<()> {
         bail!("broker refused the change (nack)");
     }
     Ok(())
-}
-
-/// `syncQ` messages are persistent (delivery mode 2): in a durable queue
-/// (the archive's, a quorum slave queue) they survive a broker restart.
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
 }
 
 /// Run as master until the broker connection fails or this worker is deposed.
