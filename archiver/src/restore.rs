@@ -7,77 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use archive::Plan;
-use worker::store::{self, Position};
+use anyhow::{bail, Result};
 
-/// Changes applied per SQLite transaction.
-pub const CHUNK: usize = 1000;
-
-/// Build the database of `plan` next to `db_path` and move it into place.
-pub fn restore_into(plan: &Plan, db_path: &Path) -> Result<Position> {
-    let staging = PathBuf::from(format!("{}.restoring", db_path.display()));
-    remove_db_files(&staging)?;
-    let built = build(plan, &staging);
-    let pos = match built {
-        Ok(pos) => pos,
-        Err(e) => {
-            let _ = remove_db_files(&staging);
-            return Err(e);
-        }
-    };
-    sync_file(&staging)?;
-    for ext in ["-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", db_path.display()));
-    }
-    std::fs::rename(&staging, db_path).with_context(|| format!("moving the restored copy to {}", db_path.display()))?;
-    let dir = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(pos)
-}
-
-fn build(plan: &Plan, staging: &Path) -> Result<Position> {
-    if let Some((meta, file)) = &plan.snapshot {
-        std::fs::copy(file, staging).with_context(|| format!("copying the snapshot {}", file.display()))?;
-        let conn = store::open_writer(staging)?;
-        let pos = store::position(&conn)?;
-        if pos.seq != meta.seq {
-            bail!("the base snapshot holds seq {}, its manifest says {}", pos.seq, meta.seq);
-        }
-    }
-    let mut conn = store::open_writer(staging)?;
-    for chunk in plan.changes.chunks(CHUNK) {
-        store::apply_changes(&mut conn, chunk)?;
-    }
-    let pos = store::position(&conn)?;
-    if pos.seq != plan.seq {
-        bail!("the restored copy holds seq {}, the plan {}", pos.seq, plan.seq);
-    }
-    // One self-contained file: the WAL folded in and removed.
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-    conn.close().map_err(|(_, e)| e)?;
-    Ok(pos)
-}
-
-fn sync_file(path: &Path) -> Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("syncing {}", path.display()))
-}
-
-fn remove_db_files(db: &Path) -> Result<()> {
-    for ext in ["", "-wal", "-shm", "-journal"] {
-        let p = format!("{}{ext}", db.display());
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {p}")),
-        }
-    }
-    Ok(())
-}
+pub use worker::restore::{restore_into, CHUNK};
 
 /// Rows per table of a database file (for the restore's report).
 pub fn row_counts(db_path: &Path) -> Result<Vec<(String, u64)>> {
@@ -161,7 +93,7 @@ mod tests {
     use super::*;
     use archive::SnapshotMeta;
     use wire::{Change, Value, WriteRequest};
-    use worker::store::Applied;
+    use worker::store::{self, Applied};
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("restore-test-{}-{name}", std::process::id()));

@@ -76,6 +76,20 @@ impl Orchestrator {
         self.json(self.http.post(self.url("/api/v1/recover")).json(&body)).await
     }
 
+    /// `POST /api/v1/restore`: the cluster restored from its continuous backup.
+    pub async fn restore(
+        &self,
+        to_seq: Option<u64>,
+        to_time_ms: Option<u64>,
+        discard_current: bool,
+    ) -> Result<serde_json::Value, CtlError> {
+        let body =
+            serde_json::json!({ "to_seq": to_seq, "to_time_ms": to_time_ms, "discard_current": discard_current });
+        // A restore takes as long as the download: no short deadline.
+        let req = self.http.post(self.url("/api/v1/restore")).json(&body).timeout(std::time::Duration::from_secs(600));
+        self.json(req).await
+    }
+
     /// `GET /api/v1/worker/list` → the workers' pids, sorted.
     pub async fn workers(&self) -> Result<Vec<u32>, CtlError> {
         self.json(self.http.get(self.url("/api/v1/worker/list"))).await

@@ -91,12 +91,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Build a database file from the archive, as `archiver restore` does.
+    /// Build a database file from the archive, as `archiver restore` does
+    /// (--out FILE); or restore the cluster itself from it (--into-cluster:
+    /// the orchestrator's BACKUP_URL; with data in it, --discard-current too).
     #[command(group = clap::ArgGroup::new("target").required(true).args(["to_seq", "to_time", "latest"]))]
+    #[command(group = clap::ArgGroup::new("into").required(true).args(["out", "into_cluster"]))]
     Restore {
-        /// The archive (the archiver's BACKUP_URL): file:///dir or s3://bucket/prefix.
-        #[arg(long, env = "BACKUP_URL")]
-        backup_url: String,
+        /// The archive (the archiver's BACKUP_URL): file:///dir or s3://bucket/prefix (for --out).
+        #[arg(long, env = "BACKUP_URL", required_unless_present = "into_cluster")]
+        backup_url: Option<String>,
         /// Exactly up to this sequence number.
         #[arg(long)]
         to_seq: Option<u64>,
@@ -108,9 +111,16 @@ enum Command {
         latest: bool,
         /// The database file to write (must not exist, unless --force).
         #[arg(long)]
-        out: std::path::PathBuf,
+        out: Option<std::path::PathBuf>,
         #[arg(long)]
         force: bool,
+        /// Restore the running cluster (through the orchestrator) instead of a file.
+        #[arg(long)]
+        into_cluster: bool,
+        /// With --into-cluster on a cluster that holds data: every write it
+        /// holds is replaced by the backup's (there is no undo).
+        #[arg(long, requires = "into_cluster")]
+        discard_current: bool,
     },
 }
 
@@ -191,13 +201,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 write!(out, "{}", backup::render_backups(&s))?;
             }
         }
-        Command::Restore { backup_url, to_seq, to_time, latest: _, out: file, force } => {
+        Command::Restore { into_cluster: true, to_seq, to_time, discard_current, .. } => {
+            let done = o.restore(to_seq, to_time, discard_current).await?;
+            let (master, seq) = (&done["master"], &done["kept_seq"]);
+            writeln!(out, "restored the cluster: master {master} at seq {seq}")?;
+        }
+        Command::Restore { backup_url, to_seq, to_time, latest: _, out: file, force, .. } => {
             let target = match (to_seq, to_time) {
                 (Some(n), _) => archive::Target::Seq(n),
                 (None, Some(t)) => archive::Target::TimeMs(t),
                 (None, None) => archive::Target::Latest,
             };
-            let report = archiver::restore::restore(&backup_url, target, &file, force).await?;
+            let (Some(url), Some(file)) = (backup_url, file) else {
+                anyhow::bail!("--out FILE needs --backup-url (or BACKUP_URL)");
+            };
+            let report = archiver::restore::restore(&url, target, &file, force).await?;
             writeln!(out, "{report}")?;
         }
     }

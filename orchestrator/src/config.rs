@@ -68,6 +68,12 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[command(flatten)]
     pub worker: WorkerTuning,
+    /// The continuous backup the archiver writes (`file:///dir` or
+    /// `s3://bucket/prefix`; AWS_* variables are passed on to workers). With
+    /// it, a recovery that finds no copy on any volume rebuilds the cluster
+    /// from the backup, and `POST /api/v1/restore` restores into the cluster.
+    #[arg(long, env = "BACKUP_URL")]
+    pub backup_url: Option<String>,
 }
 
 /// How requests are coalesced into broker messages (`rpc::batcher`): the

@@ -82,6 +82,17 @@ impl App {
     }
 }
 
+/// `POST /api/v1/restore`'s body: how far (neither: as far as the backup reaches).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreRequest {
+    to_seq: Option<u64>,
+    to_time_ms: Option<u64>,
+    /// Required when the cluster holds data: it is replaced.
+    #[serde(default)]
+    discard_current: bool,
+}
+
 /// `POST /api/v1/recover`'s body: the last write to keep, by name.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,9 +269,39 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
             };
             match cluster.accept_data_loss(req.accept_data_loss_after).await {
                 Ok(done) => json_reply(StatusCode::OK, &done),
-                Err(e @ (RecoverError::NothingMissing | RecoverError::Mismatch { .. })) => {
+                Err(e @ (RecoverError::NothingMissing | RecoverError::Mismatch { .. } | RecoverError::Refused(_))) => {
                     error(StatusCode::CONFLICT, e.to_string())
                 }
+                Err(e) => ApiError::unavailable(e.to_string()).into_response(),
+            }
+        });
+
+    // The continuous backup into the cluster (a fresh one, or in place with
+    // discard_current): docs/api.md §8.2.
+    let restore = warp::path!("api" / "v1" / "restore")
+        .and(warp::post())
+        .and(admin(app.clone()))
+        .and(warp::path::full())
+        .and(body())
+        .and(with_app.clone())
+        .then(|path, body: Bytes, app: Arc<App>| async move {
+            let cluster = match app.leading(&path) {
+                Ok(c) => c,
+                Err(elsewhere) => return *elsewhere,
+            };
+            let req: RestoreRequest = match parse(&body) {
+                Ok(r) => r,
+                Err(e) => return api_error(e),
+            };
+            let target = match (req.to_seq, req.to_time_ms) {
+                (Some(n), None) => format!("seq:{n}"),
+                (None, Some(t)) => format!("time:{t}"),
+                (None, None) => "latest".to_owned(),
+                (Some(_), Some(_)) => return error(StatusCode::BAD_REQUEST, "give to_seq or to_time_ms, not both"),
+            };
+            match cluster.restore_cluster(&target, req.discard_current).await {
+                Ok(done) => json_reply(StatusCode::OK, &done),
+                Err(e @ RecoverError::Refused(_)) => error(StatusCode::CONFLICT, e.to_string()),
                 Err(e) => ApiError::unavailable(e.to_string()).into_response(),
             }
         });
@@ -326,6 +367,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .or(list)
         .unify()
         .or(recover)
+        .unify()
+        .or(restore)
         .unify()
         .or(health)
         .unify()

@@ -30,6 +30,11 @@ pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// a million rows).
 pub const RECOVERY_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a worker filling its volume from the continuous backup may take
+/// to report its copy (a full restore of a million rows is seconds; the
+/// bound is for a slow object store).
+pub const RESTORE_WAIT: Duration = Duration::from_secs(300);
+
 /// While the data is missing, how often the leader looks again (a volume
 /// may come back, e.g. a restarted node's).
 pub const MISSING_RETRY: Duration = Duration::from_secs(10);

@@ -32,6 +32,11 @@ pub mod env {
     /// volume) is told apart from its predecessor's znode, which lingers
     /// until that session expires.
     pub const INCARNATION: &str = "WORKER_INCARNATION";
+    /// The continuous backup (`file:///dir`, `s3://bucket/prefix`) a worker
+    /// fills its empty volume from before it starts (a restore).
+    pub const RESTORE_FROM: &str = "RESTORE_FROM";
+    /// How far: `latest`, `seq:N` or `time:MS` (ms since the Unix epoch).
+    pub const RESTORE_TARGET: &str = "RESTORE_TARGET";
     /// The worker's log filter.
     pub const RUST_LOG: &str = "RUST_LOG";
     /// Human-readable (default) or `json` log lines.

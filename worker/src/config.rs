@@ -69,6 +69,24 @@ struct Args {
     /// The orchestrator's number for this start (repeated in the znode).
     #[arg(long, env = "WORKER_INCARNATION", default_value_t = 0)]
     incarnation: u64,
+    /// Fill an empty volume from this continuous backup before starting
+    /// (`file:///dir` or `s3://bucket/prefix`; AWS_* variables for S3).
+    #[arg(long, env = "RESTORE_FROM")]
+    restore_from: Option<String>,
+    /// With RESTORE_FROM: `latest`, `seq:N` or `time:MS`.
+    #[arg(long, env = "RESTORE_TARGET", default_value = "latest", value_parser = restore_target)]
+    restore_target: archive::Target,
+}
+
+fn restore_target(s: &str) -> Result<archive::Target, String> {
+    let s = s.trim();
+    let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
+    match s.split_once(':') {
+        None if s == "latest" => Ok(archive::Target::Latest),
+        Some(("seq", n)) => Ok(archive::Target::Seq(num(n)?)),
+        Some(("time", t)) => Ok(archive::Target::TimeMs(num(t)?)),
+        _ => Err(format!("{s:?}: expected latest, seq:N or time:MS")),
+    }
 }
 
 /// What the worker runs with.
@@ -93,6 +111,8 @@ pub struct Config {
     /// This worker is the cluster's first master and may start from an empty file.
     pub bootstrap_master: bool,
     pub incarnation: u64,
+    /// A restore to run into an empty volume at start: (backup URL, target).
+    pub restore: Option<(String, archive::Target)>,
 }
 
 impl Config {
@@ -124,6 +144,7 @@ impl From<Args> for Config {
             reader_connections: a.reader_connections,
             bootstrap_master: a.bootstrap_master,
             incarnation: a.incarnation,
+            restore: a.restore_from.map(|url| (url, a.restore_target)),
         }
     }
 }
@@ -209,6 +230,8 @@ mod tests {
             ("reader_connections", env::READER_CONNECTIONS),
             ("bootstrap_master", env::BOOTSTRAP_MASTER),
             ("incarnation", env::INCARNATION),
+            ("restore_from", env::RESTORE_FROM),
+            ("restore_target", env::RESTORE_TARGET),
         ];
         assert_eq!(names.len(), expected.len(), "every setting has an env name: {names:?}");
         for (id, name) in expected {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod master;
 pub mod node;
 pub mod reads;
+pub mod restore;
 pub mod slave;
 pub mod snapshot;
 pub mod sql;

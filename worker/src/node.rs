@@ -105,7 +105,11 @@ pub fn decide_role(rec: &MasterRecord, me: &str, held_epoch: Option<u64>, may_op
 
 /// Run the worker until it stops, is deposed, or cannot go on (`Err`).
 pub async fn run(cfg: Config, stop: CancellationToken) -> Result<ExitReason> {
-    let disk = inspect_volume(&cfg).await?;
+    let restored = restore_volume(&cfg).await;
+    let disk = match restored {
+        Err(problem) => Some(DiskCopy { seq: 0, epoch: 0, intact: false, problem: Some(problem) }),
+        Ok(()) => inspect_volume(&cfg).await?,
+    };
     let (seq, epoch) = disk.as_ref().filter(|d| d.intact).map_or((0, 0), |d| (d.seq, d.epoch));
     let record = WorkerRecord {
         id: cfg.worker_id.clone(),
@@ -158,6 +162,26 @@ async fn inspect_volume(cfg: &Config) -> Result<Option<DiskCopy>> {
         Ok(copy)
     })
     .await?
+}
+
+/// With `RESTORE_FROM`: fill the (empty) volume from the continuous backup
+/// before anything else. A failure is reported as the volume's copy (not
+/// intact, with why), so that a recovery sees it and never promotes it.
+async fn restore_volume(cfg: &Config) -> Result<(), String> {
+    let Some((url, target)) = &cfg.restore else { return Ok(()) };
+    let t0 = std::time::Instant::now();
+    info!(%target, path = %cfg.db_path.display(), "restoring the volume from the continuous backup");
+    match crate::restore::restore_from(url, *target, &cfg.db_path).await {
+        Ok(pos) => {
+            let took_ms = t0.elapsed().as_millis() as u64;
+            info!(seq = pos.seq, epoch = pos.epoch, took_ms, "volume restored from the continuous backup");
+            Ok(())
+        }
+        Err(e) => {
+            error!(error = format!("{e:#}"), "restore from the continuous backup failed");
+            Err(format!("restore from the continuous backup failed: {e:#}"))
+        }
+    }
 }
 
 /// Connect, decide, serve; again after each broker fault.

@@ -50,6 +50,9 @@ struct Membership {
     /// Set while no volume holds every acknowledged write, with why, and when
     /// the leader last looked.
     missing: Option<(String, Instant)>,
+    /// A worker was filled from the continuous backup since the last master
+    /// was named (once per recovery).
+    restore_tried: bool,
 }
 
 impl Membership {
@@ -101,6 +104,9 @@ pub enum RecoverError {
     NothingMissing,
     #[error("the most advanced intact copy holds seq {best}, not {asked} ({why}); name {best} to keep it, or 0 to start empty")]
     Mismatch { asked: u64, best: u64, why: String },
+    /// Not done as asked (a missing setting, data that would be discarded).
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -280,6 +286,16 @@ impl Cluster {
 
     /// Start worker `id` (on its volume), as a member of `role`.
     async fn start_worker(&self, id: &str, bootstrap_master: bool, role: MemberRole) -> Result<Member> {
+        self.start_worker_with(id, bootstrap_master, role, vec![]).await
+    }
+
+    async fn start_worker_with(
+        &self,
+        id: &str,
+        bootstrap_master: bool,
+        role: MemberRole,
+        extra: Vec<(String, String)>,
+    ) -> Result<Member> {
         use wire::contract::env;
         let incarnation = rand::random::<u64>() | 1;
         let mut vars = vec![
@@ -294,6 +310,7 @@ impl Cluster {
             vars.push((env::BOOTSTRAP_MASTER.to_owned(), "1".to_owned()));
         }
         vars.push((env::INCARNATION.to_owned(), incarnation.to_string()));
+        vars.extend(extra);
         let info = self
             .runtime
             .start(WorkerSpec { id: id.to_owned(), env: vars })
@@ -435,7 +452,20 @@ impl Cluster {
             }
             tokio::time::sleep(timing::CATCH_UP_POLL).await;
         };
-        match decide::recovery_step(&candidates, committed.as_ref(), st.last_master.as_deref()) {
+        let mut step = decide::recovery_step(&candidates, committed.as_ref(), st.last_master.as_deref());
+        // No volume holds it: the continuous backup may (once per recovery).
+        if matches!(step, Recovery::Missing { .. }) && self.cfg.backup_url.is_some() && !st.restore_tried {
+            st.restore_tried = true;
+            match self.start_restored(st, "latest").await {
+                Ok(restored) => {
+                    let mut all = candidates.clone();
+                    all.push(restored);
+                    step = decide::recovery_step(&all, committed.as_ref(), st.last_master.as_deref());
+                }
+                Err(e) => warn!(error = format!("{e:#}"), "recovery: the continuous backup gave no copy"),
+            }
+        }
+        match step {
             Recovery::Promote { id, pid, seq } => {
                 self.name_recovered(st, &id, pid, seq, seen).await?;
                 Ok(())
@@ -471,6 +501,100 @@ impl Cluster {
         }
     }
 
+    /// Start a worker that fills its new, empty volume from the continuous
+    /// backup (`RESTORE_FROM`, up to `target`), and wait until it reports the
+    /// copy it built. It is a member (a slave, unless named master).
+    async fn start_restored(&self, st: &mut Membership, target: &str) -> Result<decide::Candidate> {
+        use wire::contract::env;
+        let url = self.cfg.backup_url.clone().ok_or_else(|| anyhow!("no BACKUP_URL configured"))?;
+        let id = self.new_id();
+        let mut extra = vec![(env::RESTORE_FROM.to_owned(), url), (env::RESTORE_TARGET.to_owned(), target.to_owned())];
+        // A container does not inherit the orchestrator's environment.
+        for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP"] {
+            if let Ok(v) = std::env::var(k) {
+                extra.push((k.to_owned(), v));
+            }
+        }
+        let member = self.start_worker_with(&id, false, MemberRole::Slave, extra).await?;
+        let (pid, incarnation) = (member.pid, member.incarnation);
+        info!(worker = %id, pid, target, "restore: worker filling its volume from the continuous backup");
+        st.members.insert(id.clone(), member);
+        self.publish(st);
+        let until = Instant::now() + timing::RESTORE_WAIT;
+        loop {
+            let rec = self.registry().await.and_then(|r| r.get(&id).cloned());
+            if let Some(rec) = rec.filter(|r| r.incarnation == incarnation) {
+                let copy = rec.disk.clone();
+                match &copy {
+                    Some(d) if d.intact => info!(worker = %id, seq = d.seq, "restore: copy built from the backup"),
+                    other => warn!(worker = %id, copy = ?other, "restore: no intact copy from the backup"),
+                }
+                return Ok(decide::Candidate { id, pid, copy });
+            }
+            if Instant::now() >= until {
+                bail!("worker {id} did not report its restored copy within {:?}", timing::RESTORE_WAIT);
+            }
+            tokio::time::sleep(timing::CATCH_UP_POLL).await;
+        }
+    }
+
+    /// `POST /api/v1/restore`: the cluster's data replaced by the continuous
+    /// backup's up to `target` (`latest`, `seq:N`, `time:MS`). On a cluster
+    /// holding data only with `discard_current`: every worker is stopped and
+    /// every volume removed first. The restored copy is verified by the worker
+    /// (checksums, the exact seq) before it is named master.
+    pub async fn restore_cluster(&self, target: &str, discard_current: bool) -> Result<AcceptedLoss, RecoverError> {
+        let failed = |e: anyhow::Error| RecoverError::Failed(format!("{e:#}"));
+        if self.cfg.backup_url.is_none() {
+            return Err(RecoverError::Refused("no BACKUP_URL configured on the orchestrator".into()));
+        }
+        let committed = self.zk.committed().await.map_err(|e| RecoverError::Failed(e.to_string()))?;
+        let held = committed.map_or(0, |c| c.seq);
+        if held > 0 && !discard_current {
+            return Err(RecoverError::Refused(format!(
+                "the cluster holds writes up to seq {held}: restoring replaces them (discard_current: true)"
+            )));
+        }
+        let mut st = self.state.lock().await;
+        let t0 = Instant::now();
+        warn!(target, discarded_through = held, "restore: replacing the cluster's data from the continuous backup");
+        self.tel.events.emit(EventKind::RecoveryStarted {
+            why: format!("operator restore to {target}"),
+            committed_seq: committed.map(|c| c.seq),
+            volumes: 0,
+        });
+        st.epoch += 1;
+        let why = format!("restoring from the continuous backup to {target}");
+        let rec = MasterRecord::none(st.epoch, why.clone());
+        self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await.map_err(failed)?;
+        self.rpc.set_min_epoch(st.epoch);
+        self.rpc.no_master.set(st.epoch, Some(why));
+        for id in st.members.keys().cloned().collect::<Vec<_>>() {
+            st.members.remove(&id);
+            st.retired.insert(id.clone(), Instant::now());
+            let _ = self.runtime.kill(&id).await;
+        }
+        if let Ok(volumes) = self.runtime.volumes().await {
+            for v in volumes {
+                self.remove_volume(&v.id, "replaced by a restore from the continuous backup").await;
+            }
+        }
+        self.publish(&st);
+        let restored = self.start_restored(&mut st, target).await.map_err(failed)?;
+        let Some(copy) = restored.copy.filter(|c| c.intact) else {
+            let why = "restore failed: the worker built no intact copy from the backup (see its log)".to_owned();
+            let rec = MasterRecord::none(st.epoch, why.clone());
+            let _ = self.zk.set_master(&rec).await;
+            st.missing = Some((why.clone(), Instant::now()));
+            self.publish(&st);
+            return Err(RecoverError::Failed(why));
+        };
+        self.name_recovered(&mut st, &restored.id, restored.pid, copy.seq, t0).await.map_err(failed)?;
+        self.fill_slaves(&mut st).await;
+        self.publish(&st);
+        Ok(AcceptedLoss { master: restored.id, kept_seq: copy.seq, lost_through: held })
+    }
+
     /// Name a worker started on its volume master (a recovery's choice).
     async fn name_recovered(&self, st: &mut Membership, id: &str, pid: u32, seq: u64, seen: Instant) -> Result<()> {
         // A newer epoch than the record that named nobody: this process's
@@ -484,6 +608,7 @@ impl Cluster {
         }
         st.last_master = Some(id.to_owned());
         st.missing = None;
+        st.restore_tried = false;
         let took = seen.elapsed();
         let took_ms = took.as_millis() as u64;
         info!(worker = %id, pid, epoch = st.epoch, seq, took_ms, "recovered: copy on the volume opened as master");
