@@ -93,7 +93,8 @@ mod tests {
     use super::*;
     use archive::SnapshotMeta;
     use wire::{Change, Value, WriteRequest};
-    use worker::store::{self, Applied};
+    use archive::Plan;
+    use worker::store::{self, Applied, Position};
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("restore-test-{}-{name}", std::process::id()));
