@@ -91,9 +91,9 @@ pub async fn restore(url: &str, target: archive::Target, out: &Path, force: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use archive::Plan;
     use archive::SnapshotMeta;
     use wire::{Change, Value, WriteRequest};
-    use archive::Plan;
     use worker::store::{self, Applied, Position};
 
     fn dir(name: &str) -> PathBuf {
