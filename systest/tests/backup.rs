@@ -519,7 +519,7 @@ async fn the_cluster_is_rebuilt_from_the_backup_alone_and_restored_in_place() ->
         let id = status.master?.id;
         stack.live_workers().await.ok()?.into_iter().find(|w| w.id == id).map(|w| w.db)
     };
-    let db = poll("a master", Duration::from_secs(30), || master_db()).await?;
+    let db = poll("a master", Duration::from_secs(30), master_db).await?;
     assert_eq!(tags_in(&db), once(100), "every acknowledged write, from the backup alone");
     let events = stack.status().await?.events;
     assert!(
@@ -538,7 +538,7 @@ async fn the_cluster_is_rebuilt_from_the_backup_alone_and_restored_in_place() ->
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     println!("restore in place to seq {k}: {:?}", t0.elapsed());
     stack.wait_ready().await?;
-    let db = poll("the restored master", Duration::from_secs(30), || master_db()).await?;
+    let db = poll("the restored master", Duration::from_secs(30), master_db).await?;
     assert_eq!(tags_in(&db), upto(&seqs, k), "exactly the writes up to seq {k}");
     // The history continues from K: a new write, then a strong read sees it.
     let next = write_ride(&stack, 10_000).await?;
