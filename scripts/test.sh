@@ -50,7 +50,7 @@ log "cfn-lint alb-config/alb.yaml"
 cfn-lint alb-config/alb.yaml
 rm -rf var/test
 log "cargo test (unit and end-to-end tiers)"
-cargo test --release --workspace "${E2E[@]}" -- --test-threads="${TEST_THREADS:-2}"
+cargo test --release --workspace --no-fail-fast "${E2E[@]}" -- --test-threads="${TEST_THREADS:-2}"
 log "smoke test of make up / status / down"
 scripts/smoke.sh
 log "soak: 3 minutes of load and faults on the redundant topology (scripts/soak.sh)"

@@ -144,7 +144,7 @@ async fn an_operator_sees_crashes_and_a_wrong_token_changes_nothing() -> Result<
     ensure!(r.status() == 200, "crash/master: {}", r.status());
     let promoted = tokio::time::timeout(DEADLINE, async {
         while let Some(l) = lines.next_line().await? {
-            if l.contains(" promoted ") || l.contains(" master_started ") {
+            if l.contains(" promoted ") || l.contains(" recovered ") {
                 return Ok::<_, anyhow::Error>(Some(l));
             }
         }
