@@ -30,6 +30,12 @@ pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// a million rows).
 pub const RECOVERY_WAIT: Duration = Duration::from_secs(30);
 
+/// A volume whose worker is gone is kept at least this long (for a look at
+/// it: a deposed master's copy, a crash's), then removed once a registered
+/// master and a caught-up slave hold the data. The disk a cluster uses is
+/// its running workers' volumes plus those of the workers lost in this window.
+pub const VOLUME_KEEP: Duration = Duration::from_secs(300);
+
 /// How long a worker filling its volume from the continuous backup may take
 /// to report its copy (a full restore of a million rows is seconds; the
 /// bound is for a slow object store).

@@ -53,6 +53,8 @@ struct Membership {
     /// A worker was filled from the continuous backup since the last master
     /// was named (once per recovery).
     restore_tried: bool,
+    /// Since when each kept volume (its worker gone) has been seen.
+    kept_since: HashMap<String, Instant>,
 }
 
 impl Membership {
@@ -694,15 +696,24 @@ impl Cluster {
     /// one caught-up slave run, the volumes of workers that do not run hold
     /// nothing the cluster lacks (two running copies hold it all), and go.
     /// Until then they are kept: a recovery may need them.
-    async fn prune_volumes(&self, st: &Membership, registry: Option<&HashMap<String, WorkerRecord>>) {
+    async fn prune_volumes(&self, st: &mut Membership, registry: Option<&HashMap<String, WorkerRecord>>) {
         let Some(registry) = registry else { return };
         let master_ok = st.master().is_some_and(|(id, _)| registry.get(id).is_some_and(|r| r.role == Role::Master));
         let slaves_ok = st.slaves().any(|(id, m)| m.serving && registry.get(id).is_some_and(|r| r.role == Role::Slave));
         let Ok(volumes) = self.runtime.volumes().await else { return };
         let kept: Vec<&VolumeInfo> = volumes.iter().filter(|v| !st.members.contains_key(&v.id)).collect();
+        let now = Instant::now();
+        st.kept_since.retain(|id, _| kept.iter().any(|v| &v.id == id));
+        for v in &kept {
+            st.kept_since.entry(v.id.clone()).or_insert(now);
+        }
         if master_ok && slaves_ok && st.missing.is_none() {
             let running = self.runtime.list().await.unwrap_or_default();
-            for v in kept.iter().filter(|v| !running.iter().any(|w| w.id == v.id)) {
+            let due = |v: &&&VolumeInfo| {
+                !running.iter().any(|w| w.id == v.id)
+                    && st.kept_since.get(&v.id).is_some_and(|t| now.duration_since(*t) >= timing::VOLUME_KEEP)
+            };
+            for v in kept.iter().filter(due) {
                 self.remove_volume(&v.id, "its data is held by the running master and a caught-up slave").await;
             }
         }
@@ -939,7 +950,7 @@ impl Cluster {
                 }
             }
         }
-        self.prune_volumes(&st, registry.as_ref()).await;
+        self.prune_volumes(&mut st, registry.as_ref()).await;
         self.publish(&st);
         drop(st);
         // What the status shows of the data (ZooKeeper reads, not under the lock).
