@@ -198,7 +198,15 @@ down() {
   if [[ -f $MARK ]]; then
     docker swarm leave --force >/dev/null || die "docker swarm leave failed"
     if [[ $(cat "$MARK") != kept ]]; then
-      docker network rm docker_gwbridge >/dev/null 2>&1 || log "docker_gwbridge (made by swarm init) left: still in use"
+      # Leaving detaches the ingress sandbox from it a moment later: retry a while.
+      local until=$((SECONDS + 20))
+      until docker network rm docker_gwbridge >/dev/null 2>&1 || ! docker network inspect docker_gwbridge >/dev/null 2>&1; do
+        if ((SECONDS >= until)); then
+          log "docker_gwbridge (made by swarm init) left: still in use"
+          break
+        fi
+        sleep 0.5
+      done
     fi
     rm -f "$MARK"
     log "left the swarm (swarm.sh had created it)"
