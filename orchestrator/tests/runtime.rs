@@ -85,7 +85,7 @@ fn on_own_runtime<T: Send + 'static>(f: impl std::future::Future<Output = T> + S
         .expect("helper thread")
 }
 
-/// Removes every container of a cluster, on drop, so a failed assertion
+/// Removes every container and volume of a cluster, on drop, so a failed assertion
 /// leaves nothing running.
 struct ContainerGuard(Vec<String>);
 impl Drop for ContainerGuard {
@@ -99,6 +99,13 @@ impl Drop for ContainerGuard {
                 for id in d.list_containers(Some(opts)).await.unwrap_or_default().into_iter().filter_map(|c| c.id) {
                     let _ =
                         d.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await;
+                }
+                // And the workers' volumes, which outlive their containers by design.
+                let filters = HashMap::from([("label".to_string(), vec![format!("{}={c}", labels::CLUSTER)])]);
+                let opts = bollard::query_parameters::ListVolumesOptions { filters: Some(filters) };
+                let volumes = d.list_volumes(Some(opts)).await.ok().and_then(|l| l.volumes).unwrap_or_default();
+                for v in volumes {
+                    let _ = d.remove_volume(&v.name, None::<bollard::query_parameters::RemoveVolumeOptions>).await;
                 }
             }
         });
