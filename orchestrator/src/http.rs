@@ -27,7 +27,7 @@ use warp::{Filter, Rejection, Reply};
 use wire::ErrorBody;
 
 use crate::autoscale::ReadCounter;
-use crate::cluster::{Cluster, RecoverError};
+use crate::cluster::{AcceptedLoss, Cluster, RecoverError};
 use crate::dbapi::DbApi;
 use crate::error::ApiError;
 use crate::leader::Role;
@@ -79,6 +79,18 @@ impl App {
                 error(StatusCode::SERVICE_UNAVAILABLE, "no orchestrator leads right now (zookeeper); retry")
             }
         }))
+    }
+}
+
+/// The answer of `recover` and `restore`: what was done, a 409 when it was
+/// refused as asked (nothing changed), a 503 when it failed on the way.
+fn recovery_reply(r: Result<AcceptedLoss, RecoverError>) -> warp::reply::Response {
+    match r {
+        Ok(done) => json_reply(StatusCode::OK, &done),
+        Err(e @ (RecoverError::NothingMissing | RecoverError::Mismatch { .. } | RecoverError::Refused(_))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e @ RecoverError::Failed(_)) => ApiError::unavailable(e.to_string()).into_response(),
     }
 }
 
@@ -267,17 +279,11 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 Ok(r) => r,
                 Err(e) => return api_error(e),
             };
-            match cluster.accept_data_loss(req.accept_data_loss_after).await {
-                Ok(done) => json_reply(StatusCode::OK, &done),
-                Err(e @ (RecoverError::NothingMissing | RecoverError::Mismatch { .. } | RecoverError::Refused(_))) => {
-                    error(StatusCode::CONFLICT, e.to_string())
-                }
-                Err(e) => ApiError::unavailable(e.to_string()).into_response(),
-            }
+            recovery_reply(cluster.accept_data_loss(req.accept_data_loss_after).await)
         });
 
     // The continuous backup into the cluster (a fresh one, or in place with
-    // discard_current): docs/api.md §8.2.
+    // discard_current): docs/api.md §8.1.
     let restore = warp::path!("api" / "v1" / "restore")
         .and(warp::post())
         .and(admin(app.clone()))
@@ -299,11 +305,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 (None, None) => "latest".to_owned(),
                 (Some(_), Some(_)) => return error(StatusCode::BAD_REQUEST, "give to_seq or to_time_ms, not both"),
             };
-            match cluster.restore_cluster(&target, req.discard_current).await {
-                Ok(done) => json_reply(StatusCode::OK, &done),
-                Err(e @ RecoverError::Refused(_)) => error(StatusCode::CONFLICT, e.to_string()),
-                Err(e) => ApiError::unavailable(e.to_string()).into_response(),
-            }
+            recovery_reply(cluster.restore_cluster(&target, req.discard_current).await)
         });
 
     let health = warp::path!("health").and(warp::get()).map(|| json_reply(StatusCode::OK, &serde_json::json!({})));

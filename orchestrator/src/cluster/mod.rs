@@ -646,8 +646,7 @@ impl Cluster {
         if kept_seq != 0 && kept_seq != best_seq {
             return Err(RecoverError::Mismatch { asked: kept_seq, best: best_seq, why });
         }
-        st.epoch += 1;
-        self.rpc.set_min_epoch(st.epoch);
+        // bootstrap and name_recovered each name the master under a new epoch.
         let keep = match (kept_seq, best) {
             (0, _) | (_, None) => {
                 warn!(lost_through, "operator accepted losing every write: starting an empty master");
@@ -696,7 +695,12 @@ impl Cluster {
     /// one caught-up slave run, the volumes of workers that do not run hold
     /// nothing the cluster lacks (two running copies hold it all), and go.
     /// Until then they are kept: a recovery may need them.
-    async fn prune_volumes(&self, st: &mut Membership, registry: Option<&HashMap<String, WorkerRecord>>) {
+    async fn prune_volumes(
+        &self,
+        st: &mut Membership,
+        running: &[crate::runtime::WorkerInfo],
+        registry: Option<&HashMap<String, WorkerRecord>>,
+    ) {
         let Some(registry) = registry else { return };
         let master_ok = st.master().is_some_and(|(id, _)| registry.get(id).is_some_and(|r| r.role == Role::Master));
         let slaves_ok = st.slaves().any(|(id, m)| m.serving && registry.get(id).is_some_and(|r| r.role == Role::Slave));
@@ -708,7 +712,6 @@ impl Cluster {
             st.kept_since.entry(v.id.clone()).or_insert(now);
         }
         if master_ok && slaves_ok && st.missing.is_none() {
-            let running = self.runtime.list().await.unwrap_or_default();
             let due = |v: &&&VolumeInfo| {
                 !running.iter().any(|w| w.id == v.id)
                     && st.kept_since.get(&v.id).is_some_and(|t| now.duration_since(*t) >= timing::VOLUME_KEEP)
@@ -950,7 +953,7 @@ impl Cluster {
                 }
             }
         }
-        self.prune_volumes(&mut st, registry.as_ref()).await;
+        self.prune_volumes(&mut st, &running, registry.as_ref()).await;
         self.publish(&st);
         drop(st);
         // What the status shows of the data (ZooKeeper reads, not under the lock).
