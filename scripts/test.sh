@@ -11,6 +11,8 @@
 #      only the unit tier and needs none of it
 #   6. the `make up` (twice) / `make status` / `make down` (twice) smoke test
 #   7. a 3-minute `make soak` on the redundant topology (scripts/soak.sh)
+#   8. what the run started is stopped (the infra, unless it was up before),
+#      and scripts/leftovers.sh fails the run if anything else of it remains
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[test] %s\n' "$*" >&2; }
@@ -25,10 +27,21 @@ cargo fmt --all --check
 log "lint: cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+# What runs before the tests (the user's own `make up`, say) is theirs: only
+# what is new at the end counts as left behind.
+BEFORE=$(mktemp)
+scripts/leftovers.sh list > "$BEFORE"
+had() { grep -qx "listener 127.0.0.1:$1" "$BEFORE"; }
+stop_ours() {
+  scripts/s3.sh down || true
+  had 5672 || scripts/infra.sh down || true
+  had 5781 || scripts/ha.sh down || true
+}
+trap 'stop_ours; rm -f "$BEFORE"' EXIT
+
 scripts/infra.sh up
-# The S3-compatible server of the backup tests (moto, from PyPI), stopped on exit.
+# The S3-compatible server of the backup tests (moto, from PyPI).
 scripts/s3.sh up
-trap 'scripts/s3.sh down' EXIT
 # The browser (page test) and Prometheus (metrics test), from Debian's packages.
 scripts/browser-deps.sh
 scripts/prometheus-deps.sh
@@ -55,4 +68,7 @@ log "smoke test of make up / status / down"
 scripts/smoke.sh
 log "soak: 3 minutes of load and faults on the redundant topology (scripts/soak.sh)"
 SOAK_MINUTES=3 scripts/soak.sh
+log "stopping what the tests started; checking nothing else remains"
+stop_ours
+scripts/leftovers.sh check "$BEFORE"
 log "all tests passed"

@@ -629,8 +629,17 @@ async fn the_user_check_goes_through_the_lb_with_origin() {
         assert!(Instant::now() < deadline, "no user check for {name} in {}:\n{log}", log_path.display());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Client requests carry no Origin; only rides-api's own calls do.
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    let ride_post = log.lines().find(|l| l.contains("POST /api/v1/rides ")).expect("the client's POST is logged");
+    // Client requests carry no Origin; only rides-api's own calls do. nginx
+    // logs a request once it is answered, so the client may read the log
+    // before the line is there: poll for it too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ride_post = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("POST /api/v1/rides ")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "the client's POST is not logged in {}:\n{log}", log_path.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(ride_post.contains("target=rides"), "{ride_post}");
 }
