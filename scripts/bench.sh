@@ -23,7 +23,7 @@ if ! command -v "${BENCH_WRK:-wrk}" >/dev/null; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null
 fi
 log "building (release)"
-cargo build --release -p orchestrator -p worker -p users-api -p rides-api -p bench
+cargo build --release -p orchestrator -p worker -p users-api -p rides-api -p archiver -p bench
 log "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 if [ $# -gt 0 ]; then exec target/release/bench "$@"; fi
 

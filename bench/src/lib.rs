@@ -3,10 +3,12 @@
 //! CPU and memory from /proc ([`procs`]), the bounded load driver ([`load`]),
 //! wrk through the load balancer ([`wrk`]), the ceilings measured in the same
 //! run ([`ceilings`]), the seeded data and requests ([`scenarios`]), the table
-//! and JSON ([`report`]) and one whole run ([`run`]).
+//! and JSON ([`report`]), the continuous backup's cost, lag and restore
+//! ([`backup`]) and one whole run ([`run`]).
 //!
 //! Every request goes to 127.0.0.1; every loop is bounded in time and count.
 
+pub mod backup;
 pub mod ceilings;
 pub mod load;
 pub mod million;

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
+use systest::archiver::{restore, Archiver};
 use systest::{Stack, StackOptions, WorkerRuntime};
 use wire::{ReadRequest, Value, WriteRequest};
 
@@ -312,6 +313,76 @@ async fn count(stack: &Stack, table: &str) -> Result<u64> {
         bail!("counting {table}: {status} {body}");
     }
     body["rows"][0]["count"].as_u64().context("a count")
+}
+
+// ---------------------------------------------------------------- data outliving its processes
+
+/// Step 6: an archiver started on the loaded cluster, its first base
+/// snapshot, then `archiver restore --latest` into a file, counted.
+#[derive(Debug, Serialize)]
+struct Restore {
+    first_snapshot_ms: u64,
+    restore_ms: u64,
+    users: u64,
+    rides: u64,
+    db_bytes: u64,
+}
+
+async fn restore_all(stack: &Stack) -> Result<Restore> {
+    let backup_url = format!("file://{}", stack.dir.join("archive").display());
+    let t0 = Instant::now();
+    let arch = Archiver::start(stack, "archiver", &backup_url, &[])?;
+    arch.wait_first_snapshot().await?;
+    let first_snapshot_ms = t0.elapsed().as_millis() as u64;
+    let out = stack.dir.join("restored.db");
+    let (db, took) = restore(&backup_url, &["--latest"], &out, &[])?;
+    drop(arch);
+    let conn = systest::open_db(&db)?;
+    let count = |t: &str| conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get::<_, i64>(0));
+    Ok(Restore {
+        first_snapshot_ms,
+        restore_ms: took.as_millis() as u64,
+        users: count("users")? as u64,
+        rides: count("rides")? as u64,
+        db_bytes: std::fs::metadata(&db).map_or(0, |m| m.len()),
+    })
+}
+
+/// Step 7: what `make down` then `make up` do to the workers, with the data
+/// as loaded: the orchestrator stopped (SIGTERM: it gives up leadership at
+/// once), every worker SIGKILLed, then a new orchestrator, timed until a
+/// strong read counts the same rows as before.
+#[derive(Debug, Serialize)]
+struct ColdStart {
+    users: u64,
+    rides: u64,
+    to_serving_ms: u64,
+    /// The orchestrator's own figure (its `recovered` event's `took_ms`).
+    recovery_ms: u64,
+}
+
+async fn cold_start(stack: &mut Stack) -> Result<ColdStart> {
+    let (users, rides) = (count(stack, "users").await?, count(stack, "rides").await?);
+    stack.terminate_orchestrator(Duration::from_secs(30)).await?;
+    stack.kill_all_workers().await?;
+    let t0 = Instant::now();
+    stack.respawn_orchestrator()?;
+    let stack_ref = &*stack;
+    systest::poll("the same rows served again after the cold start", Duration::from_secs(120), || async move {
+        (count(stack_ref, "users").await.ok()? == users && count(stack_ref, "rides").await.ok()? == rides).then_some(())
+    })
+    .await?;
+    let to_serving_ms = t0.elapsed().as_millis() as u64;
+    let events = stack.status().await?.events;
+    let recovery_ms = events
+        .iter()
+        .rev()
+        .find_map(|e| match e.what {
+            wire::status::EventKind::Recovered { took_ms, .. } => Some(took_ms),
+            _ => None,
+        })
+        .unwrap_or(0);
+    Ok(ColdStart { users, rides, to_serving_ms, recovery_ms })
 }
 
 // ---------------------------------------------------------------- routes
@@ -680,6 +751,8 @@ struct Report {
     listing: Listing,
     peak_rss_before_new_slave: Vec<RssEntry>,
     peak_rss: Vec<RssEntry>,
+    restore: Restore,
+    cold: ColdStart,
     targets: Targets,
     note: String,
 }
@@ -689,6 +762,8 @@ struct Targets {
     every_route_p99_under_50ms: bool,
     new_slave_serving_under_3s: bool,
     every_process_under_200mb: bool,
+    cold_start_under_5s: bool,
+    restore_under_60s: bool,
 }
 
 pub async fn run(opts: Opts) -> Result<()> {
@@ -699,7 +774,7 @@ pub async fn run(opts: Opts) -> Result<()> {
         opts.rides,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let stack = Stack::start(StackOptions {
+    let mut stack = Stack::start(StackOptions {
         runtime: WorkerRuntime::Process,
         services: true,
         scale_window_secs: 86_400,
@@ -803,6 +878,27 @@ pub async fn run(opts: Opts) -> Result<()> {
     // it is replaced in step 3) and at the end.
     let procs = processes(&stack).await?;
     let peak_rss = peaks(&procs);
+
+    // 6. Everything from the continuous backup alone.
+    let restore = restore_all(&stack).await?;
+    println!(
+        "restore from the archive: first base snapshot taken {} ms after the archiver started; \
+         restore --latest of {} users and {} rides ({} MB) in {} ms",
+        restore.first_snapshot_ms,
+        restore.users,
+        restore.rides,
+        restore.db_bytes >> 20,
+        restore.restore_ms
+    );
+
+    // 7. Cold start: the orchestrator stopped, every worker killed, the
+    // orchestrator started again on the workers' kept data.
+    let cold = cold_start(&mut stack).await?;
+    println!(
+        "cold start: orchestrator started -> serving the same {} users and {} rides in {} ms \
+         (its recovery took {} ms)",
+        cold.users, cold.rides, cold.to_serving_ms, cold.recovery_ms
+    );
     println!("\npeak RSS (VmHWM), KiB: through step 2 | at the end");
     for r in &peak_rss {
         let earlier = peak_rss_before_new_slave.iter().find(|e| e.pid == r.pid).and_then(|e| e.vm_hwm_kib);
@@ -814,6 +910,8 @@ pub async fn run(opts: Opts) -> Result<()> {
     let targets = Targets {
         every_route_p99_under_50ms: cells.iter().all(|c| c.p99_ms < 50.0 && c.errors == 0),
         new_slave_serving_under_3s: new_slave.start_to_serving_ms < 3000,
+        cold_start_under_5s: cold.to_serving_ms < 5000,
+        restore_under_60s: restore.restore_ms < 60_000,
         every_process_under_200mb: peak_rss
             .iter()
             .chain(&peak_rss_before_new_slave)
@@ -822,8 +920,13 @@ pub async fn run(opts: Opts) -> Result<()> {
     };
     let loadavg_after = loadavg();
     println!(
-        "targets: every route p99 < 50 ms {}; new slave serving < 3 s {}; every process < 200 MB {}",
-        targets.every_route_p99_under_50ms, targets.new_slave_serving_under_3s, targets.every_process_under_200mb
+        "targets: every route p99 < 50 ms {}; new slave serving < 3 s {}; every process < 200 MB {}; \
+         cold start < 5 s {}; restore < 60 s {}",
+        targets.every_route_p99_under_50ms,
+        targets.new_slave_serving_under_3s,
+        targets.every_process_under_200mb,
+        targets.cold_start_under_5s,
+        targets.restore_under_60s
     );
     println!("load average after: {loadavg_after}");
 
@@ -847,6 +950,8 @@ pub async fn run(opts: Opts) -> Result<()> {
         listing,
         peak_rss_before_new_slave,
         peak_rss,
+        restore,
+        cold,
         targets,
         note: "Everything, the load generator included, on one machine; rabbitmq is shared with other stacks \
                (its RSS is not the stack's). Rows loaded one insert per db/write. The slave is replaced \

@@ -36,7 +36,7 @@ pub struct Opts {
     /// Slaves (fixed: the autoscaler is kept out of the way).
     #[arg(long, env = "BENCH_SLAVES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub slaves: u32,
-    /// Only these scenarios, comma-separated: read, eventual, write, lb (default: all).
+    /// Only these scenarios, comma-separated: read, eventual, write, lb, backup (default: all).
     #[arg(long, env = "BENCH_ONLY", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Kept for older command lines: the scenarios through the load balancer now always run (unless `--only` leaves them out).

@@ -22,6 +22,8 @@ pub enum Role {
     Services,
     Nginx,
     Rabbitmq,
+    /// The continuous backup's archiver (only in the backup group's cells).
+    Archiver,
     /// The load generator and the ceilings' stand-ins (echo consumer, trivial handler).
     Bench,
 }
@@ -39,6 +41,7 @@ impl Role {
             Role::Services => "svcs",
             Role::Nginx => "nginx",
             Role::Rabbitmq => "rabbit",
+            Role::Archiver => "archiver",
             Role::Bench => "bench",
         }
     }

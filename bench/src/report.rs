@@ -193,6 +193,8 @@ pub struct Report {
     pub cells: Vec<Cell>,
     /// The table: each figure with its ceiling and their ratio.
     pub rows: Vec<Row>,
+    /// The continuous backup's lag and restore time (group `backup`).
+    pub backup: Option<crate::backup::BackupFigures>,
     pub peak_rss: Vec<RssEntry>,
     pub note: String,
 }

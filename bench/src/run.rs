@@ -160,6 +160,7 @@ pub async fn run(opts: Opts) -> Result<()> {
     if opts.wants("write") {
         write_rows(&ctx, &mut rows).await?;
     }
+    let backup = if opts.wants("backup") { Some(crate::backup::rows(&ctx, &mut rows).await?) } else { None };
 
     let peak_rss: Vec<RssEntry> = procs
         .iter()
@@ -200,6 +201,7 @@ pub async fn run(opts: Opts) -> Result<()> {
         processes: procs.clone(),
         cells,
         rows,
+        backup,
         peak_rss,
         note: "The load generators (bench, wrk) run on the same machine as the stack; cpu values are % of one \
                core during the measured window, cpu_us_per_req CPU µs per successful request by role; \
@@ -225,14 +227,14 @@ pub async fn run(opts: Opts) -> Result<()> {
 }
 
 /// What every scenario of one run shares.
-struct Ctx<'a> {
-    opts: &'a Opts,
-    stack: &'a Stack,
-    http: reqwest::Client,
-    procs: Vec<Proc>,
-    bounds: Bounds,
+pub struct Ctx<'a> {
+    pub opts: &'a Opts,
+    pub stack: &'a Stack,
+    pub http: reqwest::Client,
+    pub procs: Vec<Proc>,
+    pub bounds: Bounds,
     /// Numbers the requests of the whole run (unique write names, round robin bodies).
-    counter: Arc<AtomicU64>,
+    pub counter: Arc<AtomicU64>,
 }
 
 impl Ctx<'_> {

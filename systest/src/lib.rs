@@ -14,6 +14,7 @@
 //! reached through bollard; container labels and worker environment names come
 //! from `wire::contract`.
 
+pub mod archiver;
 pub mod lb;
 
 use std::path::{Path, PathBuf};
@@ -127,11 +128,13 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("systest is in the workspace").to_path_buf()
 }
 
-fn bin(name: &str) -> PathBuf {
+/// A binary of this checkout's release build.
+pub fn bin(name: &str) -> PathBuf {
     root().join("target/release").join(name)
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on (as of now).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
 }
 
@@ -624,6 +627,33 @@ impl Stack {
             .parse()
             .ok()?;
         (1..=3).find(|&n| ha_amqp_port(n) == port)
+    }
+
+    /// SIGKILL every worker of this stack at once (a power cut, an OOM kill
+    /// of each), and wait until none of them runs (whatever the orchestrator
+    /// starts meanwhile is another process).
+    pub async fn kill_all_workers(&self) -> Result<()> {
+        let killed = self.worker_processes().await?;
+        match self.runtime {
+            WorkerRuntime::Process => {
+                for pid in &killed {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+            WorkerRuntime::Docker => {
+                let d = docker()?;
+                let kills = worker_containers(&self.name).await?.into_iter().map(|c| {
+                    let d = d.clone();
+                    async move { d.kill_container(&c.id, None::<bollard::query_parameters::KillContainerOptions>).await }
+                });
+                futures::future::join_all(kills).await;
+            }
+        }
+        poll("every killed worker gone", Duration::from_secs(30), || async {
+            let now = self.worker_processes().await.ok()?;
+            (!now.iter().any(|p| killed.contains(p))).then_some(())
+        })
+        .await
     }
 
     /// Pids (host view) of this stack's workers, found without the orchestrator:

@@ -8,117 +8,16 @@
 //! archiver is killed (SIGKILL) in the middle of the writes and started again:
 //! what was written while it was down is archived from its durable queue.
 //!
-//! Prints the figures (archive lag after the last ack, restore times).
+//! The figures (archive lag under load, the archiver's cost, restore time)
+//! are `make bench`'s (bench/src/backup.rs).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use systest::{poll, root, tagged_ride, tags_in, user_write, Stack, StackOptions, RIDE_OWNER};
-
-struct Archiver {
-    child: Child,
-    url: String,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-}
-
-fn bin(name: &str) -> PathBuf {
-    root().join("target/release").join(name)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Archiver {
-    fn start(stack: &Stack, name: &str, backup_url: &str, extra: &[(&str, String)]) -> Result<Archiver> {
-        let port = free_port();
-        let mut env: Vec<(String, String)> = vec![
-            ("AMQP_URL".into(), stack.amqp_url.clone()),
-            ("ZK_ADDR".into(), stack.zk_addr()),
-            ("ZK_ROOT".into(), stack.zk_root.clone()),
-            ("BACKUP_URL".into(), backup_url.into()),
-            ("ARCHIVER_ADDR".into(), format!("127.0.0.1:{port}")),
-            ("ARCHIVE_FLUSH_MS".into(), "100".into()),
-            ("ARCHIVER_WORK_DIR".into(), stack.dir.join(name).display().to_string()),
-            ("RUST_LOG".into(), "info,lapin=warn,zookeeper_client=warn".into()),
-        ];
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-        let log = stack.dir.join(format!("{name}.log"));
-        let mut a = Archiver { child: spawn(&env, &log)?, url: format!("http://127.0.0.1:{port}"), env, log };
-        a.log = stack.dir.join(format!("{name}.log"));
-        Ok(a)
-    }
-
-    /// SIGKILL, then the same settings again (its log continues in `<name>.2.log`).
-    fn kill_and_restart(&mut self) -> Result<()> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.log = PathBuf::from(format!("{}.2.log", self.log.display()));
-        self.child = spawn(&self.env, &self.log)?;
-        Ok(())
-    }
-
-    async fn summary(&self) -> Option<archive::Summary> {
-        let r = Stack::http().get(format!("{}/api/v1/backups", self.url)).send().await.ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.json().await.ok()
-    }
-
-    /// Poll until the archive holds `seq` (uploaded); how long it took.
-    async fn wait_archived(&self, seq: u64, what: &str) -> Result<Duration> {
-        let started = Instant::now();
-        poll(
-            &format!("{what}: the archive to reach seq {seq} ({})", self.log.display()),
-            Duration::from_secs(60),
-            || async move { self.summary().await.filter(|s| s.seq >= seq).map(|_| ()) },
-        )
-        .await?;
-        Ok(started.elapsed())
-    }
-}
-
-impl Drop for Archiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(env: &[(String, String)], log: &Path) -> Result<Child> {
-    let out = std::fs::File::create(log)?;
-    Command::new(bin("archiver"))
-        .envs(env.iter().cloned())
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .context("starting target/release/archiver")
-}
-
-/// `archiver restore`; the restored file and how long the command took.
-fn restore(backup_url: &str, target: &[&str], out: &Path, env: &[(&str, String)]) -> Result<(PathBuf, Duration)> {
-    let started = Instant::now();
-    let o = Command::new(bin("archiver"))
-        .arg("restore")
-        .args(["--backup-url", backup_url])
-        .args(target)
-        .arg("--out")
-        .arg(out)
-        .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
-        .output()?;
-    let took = started.elapsed();
-    if !o.status.success() {
-        bail!("archiver restore {target:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    println!("restore {target:?}: {}", String::from_utf8_lossy(&o.stdout).trim().replace('\n', " | "));
-    Ok((out.to_owned(), took))
-}
+use systest::archiver::{restore, Archiver};
+use systest::{bin, free_port, poll, root, tagged_ride, tags_in, user_write, Stack, StackOptions, RIDE_OWNER};
 
 /// The tags 1..=n, each once.
 fn once(n: i64) -> BTreeMap<i64, u32> {
@@ -320,8 +219,7 @@ async fn changes_queued_for_a_stopped_archiver_survive_a_broker_restart() -> Res
     arch.wait_archived(*seqs.values().max().unwrap(), "before the stop").await?;
 
     // Down: 50 writes acknowledged into its queue only, then the broker restarts.
-    let _ = arch.child.kill();
-    let _ = arch.child.wait();
+    arch.kill();
     seqs.extend(write_rides(&stack, 51..=100, 8).await?);
     stack.restart_rabbitmq()?;
     seqs.extend(write_rides(&stack, 101..=150, 8).await?);
@@ -333,146 +231,6 @@ async fn changes_queued_for_a_stopped_archiver_survive_a_broker_restart() -> Res
     let (db, _) = restore(&url, &["--latest"], &out, &[])?;
     assert_eq!(tags_in(&db), once(150), "every acknowledged write, once");
     assert_eq!(systest::applied_seq(&db), last);
-    Ok(())
-}
-
-/// Write `tags` in waves of `parallel`, timing each write; with `acks`, each
-/// (seq, ack time) is recorded there. Seconds taken, each write's latency
-/// (sorted), the highest seq.
-async fn timed_writes(
-    stack: &Stack,
-    tags: &[i64],
-    parallel: usize,
-    acks: Option<&std::sync::Mutex<Vec<(u64, Instant)>>>,
-) -> Result<(f64, Vec<Duration>, u64)> {
-    let started = Instant::now();
-    let mut lat = Vec::with_capacity(tags.len());
-    let mut last = 0;
-    for wave in tags.chunks(parallel) {
-        let answers = futures::future::join_all(wave.iter().map(|&t| async move {
-            let sent = Instant::now();
-            let seq = write_ride(stack, t).await;
-            if let (Ok(s), Some(acks)) = (&seq, acks) {
-                acks.lock().unwrap().push((*s, Instant::now()));
-            }
-            seq.map(|s| (s, sent.elapsed()))
-        }))
-        .await;
-        for a in answers {
-            let (seq, took) = a?;
-            last = last.max(seq);
-            lat.push(took);
-        }
-    }
-    lat.sort();
-    Ok((started.elapsed().as_secs_f64(), lat, last))
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-/// Figures (run by name): archive lag under a write load and restore times.
-/// BACKUP_FIGURES_N writes [20000], BACKUP_FIGURES_PARALLEL at once [32],
-/// BACKUP_FIGURES_WORKER_BIN [target/release/worker].
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn backup_figures() -> Result<()> {
-    let n: i64 = std::env::var("BACKUP_FIGURES_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let parallel: usize = std::env::var("BACKUP_FIGURES_PARALLEL").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
-    let flush = std::env::var("ARCHIVE_FLUSH_MS").unwrap_or_else(|_| "200".into());
-    // Another worker binary to compare (e.g. one publishing syncQ messages transient).
-    let orchestrator_env: Vec<(String, String)> = std::env::var("BACKUP_FIGURES_WORKER_BIN")
-        .ok()
-        .filter(|b| !b.trim().is_empty())
-        .map(|b| vec![("WORKER_BIN".to_owned(), b)])
-        .unwrap_or_default();
-    let stack = Stack::start(StackOptions { orchestrator_env, ..StackOptions::default() }).await?;
-    stack.write(&user_write(RIDE_OWNER)).await?;
-    // Without an archive queue bound to syncQ: the cluster as it was.
-    let base: Vec<i64> = (1_000_001..=1_000_000 + n).collect();
-    let (secs, lat, _) = timed_writes(&stack, &base, parallel, None).await?;
-    println!(
-        "FIGURES without an archiver: {n} writes ({parallel} at once) at {:.0}/s, write latency p50 {:?} p99 {:?}",
-        n as f64 / secs,
-        pct(&lat, 0.5),
-        pct(&lat, 0.99)
-    );
-    let url = format!("file://{}", stack.dir.join("backup").display());
-    let arch = Archiver::start(&stack, "archiver", &url, &[("ARCHIVE_FLUSH_MS", flush.clone())])?;
-    poll("a first base snapshot", Duration::from_secs(60), || async {
-        arch.summary().await.filter(|s| !s.snapshots.is_empty()).map(|_| ())
-    })
-    .await?;
-
-    // Writers record (seq, ack time); a sampler reads rideshare_archive_seq every 20 ms.
-    let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, Instant)>::new()));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let (acks, done, metrics_url) = (acks.clone(), done.clone(), format!("{}/metrics", arch.url));
-        tokio::spawn(async move {
-            let mut lags: Vec<Duration> = vec![];
-            let mut seen = 0usize;
-            loop {
-                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                let text = Stack::http().get(&metrics_url).send().await.ok()?.text().await.ok()?;
-                let archived: u64 =
-                    text.lines().find_map(|l| l.strip_prefix("rideshare_archive_seq "))?.trim().parse().ok()?;
-                let now = Instant::now();
-                let (newly, left) = {
-                    let mut a = acks.lock().unwrap();
-                    a.sort_by_key(|(s, _)| *s);
-                    let upto = a.partition_point(|(s, _)| *s <= archived);
-                    // Each write archived since the last sample: its ack -> archived time.
-                    let newly: Vec<Duration> = a.drain(..upto).map(|(_, t)| now.saturating_duration_since(t)).collect();
-                    (newly, a.len())
-                };
-                seen += newly.len();
-                lags.extend(newly);
-                if finished && left == 0 {
-                    return Some((lags, seen));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    let tags: Vec<i64> = (1..=n).collect();
-    let (write_secs, lat, last) = timed_writes(&stack, &tags, parallel, Some(&acks)).await?;
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (mut lags, seen) = sampler.await?.context("the sampler ended early")?;
-    lags.sort();
-    println!(
-        "FIGURES with the archiver: {n} writes ({parallel} at once) at {:.0}/s, write latency p50 {:?} p99 {:?}; \
-         ARCHIVE_FLUSH_MS={flush}: ack -> archived (sampled every 20 ms, {seen} writes) p50 {:?} p99 {:?} max {:?}",
-        n as f64 / write_secs,
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        pct(&lags, 0.5),
-        pct(&lags, 0.99),
-        lags[lags.len() - 1]
-    );
-    let s = arch.summary().await.context("summary")?;
-    println!("FIGURES archive: {} segments, {} bytes of log for {} changes", s.segments, s.log_bytes, last);
-    let (_, took) = restore(&url, &["--latest"], &stack.dir.join("log-only.db"), &[])?;
-    println!("FIGURES restore --latest: the first base snapshot + {n} changes: {took:?}");
-    let r = Stack::http().post(format!("{}/api/v1/backup", arch.url)).send().await?;
-    assert_eq!(r.status(), 201);
-    let (db, took) = restore(&url, &["--latest"], &stack.dir.join("from-snapshot.db"), &[])?;
-    println!("FIGURES restore --latest from a base snapshot at seq {last}: {took:?}");
-    assert_eq!(tags_in(&db).len() as i64, 2 * n);
-    // The archiver stopped, its queue still bound: the broker's cost alone
-    // (persistent messages into a durable queue), without the archiver's CPU.
-    let mut arch = arch;
-    let _ = arch.child.kill();
-    let _ = arch.child.wait();
-    let queued: Vec<i64> = (2_000_001..=2_000_000 + n).collect();
-    let (secs, lat, _) = timed_writes(&stack, &queued, parallel, None).await?;
-    println!(
-        "FIGURES archive queue bound, archiver stopped: {n} writes at {:.0}/s, write latency p50 {:?} p99 {:?}",
-        n as f64 / secs,
-        pct(&lat, 0.5),
-        pct(&lat, 0.99)
-    );
     Ok(())
 }
 

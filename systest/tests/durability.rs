@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Client, Method};
 use serde_json::{json, Value};
 use systest::lb::{add_user, must, rides_count, start_writers, uniq, upcoming, Ledger};
-use systest::{poll, processes_with_env, worker_containers, Stack, StackOptions, WorkerRuntime};
-use wire::contract::env;
+use systest::{poll, worker_containers, Stack, StackOptions, WorkerRuntime};
 
 async fn stack(runtime: WorkerRuntime) -> Stack {
     Stack::start(StackOptions { runtime, services: true, ..Default::default() }).await.unwrap()
@@ -46,29 +45,7 @@ async fn assert_all_there(c: &Client, lb: &str, ledger: &Ledger, what: &str) {
 /// SIGKILL every worker of the stack at once (containers: `docker kill`, as
 /// a host reboot or an OOM kill would), then wait until none runs.
 async fn kill_all_workers(stack: &Stack) {
-    let killed = stack.worker_processes().await.unwrap();
-    match stack.runtime {
-        WorkerRuntime::Process => {
-            for pid in processes_with_env(env::CLUSTER, &stack.name) {
-                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
-        WorkerRuntime::Docker => {
-            let d = systest::docker().unwrap();
-            let kills = worker_containers(&stack.name).await.unwrap().into_iter().map(|c| {
-                let d = d.clone();
-                async move { d.kill_container(&c.id, None::<bollard::query_parameters::KillContainerOptions>).await }
-            });
-            futures::future::join_all(kills).await;
-        }
-    }
-    // Gone, whatever the orchestrator starts meanwhile.
-    poll("every killed worker gone", Duration::from_secs(30), || async {
-        let now = stack.worker_processes().await.ok()?;
-        (!now.iter().any(|p| killed.contains(p))).then_some(())
-    })
-    .await
-    .unwrap();
+    stack.kill_all_workers().await.unwrap();
 }
 
 /// What `make down` does to a stack: the orchestrator and every worker gone
