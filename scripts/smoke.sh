@@ -2,7 +2,8 @@
 # The two commands as an operator uses them: `make up`, `make up` again (succeeds
 # and changes nothing: same pids), `make status`, a client call through the load
 # balancer, `make down` (nothing of ours left running), `make down` again
-# (succeeds).
+# (succeeds); then the data across `make down`/`make up`, across a machine
+# crash (every process SIGKILLed, then `make up`) and gone after `make wipe`.
 #
 # Settings as for scripts/stack.sh; VAR_DIR, AMQP_PORT and ZK_PORT put the stack
 # (and its RabbitMQ and ZooKeeper) somewhere other than var/ and the default
@@ -34,6 +35,9 @@ our_pids() {
 }
 workers_line() { echo "$1" | grep -E '^workers ' || true; }
 
+# From nothing: an earlier run that failed half way may have left data.
+make -s down >/dev/null 2>&1 || true
+make -s wipe >/dev/null || fail "make wipe before the first make up"
 make -s up || fail "make up"
 first_pids=$(our_pids)
 first_status=$(make -s status) || fail "make status"
@@ -76,6 +80,41 @@ exists() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LB_PORT/api
 make -s up || fail "make up after make down"
 [ "$(exists "$user")" = 200 ] || fail "user $user, written before make down, is gone after make up"
 log "make down / make up kept the data (user $user listed)"
+
+# A machine crash: every process of the stack, RabbitMQ and ZooKeeper
+# included, SIGKILLed at once (worker containers killed too); then `make up`
+# resumes every acknowledged write.
+put_user() {
+  curl -s -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$LB_PORT/api/v1/users" \
+    -H 'content-type: application/json' -d "{\"username\":\"$1\",\"password\":\"$(printf 'a%.0s' {1..40})\"}"
+}
+# The answer for user $1 once it is $2, or after 30 s whatever it is then.
+wait_exists() {
+  local deadline=$((SECONDS + 30)) code
+  while code=$(exists "$1"); [ "$code" != "$2" ] && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+  echo "$code"
+}
+crashed="smoke$RANDOM"
+[ "$(put_user "$crashed")" = 201 ] || fail "PUT /api/v1/users before the machine crash"
+# Their children too (nginx's workers hold the listening socket).
+victims=$(our_pids)
+for pid in $victims; do victims="$victims $( (pgrep -P "$pid" || true) | tr '\n' ' ')"; done
+if command -v docker >/dev/null; then
+  for c in $(docker ps -q --filter "label=rideshare.cluster=$CLUSTER_ID"); do docker kill "$c" >/dev/null || true; done
+fi
+# shellcheck disable=SC2086 # one pid a word
+kill -9 $victims 2>/dev/null || true
+deadline=$((SECONDS + 20))
+for pid in $victims; do
+  while kill -0 "$pid" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || fail "pid $pid still alive 20 s after SIGKILL"
+    sleep 0.1
+  done
+done
+make -s up || fail "make up after the machine crash"
+[ "$(wait_exists "$crashed" 200)" = 200 ] || fail "user $crashed, acknowledged before the machine crash, is gone"
+[ "$(wait_exists "$user" 200)" = 200 ] || fail "user $user is gone after the machine crash"
+log "a machine crash (every process SIGKILLed) then make up kept the data (users $user, $crashed)"
 make -s wipe || fail "make wipe"
 if command -v docker >/dev/null; then
   [ -z "$(docker volume ls -q --filter "label=rideshare.cluster=$CLUSTER_ID")" ] || fail "worker volumes left after make wipe"

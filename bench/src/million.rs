@@ -33,6 +33,10 @@ use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use systest::archiver::{restore, Archiver};
+
+use crate::procs::{self, Proc};
+use crate::report::percentile_ms;
+use crate::run::processes;
 use systest::{Stack, StackOptions, WorkerRuntime};
 use wire::{ReadRequest, Value, WriteRequest};
 
@@ -140,97 +144,6 @@ fn mix(i: u64) -> u64 {
     x
 }
 
-// ---------------------------------------------------------------- /proc
-
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
-}
-
-/// Reset a process's peak RSS to its current RSS (`/proc/<pid>/clear_refs`, 5).
-fn reset_peak_rss(pid: u32) {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_owned()
-}
-
-fn children(parent: u32) -> Vec<u32> {
-    let mut out = vec![];
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct Proc {
-    name: String,
-    pid: u32,
-}
-
-/// The processes of this stack by role (and the shared broker, and the bench).
-async fn processes(stack: &Stack) -> Result<Vec<Proc>> {
-    let mut out = vec![];
-    if let Some(pid) = stack.orchestrator_pid() {
-        out.push(Proc { name: "orchestrator".into(), pid });
-    }
-    let mut n = 0;
-    for pid in stack.worker_processes().await? {
-        let log = std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .ok()
-            .and_then(|d| std::fs::read_to_string(d.join("worker.log")).ok())
-            .unwrap_or_default();
-        let name = if log.contains("serving as master") {
-            "master".to_owned()
-        } else {
-            n += 1;
-            format!("slave{n}")
-        };
-        out.push(Proc { name, pid });
-    }
-    for pid in systest::processes_with_env("ORCHESTRATOR_URL", &stack.orchestrator) {
-        let c = comm(pid);
-        if c.contains("users") || c.contains("rides") {
-            out.push(Proc { name: c, pid });
-        }
-    }
-    if let Some(master) =
-        std::fs::read_to_string(stack.dir.join("lb/nginx.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok())
-    {
-        out.push(Proc { name: "nginx".into(), pid: master });
-        for (i, pid) in children(master).into_iter().enumerate() {
-            out.push(Proc { name: format!("nginx-w{}", i + 1), pid });
-        }
-    }
-    // The shared broker's pid file, where `scripts/infra.sh` keeps it.
-    let var = std::env::var_os("VAR_DIR").map_or_else(|| systest::root().join("var"), PathBuf::from);
-    if let Some(pid) =
-        std::fs::read_to_string(var.join("rabbitmq/rabbitmq.pid")).ok().and_then(|s| s.trim().parse().ok())
-    {
-        out.push(Proc { name: "rabbitmq (shared)".into(), pid });
-    }
-    out.push(Proc { name: "bench".into(), pid: std::process::id() });
-    Ok(out)
-}
-
 // ---------------------------------------------------------------- load
 
 #[derive(Debug, Clone, Serialize)]
@@ -291,7 +204,7 @@ where
             last_print = Instant::now();
             let d = done.load(Ordering::Relaxed);
             let secs = t0.elapsed().as_secs_f64();
-            println!("  {table}: {d}/{rows} in {secs:.0} s ({:.0}/s; load average {})", d as f64 / secs, loadavg());
+            println!("  {table}: {d}/{rows} in {secs:.0} s ({:.0}/s; load average {})", d as f64 / secs, procs::loadavg());
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -301,7 +214,7 @@ where
         secs: round2(secs),
         per_sec: round1(rows as f64 / secs),
         retried: retried.load(Ordering::Relaxed),
-        loadavg: loadavg(),
+        loadavg: procs::loadavg(),
     };
     println!("loaded {rows} {table} in {secs:.1} s: {:.0} writes/s ({} retried)", l.per_sec, l.retried);
     Ok(l)
@@ -513,14 +426,6 @@ struct Cell {
     loadavg: String,
 }
 
-fn pct(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    round2(sorted[idx] as f64 / 1000.0)
-}
-
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
@@ -598,11 +503,11 @@ async fn measure(http: &reqwest::Client, route: Route, d: &Arc<Data>, conc: u64,
         ok,
         errors,
         per_sec: round1(ok as f64 / secs),
-        p50_ms: pct(&lat, 0.5),
-        p99_ms: pct(&lat, 0.99),
-        max_ms: pct(&lat, 1.0),
+        p50_ms: percentile_ms(&lat, 0.5),
+        p99_ms: percentile_ms(&lat, 0.99),
+        max_ms: percentile_ms(&lat, 1.0),
         first_error: first,
-        loadavg: loadavg(),
+        loadavg: procs::loadavg(),
     };
     println!(
         "{:<24} {:>4} {:>9.1} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>5}",
@@ -651,7 +556,7 @@ async fn new_slave(stack: &Stack) -> Result<NewSlave> {
     let master = live.iter().min_by_key(|w| w.pid).context("a worker")?.clone();
     let db_bytes = std::fs::metadata(&master.db).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(master.db.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
-    reset_peak_rss(master.pid);
+    procs::reset_peak_rss(master.pid);
     let t0 = Instant::now();
     let (status, body) = stack.post("/api/v1/crash/slave").await?;
     if status != 200 {
@@ -668,8 +573,8 @@ async fn new_slave(stack: &Stack) -> Result<NewSlave> {
     Ok(NewSlave {
         start_to_serving_ms,
         crash_to_serving_ms,
-        slave_peak_rss_kib: pid.and_then(|p| status_kib(p as u32, "VmHWM:")),
-        master_peak_rss_kib_during: status_kib(master.pid, "VmHWM:"),
+        slave_peak_rss_kib: pid.and_then(|p| procs::rss_kb(p as u32).0),
+        master_peak_rss_kib_during: procs::rss_kb(master.pid).0,
         db_bytes,
     })
 }
@@ -687,9 +592,9 @@ struct Listing {
 
 async fn list_all(http: &reqwest::Client, lb: &str, users_api: Option<u32>) -> Result<Listing> {
     if let Some(p) = users_api {
-        reset_peak_rss(p);
+        procs::reset_peak_rss(p);
     }
-    let before = users_api.and_then(|p| status_kib(p, "VmRSS:"));
+    let before = users_api.and_then(|p| procs::rss_kb(p).1);
     let t0 = Instant::now();
     let mut r = http.get(format!("{lb}/api/v1/users")).timeout(Duration::from_secs(600)).send().await?;
     if r.status().as_u16() != 200 {
@@ -710,7 +615,7 @@ async fn list_all(http: &reqwest::Client, lb: &str, users_api: Option<u32>) -> R
         secs: round2(secs),
         bytes,
         names: commas + 1,
-        users_api_peak_rss_kib: users_api.and_then(|p| status_kib(p, "VmHWM:")),
+        users_api_peak_rss_kib: users_api.and_then(|p| procs::rss_kb(p).0),
         users_api_rss_before_kib: before,
     })
 }
@@ -720,7 +625,7 @@ async fn list_all(http: &reqwest::Client, lb: &str, users_api: Option<u32>) -> R
 fn peaks(procs: &[Proc]) -> Vec<RssEntry> {
     procs
         .iter()
-        .map(|p| RssEntry { name: p.name.clone(), pid: p.pid, vm_hwm_kib: status_kib(p.pid, "VmHWM:") })
+        .map(|p| RssEntry { name: p.name.clone(), pid: p.pid, vm_hwm_kib: procs::rss_kb(p.pid).0 })
         .collect()
 }
 
@@ -767,7 +672,7 @@ struct Targets {
 }
 
 pub async fn run(opts: Opts) -> Result<()> {
-    let loadavg_before = loadavg();
+    let loadavg_before = procs::loadavg();
     println!(
         "bench million: {} users, {} rides; load average before {loadavg_before} on {} cores",
         opts.users,
@@ -918,7 +823,7 @@ pub async fn run(opts: Opts) -> Result<()> {
             .filter(|r| r.name != "bench" && !r.name.starts_with("rabbitmq"))
             .all(|r| r.vm_hwm_kib.unwrap_or(0) < 200 * 1024),
     };
-    let loadavg_after = loadavg();
+    let loadavg_after = procs::loadavg();
     println!(
         "targets: every route p99 < 50 ms {}; new slave serving < 3 s {}; every process < 200 MB {}; \
          cold start < 5 s {}; restore < 60 s {}",

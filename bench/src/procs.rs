@@ -94,6 +94,11 @@ pub fn reaped_children_cpu_secs() -> f64 {
     secs(u.ru_utime) + secs(u.ru_stime)
 }
 
+/// Reset a process's peak RSS to its current RSS (`/proc/<pid>/clear_refs`, 5).
+pub fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` shows them.
 pub fn loadavg() -> String {
     LoadAverage::current().map(|l| format!("{:.2} {:.2} {:.2}", l.one, l.five, l.fifteen)).unwrap_or_default()
