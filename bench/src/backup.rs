@@ -96,8 +96,7 @@ pub async fn rows(ctx: &crate::run::Ctx<'_>, rows: &mut Vec<Row>) -> Result<Back
     let off_acks: Acks = Arc::default();
     let off = recording_write_op(&ctx.http, url.clone(), format!("{prefix}off-"), off_acks);
     let mut without =
-        load::measure("db/write, archiver off", "reqwest", &off, conc, ctx.bounds, &ctx.procs, &ctx.counter)
-            .await;
+        load::measure("db/write, archiver off", "reqwest", &off, conc, ctx.bounds, &ctx.procs, &ctx.counter).await;
 
     let archive = ctx.stack.dir.join("archive");
     let backup_url = format!("file://{}", archive.display());
@@ -111,8 +110,7 @@ pub async fn rows(ctx: &crate::run::Ctx<'_>, rows: &mut Vec<Row>) -> Result<Back
     let done = std::sync::atomic::AtomicBool::new(false);
     let measured = async {
         // The warm-up's acks count as well: they are archived as any others.
-        let cell =
-            load::measure("db/write, archiver on", "reqwest", &on, conc, ctx.bounds, &procs, &ctx.counter).await;
+        let cell = load::measure("db/write, archiver on", "reqwest", &on, conc, ctx.bounds, &procs, &ctx.counter).await;
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         cell
     };

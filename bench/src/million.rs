@@ -204,7 +204,11 @@ where
             last_print = Instant::now();
             let d = done.load(Ordering::Relaxed);
             let secs = t0.elapsed().as_secs_f64();
-            println!("  {table}: {d}/{rows} in {secs:.0} s ({:.0}/s; load average {})", d as f64 / secs, procs::loadavg());
+            println!(
+                "  {table}: {d}/{rows} in {secs:.0} s ({:.0}/s; load average {})",
+                d as f64 / secs,
+                procs::loadavg()
+            );
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -623,10 +627,7 @@ async fn list_all(http: &reqwest::Client, lb: &str, users_api: Option<u32>) -> R
 // ---------------------------------------------------------------- run
 
 fn peaks(procs: &[Proc]) -> Vec<RssEntry> {
-    procs
-        .iter()
-        .map(|p| RssEntry { name: p.name.clone(), pid: p.pid, vm_hwm_kib: procs::rss_kb(p.pid).0 })
-        .collect()
+    procs.iter().map(|p| RssEntry { name: p.name.clone(), pid: p.pid, vm_hwm_kib: procs::rss_kb(p.pid).0 }).collect()
 }
 
 fn kib(v: Option<u64>) -> String {
