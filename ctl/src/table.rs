@@ -257,6 +257,7 @@ pub(crate) mod tests {
             broker_connected: true,
             zookeeper_connected: false,
             data: Default::default(),
+            maintenance: Default::default(),
             events: vec![],
         }
     }
