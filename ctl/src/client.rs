@@ -1,5 +1,5 @@
-//! The orchestrator as the CLI reaches it: its status, event feed, crash and
-//! worker-list endpoints, with the bearer token when one is given.
+//! The orchestrator as the CLI reaches it: its status, event feed, crash,
+//! maintenance and worker-list endpoints, with the bearer token when one is given.
 //!
 //! Invariant: every request has a deadline (the whole exchange for plain
 //! requests; connecting and each silence for the event feed), and every
@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
 use serde::de::DeserializeOwned;
-use wire::status::ClusterStatus;
+use wire::status::{ClusterStatus, MaintenanceStatus};
+
+/// The header of a crash answer while the cluster is paused (what does not follow).
+const MAINTENANCE_HEADER: &str = "rideshare-maintenance";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -63,10 +66,27 @@ impl Orchestrator {
         self.json(self.http.get(self.url("/api/v1/status"))).await
     }
 
-    /// `POST /api/v1/crash/{master,slave}` → the pid of the worker killed.
-    pub async fn crash(&self, target: CrashTarget) -> Result<u32, CtlError> {
-        let pids: Vec<u32> = self.json(self.http.post(self.url(&format!("/api/v1/crash/{}", target.name())))).await?;
-        pids.first().copied().ok_or_else(|| self.unreadable("an empty pid list"))
+    /// `POST /api/v1/crash/{master,slave}` → the pid of the worker killed,
+    /// and, while the cluster is paused, what will not follow.
+    pub async fn crash(&self, target: CrashTarget) -> Result<(u32, Option<String>), CtlError> {
+        let req = self.http.post(self.url(&format!("/api/v1/crash/{}", target.name())));
+        let resp = self.check(self.send(req).await?).await?;
+        let held = resp.headers().get(MAINTENANCE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let pids: Vec<u32> = serde_json::from_slice(&body).map_err(|e| self.unreadable(e))?;
+        let pid = pids.first().copied().ok_or_else(|| self.unreadable("an empty pid list"))?;
+        Ok((pid, held))
+    }
+
+    /// `POST /api/v1/maintenance`: pause or resume the leader's own actions.
+    pub async fn maintenance(
+        &self,
+        paused: bool,
+        reason: Option<&str>,
+        by: Option<&str>,
+    ) -> Result<MaintenanceStatus, CtlError> {
+        let body = serde_json::json!({ "paused": paused, "reason": reason, "by": by });
+        self.json(self.http.post(self.url("/api/v1/maintenance")).json(&body)).await
     }
 
     /// `POST /api/v1/recover`: accept losing the writes past `kept_seq`
