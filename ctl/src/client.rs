@@ -57,8 +57,11 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn new(base: &str, token: Option<String>, timeout: Duration, feed_idle: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).build()?;
-        let feed = reqwest::Client::builder().connect_timeout(timeout).read_timeout(feed_idle).build()?;
+        // Redirects are followed by `send` (the token must go along).
+        let none = reqwest::redirect::Policy::none;
+        let http = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).redirect(none()).build()?;
+        let feed =
+            reqwest::Client::builder().connect_timeout(timeout).read_timeout(feed_idle).redirect(none()).build()?;
         Ok(Orchestrator { base: base.trim_end_matches('/').to_owned(), token, timeout, http, feed })
     }
 
@@ -140,12 +143,26 @@ impl Orchestrator {
         serde_json::from_slice(&body).map_err(|e| self.unreadable(e))
     }
 
+    /// Send `req` with the token. A follower orchestrator answers operator
+    /// routes with a 307 to the leader: followed once here, token, method and
+    /// body included (reqwest's own redirects drop the `Authorization` header
+    /// on the way to another port or host, and the leader would refuse it).
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Response, CtlError> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        req.send().await.map_err(|e| self.unreachable(e))
+        let again = req.try_clone();
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        if resp.status() != StatusCode::TEMPORARY_REDIRECT {
+            return Ok(resp);
+        }
+        let to = resp.headers().get("location").and_then(|l| l.to_str().ok()).and_then(|l| reqwest::Url::parse(l).ok());
+        let (Some(again), Some(to)) = (again, to.filter(|u| u.scheme() == "http")) else { return Ok(resp) };
+        let (client, request) = again.build_split();
+        let mut request = request.map_err(|e| self.unreachable(e))?;
+        *request.url_mut() = to;
+        client.execute(request).await.map_err(|e| self.unreachable(e))
     }
 
     async fn check(&self, resp: Response) -> Result<Response, CtlError> {
