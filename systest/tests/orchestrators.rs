@@ -230,3 +230,30 @@ async fn a_pause_survives_a_leader_change() {
     .await
     .unwrap();
 }
+
+/// `rideshare-ctl` aimed at a follower with the admin token: the 307 to the
+/// leader is followed with the token (a plain HTTP client drops it on the
+/// way to another port), so pause and resume work through either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rideshare_ctl_through_the_follower_keeps_the_token() {
+    const TOKEN: &str = "follower-token";
+    let stack = Stack::start(StackOptions { admin_token: Some(TOKEN.into()), ..two() }).await.unwrap();
+    let lead = poll("a leader", Duration::from_secs(30), || leader(&stack)).await.unwrap();
+    let follower = stack.orchestrators[1 - lead].clone();
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(systest::root().join("target/release/rideshare-ctl"))
+            .env("ORCHESTRATOR_URL", &follower)
+            .env("ADMIN_TOKEN", TOKEN)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, paused) in [(&["pause", "--reason", "via follower"][..], true), (&["resume"][..], false)] {
+        let out = ctl(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let st = status_at(&stack.orchestrators[lead]).await.unwrap();
+        assert_eq!(st.maintenance.paused, paused, "{args:?}: {:?}", st.maintenance);
+    }
+    let st = ctl(&["status"]);
+    assert!(st.status.success() && String::from_utf8_lossy(&st.stdout).starts_with("Cluster: "), "{st:?}");
+}
