@@ -1,5 +1,5 @@
-//! The orchestrator as the CLI reaches it: its status, event feed, crash and
-//! worker-list endpoints, with the bearer token when one is given.
+//! The orchestrator as the CLI reaches it: its status, event feed, crash,
+//! maintenance and worker-list endpoints, with the bearer token when one is given.
 //!
 //! Invariant: every request has a deadline (the whole exchange for plain
 //! requests; connecting and each silence for the event feed), and every
@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
 use serde::de::DeserializeOwned;
-use wire::status::ClusterStatus;
+use wire::status::{ClusterStatus, MaintenanceStatus};
+
+/// The header of a crash answer while the cluster is paused (what does not follow).
+const MAINTENANCE_HEADER: &str = "rideshare-maintenance";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -54,8 +57,11 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn new(base: &str, token: Option<String>, timeout: Duration, feed_idle: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).build()?;
-        let feed = reqwest::Client::builder().connect_timeout(timeout).read_timeout(feed_idle).build()?;
+        // Redirects are followed by `send` (the token must go along).
+        let none = reqwest::redirect::Policy::none;
+        let http = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).redirect(none()).build()?;
+        let feed =
+            reqwest::Client::builder().connect_timeout(timeout).read_timeout(feed_idle).redirect(none()).build()?;
         Ok(Orchestrator { base: base.trim_end_matches('/').to_owned(), token, timeout, http, feed })
     }
 
@@ -63,10 +69,27 @@ impl Orchestrator {
         self.json(self.http.get(self.url("/api/v1/status"))).await
     }
 
-    /// `POST /api/v1/crash/{master,slave}` → the pid of the worker killed.
-    pub async fn crash(&self, target: CrashTarget) -> Result<u32, CtlError> {
-        let pids: Vec<u32> = self.json(self.http.post(self.url(&format!("/api/v1/crash/{}", target.name())))).await?;
-        pids.first().copied().ok_or_else(|| self.unreadable("an empty pid list"))
+    /// `POST /api/v1/crash/{master,slave}` → the pid of the worker killed,
+    /// and, while the cluster is paused, what will not follow.
+    pub async fn crash(&self, target: CrashTarget) -> Result<(u32, Option<String>), CtlError> {
+        let req = self.http.post(self.url(&format!("/api/v1/crash/{}", target.name())));
+        let resp = self.check(self.send(req).await?).await?;
+        let held = resp.headers().get(MAINTENANCE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let pids: Vec<u32> = serde_json::from_slice(&body).map_err(|e| self.unreadable(e))?;
+        let pid = pids.first().copied().ok_or_else(|| self.unreadable("an empty pid list"))?;
+        Ok((pid, held))
+    }
+
+    /// `POST /api/v1/maintenance`: pause or resume the leader's own actions.
+    pub async fn maintenance(
+        &self,
+        paused: bool,
+        reason: Option<&str>,
+        by: Option<&str>,
+    ) -> Result<MaintenanceStatus, CtlError> {
+        let body = serde_json::json!({ "paused": paused, "reason": reason, "by": by });
+        self.json(self.http.post(self.url("/api/v1/maintenance")).json(&body)).await
     }
 
     /// `POST /api/v1/recover`: accept losing the writes past `kept_seq`
@@ -120,12 +143,26 @@ impl Orchestrator {
         serde_json::from_slice(&body).map_err(|e| self.unreadable(e))
     }
 
+    /// Send `req` with the token. A follower orchestrator answers operator
+    /// routes with a 307 to the leader: followed once here, token, method and
+    /// body included (reqwest's own redirects drop the `Authorization` header
+    /// on the way to another port or host, and the leader would refuse it).
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Response, CtlError> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        req.send().await.map_err(|e| self.unreachable(e))
+        let again = req.try_clone();
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        if resp.status() != StatusCode::TEMPORARY_REDIRECT {
+            return Ok(resp);
+        }
+        let to = resp.headers().get("location").and_then(|l| l.to_str().ok()).and_then(|l| reqwest::Url::parse(l).ok());
+        let (Some(again), Some(to)) = (again, to.filter(|u| u.scheme() == "http")) else { return Ok(resp) };
+        let (client, request) = again.build_split();
+        let mut request = request.map_err(|e| self.unreachable(e))?;
+        *request.url_mut() = to;
+        client.execute(request).await.map_err(|e| self.unreachable(e))
     }
 
     async fn check(&self, resp: Response) -> Result<Response, CtlError> {

@@ -3,6 +3,9 @@
 //!   rideshare-ctl status [--json]      the cluster as a table, master first
 //!   rideshare-ctl events [--follow]    recent events; --follow streams the feed until Ctrl-C
 //!   rideshare-ctl crash master|slave   kill a worker (needs the admin token when one is set)
+//!   rideshare-ctl pause [--reason TEXT] | resume
+//!                                      maintenance mode: no failover, replacement or scaling
+//!                                      until resume (the admin token when one is set)
 //!   rideshare-ctl workers              the workers' pids (needs the admin token when one is set)
 //!   rideshare-ctl recover --accept-data-loss-after SEQ
 //!                                      while the data is missing: keep the copy holding SEQ
@@ -75,6 +78,25 @@ enum Command {
     },
     /// The pids of the running workers, one per line.
     Workers,
+    /// Maintenance mode (as Patroni's pause): the leading orchestrator starts
+    /// nothing on its own (no failover, no replacement slave, no scaling, no
+    /// volume pruning or recovery) until `resume`; crash calls still work.
+    /// Kept in ZooKeeper: a new leader stays paused.
+    Pause {
+        /// Why (shown in the status, the page and the event).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who pauses [default: $USER].
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Leave maintenance mode: the leader acts on what happened meanwhile
+    /// (a lost master is failed over, missing slaves are started).
+    Resume {
+        /// Who resumes [default: $USER].
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// While no volume holds every acknowledged write (status: "data missing"),
     /// open the most advanced copy anyway: every write after SEQ is lost. SEQ
     /// must be that copy's (the status and the error say which); 0 starts empty.
@@ -122,6 +144,14 @@ enum Command {
         #[arg(long, requires = "into_cluster")]
         discard_current: bool,
     },
+}
+
+/// Who runs the command, for the maintenance record: `--by`, else `$USER`.
+fn operator(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok())
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "rideshare-ctl".to_owned())
 }
 
 fn base_url(s: &str) -> Result<String, String> {
@@ -176,8 +206,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Crash { target } => {
-            let pid = o.crash(target).await?;
+            let (pid, held) = o.crash(target).await?;
             writeln!(out, "crashed {}: pid {pid}", target.name())?;
+            if let Some(held) = held {
+                writeln!(out, "maintenance mode {held} (rideshare-ctl resume)")?;
+            }
+        }
+        Command::Pause { reason, by } => {
+            let m = o.maintenance(true, reason.as_deref(), Some(&operator(by))).await?;
+            writeln!(
+                out,
+                "paused: no failover, replacement slave, scaling or volume pruning until `rideshare-ctl resume`"
+            )?;
+            if !m.held.is_empty() {
+                writeln!(out, "held: {}", m.held.join("; "))?;
+            }
+        }
+        Command::Resume { by } => {
+            let before = o.status().await?.maintenance.held;
+            let m = o.maintenance(false, None, Some(&operator(by))).await?;
+            anyhow::ensure!(!m.paused, "the orchestrator is still paused");
+            match before.is_empty() {
+                true => writeln!(out, "resumed: nothing was held")?,
+                false => writeln!(out, "resumed: now acting on what was held: {}", before.join("; "))?,
+            }
         }
         Command::Workers => {
             for pid in o.workers().await? {
@@ -275,6 +327,13 @@ mod tests {
         assert!(matches!(parse(&["status", "--json"]).unwrap().command, Command::Status { json: true }));
         assert!(matches!(parse(&["events", "-f"]).unwrap().command, Command::Events { follow: true }));
         assert!(matches!(parse(&["backups"]).unwrap().command, Command::Backups { json: false }));
+        let p = parse(&["pause", "--reason", "kernel upgrade"]).unwrap();
+        assert!(matches!(p.command, Command::Pause { reason: Some(r), by: None } if r == "kernel upgrade"));
+        assert!(matches!(parse(&["pause"]).unwrap().command, Command::Pause { reason: None, .. }));
+        assert!(
+            matches!(parse(&["resume", "--by", "ann"]).unwrap().command, Command::Resume { by: Some(b) } if b == "ann")
+        );
+        assert!(parse(&["resume", "--reason", "x"]).is_err(), "resume takes no reason");
         let r = parse(&["restore", "--backup-url", "file:///b", "--to-seq", "9", "--out", "x.db"]).unwrap();
         assert!(matches!(r.command, Command::Restore { to_seq: Some(9), .. }));
         assert!(parse(&["restore", "--backup-url", "file:///b", "--out", "x.db"]).is_err(), "a target is required");

@@ -1,6 +1,7 @@
 //! `rideshare-ctl status`: a [`ClusterStatus`] as text, the way `patronictl
-//! list` shows a cluster: two header lines (cluster, master, connections;
-//! autoscaler) and a boxed table with one row per worker, master first.
+//! list` shows a cluster: header lines (cluster, master, connections;
+//! maintenance mode, only while paused; autoscaler; data) and a boxed table
+//! with one row per worker, master first.
 //!
 //! Invariant: pure functions of the status value (no clock, no I/O), so the
 //! same answer always prints the same text; a missing value prints as `-`,
@@ -15,6 +16,10 @@ pub fn render_status(s: &ClusterStatus) -> String {
     let mut out = String::new();
     out.push_str(&cluster_line(s));
     out.push('\n');
+    if let Some(line) = maintenance_line(s) {
+        out.push_str(&line);
+        out.push('\n');
+    }
     out.push_str(&autoscaler_line(s));
     out.push('\n');
     out.push_str(&data_line(s));
@@ -43,6 +48,18 @@ pub fn data_line(s: &ClusterStatus) -> String {
         Some(why) => format!("Data: MISSING: {why} | {committed} | {volumes}"),
         None => format!("Data: {committed} | {archive} | {volumes}"),
     }
+}
+
+/// While paused: `Maintenance: PAUSED since 2023-11-14 22:13:57.123Z by ann (kernel
+/// upgrade) | held: failover: no master; start 1 replacement slave` (`held:
+/// nothing` when nothing waits). None otherwise.
+pub fn maintenance_line(s: &ClusterStatus) -> Option<String> {
+    let m = s.maintenance.paused.then_some(&s.maintenance)?;
+    let since = m.since_ms.map(|t| format!(" since {}", crate::events::time(t))).unwrap_or_default();
+    let by = m.by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default();
+    let reason = m.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+    let held = if m.held.is_empty() { "nothing".to_owned() } else { m.held.join("; ") };
+    Some(format!("Maintenance: PAUSED{since}{by}{reason}: no failover, replacement or scaling | held: {held}"))
 }
 
 /// `Cluster: rideshare (runtime process) | master: w-1 pid 4242, epoch 3 | broker: connected | zookeeper: connected`
@@ -257,6 +274,7 @@ pub(crate) mod tests {
             broker_connected: true,
             zookeeper_connected: false,
             data: Default::default(),
+            maintenance: Default::default(),
             events: vec![],
         }
     }
@@ -337,6 +355,34 @@ Data: nothing committed yet | no archive | volumes 0 (0 kept, 0.0 MB)
         );
         s.data.missing = Some("data missing: acknowledged writes reach seq 42, no intact copy found".into());
         assert!(data_line(&s).starts_with("Data: MISSING: data missing: acknowledged writes reach seq 42"));
+    }
+
+    #[test]
+    fn a_paused_cluster_says_so_under_the_cluster_line() {
+        use wire::status::MaintenanceStatus;
+        let mut s = two_workers();
+        assert_eq!(maintenance_line(&s), None);
+        assert_eq!(render_status(&s).lines().count(), 9, "no line while not paused");
+        s.maintenance = MaintenanceStatus {
+            paused: true,
+            reason: Some("kernel upgrade".into()),
+            by: Some("ann".into()),
+            since_ms: Some(1_699_999_977_123),
+            held: vec!["failover: no master".into(), "start 1 replacement slave".into()],
+        };
+        let out = render_status(&s);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[1],
+            "Maintenance: PAUSED since 2023-11-14 22:12:57.123Z by ann (kernel upgrade): no failover, replacement \
+             or scaling | held: failover: no master; start 1 replacement slave"
+        );
+        assert!(lines[2].starts_with("Autoscaler: "), "{out}");
+        s.maintenance = MaintenanceStatus { paused: true, ..Default::default() };
+        assert_eq!(
+            maintenance_line(&s).unwrap(),
+            "Maintenance: PAUSED: no failover, replacement or scaling | held: nothing"
+        );
     }
 
     #[test]

@@ -52,6 +52,9 @@
       case "data_loss_accepted": return "operator accepted losing seq " + (e.kept_seq + 1) + "–" + e.lost_through;
       case "volume_removed": return "volume of " + e.worker + " removed: " + e.why;
       case "scaled": return "window " + e.window + ": " + e.reads + " reads, slaves " + e.before + " → " + e.after + (e.reason ? " (" + e.reason + ")" : "");
+      case "paused": return "maintenance mode on by " + e.by + (e.reason ? " (" + e.reason + ")" : "") + ": no failover, replacement or scaling";
+      case "resumed": return "maintenance mode off by " + e.by + (e.paused_secs !== undefined ? " after " + duration(e.paused_secs) : "");
+      case "held": return "held (paused): " + e.what;
       case "broker_lost": return "broker connection lost: " + e.error;
       case "broker_regained": return "broker connection regained";
       case "zookeeper_lost": return "ZooKeeper session lost";
@@ -152,6 +155,11 @@
       a.min_slaves + "–" + a.max_slaves + " slaves" + (a.last_window ? "; last: " + a.last_window.reason : "");
     badge("broker", s.broker_connected, "broker");
     badge("zookeeper", s.zookeeper_connected, "zookeeper");
+    var m = s.maintenance || { paused: false, held: [] };
+    var mb = $("maintenance");
+    mb.hidden = !m.paused;
+    mb.title = m.paused ? "maintenance mode" + (m.by ? " by " + m.by : "") + (m.reason ? ": " + m.reason : "") +
+      "; held: " + (m.held.length ? m.held.join("; ") : "nothing") : "";
     var d = s.data || { volumes: [] };
     var db = $("data");
     db.className = "badge " + (d.missing ? "bad" : "ok");

@@ -9,7 +9,8 @@
 //! Both decisions are pure functions; [`run`] only keeps time, gathers the
 //! window's signals ([`signals`]), carries the decision out, and leaves in the
 //! counter what the status API shows (window start, next decision, desired,
-//! the last window's signals). Every decision is a `scaled` event with its reason.
+//! the last window's signals). Every decision is a `scaled` event with its
+//! reason; in maintenance mode a `held` event, and nothing is done.
 
 pub mod signals;
 pub mod target;
@@ -198,10 +199,17 @@ pub async fn run(
                 (d.want, reason, Some(shown))
             }
         };
-        counter.desired.store(want as u64, Ordering::Relaxed);
         *counter.last_window.lock().expect("autoscaler lock") = shown;
+        let Some((before, after)) = cluster.scale_to(want).await else {
+            // Maintenance mode: the window is decided and said, not carried out.
+            info!(window, reads, want, reason = %reason, "scaling decision held: maintenance mode");
+            tel.events.emit(EventKind::Held {
+                what: format!("scaling: window {window} ({reads} reads) would choose {want} slaves ({reason})"),
+            });
+            continue;
+        };
+        counter.desired.store(want as u64, Ordering::Relaxed);
         tel.metrics.slaves_desired.set(want as i64);
-        let (before, after) = cluster.scale_to(want).await;
         let now = tokio::time::Instant::now();
         if after > before {
             last_out = Some(now);

@@ -5,11 +5,12 @@
 //!
 //! What operators watch is open (read-only, no secrets): the page at `/`,
 //! `GET /api/v1/status`, the live feed `GET /api/v1/events` (server-sent
-//! events) and `GET /metrics`. Whatever changes something (crash, clear) or
-//! lists pids for the crash routes needs the bearer token when one is set.
+//! events) and `GET /metrics`. Whatever changes something (crash, clear,
+//! maintenance) or lists pids for the crash routes needs the bearer token
+//! when one is set.
 //!
 //! Several orchestrators may run: each serves the database API; the routes
-//! about the workers (crash, worker/list, status, events) are the leader's,
+//! about the workers (crash, worker/list, maintenance, status, events) are the leader's,
 //! and another orchestrator answers them with a 307 to the leader (a 503
 //! while no leader is known).
 
@@ -27,7 +28,7 @@ use warp::{Filter, Rejection, Reply};
 use wire::ErrorBody;
 
 use crate::autoscale::ReadCounter;
-use crate::cluster::{AcceptedLoss, Cluster, RecoverError};
+use crate::cluster::{AcceptedLoss, Cluster, Crashed, RecoverError};
 use crate::dbapi::DbApi;
 use crate::error::ApiError;
 use crate::leader::Role;
@@ -104,6 +105,23 @@ struct RestoreRequest {
     #[serde(default)]
     discard_current: bool,
 }
+
+/// `POST /api/v1/maintenance`'s body: pause or resume the supervisor's own actions.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceRequest {
+    paused: bool,
+    reason: Option<String>,
+    /// Who asks (shown in the status and the event); default: the caller's address.
+    by: Option<String>,
+}
+
+/// Longest `reason` and `by` of a maintenance request (they are shown, not parsed).
+const MAINTENANCE_TEXT_MAX: usize = 500;
+
+/// The header a crash call's answer carries while paused: the body (`[pid]`)
+/// is the contract's, the header says what does not follow.
+pub const MAINTENANCE_HEADER: &str = "rideshare-maintenance";
 
 /// `POST /api/v1/recover`'s body: the last write to keep, by name.
 #[derive(Debug, serde::Deserialize)]
@@ -229,7 +247,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 Err(elsewhere) => return *elsewhere,
             };
             app.tel.metrics.crash_request("master");
-            pid_reply(cluster.crash_master().await, "no master to crash")
+            let held = "paused: no failover or replacement follows until resume";
+            pid_reply(cluster.crash_master().await, "no master to crash", held)
         });
 
     let crash_slave = warp::path!("api" / "v1" / "crash" / "slave")
@@ -243,7 +262,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 Err(elsewhere) => return *elsewhere,
             };
             app.tel.metrics.crash_request("slave");
-            pid_reply(cluster.crash_slave().await, "no slave to crash")
+            pid_reply(cluster.crash_slave().await, "no slave to crash", "paused: no replacement follows until resume")
         });
 
     let list = warp::path!("api" / "v1" / "worker" / "list")
@@ -258,6 +277,37 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
             };
             match cluster.worker_pids().await {
                 Ok(pids) => json_reply(StatusCode::OK, &pids),
+                Err(e) => ApiError::unavailable(format!("{e:#}")).into_response(),
+            }
+        });
+
+    // Maintenance mode (docs/api.md §6.1): recorded in ZooKeeper by the leader.
+    let maintenance = warp::path!("api" / "v1" / "maintenance")
+        .and(warp::post())
+        .and(admin(app.clone()))
+        .and(warp::path::full())
+        .and(warp::addr::remote())
+        .and(body())
+        .and(with_app.clone())
+        .then(|path, remote: Option<std::net::SocketAddr>, body: Bytes, app: Arc<App>| async move {
+            let cluster = match app.leading(&path) {
+                Ok(c) => c,
+                Err(elsewhere) => return *elsewhere,
+            };
+            let req: MaintenanceRequest = match parse(&body) {
+                Ok(r) => r,
+                Err(e) => return api_error(e),
+            };
+            let text = |v: Option<String>| v.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+            let (reason, by) = (text(req.reason), text(req.by));
+            if [&reason, &by].iter().any(|t| t.as_ref().is_some_and(|t| t.chars().count() > MAINTENANCE_TEXT_MAX)) {
+                return api_error(ApiError::invalid(format!(
+                    "reason and by take at most {MAINTENANCE_TEXT_MAX} characters"
+                )));
+            }
+            let by = by.unwrap_or_else(|| remote.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()));
+            match cluster.set_paused(req.paused, reason, by).await {
+                Ok(status) => json_reply(StatusCode::OK, &status),
                 Err(e) => ApiError::unavailable(format!("{e:#}")).into_response(),
             }
         });
@@ -372,6 +422,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .unify()
         .or(restore)
         .unify()
+        .or(maintenance)
+        .unify()
         .or(health)
         .unify()
         .boxed();
@@ -422,9 +474,14 @@ fn live_feed(app: Arc<App>) -> impl futures::Stream<Item = Result<warp::sse::Eve
     })
 }
 
-fn pid_reply(r: anyhow::Result<Option<u32>>, none: &str) -> warp::reply::Response {
+/// A crash call's answer: `[pid]`, with [`MAINTENANCE_HEADER`] saying `held`
+/// when maintenance mode holds what would follow.
+fn pid_reply(r: anyhow::Result<Option<Crashed>>, none: &str, held: &'static str) -> warp::reply::Response {
     match r {
-        Ok(Some(pid)) => json_reply(StatusCode::OK, &[pid]),
+        Ok(Some(Crashed { pid, held: false })) => json_reply(StatusCode::OK, &[pid]),
+        Ok(Some(Crashed { pid, held: true })) => {
+            warp::reply::with_header(json_reply(StatusCode::OK, &[pid]), MAINTENANCE_HEADER, held).into_response()
+        }
         Ok(None) => ApiError::conflict(none).into_response(),
         Err(e) => ApiError::unavailable(format!("{e:#}")).into_response(),
     }

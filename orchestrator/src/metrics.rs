@@ -95,6 +95,7 @@ pub struct Metrics {
     pub master_up: Gauge,
     pub master_epoch: Gauge,
     pub data_missing: Gauge,
+    pub maintenance_paused: Gauge,
     pub committed_seq: Gauge,
     pub archive_lag_seqs: Gauge,
     pub volumes_kept: Gauge,
@@ -138,6 +139,7 @@ impl Metrics {
             master_up: Gauge::default(),
             master_epoch: Gauge::default(),
             data_missing: Gauge::default(),
+            maintenance_paused: Gauge::default(),
             committed_seq: Gauge::default(),
             archive_lag_seqs: Gauge::default(),
             volumes_kept: Gauge::default(),
@@ -190,6 +192,11 @@ impl Metrics {
             "rideshare_data_missing",
             "1 while no volume holds every acknowledged write (no master is named; alert)",
             m.data_missing.clone(),
+        );
+        r.register(
+            "rideshare_maintenance_paused",
+            "1 while the cluster is in maintenance mode (no automatic failover, replacement or scaling)",
+            m.maintenance_paused.clone(),
         );
         r.register(
             "rideshare_committed_seq",

@@ -122,8 +122,13 @@ pub async fn run(
 /// How often a follower re-reads the master record.
 const MASTER_RECORD_EVERY: Duration = Duration::from_millis(200);
 
+/// How often every orchestrator re-reads the maintenance record (for its
+/// `rideshare_maintenance_paused` gauge: `/metrics` is per process).
+const MAINTENANCE_RECORD_EVERY: u32 = 5;
+
 /// Keep the RPC client's fencing epoch at the master record's (the leader
-/// raises it itself when it promotes; a follower learns it here), until `stop`.
+/// raises it itself when it promotes; a follower learns it here), and the
+/// maintenance gauge at the maintenance record's, until `stop`.
 pub async fn follow_master_epoch(
     cfg: Config,
     rpc: Arc<Rpc>,
@@ -131,13 +136,20 @@ pub async fn follow_master_epoch(
     floor: Arc<crate::read_floor::ReadFloor>,
     stop: CancellationToken,
 ) -> Result<()> {
-    let zk = Zk::new(&cfg.zk_addr, &cfg.zk_root, cfg.zk_session_timeout.0, tel);
+    let zk = Zk::new(&cfg.zk_addr, &cfg.zk_root, cfg.zk_session_timeout.0, tel.clone());
     let mut every = tokio::time::interval(MASTER_RECORD_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = 0u32;
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = stop.cancelled() => return Ok(()),
+        }
+        tick = tick.wrapping_add(1);
+        if tick.is_multiple_of(MAINTENANCE_RECORD_EVERY) {
+            if let Ok(rec) = zk.maintenance().await {
+                tel.metrics.maintenance_paused.set(i64::from(rec.is_some_and(|m| m.paused)));
+            }
         }
         if let Ok(Some(rec)) = zk.master().await {
             rpc.set_min_epoch(rec.epoch);

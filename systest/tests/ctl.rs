@@ -10,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use systest::{poll, root, Stack, StackOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use wire::status::{ClusterStatus, WorkerRole, WorkerState};
+use wire::status::{ClusterStatus, EventKind, WorkerRole, WorkerState};
 
 const TOKEN: &str = "ctl-test-token";
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -161,5 +161,195 @@ async fn an_operator_sees_crashes_and_a_wrong_token_changes_nothing() -> Result<
     let gone = run(ctl(&nowhere, Some(TOKEN)), &["status"]).await?;
     ensure!(!gone.ok, "status against {nowhere} succeeded");
     ensure!(gone.stderr.contains(&format!("cannot reach the orchestrator at {nowhere}: ")), "stderr: {}", gone.stderr);
+    Ok(())
+}
+
+/// The status through the open API (no token needed).
+async fn status_of(stack: &Stack) -> Option<ClusterStatus> {
+    Stack::http().get(stack.url("/api/v1/status")).send().await.ok()?.json().await.ok()
+}
+
+/// The slaves that run and serve reads.
+fn serving_slaves(s: &ClusterStatus) -> Vec<u32> {
+    s.workers.iter().filter(|w| w.role == WorkerRole::Slave && w.state == WorkerState::Serving).map(|w| w.pid).collect()
+}
+
+/// `rideshare_maintenance_paused`'s value in the orchestrator's metrics.
+async fn paused_gauge(url: &str) -> Option<i64> {
+    let text = Stack::http().get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix("rideshare_maintenance_paused ")?.trim().parse().ok())
+}
+
+/// Watch the status for `hold`: the check must hold on every look (every
+/// 100 ms), or the first status that breaks it is the error.
+async fn holds_for(stack: &Stack, hold: Duration, what: &str, ok: impl Fn(&ClusterStatus) -> bool) -> Result<usize> {
+    let end = std::time::Instant::now() + hold;
+    let mut looks = 0;
+    while std::time::Instant::now() < end {
+        if let Some(s) = status_of(stack).await {
+            ensure!(ok(&s), "{what} broken after {looks} looks: {s:#?}");
+            looks += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(looks >= 10, "only {looks} status answers in {hold:?}");
+    Ok(looks)
+}
+
+/// Maintenance mode end to end through the CLI: paused, a crashed slave is
+/// not replaced and a crashed master not failed over (for several times
+/// the time a replacement takes unpaused), and status, `rideshare-ctl
+/// status`, the metric and the events say so; on resume both happen and
+/// writes work again.
+#[tokio::test]
+async fn a_paused_cluster_holds_failover_and_replacement_until_resumed() -> Result<()> {
+    let stack = Stack::start(StackOptions { admin_token: Some(TOKEN.into()), ..Default::default() }).await?;
+    let o = stack.orchestrator.as_str();
+    let first = poll("a master and a serving slave", DEADLINE, || async {
+        let s = status_of(&stack).await?;
+        (s.master.is_some() && !serving_slaves(&s).is_empty()).then_some(s)
+    })
+    .await?;
+    ensure!(!first.maintenance.paused && paused_gauge(o).await == Some(0), "{:?}", first.maintenance);
+
+    // Unpaused, for comparison: how long a crashed slave takes to be replaced.
+    let t0 = std::time::Instant::now();
+    let crash = run(ctl(o, Some(TOKEN)), &["crash", "slave"]).await?;
+    ensure!(crash.ok && !crash.stdout.contains("maintenance"), "{} {}", crash.stdout, crash.stderr);
+    let gone = serving_slaves(&first);
+    poll("a replacement slave serving", DEADLINE, || async {
+        let s = status_of(&stack).await?;
+        serving_slaves(&s).iter().any(|p| !gone.contains(p)).then_some(())
+    })
+    .await?;
+    let normal = t0.elapsed();
+    let hold = (normal * 5).max(Duration::from_secs(6));
+    println!("unpaused: a crashed slave replaced and serving after {normal:?}; holding paused for {hold:?}");
+
+    // Pause (a wrong token changes nothing).
+    let refused = run(ctl(o, Some("not-the-token")), &["pause"]).await?;
+    ensure!(!refused.ok && refused.stderr.contains("refused the token"), "{}", refused.stderr);
+    ensure!(!status_of(&stack).await.context("status")?.maintenance.paused, "a refused pause paused");
+    let p = run(ctl(o, Some(TOKEN)), &["pause", "--reason", "disk swap", "--by", "ann"]).await?;
+    ensure!(p.ok, "pause failed: {}", p.stderr);
+    ensure!(p.stdout.starts_with("paused: no failover, replacement slave, scaling"), "{}", p.stdout);
+    let s = status_of(&stack).await.context("status")?;
+    ensure!(s.maintenance.paused, "{:?}", s.maintenance);
+    ensure!(s.maintenance.reason.as_deref() == Some("disk swap") && s.maintenance.by.as_deref() == Some("ann"));
+    ensure!(paused_gauge(o).await == Some(1), "rideshare_maintenance_paused is not 1");
+    let page = Stack::http().get(stack.url("/")).send().await?.text().await?;
+    ensure!(page.contains(r#"id="maintenance""#) && page.contains("PAUSED"), "the page has no PAUSED badge");
+
+    // A slave crashed while paused: the answer says nothing follows, and nothing does.
+    let before = status_of(&stack).await.context("status")?;
+    let crash = run(ctl(o, Some(TOKEN)), &["crash", "slave"]).await?;
+    ensure!(crash.ok, "crash slave: {}", crash.stderr);
+    ensure!(
+        crash.stdout.contains("maintenance mode paused: no replacement follows until resume"),
+        "crash slave while paused printed {:?}",
+        crash.stdout
+    );
+    let pids: Vec<u32> = before.workers.iter().map(|w| w.pid).collect();
+    let looks = holds_for(&stack, hold, "no new worker while paused", |s| {
+        s.maintenance.paused && s.workers.iter().all(|w| pids.contains(&w.pid)) && s.workers.len() < pids.len() + 1
+    })
+    .await?;
+    let s = status_of(&stack).await.context("status")?;
+    ensure!(s.workers.len() == 1 && s.master.is_some(), "only the master runs: {:?}", s.workers);
+    ensure!(s.maintenance.held == ["start 1 replacement slave"], "held: {:?}", s.maintenance.held);
+    let st = run(ctl(o, None), &["status"]).await?;
+    let line = st.stdout.lines().nth(1).unwrap_or_default();
+    ensure!(
+        line.starts_with("Maintenance: PAUSED since ")
+            && line.contains(" by ann (disk swap): ")
+            && line.ends_with("held: start 1 replacement slave"),
+        "rideshare-ctl status:\n{}",
+        st.stdout
+    );
+    println!(
+        "paused, slave crashed: no worker started in {hold:?} ({looks} looks); rideshare-ctl status:\n{}",
+        st.stdout
+    );
+
+    // Resume: the replacement comes.
+    let r = run(ctl(o, Some(TOKEN)), &["resume", "--by", "ann"]).await?;
+    ensure!(
+        r.ok && r.stdout.trim() == "resumed: now acting on what was held: start 1 replacement slave",
+        "{r:?}",
+        r = r.stdout
+    );
+    let t1 = std::time::Instant::now();
+    poll("a replacement slave after resume", DEADLINE, || async {
+        let s = status_of(&stack).await?;
+        (!s.maintenance.paused && !serving_slaves(&s).is_empty()).then_some(())
+    })
+    .await?;
+    println!("resumed: replacement serving after {:?}", t1.elapsed());
+    ensure!(paused_gauge(o).await == Some(0), "rideshare_maintenance_paused is not 0 after resume");
+
+    // Pause, crash the master: no failover while paused, writes wait.
+    let p = run(ctl(o, Some(TOKEN)), &["pause", "--reason", "master maintenance"]).await?;
+    ensure!(p.ok, "pause: {}", p.stderr);
+    let before = status_of(&stack).await.context("status")?;
+    let old = before.master.clone().context("a master")?;
+    let crash = run(ctl(o, Some(TOKEN)), &["crash", "master"]).await?;
+    ensure!(crash.ok, "crash master: {}", crash.stderr);
+    ensure!(crash.stdout.contains(&format!("crashed master: pid {}", old.pid)), "{}", crash.stdout);
+    ensure!(crash.stdout.contains("no failover or replacement follows until resume"), "{}", crash.stdout);
+    holds_for(&stack, hold, "no failover while paused", |s| {
+        s.master.is_none() && s.workers.iter().all(|w| w.role == WorkerRole::Slave && w.pid != old.pid)
+    })
+    .await?;
+    let s = status_of(&stack).await.context("status")?;
+    ensure!(
+        s.maintenance.held.first().map(String::as_str) == Some("failover: no master"),
+        "held: {:?}",
+        s.maintenance.held
+    );
+    ensure!(!s.events.iter().any(|e| matches!(e.what, EventKind::Promoted { .. }) && e.at_ms >= before.at_ms));
+
+    // Resume: a failover names a new master under the next epoch, writes work.
+    let r = run(ctl(o, Some(TOKEN)), &["resume"]).await?;
+    ensure!(r.ok && r.stdout.contains("failover: no master"), "{}", r.stdout);
+    let t1 = std::time::Instant::now();
+    let new = poll("a new master after resume", DEADLINE, || async {
+        status_of(&stack).await?.master.filter(|m| m.epoch > old.epoch)
+    })
+    .await?;
+    ensure!(new.pid != old.pid && new.epoch == old.epoch + 1, "{new:?} after {old:?}");
+    let (code, body) = poll("a write accepted", DEADLINE, || async {
+        stack.write(&systest::user_write("after-resume")).await.ok().filter(|(c, _)| *c == 201)
+    })
+    .await?;
+    println!(
+        "resumed: new master {} (epoch {}) and a write accepted after {:?}: {code} {body}",
+        new.id,
+        new.epoch,
+        t1.elapsed()
+    );
+
+    // The event feed told all of it, with who and why.
+    let s = poll("a replacement slave after the failover", DEADLINE, || async {
+        let s = status_of(&stack).await?;
+        (!serving_slaves(&s).is_empty()).then_some(s)
+    })
+    .await?;
+    let kinds = |f: fn(&EventKind) -> bool| s.events.iter().filter(|e| f(&e.what)).count();
+    ensure!(
+        kinds(
+            |k| matches!(k, EventKind::Paused { by, reason } if by == "ann" && reason.as_deref() == Some("disk swap"))
+        ) == 1
+    );
+    ensure!(
+        kinds(|k| matches!(k, EventKind::Paused { .. })) == 2 && kinds(|k| matches!(k, EventKind::Resumed { .. })) == 2
+    );
+    ensure!(kinds(|k| matches!(k, EventKind::Held { what } if what.starts_with("replacement of slave"))) == 1);
+    ensure!(
+        kinds(|k| matches!(k, EventKind::Held { what } if what.starts_with("failover and replacement after master")))
+            == 1
+    );
+    let ev = run(ctl(o, None), &["events"]).await?;
+    ensure!(ev.stdout.lines().any(|l| l.contains("  paused by=ann reason=\"disk swap\"")), "{}", ev.stdout);
+    ensure!(ev.stdout.lines().any(|l| l.contains("  resumed by=ann paused_secs=")), "{}", ev.stdout);
     Ok(())
 }

@@ -237,6 +237,32 @@ async fn page_follows_a_failover_without_a_reload() -> Result<()> {
         assert_eq!(scrolls, json!(true), "the table scrolls sideways on a phone");
         screenshot(&client, &stack.dir.join("page-phone.png")).await?;
         assert_eq!(page_errors(&client).await?, Vec::<String>::new());
+
+        // Maintenance mode: a PAUSED badge while paused, gone on resume.
+        client.set_window_size(1280, 800).await?;
+        let badge = "const b = document.getElementById('maintenance'); \
+                     return b && !b.hidden && b.offsetWidth > 0 ? b.textContent : null;";
+        assert_eq!(js(&client, badge).await?, Json::Null, "no badge while not paused");
+        for (paused, want) in [(true, json!("PAUSED")), (false, Json::Null)] {
+            let r = Stack::http()
+                .post(stack.url("/api/v1/maintenance"))
+                .bearer_auth(TOKEN)
+                .json(&json!({ "paused": paused, "reason": "page test" }))
+                .send()
+                .await?;
+            assert_eq!(r.status().as_u16(), 200, "maintenance paused={paused}");
+            let t0 = Instant::now();
+            while js(&client, badge).await? != want && t0.elapsed() < Duration::from_secs(3) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(js(&client, badge).await?, want, "badge with paused={paused}");
+            if paused {
+                let kinds = feed_kinds(&client).await?;
+                assert!(kinds.iter().any(|k| k == "paused"), "feed: {kinds:?}");
+                screenshot(&client, &stack.dir.join("page-paused.png")).await?;
+            }
+        }
+        assert_eq!(page_errors(&client).await?, Vec::<String>::new());
         Ok::<_, anyhow::Error>(())
     }
     .await;

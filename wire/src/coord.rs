@@ -8,6 +8,7 @@
 //! <root>/orchestrators/<i> ephemeral:  OrchestratorRecord, one per live orchestrator
 //! <root>/committed         persistent: CommittedRecord, written by the master before it acks
 //! <root>/archive           persistent: ArchiveRecord, written by the archiver as it uploads
+//! <root>/maintenance       persistent: MaintenanceRecord, written by the leading orchestrator
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,10 @@ pub fn archive_path(root: &str) -> String {
     format!("{root}/archive")
 }
 
+pub fn maintenance_path(root: &str) -> String {
+    format!("{root}/maintenance")
+}
+
 pub fn orchestrators_path(root: &str) -> String {
     format!("{root}/orchestrators")
 }
@@ -61,6 +66,22 @@ pub struct OrchestratorRecord {
     /// `db/read` requests it has counted since it started (the leader's
     /// autoscaler adds every orchestrator's reads to its window).
     pub reads_total: u64,
+}
+
+/// Maintenance mode (Patroni's `pause`): while `paused`, the leading
+/// orchestrator starts nothing on its own (no failover, no replacement slave,
+/// no scaling, no volume pruning or recovery); operators' calls still act.
+/// Kept in ZooKeeper so a new leader stays paused; absent = not paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceRecord {
+    pub paused: bool,
+    /// Why, as the operator said it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who paused or resumed last (the caller's `by`, else its address).
+    pub by: String,
+    /// When it was paused or resumed, ms since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// Which worker is master, and since which epoch. A new master always gets a

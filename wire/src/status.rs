@@ -23,8 +23,30 @@ pub struct ClusterStatus {
     /// why there is no master if there is none (absent from older orchestrators).
     #[serde(default)]
     pub data: DataStatus,
+    /// Maintenance mode: whether the leader is paused, and what it holds
+    /// back meanwhile (absent from older orchestrators: not paused).
+    #[serde(default)]
+    pub maintenance: MaintenanceStatus,
     /// The latest events, oldest first (at most [`EVENTS_KEPT`]).
     pub events: Vec<Event>,
+}
+
+/// Maintenance mode as the status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceStatus {
+    pub paused: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who paused it (or resumed it last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Unix ms of the pause (or of the last resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// What the leader would do now if it were not paused (e.g. `failover:
+    /// no master`, `start 1 replacement slave`): done on resume.
+    #[serde(default)]
+    pub held: Vec<String>,
 }
 
 /// The cluster's data and the storage it lives on.
@@ -229,6 +251,24 @@ pub enum EventKind {
         /// Why the policy chose `after` (absent from older orchestrators).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+    },
+    /// Maintenance mode on: the leader starts nothing on its own until resumed.
+    Paused {
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Maintenance mode off: the leader acts on what happened meanwhile.
+    Resumed {
+        by: String,
+        /// How long it was paused (None: the pause predates this leader's view).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        paused_secs: Option<f64>,
+    },
+    /// Something the leader would have done on its own, not done because it
+    /// is paused (e.g. `failover after master w1 crashed`).
+    Held {
+        what: String,
     },
     BrokerLost {
         error: String,

@@ -1,5 +1,6 @@
 //! The supervisor's decisions as pure functions of what it knows: which slave
-//! a failover promotes, and what a reconcile pass finds wrong. No I/O here:
+//! a failover promotes, what a reconcile pass finds wrong, and what
+//! maintenance mode holds back. No I/O here:
 //! `cluster` gathers the state (runtime listing, ZooKeeper registry, its own
 //! membership), asks these functions, and carries out what they return. The
 //! tables in the tests are the specification (docs/guarantees.md, failover).
@@ -313,6 +314,118 @@ pub fn reconcile(
         }
     }
     fixes
+}
+
+/// What the supervisor does once a member left without being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterLoss {
+    /// Name a new master (it was the master).
+    pub failover: bool,
+    /// Start a replacement slave if the slaves fall below the minimum.
+    pub replace: bool,
+}
+
+/// A lost master is failed over, and every loss replaced; while paused
+/// (maintenance mode) neither: reconcile does both on resume, since it
+/// finds no master and `replenish` finds too few slaves.
+pub fn after_loss(role: MemberRole, paused: bool) -> AfterLoss {
+    AfterLoss { failover: role == MemberRole::Master && !paused, replace: !paused }
+}
+
+/// A reconcile pass's fixes split into those carried out and those held:
+/// while paused only the bookkeeping is done (a member lost, registered,
+/// serving, missing since), never an action started on the supervisor's
+/// own (a failover, killing a stray worker).
+pub fn while_paused(fixes: Vec<Fix>, paused: bool) -> (Vec<Fix>, Vec<Fix>) {
+    if !paused {
+        return (fixes, vec![]);
+    }
+    fixes.into_iter().partition(|f| !matches!(f, Fix::Failover | Fix::KillStray { .. }))
+}
+
+/// What the leader would start now if it were not paused, said for the
+/// status: a failover (or a recovery while the data is missing) when no
+/// master runs, and the replacement slaves the minimum asks for.
+pub fn held(members: &BTreeMap<String, Member>, min_slaves: u64, data_missing: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if !members.values().any(|m| m.role == MemberRole::Master) {
+        out.push(if data_missing { "recovery: data missing" } else { "failover: no master" }.to_owned());
+    }
+    let slaves = members.values().filter(|m| m.is_active_slave()).count() as u64;
+    match min_slaves.saturating_sub(slaves) {
+        0 => {}
+        1 => out.push("start 1 replacement slave".to_owned()),
+        n => out.push(format!("start {n} replacement slaves")),
+    }
+    out
+}
+
+#[cfg(test)]
+mod maintenance_tests {
+    use super::*;
+
+    fn members(list: &[(&str, u32, MemberRole)]) -> BTreeMap<String, Member> {
+        let t0 = Instant::now();
+        list.iter().map(|(id, pid, role)| (id.to_string(), Member::new(*pid, *role, t0))).collect()
+    }
+
+    #[test]
+    fn a_pause_holds_failover_and_replacement() {
+        use MemberRole::*;
+        let both = AfterLoss { failover: true, replace: true };
+        let replace = AfterLoss { failover: false, replace: true };
+        let nothing = AfterLoss { failover: false, replace: false };
+        // (role lost, paused) -> what follows
+        for (role, paused, want) in
+            [(Master, false, both), (Slave, false, replace), (Master, true, nothing), (Slave, true, nothing)]
+        {
+            assert_eq!(after_loss(role, paused), want, "{role:?} paused={paused}");
+        }
+    }
+
+    #[test]
+    fn a_pause_keeps_the_bookkeeping_and_holds_the_actions() {
+        let t = Instant::now();
+        let lost = Fix::Lost { id: "s".into(), how: Detected::RuntimeExit };
+        let stray = Fix::KillStray { id: "old".into(), pid: 7 };
+        let all = vec![
+            lost.clone(),
+            Fix::Registered { id: "a".into() },
+            Fix::Serving { id: "b".into(), seq: 3 },
+            Fix::MissingSince { id: "c".into(), since: t },
+            stray.clone(),
+            Fix::Failover,
+        ];
+        // (paused) -> (carried out, held)
+        let cases: Vec<(bool, Vec<Fix>, Vec<Fix>)> =
+            vec![(false, all.clone(), vec![]), (true, all[..4].to_vec(), vec![stray, Fix::Failover])];
+        for (paused, act, hold) in cases {
+            assert_eq!(while_paused(all.clone(), paused), (act, hold), "paused={paused}");
+        }
+        assert_eq!(while_paused(vec![], true), (vec![], vec![]));
+    }
+
+    #[test]
+    fn what_a_pause_holds_is_said() {
+        use MemberRole::*;
+        let mut stopping = members(&[("m", 1, Master), ("s", 2, Slave)]);
+        stopping.get_mut("s").unwrap().stopping = true;
+        // (members, min slaves, data missing) -> held
+        type Case = (BTreeMap<String, Member>, u64, bool, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
+            (members(&[("m", 1, Master), ("s", 2, Slave)]), 1, false, vec![]),
+            (members(&[("m", 1, Master)]), 1, false, vec!["start 1 replacement slave"]),
+            (members(&[("m", 1, Master)]), 3, false, vec!["start 3 replacement slaves"]),
+            (stopping, 1, false, vec!["start 1 replacement slave"]),
+            (members(&[("s", 2, Slave)]), 1, false, vec!["failover: no master"]),
+            (members(&[("s", 2, Slave)]), 2, false, vec!["failover: no master", "start 1 replacement slave"]),
+            (members(&[]), 1, true, vec!["recovery: data missing", "start 1 replacement slave"]),
+            (members(&[("m", 1, Master), ("s", 2, Slave), ("t", 3, Slave)]), 1, false, vec![]),
+        ];
+        for (i, (m, min, missing, want)) in cases.into_iter().enumerate() {
+            assert_eq!(held(&m, min, missing), want, "row {i}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,9 +10,15 @@
 //! from ZooKeeper (its ephemeral znode gone for longer than a grace period
 //! while the process still runs: a paused or cut-off worker).
 //!
-//! The decisions (which slave to promote, what a reconcile pass found) are
-//! pure functions in [`decide`]; this module gathers their inputs and carries
-//! out their answers.
+//! The decisions (which slave to promote, what a reconcile pass found, what
+//! maintenance mode holds) are pure functions in [`decide`]; this module
+//! gathers their inputs and carries out their answers.
+//!
+//! Maintenance mode (`<root>/maintenance`, read at adoption and by every
+//! reconcile pass, written only here under the membership lock): while
+//! paused, nothing is started on the supervisor's own (no failover, no
+//! replacement or scaling, no stray killed, no volume pruned, no recovery);
+//! losses are still recorded, and operators' calls still act.
 
 pub mod decide;
 pub mod zk;
@@ -26,8 +32,10 @@ use anyhow::{anyhow, bail, Result};
 use tasks::CancellationToken;
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
-use wire::coord::{ArchiveRecord, CommittedRecord, MasterRecord, Role, WorkerRecord};
-use wire::status::{ClusterStatus, DataStatus, EventKind, MasterStatus, VolumeStatus, WorkerRole, WorkerStatus};
+use wire::coord::{ArchiveRecord, CommittedRecord, MaintenanceRecord, MasterRecord, Role, WorkerRecord};
+use wire::status::{
+    ClusterStatus, DataStatus, EventKind, MaintenanceStatus, MasterStatus, VolumeStatus, WorkerRole, WorkerStatus,
+};
 
 use crate::config::Config;
 use crate::metrics::{gauge_i64, WorkerGauges};
@@ -55,6 +63,8 @@ struct Membership {
     restore_tried: bool,
     /// Since when each kept volume (its worker gone) has been seen.
     kept_since: HashMap<String, Instant>,
+    /// The maintenance record as last read or written (None: never paused).
+    maintenance: Option<MaintenanceRecord>,
 }
 
 impl Membership {
@@ -63,6 +73,10 @@ impl Membership {
     }
     fn slaves(&self) -> impl Iterator<Item = (&String, &Member)> {
         self.members.iter().filter(|(_, m)| m.is_active_slave())
+    }
+    /// Maintenance mode: start nothing on our own.
+    fn paused(&self) -> bool {
+        self.maintenance.as_ref().is_some_and(|m| m.paused)
     }
 }
 
@@ -73,6 +87,7 @@ struct View {
     members: BTreeMap<String, Member>,
     epoch: u64,
     missing: Option<String>,
+    maintenance: Option<MaintenanceRecord>,
 }
 
 /// What the last good registry read showed (the reconcile loop reads it at
@@ -87,6 +102,14 @@ struct ZkView {
     committed: Option<CommittedRecord>,
     archive: Option<ArchiveRecord>,
     volumes: Vec<VolumeInfo>,
+}
+
+/// What a crash call did: the pid killed, and whether maintenance mode
+/// holds what would follow (failover, replacement).
+#[derive(Debug, Clone, Copy)]
+pub struct Crashed {
+    pub pid: u32,
+    pub held: bool,
 }
 
 /// What `POST /api/v1/recover` did.
@@ -224,17 +247,32 @@ impl Cluster {
         m.master_up.set(i64::from(st.master().is_some()));
         m.master_epoch.set(gauge_i64(st.epoch));
         m.data_missing.set(i64::from(st.missing.is_some()));
-        *self.view.lock().expect("view lock") =
-            View { members: st.members.clone(), epoch: st.epoch, missing: st.missing.as_ref().map(|(m, _)| m.clone()) };
+        m.maintenance_paused.set(i64::from(st.paused()));
+        *self.view.lock().expect("view lock") = View {
+            members: st.members.clone(),
+            epoch: st.epoch,
+            missing: st.missing.as_ref().map(|(m, _)| m.clone()),
+            maintenance: st.maintenance.clone(),
+        };
     }
 
     async fn adopt_or_bootstrap(&self) -> Result<()> {
         let running = self.runtime.list().await.map_err(|e| anyhow!("listing workers: {e}"))?;
         let record = self.zk_retry("reading the master record", || self.zk.master()).await?;
+        let maintenance = self.zk_retry("reading the maintenance record", || self.zk.maintenance()).await?;
         let mut st = self.state.lock().await;
         st.epoch = record.as_ref().map_or(0, |r| r.epoch);
         st.last_master = record.as_ref().filter(|r| r.has_master()).map(|r| r.id.clone());
+        st.maintenance = maintenance;
         self.rpc.set_min_epoch(st.epoch);
+        let paused = st.paused();
+        if let Some(m) = st.maintenance.as_ref().filter(|m| m.paused) {
+            warn!(by = %m.by, reason = ?m.reason, "maintenance mode: adopting the cluster as it is, starting nothing");
+        }
+        if running.is_empty() && paused {
+            self.publish(&st);
+            return Ok(());
+        }
         if running.is_empty() {
             // A cold start: a cluster that ever acknowledged a write, or left
             // a volume, resumes its data; only a brand-new one starts empty.
@@ -258,11 +296,13 @@ impl Cluster {
             st.members.insert(w.id.clone(), Member::new(w.pid, role, Instant::now()));
             info!(worker = %w.id, pid = w.pid, ?role, "adopted running worker");
         }
-        if st.master().is_none() {
+        if st.master().is_none() && !paused {
             warn!("no running master among adopted workers");
             self.failover(&mut st, Detected::NotRunning, Instant::now()).await?;
         }
-        self.fill_slaves(&mut st).await;
+        if !paused {
+            self.fill_slaves(&mut st).await;
+        }
         self.publish(&st);
         Ok(())
     }
@@ -711,7 +751,7 @@ impl Cluster {
         for v in &kept {
             st.kept_since.entry(v.id.clone()).or_insert(now);
         }
-        if master_ok && slaves_ok && st.missing.is_none() {
+        if master_ok && slaves_ok && st.missing.is_none() && !st.paused() {
             let due = |v: &&&VolumeInfo| {
                 !running.iter().any(|w| w.id == v.id)
                     && st.kept_since.get(&v.id).is_some_and(|t| now.duration_since(*t) >= timing::VOLUME_KEEP)
@@ -744,14 +784,24 @@ impl Cluster {
             role: m.role.wire(),
             detected: how.as_str().to_owned(),
         });
-        if m.role == MemberRole::Master {
+        let next = decide::after_loss(m.role, st.paused());
+        if next.failover {
             if let Err(e) = self.failover(st, how, seen).await {
                 error!(error = %e, "failover failed");
             }
         }
-        // The replacement starts in the background: starting a container
-        // takes longer than a failover and should not delay its answer.
-        self.replenish.notify_one();
+        if next.replace {
+            // The replacement starts in the background: starting a container
+            // takes longer than a failover and should not delay its answer.
+            self.replenish.notify_one();
+        } else {
+            let what = match m.role {
+                MemberRole::Master => format!("failover and replacement after master {id} (pid {}) was lost", m.pid),
+                MemberRole::Slave => format!("replacement of slave {id} (pid {})", m.pid),
+            };
+            warn!(worker = %id, pid = m.pid, held = %what, "maintenance mode: held until resume");
+            self.tel.events.emit(EventKind::Held { what });
+        }
     }
 
     /// Start replacements whenever a loss left fewer slaves than the minimum.
@@ -762,26 +812,56 @@ impl Cluster {
                 _ = stop.cancelled() => return Ok(()),
             }
             let mut st = self.state.lock().await;
-            self.fill_slaves(&mut st).await;
+            if !st.paused() {
+                self.fill_slaves(&mut st).await;
+            }
         }
     }
 
-    /// `/api/v1/crash/master`: SIGKILL the master, then fail over at once.
-    pub async fn crash_master(&self) -> Result<Option<u32>> {
+    /// `/api/v1/crash/master`: SIGKILL the master, then fail over at once
+    /// (unless paused).
+    pub async fn crash_master(&self) -> Result<Option<Crashed>> {
         let mut st = self.state.lock().await;
         let Some((id, _)) = st.master().map(|(i, m)| (i.clone(), m.clone())) else { return Ok(None) };
         let pid = self.runtime.kill(&id).await.map_err(|e| anyhow!("killing master {id}: {e}"))?;
         self.handle_loss(&mut st, &id, Detected::CrashEndpoint).await;
-        Ok(Some(pid))
+        Ok(Some(Crashed { pid, held: st.paused() }))
     }
 
     /// `/api/v1/crash/slave`: SIGKILL the slave with the highest pid.
-    pub async fn crash_slave(&self) -> Result<Option<u32>> {
+    pub async fn crash_slave(&self) -> Result<Option<Crashed>> {
         let mut st = self.state.lock().await;
         let Some(id) = st.slaves().max_by_key(|(_, m)| m.pid).map(|(i, _)| i.clone()) else { return Ok(None) };
         let pid = self.runtime.kill(&id).await.map_err(|e| anyhow!("killing slave {id}: {e}"))?;
         self.handle_loss(&mut st, &id, Detected::CrashEndpoint).await;
-        Ok(Some(pid))
+        Ok(Some(Crashed { pid, held: st.paused() }))
+    }
+
+    /// `POST /api/v1/maintenance`: pause (or resume) the supervisor's own
+    /// actions, recorded in ZooKeeper first so a new leader keeps it. Asking
+    /// for the state the cluster is in changes nothing. On resume, the next
+    /// reconcile pass (within `RECONCILE_EVERY`) fails over a lost master
+    /// and the replacements start.
+    pub async fn set_paused(&self, paused: bool, reason: Option<String>, by: String) -> Result<MaintenanceStatus> {
+        let mut st = self.state.lock().await;
+        if st.paused() != paused {
+            let since = st.maintenance.as_ref().map(|m| m.at_ms);
+            let rec = MaintenanceRecord { paused, reason: reason.clone(), by: by.clone(), at_ms: wire::now_ms() };
+            self.zk.set_maintenance(&rec).await.map_err(|e| anyhow!("writing the maintenance record: {e}"))?;
+            st.maintenance = Some(rec);
+            self.publish(&st);
+            if paused {
+                warn!(by = %by, reason = ?reason, "maintenance mode on: no failover, replacement or scaling until resume");
+                self.tel.events.emit(EventKind::Paused { by, reason });
+            } else {
+                let paused_secs = since.map(|t| wire::now_ms().saturating_sub(t) as f64 / 1000.0);
+                info!(by = %by, paused_secs, "maintenance mode off: acting on what happened meanwhile");
+                self.tel.events.emit(EventKind::Resumed { by, paused_secs });
+                self.replenish.notify_one();
+            }
+        }
+        drop(st);
+        Ok(self.maintenance_status())
     }
 
     /// `/api/v1/worker/list`: the pids of every worker, as the runtime reports them.
@@ -800,10 +880,14 @@ impl Cluster {
 
     /// Bring the number of slaves to `n`: start new ones (they catch up before
     /// taking reads), or stop the highest-pid ones gracefully (they finish
-    /// the reads in hand; the rest go back to `readQ`). Returns (before, after).
-    pub async fn scale_to(&self, n: usize) -> (usize, usize) {
+    /// the reads in hand; the rest go back to `readQ`). Returns (before,
+    /// after); None while paused (nothing done).
+    pub async fn scale_to(&self, n: usize) -> Option<(usize, usize)> {
         let mut st = self.state.lock().await;
         let before = st.slaves().count();
+        if st.paused() {
+            return None;
+        }
         let mut to_stop = Vec::new();
         if n > before {
             for _ in before..n {
@@ -835,7 +919,7 @@ impl Cluster {
             }
         });
         futures::future::join_all(stops).await;
-        (before, after)
+        Some((before, after))
     }
 
     /// Handle every exit the runtime reports. Ends with an error when the
@@ -887,6 +971,17 @@ impl Cluster {
         let running = self.runtime.list().await.map_err(|e| anyhow!("listing workers: {e}"))?;
         let registry = self.registry().await;
         let mut st = self.state.lock().await;
+        // Under the lock: a pause written meanwhile is not undone by an older read.
+        match self.zk.maintenance().await {
+            Ok(rec) if rec != st.maintenance => {
+                warn!(record = ?rec, "maintenance record changed in zookeeper: following it");
+                st.maintenance = rec;
+                if !st.paused() {
+                    self.replenish.notify_one();
+                }
+            }
+            _ => {}
+        }
         let registry = decide::current_records(registry, &st.members);
         let now = Instant::now();
         st.retired.retain(|_, at| now.duration_since(*at) < timing::RETIRED_FORGET);
@@ -903,6 +998,8 @@ impl Cluster {
                 retired_grace: timing::RETIRED_GRACE,
             },
         );
+        // Maintenance mode: the bookkeeping only (status shows what is held).
+        let (fixes, _held) = decide::while_paused(fixes, st.paused());
         for fix in fixes {
             match fix {
                 Fix::Lost { id, how } => {
@@ -950,6 +1047,8 @@ impl Cluster {
                     if let Err(e) = self.failover(&mut st, Detected::NotRunning, Instant::now()).await {
                         error!(error = %e, "failover failed");
                     }
+                    // The promoted slave leaves a place (a postponed or held failover).
+                    self.replenish.notify_one();
                 }
             }
         }
@@ -1025,8 +1124,14 @@ impl Cluster {
             broker_connected: self.rpc.connected(),
             zookeeper_connected: self.zk.connected(),
             data: self.data_status(&view),
+            maintenance: maintenance_status(&view, self.cfg.scale.min_slaves),
             events: self.tel.events.recent(),
         }
+    }
+
+    /// Maintenance mode as the status shows it (no wait behind the lock).
+    pub fn maintenance_status(&self) -> MaintenanceStatus {
+        maintenance_status(&self.view.lock().expect("view lock"), self.cfg.scale.min_slaves)
     }
 
     fn data_status(&self, view: &View) -> DataStatus {
@@ -1046,5 +1151,16 @@ impl Cluster {
                 })
                 .collect(),
         }
+    }
+}
+
+fn maintenance_status(view: &View, min_slaves: u64) -> MaintenanceStatus {
+    let Some(m) = &view.maintenance else { return MaintenanceStatus::default() };
+    MaintenanceStatus {
+        paused: m.paused,
+        reason: m.reason.clone(),
+        by: Some(m.by.clone()),
+        since_ms: Some(m.at_ms),
+        held: if m.paused { decide::held(&view.members, min_slaves, view.missing.is_some()) } else { vec![] },
     }
 }

@@ -1,5 +1,5 @@
-//! The orchestrator's view of ZooKeeper: the master record it owns and the
-//! workers' ephemeral znodes it watches. Reconnects (new session) on expiry.
+//! The orchestrator's view of ZooKeeper: the master and maintenance records
+//! it owns and the workers' ephemeral znodes it watches. Reconnects (new session) on expiry.
 //! A session lost or regained (as [`Zk::healthy`] observes it) is an event.
 
 use std::collections::HashMap;
@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 use wire::coord::{
-    archive_path, committed_path, master_path, worker_path, workers_path, ArchiveRecord, CommittedRecord, MasterRecord,
-    WorkerRecord,
+    archive_path, committed_path, maintenance_path, master_path, worker_path, workers_path, ArchiveRecord,
+    CommittedRecord, MaintenanceRecord, MasterRecord, WorkerRecord,
 };
 use wire::status::EventKind;
 use zookeeper_client as zk;
@@ -135,15 +135,28 @@ impl Zk {
         }
     }
 
+    /// `<root>/maintenance` (None: never paused).
+    pub async fn maintenance(&self) -> Result<Option<MaintenanceRecord>, ZkError> {
+        self.read_json(&maintenance_path(&self.root)).await
+    }
+
+    pub async fn set_maintenance(&self, rec: &MaintenanceRecord) -> Result<(), ZkError> {
+        self.write_json(&maintenance_path(&self.root), rec).await
+    }
+
     pub async fn set_master(&self, rec: &MasterRecord) -> Result<(), ZkError> {
+        self.write_json(&master_path(&self.root), rec).await
+    }
+
+    /// Set a persistent znode's data, creating it when missing.
+    async fn write_json<T: serde::Serialize>(&self, path: &str, rec: &T) -> Result<(), ZkError> {
         let c = self.client().await?;
-        let path = master_path(&self.root);
         let data = serde_json::to_vec(rec).expect("record serializes");
-        match self.bounded(c.set_data(&path, &data, None)).await {
+        match self.bounded(c.set_data(path, &data, None)).await {
             Ok(_) => Ok(()),
             Err(ZkError::Zk(zk::Error::NoNode)) => {
                 let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-                self.bounded(c.create(&path, &data, &opts)).await.map(|_| ())
+                self.bounded(c.create(path, &data, &opts)).await.map(|_| ())
             }
             Err(e) => Err(e),
         }
