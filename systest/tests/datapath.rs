@@ -271,9 +271,24 @@ async fn operator_endpoints_require_the_admin_token_when_one_is_set() {
         }
     }
     assert_eq!(stack.worker_pids_with("Bearer s3cret").await, pids, "nothing was killed");
-    // Data endpoints stay open; the services pass the token on for clear.
     assert_eq!(stack.write(&user("tok")).await.unwrap().0, 201);
-    let r = http.post(format!("{}/api/v1/db/clear", stack.users)).send().await.unwrap();
+    // Through either service, and so through the load balancer, the caller's
+    // own token is checked: the service clears with its token only for a
+    // caller that has it.
+    for base in [&stack.users, &stack.rides, &stack.lb] {
+        for auth in [None, Some("Bearer wrong")] {
+            let mut req = http.post(format!("{base}/api/v1/db/clear"));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "clear at {base} with {auth:?}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(body["error"].is_string());
+        }
+    }
+    assert_eq!(count(&stack, "users").await, 1, "nothing was cleared without the token");
+    let r = http.post(format!("{}/api/v1/db/clear", stack.lb)).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(count(&stack, "users").await, 0);
     let r = http.post(stack.url("/api/v1/crash/slave")).bearer_auth("s3cret").send().await.unwrap();
