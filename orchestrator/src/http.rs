@@ -5,7 +5,8 @@
 //!
 //! What operators watch is open (read-only, no secrets): the page at `/`,
 //! `GET /api/v1/status`, the live feed `GET /api/v1/events` (server-sent
-//! events) and `GET /metrics`. Whatever changes something (crash, clear) or
+//! events) and `GET /metrics`. Whatever changes something (crash, clear, and
+//! `db/write`'s `op: clear`, which empties every table as clear does) or
 //! lists pids for the crash routes needs the bearer token when one is set.
 //!
 //! Several orchestrators may run: each serves the database API; the routes
@@ -24,7 +25,7 @@ use tasks::CancellationToken;
 use tokio::sync::broadcast::error::RecvError;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
-use wire::ErrorBody;
+use wire::{ErrorBody, WriteKind, WriteRequest};
 
 use crate::autoscale::ReadCounter;
 use crate::cluster::{AcceptedLoss, Cluster, RecoverError};
@@ -194,10 +195,20 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         },
     );
 
-    let write = warp::path!("api" / "v1" / "db" / "write").and(warp::post()).and(body()).and(with_app.clone()).then(
-        |body: Bytes, app: Arc<App>| async move {
+    // `op: clear` empties every table, as `db/clear` does: it needs the same
+    // token, or the operator route would have an open back door.
+    let write = warp::path!("api" / "v1" / "db" / "write")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(body())
+        .and(with_app.clone())
+        .then(|auth: Option<String>, body: Bytes, app: Arc<App>| async move {
             let started = Instant::now();
-            let r = match parse(&body) {
+            let r = match parse::<WriteRequest>(&body) {
+                Ok(req) if req.op == WriteKind::Clear && !app.authorized(auth.as_deref()) => {
+                    tracing::warn!("db/write op clear refused: missing or wrong bearer token");
+                    Err(ApiError::new(ErrorKind::Unauthorized, "op clear needs the operator's bearer token"))
+                }
                 Ok(req) => app.db.write(req).await,
                 Err(e) => Err(e),
             };
@@ -206,8 +217,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 Ok(outcome) => json_reply(StatusCode::CREATED, &outcome),
                 Err(e) => api_error(e),
             }
-        },
-    );
+        });
 
     let clear = warp::path!("api" / "v1" / "db" / "clear")
         .and(warp::post())

@@ -271,7 +271,19 @@ async fn operator_endpoints_require_the_admin_token_when_one_is_set() {
         }
     }
     assert_eq!(stack.worker_pids_with("Bearer s3cret").await, pids, "nothing was killed");
+    // Data endpoints stay open, but `op: clear` empties everything as
+    // db/clear does: it needs the token too.
     assert_eq!(stack.write(&user("tok")).await.unwrap().0, 201);
+    let clear_write = serde_json::to_value(WriteRequest::clear()).unwrap();
+    for auth in [None, Some("Bearer wrong")] {
+        let mut req = http.post(stack.url("/api/v1/db/write")).json(&clear_write);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "op clear with {auth:?}");
+    }
+    assert_eq!(count(&stack, "users").await, 1, "op clear without the token changed nothing");
     // Through either service, and so through the load balancer, the caller's
     // own token is checked: the service clears with its token only for a
     // caller that has it.
@@ -290,6 +302,10 @@ async fn operator_endpoints_require_the_admin_token_when_one_is_set() {
     assert_eq!(count(&stack, "users").await, 1, "nothing was cleared without the token");
     let r = http.post(format!("{}/api/v1/db/clear", stack.lb)).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(count(&stack, "users").await, 0);
+    assert_eq!(stack.write(&user("tok2")).await.unwrap().0, 201);
+    let r = http.post(stack.url("/api/v1/db/write")).bearer_auth("s3cret").json(&clear_write).send().await.unwrap();
+    assert_eq!(r.status(), 201);
     assert_eq!(count(&stack, "users").await, 0);
     let r = http.post(stack.url("/api/v1/crash/slave")).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status(), 200);
