@@ -310,3 +310,35 @@ async fn operator_endpoints_require_the_admin_token_when_one_is_set() {
     let r = http.post(stack.url("/api/v1/crash/slave")).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Issue 20: a caller cannot choose a ride's id (one insert of 2^63-1 used
+/// to make every later ride insert fail with a 503).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_cannot_choose_a_ride_id() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    assert_eq!(stack.write(&user("rider")).await.unwrap().0, 201);
+    let ride = |id: Option<i64>| {
+        let mut w = WriteRequest::insert(
+            "rides",
+            [
+                ("created_by", Value::from("rider")),
+                ("start_time", Value::Int(1)),
+                ("source", Value::Int(1)),
+                ("destination", Value::Int(2)),
+            ],
+        );
+        if let Some(id) = id {
+            w.values.insert("ride_id".into(), Value::Int(id));
+        }
+        w
+    };
+    let (status, body) = stack.write(&ride(Some(i64::MAX))).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("ride_id"), "{body}");
+    assert_eq!(count(&stack, "rides").await, 0, "the refused insert changed nothing");
+    for _ in 0..2 {
+        let (status, body) = stack.write(&ride(None)).await.unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    assert_eq!(count(&stack, "rides").await, 2);
+}

@@ -5,6 +5,13 @@
 //! and column names are known to exist in [`crate::schema`] and whose values
 //! have the column's type. Only the checked form is ever executed.
 //!
+//! Invariant: a caller never chooses a generated key. `rides.ride_id` is the
+//! master's to fill in ([`WriteRequest::validate`] refuses it in an insert's
+//! or an update's values), so no request can push the id sequence to its end
+//! (one insert of ride 2^63-1 would make every later insert fail). Only a
+//! change the master executed, replayed on a slave or from the backup, carries
+//! it ([`WriteRequest::validate_executed`]).
+//!
 //! Example read, the upcoming rides from area 3 to area 7:
 //! ```json
 //! {"table": "rides", "columns": ["ride_id", "created_by", "start_time"],
@@ -353,6 +360,14 @@ impl ReadRequest {
     }
 }
 
+/// Who a write comes from: a caller may not set a generated column; the
+/// master's executed change carries the value it generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Client,
+    Master,
+}
+
 /// A write whose every name is in the schema, in the shape the worker executes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
@@ -363,7 +378,19 @@ pub enum Write {
 }
 
 impl WriteRequest {
+    /// A caller's write, as the orchestrator and the master take it: every
+    /// name known, every value typed, and no value for a generated column.
     pub fn validate(&self) -> Result<Write, Invalid> {
+        self.check(Caller::Client)
+    }
+
+    /// A write as the master executed it (its generated ids filled in), for
+    /// replaying a change: a slave applying `syncQ`, a restore from the backup.
+    pub fn validate_executed(&self) -> Result<Write, Invalid> {
+        self.check(Caller::Master)
+    }
+
+    fn check(&self, caller: Caller) -> Result<Write, Invalid> {
         if let Some(id) = &self.request_id {
             if id.is_empty() || id.len() > 128 {
                 return invalid("request_id must be 1 to 128 characters");
@@ -385,6 +412,9 @@ impl WriteRequest {
                 .iter()
                 .map(|(k, v)| {
                     let c = known_column(table, k)?;
+                    if caller == Caller::Client && table.column(c).is_some_and(|col| col.generated) {
+                        return invalid(format!("{}.{c} is chosen by the database: leave it out", table.name));
+                    }
                     typed_value(table, c, v)?;
                     Ok((c, v.clone()))
                 })
@@ -469,6 +499,34 @@ mod tests {
         assert!(write(r#"{"op":"insert","table":"users","values":{"username":"a"},"sql":"DROP"}"#).is_err());
         assert!(write(r#"{"op":"clear","table":"users"}"#).is_err());
         assert_eq!(write(r#"{"op":"clear"}"#).unwrap(), Write::Clear);
+    }
+
+    /// One insert of ride 2^63-1 used to leave AUTOINCREMENT nowhere to go:
+    /// every later ride insert failed. A caller never sets the id.
+    #[test]
+    fn refuses_client_chosen_ride_ids() {
+        let max = i64::MAX;
+        for w in [
+            format!(r#"{{"op":"insert","table":"rides","values":{{"ride_id":{max},"created_by":"a","start_time":1,"source":1,"destination":2}}}}"#),
+            r#"{"op":"insert","table":"rides","values":{"ride_id":7,"created_by":"a","start_time":1,"source":1,"destination":2}}"#.to_owned(),
+            r#"{"op":"insert","table":"rides","values":{"ride_id":null,"created_by":"a","start_time":1,"source":1,"destination":2}}"#.to_owned(),
+            format!(r#"{{"op":"update","table":"rides","values":{{"ride_id":{max}}},"where":[{{"column":"ride_id","op":"=","value":1}}]}}"#),
+        ] {
+            let err = write(&w).unwrap_err();
+            assert!(err.contains("rides.ride_id is chosen by the database"), "{w}: {err}");
+        }
+        // Conditions on it, and the riders' reference to it, stay allowed.
+        assert!(write(
+            r#"{"op":"delete","table":"rides","where":[{"column":"ride_id","op":"=","value":9223372036854775807}]}"#
+        )
+        .is_ok());
+        assert!(write(r#"{"op":"insert","table":"ride_riders","values":{"ride_id":7,"username":"a"}}"#).is_ok());
+        // The master's executed change carries the id it generated.
+        let executed: WriteRequest = serde_json::from_str(
+            r#"{"op":"insert","table":"rides","values":{"ride_id":7,"created_by":"a","start_time":1,"source":1,"destination":2}}"#,
+        )
+        .unwrap();
+        assert!(executed.validate_executed().is_ok());
     }
 
     #[test]

@@ -240,7 +240,7 @@ pub fn apply_changes(conn: &mut Connection, changes: &[Change]) -> Result<Positi
         if ch.seq != pos.seq + 1 {
             return Err(StoreError::Gap { applied: pos.seq, got: ch.seq });
         }
-        let write = ch.write.validate()?;
+        let write = ch.write.validate_executed()?;
         for st in sql::write(&write) {
             tx.prepare_cached(&st.sql)?.execute(rusqlite::params_from_iter(st.params.iter()))?;
         }
