@@ -342,3 +342,18 @@ async fn a_caller_cannot_choose_a_ride_id() {
     }
     assert_eq!(count(&stack, "rides").await, 2);
 }
+
+/// Issue 20: oversized `columns` or `order_by` lists are the caller's 400,
+/// not a 503 from SQLite.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_column_and_order_lists_are_a_400() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let mut wide = ReadRequest::table("users");
+    wide.columns = vec!["username".into(); 50_000];
+    let (status, body) = stack.read(&wide).await.unwrap();
+    assert_eq!((status, body), (400, json!({"error": "at most 16 columns (got 50000)"})));
+    let mut sorted = ReadRequest::table("users");
+    sorted.order_by = vec![wire::OrderBy { column: "username".into(), desc: false }; 20_000];
+    let (status, body) = stack.read(&sorted).await.unwrap();
+    assert_eq!((status, body), (400, json!({"error": "at most 8 order_by keys (got 20000)"})));
+}

@@ -266,9 +266,15 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
     Err(Invalid(msg.into()))
 }
 
-/// Upper bounds that keep one request from exhausting a worker.
+/// Upper bounds that keep one request from exhausting a worker (and keep
+/// SQLite's own limits, 2,000 result columns, from answering for us with an
+/// error that is not the caller's 400).
 pub const MAX_CONDITIONS: usize = 16;
 pub const MAX_LIMIT: u32 = 100_000;
+/// The most `columns` a read may list (every table has at most 5; repeats allowed).
+pub const MAX_COLUMNS: usize = 16;
+/// The most `order_by` keys a read may give.
+pub const MAX_ORDER_BY: usize = 8;
 
 fn known_table(name: &str) -> Result<&'static Table, Invalid> {
     schema::table(name).ok_or_else(|| Invalid(format!("unknown table {:?}", truncate(name))))
@@ -340,6 +346,12 @@ pub struct Read {
 impl ReadRequest {
     pub fn validate(&self) -> Result<Read, Invalid> {
         let table = known_table(&self.table)?;
+        if self.columns.len() > MAX_COLUMNS {
+            return invalid(format!("at most {MAX_COLUMNS} columns (got {})", self.columns.len()));
+        }
+        if self.order_by.len() > MAX_ORDER_BY {
+            return invalid(format!("at most {MAX_ORDER_BY} order_by keys (got {})", self.order_by.len()));
+        }
         let columns = if self.columns.is_empty() {
             table.columns.iter().map(|c| c.name).collect()
         } else {
@@ -499,6 +511,21 @@ mod tests {
         assert!(write(r#"{"op":"insert","table":"users","values":{"username":"a"},"sql":"DROP"}"#).is_err());
         assert!(write(r#"{"op":"clear","table":"users"}"#).is_err());
         assert_eq!(write(r#"{"op":"clear"}"#).unwrap(), Write::Clear);
+    }
+
+    /// A megabyte of column names used to reach SQLite (and come back a 503).
+    #[test]
+    fn refuses_oversized_column_and_order_lists() {
+        let cols = vec![r#""username""#; 50_000].join(",");
+        let err = read(&format!(r#"{{"table":"users","columns":[{cols}]}}"#)).unwrap_err();
+        assert_eq!(err, "at most 16 columns (got 50000)");
+        let keys = vec![r#"{"column":"username"}"#; 50_000].join(",");
+        let err = read(&format!(r#"{{"table":"users","order_by":[{keys}]}}"#)).unwrap_err();
+        assert_eq!(err, "at most 8 order_by keys (got 50000)");
+        let cols = [r#""username""#; MAX_COLUMNS].join(",");
+        assert!(read(&format!(r#"{{"table":"users","columns":[{cols}]}}"#)).is_ok());
+        let keys = [r#"{"column":"username"}"#; MAX_ORDER_BY].join(",");
+        assert!(read(&format!(r#"{{"table":"users","order_by":[{keys}]}}"#)).is_ok());
     }
 
     /// One insert of ride 2^63-1 used to leave AUTOINCREMENT nowhere to go:
