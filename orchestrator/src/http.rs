@@ -29,7 +29,7 @@ use wire::{ErrorBody, WriteKind, WriteRequest};
 
 use crate::autoscale::ReadCounter;
 use crate::cluster::{AcceptedLoss, Cluster, RecoverError};
-use crate::dbapi::DbApi;
+use crate::dbapi::{DbApi, ValidRead};
 use crate::error::ApiError;
 use crate::leader::Role;
 use crate::metrics::{outcome, route_template, SERVICE};
@@ -181,10 +181,14 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
 
     let read = warp::path!("api" / "v1" / "db" / "read").and(warp::post()).and(body()).and(with_app.clone()).then(
         |body: Bytes, app: Arc<App>| async move {
-            app.reads.count_read();
             let started = Instant::now();
-            let r = match parse(&body) {
-                Ok(req) => app.db.read(req).await,
+            // Counted for the autoscaler only once it is a valid read
+            // (docs/api.md §7): malformed ones are load of no one's.
+            let r = match parse(&body).and_then(ValidRead::new) {
+                Ok(req) => {
+                    app.reads.count_read();
+                    app.db.read(req).await
+                }
                 Err(e) => Err(e),
             };
             app.tel.metrics.db_read(r.as_ref().map_or_else(|e| outcome(e.kind), |_| "ok"), started.elapsed());

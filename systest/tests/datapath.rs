@@ -357,3 +357,28 @@ async fn oversized_column_and_order_lists_are_a_400() {
     let (status, body) = stack.read(&sorted).await.unwrap();
     assert_eq!((status, body), (400, json!({"error": "at most 8 order_by keys (got 20000)"})));
 }
+
+/// Issue 20: only valid reads count for the autoscaler; a flood of malformed
+/// ones used to be counted before it was parsed and drove it to MAX_SLAVES.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_reads_are_not_counted_for_the_autoscaler() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let in_window = || async { stack.status().await.unwrap().autoscaler.reads_in_window };
+    let before = in_window().await;
+    let http = Stack::http();
+    let bad = [
+        "not json".to_owned(),
+        r#"{"table":"nope"}"#.to_owned(),
+        r#"{"table":"users","where":[{"column":"username","op":"LIKE","value":"a"}]}"#.to_owned(),
+        format!(r#"{{"table":"users","columns":[{}]}}"#, vec![r#""username""#; 100].join(",")),
+    ];
+    for i in 0..200 {
+        let r = http.post(stack.url("/api/v1/db/read")).body(bad[i % bad.len()].clone()).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    assert_eq!(in_window().await, before, "malformed reads were counted");
+    for _ in 0..3 {
+        assert_eq!(stack.read(&by_name("x")).await.unwrap().0, 200);
+    }
+    assert_eq!(in_window().await, before + 3);
+}
