@@ -271,6 +271,12 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
 /// error that is not the caller's 400).
 pub const MAX_CONDITIONS: usize = 16;
 pub const MAX_LIMIT: u32 = 100_000;
+/// The most rows one answer holds. A read with a `limit` is bounded by it
+/// (at most [`MAX_LIMIT`]); a read without one whose answer would hold more
+/// is refused (400) rather than carried whole through the slave, the broker
+/// and the orchestrator: a caller pages instead, with a `limit` and a `where`
+/// on its order column (as the users service lists every user).
+pub const MAX_ROWS: u32 = MAX_LIMIT;
 /// The most `columns` a read may list (every table has at most 5; repeats allowed).
 pub const MAX_COLUMNS: usize = 16;
 /// The most `order_by` keys a read may give.
@@ -341,6 +347,9 @@ pub struct Read {
     pub order_by: Vec<(&'static str, bool)>,
     pub limit: Option<u32>,
     pub count: bool,
+    /// A read without a `limit` (and not a count): the most rows its answer
+    /// may hold, [`MAX_ROWS`]; more is the caller's error, not a longer answer.
+    pub row_cap: Option<u32>,
 }
 
 impl ReadRequest {
@@ -368,7 +377,8 @@ impl ReadRequest {
                 return invalid(format!("limit above {MAX_LIMIT}"));
             }
         }
-        Ok(Read { table, columns, conditions, order_by, limit: self.limit, count: self.count })
+        let row_cap = (self.limit.is_none() && !self.count).then_some(MAX_ROWS);
+        Ok(Read { table, columns, conditions, order_by, limit: self.limit, count: self.count, row_cap })
     }
 }
 
@@ -526,6 +536,14 @@ mod tests {
         assert!(read(&format!(r#"{{"table":"users","columns":[{cols}]}}"#)).is_ok());
         let keys = [r#"{"column":"username"}"#; MAX_ORDER_BY].join(",");
         assert!(read(&format!(r#"{{"table":"users","order_by":[{keys}]}}"#)).is_ok());
+    }
+
+    /// Only a read without a limit (and not a count) is capped.
+    #[test]
+    fn unlimited_reads_are_capped() {
+        assert_eq!(read(r#"{"table":"users"}"#).unwrap().row_cap, Some(MAX_ROWS));
+        assert_eq!(read(r#"{"table":"users","limit":10}"#).unwrap().row_cap, None);
+        assert_eq!(read(r#"{"table":"users","count":true}"#).unwrap().row_cap, None);
     }
 
     /// One insert of ride 2^63-1 used to leave AUTOINCREMENT nowhere to go:

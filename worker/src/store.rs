@@ -41,6 +41,9 @@ pub enum StoreError {
     Backup(String),
     #[error("stored outcome unreadable: {0}")]
     Json(#[from] serde_json::Error),
+    /// A read without a limit would answer more than its cap (`wire::MAX_ROWS`).
+    #[error("the answer holds more than {0} rows: give a limit (at most {max}) and page with a where on the order column", max = wire::MAX_LIMIT)]
+    TooManyRows(u32),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -361,7 +364,12 @@ fn rows_json(tx: &Connection, r: &Read) -> Result<Vec<u8>> {
     let mut stmt = tx.prepare_cached(&st.sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(st.params.iter()))?;
     let mut first = true;
+    let mut n = 0u32;
     while let Some(row) = rows.next()? {
+        n += 1;
+        if r.row_cap.is_some_and(|cap| n > cap) {
+            return Err(StoreError::TooManyRows(n - 1));
+        }
         if !first {
             out.push(b',');
         }
@@ -640,6 +648,39 @@ mod tests {
         assert_eq!(count, br#"[{"count":0}]"#);
         let none = ReadRequest::table("users").filter(Condition::eq("username", "nobody"));
         assert_eq!(rows_json(&reader, &none.validate().unwrap()).unwrap(), b"[]");
+    }
+
+    /// Issue 20: a read without a limit used to bring a whole table into
+    /// memory (slave, broker, orchestrator). Its answer now holds at most
+    /// `MAX_ROWS` rows; one more is a refusal naming the way out (paging).
+    #[test]
+    fn a_read_without_a_limit_answers_at_most_max_rows() {
+        let db = temp_db("row-cap");
+        let c = open_writer(&db).unwrap();
+        let fill = |n: u32| {
+            c.execute("DELETE FROM users", []).unwrap();
+            c.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+                 INSERT INTO users (username, password) SELECT 'u' || i, 'p' FROM n",
+                [n],
+            )
+            .unwrap();
+        };
+        let reader = ReaderPool::open(&db).unwrap();
+        let all = ReadRequest::table("users").columns(&["username"]).validate().unwrap();
+        fill(wire::MAX_ROWS);
+        let rows: Vec<Row> = serde_json::from_slice(&rows_json(&reader, &all).unwrap()).unwrap();
+        assert_eq!(rows.len(), wire::MAX_ROWS as usize);
+        fill(wire::MAX_ROWS + 1);
+        let err = rows_json(&reader, &all).unwrap_err();
+        assert!(matches!(err, StoreError::TooManyRows(n) if n == wire::MAX_ROWS), "{err}");
+        assert!(err.to_string().contains("give a limit"), "{err}");
+        // A page, and a count, are not capped.
+        let page = ReadRequest::table("users").columns(&["username"]).order("username", false).limit(10);
+        let rows: Vec<Row> = serde_json::from_slice(&rows_json(&reader, &page.validate().unwrap()).unwrap()).unwrap();
+        assert_eq!(rows.len(), 10);
+        let count = rows_json(&reader, &ReadRequest::table("users").counting().validate().unwrap()).unwrap();
+        assert_eq!(count, format!(r#"[{{"count":{}}}]"#, wire::MAX_ROWS + 1).into_bytes());
     }
 
     #[test]
