@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,8 @@ pub struct App {
     pub reads: Arc<ReadCounter>,
     pub tel: Arc<Telemetry>,
     pub admin_token: Option<String>,
+    /// The live feeds open now, at most `EVENT_FEEDS_MAX`.
+    pub feeds: FeedSlots,
     /// Ends the live feeds on shutdown (they would hold the server open).
     pub stop: CancellationToken,
 }
@@ -90,6 +93,37 @@ impl App {
                 error(StatusCode::SERVICE_UNAVAILABLE, "no orchestrator leads right now (zookeeper); retry")
             }
         }))
+    }
+}
+
+/// The live feeds open at once, bounded: each holds a connection, a task and
+/// an event receiver for as long as its client stays, so without a bound a
+/// client opening feeds in a loop would hold the orchestrator's memory.
+pub struct FeedSlots {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One open feed's place; given back when the feed ends (its client left or
+/// the orchestrator stops).
+pub struct FeedSlot(Arc<AtomicUsize>);
+
+impl FeedSlots {
+    pub fn new(max: usize) -> FeedSlots {
+        FeedSlots { open: Arc::new(AtomicUsize::new(0)), max }
+    }
+
+    /// A place for one more feed, unless `max` are open.
+    fn take(&self) -> Option<FeedSlot> {
+        let max = self.max;
+        self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(FeedSlot(self.open.clone()))
+    }
+}
+
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -340,7 +374,12 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 if let Err(elsewhere) = app.leading(&path) {
                     return *elsewhere;
                 }
-                let feed = live_feed(app);
+                let Some(slot) = app.feeds.take() else {
+                    tracing::warn!(max = app.feeds.max, "live feed refused: EVENT_FEEDS_MAX open");
+                    let msg = format!("{} live feeds already open (EVENT_FEEDS_MAX); retry later", app.feeds.max);
+                    return ApiError::unavailable(msg).into_response();
+                };
+                let feed = live_feed(app, slot);
                 warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(feed)).into_response()
             },
         );
@@ -399,9 +438,14 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
 /// The live feed of one subscriber: the status at once, then each event
 /// (`event: event`) followed by the status it led to (`event: status`), and
 /// the status every [`FEED_STATUS_EVERY`] in between. Ends on shutdown.
-fn live_feed(app: Arc<App>) -> impl futures::Stream<Item = Result<warp::sse::Event, Infallible>> + Send + 'static {
+fn live_feed(
+    app: Arc<App>,
+    slot: FeedSlot,
+) -> impl futures::Stream<Item = Result<warp::sse::Event, Infallible>> + Send + 'static {
     struct Feed {
         app: Arc<App>,
+        /// Given back when the stream is dropped.
+        _slot: FeedSlot,
         events: tokio::sync::broadcast::Receiver<wire::status::Event>,
         tick: tokio::time::Interval,
         ready: VecDeque<warp::sse::Event>,
@@ -414,7 +458,7 @@ fn live_feed(app: Arc<App>) -> impl futures::Stream<Item = Result<warp::sse::Eve
     let events = app.tel.events.subscribe();
     let mut tick = tokio::time::interval(FEED_STATUS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let feed = Feed { app, events, tick, ready: VecDeque::new() };
+    let feed = Feed { app, _slot: slot, events, tick, ready: VecDeque::new() };
     futures::stream::unfold(feed, |mut f| async move {
         loop {
             if let Some(e) = f.ready.pop_front() {
@@ -458,4 +502,24 @@ async fn rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> 
     } else {
         ApiError::invalid(format!("bad request: {err:?}")).into_response()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FeedSlots;
+
+    /// Issue 20: live feeds were unbounded. At most `max` are open; a feed
+    /// that ends gives its place back.
+    #[test]
+    fn live_feeds_are_capped_and_give_their_place_back() {
+        let slots = FeedSlots::new(2);
+        let a = slots.take().expect("first");
+        let b = slots.take().expect("second");
+        assert!(slots.take().is_none(), "a third feed past the cap");
+        drop(a);
+        let c = slots.take().expect("a place given back");
+        assert!(slots.take().is_none());
+        drop((b, c));
+        assert_eq!(slots.open.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
 }
