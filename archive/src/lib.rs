@@ -536,6 +536,7 @@ mod tests {
             epoch,
             write: WriteRequest::clear(),
             outcome: WriteOutcome { rows_affected: 0, last_insert_id: None, seq },
+            at_ms: 0,
         }
     }
 
@@ -613,6 +614,7 @@ pub mod testkit {
             epoch,
             write: WriteRequest::clear(),
             outcome: WriteOutcome { rows_affected: 0, last_insert_id: None, seq },
+            at_ms: 0,
         }
     }
 

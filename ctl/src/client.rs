@@ -6,6 +6,12 @@
 //! failure is one of [`CtlError`]'s cases, whose message tells the operator
 //! what to do: an orchestrator that cannot be reached, a refused token, or
 //! the orchestrator's own `{"error": ...}` with its status.
+//!
+//! A follower orchestrator answers the routes about the workers with a 307
+//! to the leader. reqwest would follow it but drop `Authorization` on the way
+//! (another host or port), so the leader would refuse the token: this client
+//! follows 307/308 itself ([`MAX_REDIRECTS`] at most), resending the same
+//! method, body and token to exactly the URL the redirect names.
 
 use std::time::Duration;
 
@@ -44,6 +50,10 @@ impl CrashTarget {
     }
 }
 
+/// The most redirects one request follows (a follower sends to the leader:
+/// one; a leader that changed meanwhile: two).
+pub const MAX_REDIRECTS: usize = 3;
+
 pub struct Orchestrator {
     base: String,
     token: Option<String>,
@@ -57,7 +67,7 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn new(base: &str, token: Option<String>, timeout: Duration, feed_idle: Duration) -> anyhow::Result<Self> {
-        // Redirects are followed by `send` (the token must go along).
+        // Redirects are followed in `send`, keeping the token.
         let none = reqwest::redirect::Policy::none;
         let http = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).redirect(none()).build()?;
         let feed =
@@ -143,26 +153,27 @@ impl Orchestrator {
         serde_json::from_slice(&body).map_err(|e| self.unreadable(e))
     }
 
-    /// Send `req` with the token. A follower orchestrator answers operator
-    /// routes with a 307 to the leader: followed once here, token, method and
-    /// body included (reqwest's own redirects drop the `Authorization` header
-    /// on the way to another port or host, and the leader would refuse it).
+    /// Sends `req` with the token, following a 307/308 (a follower naming
+    /// the leader) with the same method, body and token.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Response, CtlError> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let again = req.try_clone();
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
-        if resp.status() != StatusCode::TEMPORARY_REDIRECT {
-            return Ok(resp);
-        }
-        let to = resp.headers().get("location").and_then(|l| l.to_str().ok()).and_then(|l| reqwest::Url::parse(l).ok());
-        let (Some(again), Some(to)) = (again, to.filter(|u| u.scheme() == "http")) else { return Ok(resp) };
-        let (client, request) = again.build_split();
+        let (client, request) = req.build_split();
         let mut request = request.map_err(|e| self.unreachable(e))?;
-        *request.url_mut() = to;
-        client.execute(request).await.map_err(|e| self.unreachable(e))
+        for _ in 0..=MAX_REDIRECTS {
+            let again = request.try_clone();
+            let resp = client.execute(request).await.map_err(|e| self.unreachable(e))?;
+            let Some(to) = redirect_target(&resp) else { return Ok(resp) };
+            let Some(mut next) = again else { return Ok(resp) };
+            *next.url_mut() = to;
+            request = next;
+        }
+        Err(CtlError::Unreachable {
+            url: self.base.clone(),
+            detail: format!("more than {MAX_REDIRECTS} redirects (last to {})", request.url()),
+        })
     }
 
     async fn check(&self, resp: Response) -> Result<Response, CtlError> {
@@ -186,6 +197,17 @@ impl Orchestrator {
     fn unreadable(&self, e: impl std::fmt::Display) -> CtlError {
         CtlError::Unreadable { url: self.base.clone(), detail: e.to_string() }
     }
+}
+
+/// Where a 307 or 308 sends the request (an http(s) URL, relative to the one
+/// answered); `None` for any other answer, which is the caller's to read.
+fn redirect_target(resp: &Response) -> Option<reqwest::Url> {
+    if !matches!(resp.status(), StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT) {
+        return None;
+    }
+    let location = resp.headers().get(reqwest::header::LOCATION)?.to_str().ok()?;
+    let to = resp.url().join(location).ok()?;
+    matches!(to.scheme(), "http" | "https").then_some(to)
 }
 
 /// The innermost causes of an error, most specific last
@@ -248,6 +270,97 @@ mod tests {
         let text = e.to_string();
         assert!(text.starts_with(&format!("cannot reach the orchestrator at {base}: ")), "{text}");
         assert!(text.to_lowercase().contains("refused"), "{text}");
+    }
+
+    /// One HTTP exchange per connection on a loopback port: `answer` gets
+    /// the request's head (lower-cased) and body and returns the response.
+    async fn serve(answer: impl Fn(&str, &str) -> String + Send + Sync + 'static) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let answer = std::sync::Arc::new(answer);
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head, body) = loop {
+                        let n = sock.read(&mut chunk).await.unwrap();
+                        if n == 0 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let head = text[..end].to_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                            if text.len() >= end + 4 + len || n == 0 {
+                                break (head, text[end + 4..].to_owned());
+                            }
+                        }
+                    };
+                    let resp = answer(&head, &body);
+                    sock.write_all(resp.as_bytes()).await.unwrap();
+                    sock.shutdown().await.ok();
+                });
+            }
+        });
+        base
+    }
+
+    fn reply(status: &str, extra: &str, body: &str) -> String {
+        format!("HTTP/1.1 {status}\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+    }
+
+    /// Issue 20: sent to a follower, the CLI reaches the leader (another
+    /// port: reqwest's own redirects drop `Authorization` there) with its
+    /// token, and with the method and body of the request.
+    #[tokio::test]
+    async fn a_follower_s_redirect_keeps_the_token_method_and_body() {
+        let leader = serve(|head, body| {
+            if !head.contains("authorization: bearer s3cret") {
+                return reply("401 Unauthorized", "", r#"{"error":"missing or wrong bearer token"}"#);
+            }
+            if head.starts_with("get /api/v1/worker/list ") {
+                reply("200 OK", "", "[11,12]")
+            } else if head.starts_with("post /api/v1/recover ") && body.contains(r#""accept_data_loss_after":7"#) {
+                reply("200 OK", "", r#"{"kept_seq":7}"#)
+            } else {
+                reply("400 Bad Request", "", r#"{"error":"not what was sent"}"#)
+            }
+        })
+        .await;
+        let to = leader.clone();
+        let follower = serve(move |head, _| {
+            let path = head.split_whitespace().nth(1).unwrap().to_owned();
+            reply("307 Temporary Redirect", &format!("location: {to}{path}\r\n"), "")
+        })
+        .await;
+        let o = Orchestrator::new(&follower, Some("s3cret".into()), Duration::from_secs(5), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(o.workers().await.unwrap(), [11, 12]);
+        assert_eq!(o.recover(7).await.unwrap()["kept_seq"], 7);
+        // Without the token the leader's refusal comes through as such.
+        let o = Orchestrator::new(&follower, None, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
+        assert!(matches!(o.workers().await, Err(CtlError::Refused)));
+    }
+
+    /// A redirect loop ends, and says so.
+    #[tokio::test]
+    async fn redirects_are_followed_a_bounded_number_of_times() {
+        let looping = serve(|head, _| {
+            let path = head.split_whitespace().nth(1).unwrap().to_owned();
+            reply("307 Temporary Redirect", &format!("location: {path}\r\n"), "")
+        })
+        .await;
+        let o = Orchestrator::new(&looping, None, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
+        let e = o.workers().await.unwrap_err().to_string();
+        assert!(e.contains("more than 3 redirects"), "{e}");
     }
 
     #[tokio::test]

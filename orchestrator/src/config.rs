@@ -60,6 +60,9 @@ pub struct Config {
     /// Bearer token for crash, clear and worker/list; open when unset.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The most live feeds (`GET /api/v1/events`) open at once; another is a 503.
+    #[arg(long, env = "EVENT_FEEDS_MAX", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_feeds_max: u32,
     #[command(flatten)]
     pub batch: BatchConfig,
     #[command(flatten)]
@@ -93,6 +96,10 @@ pub struct BatchConfig {
     /// The most `writeQ` batches sent and not yet answered.
     #[arg(long, env = "WRITE_BATCHES_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub write_in_flight: u16,
+    /// The most reads (and, apart, writes) waiting for a batch; more are
+    /// refused at once with a 503 instead of queued without bound.
+    #[arg(long, env = "RPC_QUEUE_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_max: u32,
 }
 
 impl Config {
@@ -108,6 +115,7 @@ impl Config {
         Batching {
             reads: Limits { max_items: b.read_max.into(), in_flight: b.read_in_flight.into() },
             writes: Limits { max_items: b.write_max.into(), in_flight: b.write_in_flight.into() },
+            queue_max: b.queue_max as usize,
             read_timeout: self.read_timeout.0,
             write_timeout: self.write_timeout.0,
         }

@@ -1,5 +1,9 @@
 //! The database API the REST services use, on top of the RPC client:
 //! validation, request ids, the read floor that keeps reads from being stale.
+//!
+//! Invariant: only a read that passed validation ([`ValidRead`]) reaches a
+//! worker or the autoscaler's count: a flood of malformed reads is refused
+//! here and scales nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +29,7 @@ impl DbApi {
         DbApi { rpc, read_timeout, write_timeout, floor }
     }
 
-    pub async fn read(&self, req: ReadRequest) -> Result<RawReadResponse, ApiError> {
-        req.validate().map_err(|e| ApiError::invalid(e.0))?;
+    pub async fn read(&self, ValidRead(req): ValidRead) -> Result<RawReadResponse, ApiError> {
         self.rpc.no_master.check(self.rpc.min_epoch())?;
         let min_seq = match req.consistency {
             Consistency::Strong => self.floor.floor().await?,
@@ -57,6 +60,19 @@ impl DbApi {
 
     pub async fn clear(&self) -> Result<WriteOutcome, ApiError> {
         self.write(WriteRequest::clear()).await
+    }
+}
+
+/// A read request that passed `wire`'s validation (every name in the
+/// schema, every bound kept): the only kind [`DbApi::read`] sends, and the
+/// only kind the autoscaler counts.
+#[derive(Debug)]
+pub struct ValidRead(ReadRequest);
+
+impl ValidRead {
+    pub fn new(req: ReadRequest) -> Result<ValidRead, ApiError> {
+        req.validate().map_err(|e| ApiError::invalid(e.0))?;
+        Ok(ValidRead(req))
     }
 }
 

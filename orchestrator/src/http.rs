@@ -6,6 +6,7 @@
 //! What operators watch is open (read-only, no secrets): the page at `/`,
 //! `GET /api/v1/status`, the live feed `GET /api/v1/events` (server-sent
 //! events) and `GET /metrics`. Whatever changes something (crash, clear,
+//! `db/write`'s `op: clear`, which empties every table as clear does,
 //! maintenance) or lists pids for the crash routes needs the bearer token
 //! when one is set.
 //!
@@ -16,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,11 +27,11 @@ use tasks::CancellationToken;
 use tokio::sync::broadcast::error::RecvError;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
-use wire::ErrorBody;
+use wire::{ErrorBody, WriteKind, WriteRequest};
 
 use crate::autoscale::ReadCounter;
 use crate::cluster::{AcceptedLoss, Cluster, Crashed, RecoverError};
-use crate::dbapi::DbApi;
+use crate::dbapi::{DbApi, ValidRead};
 use crate::error::ApiError;
 use crate::leader::Role;
 use crate::metrics::{outcome, route_template, SERVICE};
@@ -57,11 +59,23 @@ pub struct App {
     pub reads: Arc<ReadCounter>,
     pub tel: Arc<Telemetry>,
     pub admin_token: Option<String>,
+    /// The live feeds open now, at most `EVENT_FEEDS_MAX`.
+    pub feeds: FeedSlots,
     /// Ends the live feeds on shutdown (they would hold the server open).
     pub stop: CancellationToken,
 }
 
 impl App {
+    /// Whether a caller with this `Authorization` header may use the operator
+    /// routes (and empty the database): always without `ADMIN_TOKEN`, else
+    /// only with the token (`wire::contract::bearer_matches`).
+    fn authorized(&self, authorization: Option<&str>) -> bool {
+        match &self.admin_token {
+            None => true,
+            Some(t) => wire::contract::bearer_matches(authorization, t),
+        }
+    }
+
     /// The cluster, when this orchestrator leads; else the answer that sends
     /// the caller of `path` to the leader.
     fn leading(&self, path: &warp::path::FullPath) -> Result<Arc<Cluster>, Box<warp::reply::Response>> {
@@ -80,6 +94,37 @@ impl App {
                 error(StatusCode::SERVICE_UNAVAILABLE, "no orchestrator leads right now (zookeeper); retry")
             }
         }))
+    }
+}
+
+/// The live feeds open at once, bounded: each holds a connection, a task and
+/// an event receiver for as long as its client stays, so without a bound a
+/// client opening feeds in a loop would hold the orchestrator's memory.
+pub struct FeedSlots {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One open feed's place; given back when the feed ends (its client left or
+/// the orchestrator stops).
+pub struct FeedSlot(Arc<AtomicUsize>);
+
+impl FeedSlots {
+    pub fn new(max: usize) -> FeedSlots {
+        FeedSlots { open: Arc::new(AtomicUsize::new(0)), max }
+    }
+
+    /// A place for one more feed, unless `max` are open.
+    fn take(&self) -> Option<FeedSlot> {
+        let max = self.max;
+        self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(FeedSlot(self.open.clone()))
+    }
+}
+
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -146,24 +191,16 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("bad request body: {e}")))
 }
 
-/// Whether `authorization` carries the bearer token, compared in constant
-/// time (a timing difference must not reveal how much of a guess was right).
-fn token_matches(authorization: Option<&str>, token: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    let Some(given) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else { return false };
-    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
-}
-
 /// Rejects with 401 unless the bearer token matches (when one is configured).
 fn admin(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and_then(move |auth: Option<String>| {
             let app = app.clone();
             async move {
-                match &app.admin_token {
-                    None => Ok(()),
-                    Some(t) if token_matches(auth.as_deref(), t) => Ok(()),
-                    Some(_) => Err(warp::reject::custom(Unauthorized)),
+                if app.authorized(auth.as_deref()) {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(Unauthorized))
                 }
             }
         })
@@ -196,10 +233,14 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
 
     let read = warp::path!("api" / "v1" / "db" / "read").and(warp::post()).and(body()).and(with_app.clone()).then(
         |body: Bytes, app: Arc<App>| async move {
-            app.reads.count_read();
             let started = Instant::now();
-            let r = match parse(&body) {
-                Ok(req) => app.db.read(req).await,
+            // Counted for the autoscaler only once it is a valid read
+            // (docs/api.md §7): malformed ones are load of no one's.
+            let r = match parse(&body).and_then(ValidRead::new) {
+                Ok(req) => {
+                    app.reads.count_read();
+                    app.db.read(req).await
+                }
                 Err(e) => Err(e),
             };
             app.tel.metrics.db_read(r.as_ref().map_or_else(|e| outcome(e.kind), |_| "ok"), started.elapsed());
@@ -210,10 +251,20 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         },
     );
 
-    let write = warp::path!("api" / "v1" / "db" / "write").and(warp::post()).and(body()).and(with_app.clone()).then(
-        |body: Bytes, app: Arc<App>| async move {
+    // `op: clear` empties every table, as `db/clear` does: it needs the same
+    // token, or the operator route would have an open back door.
+    let write = warp::path!("api" / "v1" / "db" / "write")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(body())
+        .and(with_app.clone())
+        .then(|auth: Option<String>, body: Bytes, app: Arc<App>| async move {
             let started = Instant::now();
-            let r = match parse(&body) {
+            let r = match parse::<WriteRequest>(&body) {
+                Ok(req) if req.op == WriteKind::Clear && !app.authorized(auth.as_deref()) => {
+                    tracing::warn!("db/write op clear refused: missing or wrong bearer token");
+                    Err(ApiError::new(ErrorKind::Unauthorized, "op clear needs the operator's bearer token"))
+                }
                 Ok(req) => app.db.write(req).await,
                 Err(e) => Err(e),
             };
@@ -222,8 +273,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 Ok(outcome) => json_reply(StatusCode::CREATED, &outcome),
                 Err(e) => api_error(e),
             }
-        },
-    );
+        });
 
     let clear = warp::path!("api" / "v1" / "db" / "clear")
         .and(warp::post())
@@ -374,7 +424,12 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 if let Err(elsewhere) = app.leading(&path) {
                     return *elsewhere;
                 }
-                let feed = live_feed(app);
+                let Some(slot) = app.feeds.take() else {
+                    tracing::warn!(max = app.feeds.max, "live feed refused: EVENT_FEEDS_MAX open");
+                    let msg = format!("{} live feeds already open (EVENT_FEEDS_MAX); retry later", app.feeds.max);
+                    return ApiError::unavailable(msg).into_response();
+                };
+                let feed = live_feed(app, slot);
                 warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(feed)).into_response()
             },
         );
@@ -435,9 +490,14 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
 /// The live feed of one subscriber: the status at once, then each event
 /// (`event: event`) followed by the status it led to (`event: status`), and
 /// the status every [`FEED_STATUS_EVERY`] in between. Ends on shutdown.
-fn live_feed(app: Arc<App>) -> impl futures::Stream<Item = Result<warp::sse::Event, Infallible>> + Send + 'static {
+fn live_feed(
+    app: Arc<App>,
+    slot: FeedSlot,
+) -> impl futures::Stream<Item = Result<warp::sse::Event, Infallible>> + Send + 'static {
     struct Feed {
         app: Arc<App>,
+        /// Given back when the stream is dropped.
+        _slot: FeedSlot,
         events: tokio::sync::broadcast::Receiver<wire::status::Event>,
         tick: tokio::time::Interval,
         ready: VecDeque<warp::sse::Event>,
@@ -450,7 +510,7 @@ fn live_feed(app: Arc<App>) -> impl futures::Stream<Item = Result<warp::sse::Eve
     let events = app.tel.events.subscribe();
     let mut tick = tokio::time::interval(FEED_STATUS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let feed = Feed { app, events, tick, ready: VecDeque::new() };
+    let feed = Feed { app, _slot: slot, events, tick, ready: VecDeque::new() };
     futures::stream::unfold(feed, |mut f| async move {
         loop {
             if let Some(e) = f.ready.pop_front() {
@@ -503,20 +563,20 @@ async fn rejection(err: Rejection) -> Result<warp::reply::Response, Infallible> 
 
 #[cfg(test)]
 mod tests {
-    use super::token_matches;
+    use super::FeedSlots;
 
+    /// Issue 20: live feeds were unbounded. At most `max` are open; a feed
+    /// that ends gives its place back.
     #[test]
-    fn bearer_token() {
-        for (header, ok) in [
-            (Some("Bearer s3cret"), true),
-            (Some("Bearer s3cre"), false),
-            (Some("Bearer s3cret "), false),
-            (Some("bearer s3cret"), false),
-            (Some("s3cret"), false),
-            (Some("Bearer "), false),
-            (None, false),
-        ] {
-            assert_eq!(token_matches(header, "s3cret"), ok, "{header:?}");
-        }
+    fn live_feeds_are_capped_and_give_their_place_back() {
+        let slots = FeedSlots::new(2);
+        let a = slots.take().expect("first");
+        let b = slots.take().expect("second");
+        assert!(slots.take().is_none(), "a third feed past the cap");
+        drop(a);
+        let c = slots.take().expect("a place given back");
+        assert!(slots.take().is_none());
+        drop((b, c));
+        assert_eq!(slots.open.load(std::sync::atomic::Ordering::Acquire), 0);
     }
 }

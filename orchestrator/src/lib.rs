@@ -79,6 +79,7 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
         reads,
         tel,
         admin_token: cfg.admin_token.clone(),
+        feeds: http::FeedSlots::new(cfg.event_feeds_max as usize),
         stop: stop.clone(),
     });
     let http_stop = stop.clone();

@@ -49,6 +49,9 @@ pub struct Load {
     pub stop: AtomicBool,
     /// Users acknowledged so far (readers pick from them).
     acked_users: Mutex<Vec<String>>,
+    /// Sent with the clear: a service with `ADMIN_TOKEN` set refuses a clear
+    /// without the caller's token (docs/api.md §2).
+    admin_token: Option<String>,
 }
 
 /// The area pair (source, destination) of writer `w`.
@@ -59,7 +62,23 @@ pub fn areas(pair: u32) -> (u32, u32) {
 impl Load {
     pub fn new(lb: String, http: Client, rec: Arc<Recorder>, run: String, writers: u32, retry: Retry) -> Load {
         assert!((1..=97).contains(&writers), "1 to 97 writers (one area pair each)");
-        Load { lb, http, rec, run, writers, retry, stop: AtomicBool::new(false), acked_users: Mutex::new(vec![]) }
+        Load {
+            lb,
+            http,
+            rec,
+            run,
+            writers,
+            retry,
+            stop: AtomicBool::new(false),
+            acked_users: Mutex::new(vec![]),
+            admin_token: None,
+        }
+    }
+
+    /// Clear with this bearer token (the services' `ADMIN_TOKEN`).
+    pub fn with_admin_token(mut self, token: Option<String>) -> Load {
+        self.admin_token = token;
+        self
     }
 
     fn owner(&self, w: u32) -> String {
@@ -69,7 +88,11 @@ impl Load {
     /// Empties the database and creates each writer's ride owner (before the
     /// load and the nemesis start; not recorded).
     pub async fn prepare(&self) -> Result<()> {
-        let r = self.http.post(format!("{}/api/v1/db/clear", self.lb)).send().await?;
+        let mut clear = self.http.post(format!("{}/api/v1/db/clear", self.lb));
+        if let Some(t) = &self.admin_token {
+            clear = clear.bearer_auth(t);
+        }
+        let r = clear.send().await?;
         if !r.status().is_success() {
             bail!("POST /api/v1/db/clear through the LB answered {}", r.status());
         }

@@ -124,7 +124,10 @@ async fn main() -> Result<()> {
     let rec = Arc::new(Recorder::new());
     let run = format!("s{:x}", seed & 0xffff_ffff);
     let retry = Retry { max_attempts: a.write_attempts, budget: Duration::from_secs(a.write_budget_secs) };
-    let load = Arc::new(Load::new(a.lb_url.clone(), http.clone(), rec.clone(), run, a.writers + a.read_back, retry));
+    let load = Arc::new(
+        Load::new(a.lb_url.clone(), http.clone(), rec.clone(), run, a.writers + a.read_back, retry)
+            .with_admin_token(a.admin_token.clone()),
+    );
     let mut nemesis = Nemesis::new(
         files.clone(),
         systest::root(),

@@ -17,7 +17,8 @@ pub struct OrchestratorArgs {
     #[arg(long, env = "ORCHESTRATOR_URL", default_value = "http://127.0.0.1:8090", value_parser = http_urls)]
     pub orchestrator_url: Urls,
     /// The orchestrator's operator token, sent as a bearer token (db/clear
-    /// needs it when the orchestrator has one) [default: unset].
+    /// needs it when the orchestrator has one); when set, a caller's
+    /// `POST /api/v1/db/clear` must carry it too (else 401) [default: unset].
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 }

@@ -4,13 +4,16 @@
 //! `/api/v1/db/clear`, `/api/v1/_count` and `/health`.
 //!
 //! Invariant: a request whose body was too big (or broken) changes nothing,
-//! whatever its route: it is refused before any route runs.
+//! whatever its route: it is refused before any route runs. And with
+//! `ADMIN_TOKEN` set, a clear without the caller's own `Authorization: Bearer
+//! <token>` is a 401 that never reaches the orchestrator (the service would
+//! otherwise clear with its own token on anyone's behalf).
 //!
 //! A failed clear comes back as the [`DbError`] rather than a response, so
 //! each service answers and logs it the way it does its other database
 //! failures.
 
-use warp::http::{Method, StatusCode};
+use warp::http::{header, Method, StatusCode};
 use warp::reply::Response;
 
 use crate::http::{self, Request};
@@ -30,7 +33,7 @@ pub async fn intercept(
     if let Err(e) = &req.body {
         return Some(Ok(e.response()));
     }
-    Some(Housekeeping::of(&req.path)?.answer(&req.method, db, count).await)
+    Some(Housekeeping::of(&req.path)?.answer(req, db, count).await)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,14 +53,14 @@ impl Housekeeping {
         }
     }
 
-    async fn answer(
-        self,
-        method: &Method,
-        db: &OrchestratorClient,
-        count: &RequestCounter,
-    ) -> Result<Response, DbError> {
-        Ok(match (self, method) {
+    async fn answer(self, req: &Request, db: &OrchestratorClient, count: &RequestCounter) -> Result<Response, DbError> {
+        Ok(match (self, &req.method) {
             (Housekeeping::Clear, &Method::POST) => {
+                let authorization = req.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                if !db.authorizes(authorization) {
+                    tracing::warn!(path = %req.path, "clear refused: missing or wrong bearer token");
+                    return Ok(http::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+                }
                 db.clear().await?;
                 http::empty_object(StatusCode::OK)
             }
@@ -132,5 +135,29 @@ mod tests {
             assert!(body.contains(r#""error":"request body larger than"#), "{body}");
         }
         assert_eq!(st.count.get(), 2);
+    }
+
+    /// With `ADMIN_TOKEN` set, a clear needs the caller's token: without it
+    /// (or with another) the answer is a 401 and the orchestrator is never
+    /// called; with it the clear goes on (to port 9 here: 503).
+    #[tokio::test]
+    async fn clear_needs_the_callers_token_when_one_is_set() {
+        let st = Arc::new(State {
+            db: OrchestratorClient::with_base("http://127.0.0.1:9", Some("s3cret".into())).unwrap(),
+            count: RequestCounter::new("/x"),
+        });
+        let r = http::routes(st.clone(), handle);
+        for (auth, status) in
+            [(None, 401), (Some("Bearer wrong"), 401), (Some("s3cret"), 401), (Some("Bearer s3cret"), 503)]
+        {
+            let mut req = warp::test::request().method("POST").path("/api/v1/db/clear");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let resp = req.reply(&r).await;
+            assert_eq!(resp.status().as_u16(), status, "{auth:?}");
+            let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+            assert!(body["error"].is_string(), "{body}");
+        }
     }
 }

@@ -142,6 +142,17 @@ impl OrchestratorClient {
         self
     }
 
+    /// Whether a caller with this `Authorization` header may empty the
+    /// database through this service: always without `ADMIN_TOKEN` (the
+    /// contract's open clear), else only with the token itself. The service
+    /// clears with its own token, so it must check the caller's first.
+    pub fn authorizes(&self, authorization: Option<&str>) -> bool {
+        match &self.admin_token {
+            None => true,
+            Some(t) => wire::contract::bearer_matches(authorization, t),
+        }
+    }
+
     /// Where this client sends its calls, comma-separated (for the start-up log line).
     pub fn bases(&self) -> String {
         self.bases.join(",")

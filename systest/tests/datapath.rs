@@ -271,11 +271,114 @@ async fn operator_endpoints_require_the_admin_token_when_one_is_set() {
         }
     }
     assert_eq!(stack.worker_pids_with("Bearer s3cret").await, pids, "nothing was killed");
-    // Data endpoints stay open; the services pass the token on for clear.
+    // Data endpoints stay open, but `op: clear` empties everything as
+    // db/clear does: it needs the token too.
     assert_eq!(stack.write(&user("tok")).await.unwrap().0, 201);
-    let r = http.post(format!("{}/api/v1/db/clear", stack.users)).send().await.unwrap();
+    let clear_write = serde_json::to_value(WriteRequest::clear()).unwrap();
+    for auth in [None, Some("Bearer wrong")] {
+        let mut req = http.post(stack.url("/api/v1/db/write")).json(&clear_write);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "op clear with {auth:?}");
+    }
+    assert_eq!(count(&stack, "users").await, 1, "op clear without the token changed nothing");
+    // Through either service, and so through the load balancer, the caller's
+    // own token is checked: the service clears with its token only for a
+    // caller that has it.
+    for base in [&stack.users, &stack.rides, &stack.lb] {
+        for auth in [None, Some("Bearer wrong")] {
+            let mut req = http.post(format!("{base}/api/v1/db/clear"));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "clear at {base} with {auth:?}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(body["error"].is_string());
+        }
+    }
+    assert_eq!(count(&stack, "users").await, 1, "nothing was cleared without the token");
+    let r = http.post(format!("{}/api/v1/db/clear", stack.lb)).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(count(&stack, "users").await, 0);
+    assert_eq!(stack.write(&user("tok2")).await.unwrap().0, 201);
+    let r = http.post(stack.url("/api/v1/db/write")).bearer_auth("s3cret").json(&clear_write).send().await.unwrap();
+    assert_eq!(r.status(), 201);
     assert_eq!(count(&stack, "users").await, 0);
     let r = http.post(stack.url("/api/v1/crash/slave")).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Issue 20: a caller cannot choose a ride's id (one insert of 2^63-1 used
+/// to make every later ride insert fail with a 503).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_cannot_choose_a_ride_id() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    assert_eq!(stack.write(&user("rider")).await.unwrap().0, 201);
+    let ride = |id: Option<i64>| {
+        let mut w = WriteRequest::insert(
+            "rides",
+            [
+                ("created_by", Value::from("rider")),
+                ("start_time", Value::Int(1)),
+                ("source", Value::Int(1)),
+                ("destination", Value::Int(2)),
+            ],
+        );
+        if let Some(id) = id {
+            w.values.insert("ride_id".into(), Value::Int(id));
+        }
+        w
+    };
+    let (status, body) = stack.write(&ride(Some(i64::MAX))).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("ride_id"), "{body}");
+    assert_eq!(count(&stack, "rides").await, 0, "the refused insert changed nothing");
+    for _ in 0..2 {
+        let (status, body) = stack.write(&ride(None)).await.unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    assert_eq!(count(&stack, "rides").await, 2);
+}
+
+/// Issue 20: oversized `columns` or `order_by` lists are the caller's 400,
+/// not a 503 from SQLite.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_column_and_order_lists_are_a_400() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let mut wide = ReadRequest::table("users");
+    wide.columns = vec!["username".into(); 50_000];
+    let (status, body) = stack.read(&wide).await.unwrap();
+    assert_eq!((status, body), (400, json!({"error": "at most 16 columns (got 50000)"})));
+    let mut sorted = ReadRequest::table("users");
+    sorted.order_by = vec![wire::OrderBy { column: "username".into(), desc: false }; 20_000];
+    let (status, body) = stack.read(&sorted).await.unwrap();
+    assert_eq!((status, body), (400, json!({"error": "at most 8 order_by keys (got 20000)"})));
+}
+
+/// Issue 20: only valid reads count for the autoscaler; a flood of malformed
+/// ones used to be counted before it was parsed and drove it to MAX_SLAVES.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_reads_are_not_counted_for_the_autoscaler() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let in_window = || async { stack.status().await.unwrap().autoscaler.reads_in_window };
+    let before = in_window().await;
+    let http = Stack::http();
+    let bad = [
+        "not json".to_owned(),
+        r#"{"table":"nope"}"#.to_owned(),
+        r#"{"table":"users","where":[{"column":"username","op":"LIKE","value":"a"}]}"#.to_owned(),
+        format!(r#"{{"table":"users","columns":[{}]}}"#, vec![r#""username""#; 100].join(",")),
+    ];
+    for i in 0..200 {
+        let r = http.post(stack.url("/api/v1/db/read")).body(bad[i % bad.len()].clone()).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    assert_eq!(in_window().await, before, "malformed reads were counted");
+    for _ in 0..3 {
+        assert_eq!(stack.read(&by_name("x")).await.unwrap().0, 200);
+    }
+    assert_eq!(in_window().await, before + 3);
 }

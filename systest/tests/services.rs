@@ -643,3 +643,31 @@ async fn the_user_check_goes_through_the_lb_with_origin() {
     };
     assert!(ride_post.contains("target=rides"), "{ride_post}");
 }
+
+/// Issue 20: the load balancer cuts off a client that opens a connection and
+/// never finishes its request headers (nginx's default let it hold the
+/// connection 60 s, so a few thousand such clients locked everyone out),
+/// and meanwhile serves everyone else.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lb_cuts_off_a_client_that_never_finishes_its_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = stack().await;
+    let addr = s.lb.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"GET /api/v1/users HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(c);
+    }
+    let c = Client::new();
+    get(&c, &format!("{}/api/v1/users", s.lb)).await.assert_no_content();
+    let started = Instant::now();
+    for mut conn in slow {
+        // Ended by the LB (closed, reset, or a 408 and closed), well before
+        // nginx's 60 s default: reading to the end returns.
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "still open after {:?}", started.elapsed());
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

@@ -4,7 +4,8 @@
 //! reads them, the test harness looks for them; none of them spells a name or
 //! a number of its own.
 //!
-//! Also here: the error taxonomy of the database path ([`ErrorKind`]), mapped to
+//! Also here: the check of the operator's bearer token ([`bearer_matches`]),
+//! the error taxonomy of the database path ([`ErrorKind`]), mapped to
 //! an HTTP status in exactly one place, and the default timings whose order the
 //! safety argument depends on ([`timing`]).
 
@@ -153,6 +154,17 @@ impl ErrorKind {
     }
 }
 
+/// Whether an `Authorization` header carries the operator token
+/// (`ADMIN_TOKEN`) as `Bearer <token>`, compared in constant time (a timing
+/// difference must not reveal how much of a guess was right). Every server
+/// that guards an operator route (the orchestrator, and the services for
+/// their `db/clear`) checks the caller's header with this one function.
+pub fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(given) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else { return false };
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
 /// Default timings, and the order between them that the safety argument
 /// needs (asserted in the tests below; each crate's `timing` module takes its
 /// defaults from here).
@@ -213,6 +225,21 @@ mod tests {
             assert_eq!(ErrorKind::from_status(k.status()), k, "{k:?}");
         }
         assert_eq!(ErrorKind::from_status(502), ErrorKind::Failed);
+    }
+
+    #[test]
+    fn bearer_token() {
+        for (header, ok) in [
+            (Some("Bearer s3cret"), true),
+            (Some("Bearer s3cre"), false),
+            (Some("Bearer s3cret "), false),
+            (Some("bearer s3cret"), false),
+            (Some("s3cret"), false),
+            (Some("Bearer "), false),
+            (None, false),
+        ] {
+            assert_eq!(bearer_matches(header, "s3cret"), ok, "{header:?}");
+        }
     }
 
     /// The inequalities the failover and fencing argument rests on.

@@ -195,6 +195,11 @@ pub struct Change {
     /// replay on a slave gives the same rows.
     pub write: WriteRequest,
     pub outcome: WriteOutcome,
+    /// When the master applied it (Unix ms, its clock): every copy records
+    /// the write's request id with this time, so all of them keep and drop
+    /// the id alike. 0 in changes from before it was carried.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// A message on a slave's sync queue.
@@ -323,6 +328,7 @@ mod batch_tests {
             epoch: 1,
             write: WriteRequest::clear(),
             outcome: WriteOutcome { rows_affected: 0, last_insert_id: None, seq },
+            at_ms: 0,
         };
         let parts: Vec<Vec<u8>> = [5, 6].map(|s| serde_json::to_vec(&change(s)).unwrap()).into();
         let msg: SyncMsg = serde_json::from_slice(&SyncMsg::encode_changes(parts.iter().map(|p| &p[..]))).unwrap();

@@ -5,6 +5,13 @@
 //! and column names are known to exist in [`crate::schema`] and whose values
 //! have the column's type. Only the checked form is ever executed.
 //!
+//! Invariant: a caller never chooses a generated key. `rides.ride_id` is the
+//! master's to fill in ([`WriteRequest::validate`] refuses it in an insert's
+//! or an update's values), so no request can push the id sequence to its end
+//! (one insert of ride 2^63-1 would make every later insert fail). Only a
+//! change the master executed, replayed on a slave or from the backup, carries
+//! it ([`WriteRequest::validate_executed`]).
+//!
 //! Example read, the upcoming rides from area 3 to area 7:
 //! ```json
 //! {"table": "rides", "columns": ["ride_id", "created_by", "start_time"],
@@ -259,9 +266,21 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
     Err(Invalid(msg.into()))
 }
 
-/// Upper bounds that keep one request from exhausting a worker.
+/// Upper bounds that keep one request from exhausting a worker (and keep
+/// SQLite's own limits, 2,000 result columns, from answering for us with an
+/// error that is not the caller's 400).
 pub const MAX_CONDITIONS: usize = 16;
 pub const MAX_LIMIT: u32 = 100_000;
+/// The most rows one answer holds. A read with a `limit` is bounded by it
+/// (at most [`MAX_LIMIT`]); a read without one whose answer would hold more
+/// is refused (400) rather than carried whole through the slave, the broker
+/// and the orchestrator: a caller pages instead, with a `limit` and a `where`
+/// on its order column (as the users service lists every user).
+pub const MAX_ROWS: u32 = MAX_LIMIT;
+/// The most `columns` a read may list (every table has at most 5; repeats allowed).
+pub const MAX_COLUMNS: usize = 16;
+/// The most `order_by` keys a read may give.
+pub const MAX_ORDER_BY: usize = 8;
 
 fn known_table(name: &str) -> Result<&'static Table, Invalid> {
     schema::table(name).ok_or_else(|| Invalid(format!("unknown table {:?}", truncate(name))))
@@ -328,11 +347,20 @@ pub struct Read {
     pub order_by: Vec<(&'static str, bool)>,
     pub limit: Option<u32>,
     pub count: bool,
+    /// A read without a `limit` (and not a count): the most rows its answer
+    /// may hold, [`MAX_ROWS`]; more is the caller's error, not a longer answer.
+    pub row_cap: Option<u32>,
 }
 
 impl ReadRequest {
     pub fn validate(&self) -> Result<Read, Invalid> {
         let table = known_table(&self.table)?;
+        if self.columns.len() > MAX_COLUMNS {
+            return invalid(format!("at most {MAX_COLUMNS} columns (got {})", self.columns.len()));
+        }
+        if self.order_by.len() > MAX_ORDER_BY {
+            return invalid(format!("at most {MAX_ORDER_BY} order_by keys (got {})", self.order_by.len()));
+        }
         let columns = if self.columns.is_empty() {
             table.columns.iter().map(|c| c.name).collect()
         } else {
@@ -349,8 +377,17 @@ impl ReadRequest {
                 return invalid(format!("limit above {MAX_LIMIT}"));
             }
         }
-        Ok(Read { table, columns, conditions, order_by, limit: self.limit, count: self.count })
+        let row_cap = (self.limit.is_none() && !self.count).then_some(MAX_ROWS);
+        Ok(Read { table, columns, conditions, order_by, limit: self.limit, count: self.count, row_cap })
     }
+}
+
+/// Who a write comes from: a caller may not set a generated column; the
+/// master's executed change carries the value it generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Client,
+    Master,
 }
 
 /// A write whose every name is in the schema, in the shape the worker executes.
@@ -363,7 +400,19 @@ pub enum Write {
 }
 
 impl WriteRequest {
+    /// A caller's write, as the orchestrator and the master take it: every
+    /// name known, every value typed, and no value for a generated column.
     pub fn validate(&self) -> Result<Write, Invalid> {
+        self.check(Caller::Client)
+    }
+
+    /// A write as the master executed it (its generated ids filled in), for
+    /// replaying a change: a slave applying `syncQ`, a restore from the backup.
+    pub fn validate_executed(&self) -> Result<Write, Invalid> {
+        self.check(Caller::Master)
+    }
+
+    fn check(&self, caller: Caller) -> Result<Write, Invalid> {
         if let Some(id) = &self.request_id {
             if id.is_empty() || id.len() > 128 {
                 return invalid("request_id must be 1 to 128 characters");
@@ -385,6 +434,9 @@ impl WriteRequest {
                 .iter()
                 .map(|(k, v)| {
                     let c = known_column(table, k)?;
+                    if caller == Caller::Client && table.column(c).is_some_and(|col| col.generated) {
+                        return invalid(format!("{}.{c} is chosen by the database: leave it out", table.name));
+                    }
                     typed_value(table, c, v)?;
                     Ok((c, v.clone()))
                 })
@@ -469,6 +521,57 @@ mod tests {
         assert!(write(r#"{"op":"insert","table":"users","values":{"username":"a"},"sql":"DROP"}"#).is_err());
         assert!(write(r#"{"op":"clear","table":"users"}"#).is_err());
         assert_eq!(write(r#"{"op":"clear"}"#).unwrap(), Write::Clear);
+    }
+
+    /// A megabyte of column names used to reach SQLite (and come back a 503).
+    #[test]
+    fn refuses_oversized_column_and_order_lists() {
+        let cols = vec![r#""username""#; 50_000].join(",");
+        let err = read(&format!(r#"{{"table":"users","columns":[{cols}]}}"#)).unwrap_err();
+        assert_eq!(err, "at most 16 columns (got 50000)");
+        let keys = vec![r#"{"column":"username"}"#; 50_000].join(",");
+        let err = read(&format!(r#"{{"table":"users","order_by":[{keys}]}}"#)).unwrap_err();
+        assert_eq!(err, "at most 8 order_by keys (got 50000)");
+        let cols = [r#""username""#; MAX_COLUMNS].join(",");
+        assert!(read(&format!(r#"{{"table":"users","columns":[{cols}]}}"#)).is_ok());
+        let keys = [r#"{"column":"username"}"#; MAX_ORDER_BY].join(",");
+        assert!(read(&format!(r#"{{"table":"users","order_by":[{keys}]}}"#)).is_ok());
+    }
+
+    /// Only a read without a limit (and not a count) is capped.
+    #[test]
+    fn unlimited_reads_are_capped() {
+        assert_eq!(read(r#"{"table":"users"}"#).unwrap().row_cap, Some(MAX_ROWS));
+        assert_eq!(read(r#"{"table":"users","limit":10}"#).unwrap().row_cap, None);
+        assert_eq!(read(r#"{"table":"users","count":true}"#).unwrap().row_cap, None);
+    }
+
+    /// One insert of ride 2^63-1 used to leave AUTOINCREMENT nowhere to go:
+    /// every later ride insert failed. A caller never sets the id.
+    #[test]
+    fn refuses_client_chosen_ride_ids() {
+        let max = i64::MAX;
+        for w in [
+            format!(r#"{{"op":"insert","table":"rides","values":{{"ride_id":{max},"created_by":"a","start_time":1,"source":1,"destination":2}}}}"#),
+            r#"{"op":"insert","table":"rides","values":{"ride_id":7,"created_by":"a","start_time":1,"source":1,"destination":2}}"#.to_owned(),
+            r#"{"op":"insert","table":"rides","values":{"ride_id":null,"created_by":"a","start_time":1,"source":1,"destination":2}}"#.to_owned(),
+            format!(r#"{{"op":"update","table":"rides","values":{{"ride_id":{max}}},"where":[{{"column":"ride_id","op":"=","value":1}}]}}"#),
+        ] {
+            let err = write(&w).unwrap_err();
+            assert!(err.contains("rides.ride_id is chosen by the database"), "{w}: {err}");
+        }
+        // Conditions on it, and the riders' reference to it, stay allowed.
+        assert!(write(
+            r#"{"op":"delete","table":"rides","where":[{"column":"ride_id","op":"=","value":9223372036854775807}]}"#
+        )
+        .is_ok());
+        assert!(write(r#"{"op":"insert","table":"ride_riders","values":{"ride_id":7,"username":"a"}}"#).is_ok());
+        // The master's executed change carries the id it generated.
+        let executed: WriteRequest = serde_json::from_str(
+            r#"{"op":"insert","table":"rides","values":{"ride_id":7,"created_by":"a","start_time":1,"source":1,"destination":2}}"#,
+        )
+        .unwrap();
+        assert!(executed.validate_executed().is_ok());
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub fn table(name: &str) -> Option<&'static Table> {
 /// Foreign keys with `ON DELETE CASCADE` make "deleting a user removes its
 /// rides and takes it off rides it joined" one statement, identical on the
 /// master and on every slave that replays it.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     username TEXT PRIMARY KEY NOT NULL,
     password TEXT NOT NULL
@@ -106,4 +107,11 @@ CREATE TABLE _requests (
     outcome       TEXT NOT NULL
 );
 CREATE INDEX _requests_seq ON _requests(seq);
-"#];
+"#,
+    // 2: when each request id was applied (the master's clock, carried in the
+    // change), so an id is kept for a time, not only a number of writes.
+    r#"
+ALTER TABLE _requests ADD COLUMN at_ms INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX _requests_at ON _requests(at_ms);
+"#,
+];

@@ -18,7 +18,7 @@ use tracing::warn;
 use wire::{Batch, ReadMsg, Reply};
 
 use crate::node::NodeCtx;
-use crate::store::ReaderPool;
+use crate::store::{ReaderPool, StoreError};
 
 /// What to do with a batch: the answers known without reading (malformed
 /// reads), the reads to run, and the floor they must wait for.
@@ -92,18 +92,24 @@ async fn answer(plan: Plan, pool: &Arc<ReaderPool>, ctx: &NodeCtx) -> Vec<(u32, 
     }
     let pool = pool.clone();
     let answers: Vec<Vec<u8>> = match tokio::task::spawn_blocking(move || pool.read_many(&reads)).await {
-        Ok(Ok((results, pos))) => results
-            .into_iter()
-            .map(|r| match r {
-                Ok(rows) => Reply::encode_rows(&rows, pos.seq),
-                Err(e) => failed(format!("read failed: {e}")),
-            })
-            .collect(),
+        Ok(Ok((results, pos))) => results.into_iter().map(|r| read_answer(r, pos.seq)).collect(),
         Ok(Err(e)) => vec![failed(format!("read failed: {e}")); index.len()],
         Err(e) => vec![failed(format!("read task failed: {e}")); index.len()],
     };
     out.extend(index.into_iter().zip(answers));
     out
+}
+
+/// One read's answer, encoded: its rows; the caller's error (400) when the
+/// answer would hold more rows than a read without a limit may
+/// (`wire::MAX_ROWS`); else a failure of this slave (503).
+fn read_answer(rows: crate::store::Result<Vec<u8>>, seq: u64) -> Vec<u8> {
+    let reply = match rows {
+        Ok(rows) => return Reply::encode_rows(&rows, seq),
+        Err(e @ StoreError::TooManyRows(_)) => Reply::Invalid { error: e.to_string() },
+        Err(e) => Reply::Unavailable { error: format!("read failed: {e}") },
+    };
+    serde_json::to_vec(&reply).expect("replies serialize")
 }
 
 #[cfg(test)]
@@ -130,6 +136,15 @@ mod tests {
         assert_eq!(p.reads.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 3]);
         assert_eq!(p.floor, 7); // not 9 (late) nor 50 (refused)
         assert!(matches!(p.answered.as_slice(), [(1, Reply::Unavailable { .. }), (2, Reply::Invalid { .. })]));
+    }
+
+    #[test]
+    fn too_long_an_answer_is_the_callers_400_other_failures_a_503() {
+        let decode = |b: Vec<u8>| serde_json::from_slice::<Reply>(&b).unwrap();
+        assert!(matches!(decode(read_answer(Err(StoreError::TooManyRows(100_000)), 1)), Reply::Invalid { .. }));
+        let busy = StoreError::Backup("busy".into());
+        assert!(matches!(decode(read_answer(Err(busy), 1)), Reply::Unavailable { .. }));
+        assert!(matches!(decode(read_answer(Ok(b"[]".to_vec()), 1)), Reply::Rows(_)));
     }
 
     #[test]

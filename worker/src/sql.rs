@@ -44,7 +44,8 @@ pub fn select(r: &Read) -> Statement {
             sql.push_str(if i == 0 { " ORDER BY " } else { ", " });
             sql.push_str(&format!("\"{col}\"{}", if *desc { " DESC" } else { "" }));
         }
-        if let Some(limit) = r.limit {
+        // One row past the cap is enough to know the answer is too long.
+        if let Some(limit) = r.limit.or(r.row_cap.map(|cap| cap.saturating_add(1))) {
             sql.push_str(" LIMIT ?");
             params.push(SqlValue::Integer(limit.into()));
         }
@@ -104,6 +105,10 @@ mod tests {
             "SELECT \"ride_id\" FROM \"rides\" WHERE \"source\" = ? AND \"start_time\" > ? ORDER BY \"start_time\" LIMIT ?"
         );
         assert_eq!(s.params, vec![SqlValue::Integer(3), SqlValue::Integer(100), SqlValue::Integer(5)]);
+        // Without a limit: one row past the cap, to tell a too-long answer.
+        let s = select(&ReadRequest::table("users").columns(&["username"]).validate().unwrap());
+        assert_eq!(s.sql, "SELECT \"username\" FROM \"users\" LIMIT ?");
+        assert_eq!(s.params, vec![SqlValue::Integer(i64::from(wire::MAX_ROWS) + 1)]);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! the data so that a change, its sequence number and its request id commit
 //! together or not at all:
 //! - `_state(applied_seq, epoch)`: how far this copy has got;
-//! - `_requests(request_id, seq, outcome)`: the answer to give if a write is
-//!   delivered again (broker redelivery, failover replay).
+//! - `_requests(request_id, seq, outcome, at_ms)`: the answer to give if a
+//!   write is delivered again (broker redelivery, failover replay, a client
+//!   resending with its `Idempotency-Key`), kept as [`REQUEST_IDS`] says.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
@@ -17,9 +18,24 @@ use wire::{Change, Read, Value, Write, WriteOutcome, WriteRequest};
 
 use crate::{sql, timing};
 
-/// How many request ids are kept for answering redeliveries. A redelivery
-/// comes within seconds; this is hours of writes at full speed.
-const REQUEST_IDS_KEPT: u64 = 200_000;
+/// How long request ids are kept (docs/api.md §2.1), in a bounded table.
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    /// Every id of the last this many writes is kept, however old.
+    min_writes: u64,
+    /// Every id applied within this long is kept (unless `max_writes` says otherwise).
+    min_age_ms: u64,
+    /// Never more than the ids of the last this many writes: the bound on the
+    /// table (and on the file a new slave copies), whatever the write rate.
+    max_writes: u64,
+}
+
+/// 24 hours (Stripe's window for an idempotency key) up to a million writes
+/// a day (11.5 writes/s on average); at a higher rate, the last million
+/// writes (~300 MB at most). The old bound, 200,000 writes, was ~28 s at
+/// full speed. Pruned every [`PRUNE_EVERY`] writes.
+const REQUEST_IDS: Retention = Retention { min_writes: 200_000, min_age_ms: 24 * 3600 * 1000, max_writes: 1_000_000 };
+const PRUNE_EVERY: u64 = 1000;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -41,6 +57,9 @@ pub enum StoreError {
     Backup(String),
     #[error("stored outcome unreadable: {0}")]
     Json(#[from] serde_json::Error),
+    /// A read without a limit would answer more than its cap (`wire::MAX_ROWS`).
+    #[error("the answer holds more than {0} rows: give a limit (at most {max}) and page with a where on the order column", max = wire::MAX_LIMIT)]
+    TooManyRows(u32),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -195,9 +214,10 @@ fn execute_in(tx: &mut rusqlite::Transaction, req: &WriteRequest, epoch: u64) ->
     }
     let seq = pos.seq + 1;
     let outcome = WriteOutcome { rows_affected, last_insert_id, seq };
-    record(&sp, &request_id, seq, epoch, &outcome)?;
+    let at_ms = wire::now_ms();
+    record(&sp, &request_id, seq, epoch, at_ms, &outcome)?;
     sp.commit()?;
-    Ok(Applied::New(Change { seq, epoch, write: executed, outcome }))
+    Ok(Applied::New(Change { seq, epoch, write: executed, outcome, at_ms }))
 }
 
 fn recorded_outcome(conn: &Connection, request_id: &str) -> Result<Option<WriteOutcome>> {
@@ -214,15 +234,38 @@ fn recorded_outcome(conn: &Connection, request_id: &str) -> Result<Option<WriteO
     })
 }
 
-fn record(tx: &Connection, request_id: &str, seq: u64, epoch: u64, outcome: &WriteOutcome) -> Result<()> {
+fn record(tx: &Connection, request_id: &str, seq: u64, epoch: u64, at_ms: u64, outcome: &WriteOutcome) -> Result<()> {
     tx.prepare_cached("UPDATE _state SET applied_seq = ?, epoch = ? WHERE id = 1")?
         .execute(params![seq as i64, epoch as i64])?;
     if !request_id.is_empty() {
-        tx.prepare_cached("INSERT OR REPLACE INTO _requests (request_id, seq, outcome) VALUES (?, ?, ?)")?
-            .execute(params![request_id, seq as i64, serde_json::to_string(outcome)?])?;
+        tx.prepare_cached("INSERT OR REPLACE INTO _requests (request_id, seq, outcome, at_ms) VALUES (?, ?, ?, ?)")?
+            .execute(params![request_id, seq as i64, serde_json::to_string(outcome)?, at_ms as i64])?;
     }
-    if seq.is_multiple_of(1000) && seq > REQUEST_IDS_KEPT {
-        tx.prepare_cached("DELETE FROM _requests WHERE seq <= ?")?.execute([(seq - REQUEST_IDS_KEPT) as i64])?;
+    if seq.is_multiple_of(PRUNE_EVERY) {
+        prune_requests(tx, seq, at_ms, REQUEST_IDS)?;
+    }
+    Ok(())
+}
+
+/// Drops the request ids `keep` no longer covers, as of write `seq` applied
+/// at `at_ms`: those older than both `min_writes` writes and `min_age_ms`,
+/// and any older than `max_writes` writes. Ids are applied in seq order (and
+/// at_ms order, one master's clock at a time), so each is one range of seq.
+fn prune_requests(tx: &Connection, seq: u64, at_ms: u64, keep: Retention) -> Result<()> {
+    let Some(by_count) = seq.checked_sub(keep.min_writes) else { return Ok(()) };
+    // The oldest id young enough to keep (one step down the at_ms index):
+    // everything before it is old.
+    let young: Option<i64> = tx
+        .prepare_cached("SELECT seq FROM _requests WHERE at_ms >= ? ORDER BY at_ms LIMIT 1")?
+        .query_row([at_ms.saturating_sub(keep.min_age_ms) as i64], |r| r.get(0))
+        .optional()?;
+    let by_age = young.map_or(seq, |s| (s as u64).saturating_sub(1));
+    let mut cut = by_count.min(by_age);
+    if let Some(bound) = seq.checked_sub(keep.max_writes) {
+        cut = cut.max(bound);
+    }
+    if cut > 0 {
+        tx.prepare_cached("DELETE FROM _requests WHERE seq <= ?")?.execute([cut as i64])?;
     }
     Ok(())
 }
@@ -240,11 +283,11 @@ pub fn apply_changes(conn: &mut Connection, changes: &[Change]) -> Result<Positi
         if ch.seq != pos.seq + 1 {
             return Err(StoreError::Gap { applied: pos.seq, got: ch.seq });
         }
-        let write = ch.write.validate()?;
+        let write = ch.write.validate_executed()?;
         for st in sql::write(&write) {
             tx.prepare_cached(&st.sql)?.execute(rusqlite::params_from_iter(st.params.iter()))?;
         }
-        record(&tx, ch.write.request_id.as_deref().unwrap_or(""), ch.seq, ch.epoch, &ch.outcome)?;
+        record(&tx, ch.write.request_id.as_deref().unwrap_or(""), ch.seq, ch.epoch, ch.at_ms, &ch.outcome)?;
         pos = Position { seq: ch.seq, epoch: ch.epoch };
     }
     tx.commit()?;
@@ -361,7 +404,12 @@ fn rows_json(tx: &Connection, r: &Read) -> Result<Vec<u8>> {
     let mut stmt = tx.prepare_cached(&st.sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(st.params.iter()))?;
     let mut first = true;
+    let mut n = 0u32;
     while let Some(row) = rows.next()? {
+        n += 1;
+        if r.row_cap.is_some_and(|cap| n > cap) {
+            return Err(StoreError::TooManyRows(n - 1));
+        }
         if !first {
             out.push(b',');
         }
@@ -640,6 +688,78 @@ mod tests {
         assert_eq!(count, br#"[{"count":0}]"#);
         let none = ReadRequest::table("users").filter(Condition::eq("username", "nobody"));
         assert_eq!(rows_json(&reader, &none.validate().unwrap()).unwrap(), b"[]");
+    }
+
+    /// Issue 20: a read without a limit used to bring a whole table into
+    /// memory (slave, broker, orchestrator). Its answer now holds at most
+    /// `MAX_ROWS` rows; one more is a refusal naming the way out (paging).
+    #[test]
+    fn a_read_without_a_limit_answers_at_most_max_rows() {
+        let db = temp_db("row-cap");
+        let c = open_writer(&db).unwrap();
+        let fill = |n: u32| {
+            c.execute("DELETE FROM users", []).unwrap();
+            c.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+                 INSERT INTO users (username, password) SELECT 'u' || i, 'p' FROM n",
+                [n],
+            )
+            .unwrap();
+        };
+        let reader = ReaderPool::open(&db).unwrap();
+        let all = ReadRequest::table("users").columns(&["username"]).validate().unwrap();
+        fill(wire::MAX_ROWS);
+        let rows: Vec<Row> = serde_json::from_slice(&rows_json(&reader, &all).unwrap()).unwrap();
+        assert_eq!(rows.len(), wire::MAX_ROWS as usize);
+        fill(wire::MAX_ROWS + 1);
+        let err = rows_json(&reader, &all).unwrap_err();
+        assert!(matches!(err, StoreError::TooManyRows(n) if n == wire::MAX_ROWS), "{err}");
+        assert!(err.to_string().contains("give a limit"), "{err}");
+        // A page, and a count, are not capped.
+        let page = ReadRequest::table("users").columns(&["username"]).order("username", false).limit(10);
+        let rows: Vec<Row> = serde_json::from_slice(&rows_json(&reader, &page.validate().unwrap()).unwrap()).unwrap();
+        assert_eq!(rows.len(), 10);
+        let count = rows_json(&reader, &ReadRequest::table("users").counting().validate().unwrap()).unwrap();
+        assert_eq!(count, format!(r#"[{{"count":{}}}]"#, wire::MAX_ROWS + 1).into_bytes());
+    }
+
+    /// Issue 20: the ids were kept for 200,000 writes, ~28 s at full speed, so a
+    /// client retrying a minute later could apply its write twice. An id is now
+    /// kept 24 hours, within a bound of a million writes.
+    #[test]
+    fn a_request_id_is_kept_a_day_within_a_bounded_table() {
+        let db = temp_db("retention");
+        let mut c = open_writer(&db).unwrap();
+        let keyed = with_id(user("ann"), "users-api PUT /api/v1/users key-1");
+        let Applied::New(first) = execute_write(&mut c, &keyed, 1).unwrap() else { panic!("first is new") };
+        let outcome = first.outcome;
+        let ids = |c: &Connection| c.query_row("SELECT COUNT(*) FROM _requests", [], |r| r.get::<_, i64>(0)).unwrap();
+        // 250,000 more writes within the next minute: more than the old window.
+        let tx = c.transaction().unwrap();
+        for seq in 2..=250_001u64 {
+            record(&tx, &format!("r{seq}"), seq, 1, first.at_ms + 60_000, &outcome).unwrap();
+        }
+        tx.commit().unwrap();
+        assert_eq!(ids(&c), 250_001, "nothing a day old yet, under the bound");
+        let Applied::Duplicate(again) = execute_write(&mut c, &keyed, 1).unwrap() else {
+            panic!("the key sent again a minute and 250,000 writes later was applied twice")
+        };
+        assert_eq!(again, first.outcome);
+        // A day later, what is older than a day and than 200,000 writes goes.
+        let day = 24 * 3600 * 1000;
+        let tx = c.transaction().unwrap();
+        for seq in 250_002..=251_000u64 {
+            record(&tx, &format!("r{seq}"), seq, 1, first.at_ms + 60_000 + day + 1, &outcome).unwrap();
+        }
+        tx.commit().unwrap();
+        assert_eq!(ids(&c), 200_000);
+        assert!(matches!(execute_write(&mut c, &keyed, 1), Err(StoreError::Conflict(_))), "applied again: a new write");
+        // The bound holds whatever the age: never more than max_writes ids.
+        let tx = c.transaction().unwrap();
+        let small = Retention { min_writes: 10, min_age_ms: 10 * day, max_writes: 100_000 };
+        prune_requests(&tx, 251_000, first.at_ms + 60_000 + day + 1, small).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(ids(&c), 100_000);
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //!
 //! Invariant: every request handed to [`Queue::call`] is sent in exactly one
 //! batch, or its caller hears that it was not (503); a batch is answered,
-//! times out, or fails as a whole at the broker.
+//! times out, or fails as a whole at the broker. And the requests waiting for
+//! a batch are bounded (`RPC_QUEUE_MAX` per queue): past it a caller is
+//! refused at once ([`RpcError::Overloaded`], 503), so a stalled broker or a
+//! flood sheds load instead of growing the orchestrator's memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,20 +38,27 @@ pub(super) type Item<M> = (M, oneshot::Sender<Answer>);
 
 /// The callers' side of one queue's coalescing loop.
 pub(super) struct Queue<M> {
-    tx: mpsc::UnboundedSender<Item<M>>,
-    rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Item<M>>>>,
+    tx: mpsc::Sender<Item<M>>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Item<M>>>>,
+    capacity: usize,
 }
 
 impl<M> Queue<M> {
-    pub(super) fn new() -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        Queue { tx, rx: std::sync::Mutex::new(Some(rx)) }
+    /// A queue holding at most `capacity` requests waiting for a batch.
+    pub(super) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        Queue { tx, rx: std::sync::Mutex::new(Some(rx)), capacity }
     }
 
-    /// Hand `msg` to the loop and wait for its answer, at most `timeout`.
+    /// Hand `msg` to the loop and wait for its answer, at most `timeout`;
+    /// refused at once when the queue is full.
     pub(super) async fn call(&self, msg: M, timeout: Duration) -> Result<Answer, RpcError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((msg, tx)).map_err(|_| RpcError::BrokerDown)?;
+        self.tx.try_send((msg, tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => RpcError::Overloaded(self.capacity),
+            mpsc::error::TrySendError::Closed(_) => RpcError::BrokerDown,
+        })?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             // Dropped unanswered: not sent (broker down) or connection lost.
@@ -58,7 +68,7 @@ impl<M> Queue<M> {
     }
 
     /// The receiving end, for the one loop that sends this queue's batches.
-    fn take_receiver(&self) -> Option<mpsc::UnboundedReceiver<Item<M>>> {
+    fn take_receiver(&self) -> Option<mpsc::Receiver<Item<M>>> {
         self.rx.lock().expect("batch queue lock").take()
     }
 }
@@ -114,7 +124,7 @@ pub(super) async fn run<M: serde::Serialize + Send + 'static>(
 
 /// `first` and whatever else is waiting, up to `max` requests, leaving out
 /// those whose caller already gave up.
-fn fill<M>(first: Item<M>, rx: &mut mpsc::UnboundedReceiver<Item<M>>, max: usize) -> Vec<Item<M>> {
+fn fill<M>(first: Item<M>, rx: &mut mpsc::Receiver<Item<M>>, max: usize) -> Vec<Item<M>> {
     let mut items = vec![first];
     while items.len() < max.max(1) {
         match rx.try_recv() {
@@ -132,11 +142,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_takes_what_waits_up_to_its_limit_and_skips_callers_who_left() {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Item<u32>>();
+        let (tx, mut rx) = mpsc::channel::<Item<u32>>(16);
         let mut answers = vec![];
         for n in 0..5 {
             let (a, b) = oneshot::channel();
-            tx.send((n, a)).unwrap();
+            tx.try_send((n, a)).unwrap();
             answers.push(b);
         }
         drop(answers.remove(1)); // request 1's caller timed out
@@ -147,5 +157,33 @@ mod tests {
         let got: Vec<u32> = fill(first, &mut rx, 3).into_iter().map(|(m, _)| m).collect();
         assert_eq!(got, [3, 4]);
         assert!(rx.try_recv().is_err());
+    }
+
+    /// Issue 20: the queue was unbounded. With no batch going out (a stalled
+    /// broker), callers beyond its capacity are refused at once, not queued.
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let q = Arc::new(Queue::<u32>::new(2));
+        let waiting: Vec<_> = (0..2)
+            .map(|n| {
+                let q = q.clone();
+                tokio::spawn(async move { q.call(n, Duration::from_secs(30)).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        while q.tx.capacity() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let refused = q.call(9, Duration::from_secs(30)).await;
+        assert!(matches!(refused, Err(RpcError::Overloaded(2))), "{refused:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            RpcError::Overloaded(2).to_string(),
+            "orchestrator overloaded: 2 requests already wait for the broker; retry"
+        );
+        for w in waiting {
+            w.abort();
+        }
     }
 }

@@ -50,6 +50,9 @@ pub enum RpcError {
     Broker(#[from] lapin::Error),
     #[error("unreadable answer from a worker: {0}")]
     Unreadable(String),
+    /// The batch queue is full (`RPC_QUEUE_MAX`): shed at once, 503.
+    #[error("orchestrator overloaded: {0} requests already wait for the broker; retry")]
+    Overloaded(usize),
 }
 
 /// Publishing channels per connection; spreads publishes over a few channels.
@@ -85,6 +88,8 @@ type Pending = Mutex<HashMap<u64, Slots>>;
 pub struct Batching {
     pub reads: Limits,
     pub writes: Limits,
+    /// The most requests waiting for a batch, per queue (`RPC_QUEUE_MAX`).
+    pub queue_max: usize,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
 }
@@ -149,8 +154,8 @@ impl Rpc {
             nodes,
             queue_type,
             batching,
-            reads: batcher::Queue::new(),
-            writes: batcher::Queue::new(),
+            reads: batcher::Queue::new(batching.queue_max),
+            writes: batcher::Queue::new(batching.queue_max),
             link: RwLock::new(None),
             pending: Mutex::new(HashMap::new()),
             instance,
@@ -476,6 +481,7 @@ mod tests {
         let batching = Batching {
             reads: limits,
             writes: limits,
+            queue_max: 16,
             read_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(1),
         };
