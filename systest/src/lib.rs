@@ -867,7 +867,14 @@ pub fn tags_in(db: &Path) -> std::collections::BTreeMap<i64, u32> {
 
 /// The last change a worker's copy has applied.
 pub fn applied_seq(db: &Path) -> u64 {
-    open_db(db).unwrap().query_row("SELECT applied_seq FROM _state", [], |r| r.get::<_, i64>(0)).unwrap() as u64
+    read_applied_seq(db).unwrap()
+}
+
+/// As [`applied_seq`], an error while the copy cannot be read yet (a slave
+/// just started has no file until its snapshot is installed).
+pub fn read_applied_seq(db: &Path) -> Result<u64> {
+    let seq = open_db(db)?.query_row("SELECT applied_seq FROM _state", [], |r| r.get::<_, i64>(0))?;
+    Ok(seq as u64)
 }
 
 /// Open a worker's SQLite file read-only (it keeps running and writing).

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use systest::{applied_seq, poll, tagged_ride, tags_in, user_write, Stack, StackOptions, WorkerRuntime};
+use systest::{
+    applied_seq, poll, read_applied_seq, tagged_ride, tags_in, user_write, Stack, StackOptions, WorkerRuntime,
+};
 use wire::ReadRequest;
 
 const OWNER: &str = systest::RIDE_OWNER;
@@ -76,7 +78,8 @@ async fn settle_with(stack: &Stack, in_step: bool) -> Vec<systest::LiveWorker> {
         if !in_step {
             return Some(live);
         }
-        let seqs: BTreeSet<u64> = live.iter().map(|w| applied_seq(&w.db)).collect();
+        // A slave started a moment ago may have no file yet: not settled.
+        let seqs: BTreeSet<u64> = live.iter().map(|w| read_applied_seq(&w.db)).collect::<Result<_, _>>().ok()?;
         (seqs.len() == 1).then_some(live)
     })
     .await
