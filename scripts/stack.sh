@@ -227,6 +227,9 @@ wipe() {
     local vols; vols=$(docker volume ls -q --filter "label=rideshare.cluster=$CLUSTER_ID" 2>/dev/null || true)
     [ -z "$vols" ] || { docker volume rm $vols >/dev/null; log "worker volumes removed: $(echo $vols | wc -w)"; }
   fi
+  # The redundant infra's data goes too: its servers are stopped first (they
+  # may run for something else than this stack, e.g. the tests' ha_infra).
+  HA_DIR=${HA_DIR:-$ROOT/var/ha} scripts/ha.sh down >/dev/null 2>&1 || true
   rm -rf "${WORKER_DATA_DIR:-$VAR/workers}" "$VAR/zookeeper" "$VAR/rabbitmq" "${HA_DIR:-$ROOT/var/ha}"
   log "wiped: workers' data, RabbitMQ and ZooKeeper data"
 }

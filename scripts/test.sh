@@ -64,6 +64,8 @@ cfn-lint alb-config/alb.yaml
 rm -rf var/test
 log "cargo test (unit and end-to-end tiers)"
 cargo test --release --workspace --no-fail-fast "${E2E[@]}" -- --test-threads="${TEST_THREADS:-2}"
+# The tests' redundant infra (ha_infra) is not needed past this point.
+had 5781 || scripts/ha.sh down
 log "smoke test of make up / status / down"
 scripts/smoke.sh
 log "soak: 3 minutes of load and faults on the redundant topology (scripts/soak.sh)"
