@@ -88,13 +88,19 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     let server = warp::serve(http::routes(app)).incoming(listener).graceful(async move { http_stop.cancelled().await });
     let mut server = tokio::spawn(server.run());
 
+    // A JoinHandle must not be polled once it has completed: whether the
+    // server already ended decides whether to wait for it below.
+    let mut server_ended = false;
     let ended = tokio::select! {
         exit = tasks.next_exit() => Some(exit),
         _ = stop.cancelled() => None,
-        r = &mut server => Some(tasks::TaskExit { name: "http server", end: match r {
-            Ok(()) => TaskEnd::Returned,
-            Err(e) => TaskEnd::Panicked(e.to_string()),
-        }}),
+        r = &mut server => {
+            server_ended = true;
+            Some(tasks::TaskExit { name: "http server", end: match r {
+                Ok(()) => TaskEnd::Returned,
+                Err(e) => TaskEnd::Panicked(e.to_string()),
+            }})
+        }
     };
     let failure = ended.filter(|exit| is_failure(exit, stop.is_cancelled()));
     if let Some(exit) = &failure {
@@ -102,7 +108,7 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     }
     stop.cancel();
     let grace = timing::SHUTDOWN_GRACE;
-    if tokio::time::timeout(grace, &mut server).await.is_err() {
+    if !server_ended && tokio::time::timeout(grace, &mut server).await.is_err() {
         server.abort();
     }
     for exit in tasks.shutdown(grace).await {
