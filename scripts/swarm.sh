@@ -191,8 +191,22 @@ down() {
     for v in rabbitmq-data zookeeper-data; do
       docker volume rm "${STACK}_$v" >/dev/null 2>&1 || true
     done
-    for v in $(docker volume ls -q --filter "label=rideshare.cluster=$CLUSTER_ID" 2>/dev/null); do
-      docker volume rm "$v" >/dev/null 2>&1 || log "volume $v left: still in use"
+    # A removed task's container goes a moment after its service: a volume
+    # it still holds is tried again until it is free (bounded).
+    local until=$((SECONDS + 60)) left
+    while :; do
+      left=$(docker volume ls -q --filter "label=rideshare.cluster=$CLUSTER_ID" 2>/dev/null || true)
+      for v in $left; do
+        docker volume rm "$v" >/dev/null 2>&1 || true
+      done
+      left=$(docker volume ls -q --filter "label=rideshare.cluster=$CLUSTER_ID" 2>/dev/null || true)
+      [[ -z $left ]] && break
+      if ((SECONDS >= until)); then
+        log "volumes left after 60s, still in use: $(echo $left)"
+        docker ps -a --filter "volume=$(echo "$left" | head -n 1)" --format '{{.ID}} {{.Names}} {{.Status}}' >&2 || true
+        break
+      fi
+      sleep 0.5
     done
   fi
   if [[ -f $MARK ]]; then

@@ -262,6 +262,8 @@ async fn fetch_once(
                 }
                 file = Some(a);
             }
+            // Asked without a copy of its own: never sent to the archiver.
+            SnapshotFrame::Current { .. } => break Ok(Err("\"your copy is current\" to a request without one".into())),
             SnapshotFrame::Started | SnapshotFrame::Failed { .. } => {}
         }
         d.acker.ack(BasicAckOptions::default()).await?;

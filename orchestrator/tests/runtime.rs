@@ -94,18 +94,29 @@ impl Drop for ContainerGuard {
         on_own_runtime(async move {
             let Ok(d) = Docker::connect_with_local_defaults() else { return };
             for c in clusters {
-                let filters = HashMap::from([("label", vec![format!("{}={c}", labels::CLUSTER)])]);
-                let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-                for id in d.list_containers(Some(opts)).await.unwrap_or_default().into_iter().filter_map(|c| c.id) {
-                    let _ =
-                        d.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await;
-                }
-                // And the workers' volumes, which outlive their containers by design.
-                let filters = HashMap::from([("label".to_string(), vec![format!("{}={c}", labels::CLUSTER)])]);
-                let opts = bollard::query_parameters::ListVolumesOptions { filters: Some(filters) };
-                let volumes = d.list_volumes(Some(opts)).await.ok().and_then(|l| l.volumes).unwrap_or_default();
-                for v in volumes {
-                    let _ = d.remove_volume(&v.name, None::<bollard::query_parameters::RemoveVolumeOptions>).await;
+                // The workers' volumes outlive their containers by design. A
+                // runtime of the test may still be removing (or starting) a
+                // worker's container, which holds its volume a moment longer:
+                // both are tried again until none is left (bounded).
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let filters = HashMap::from([("label", vec![format!("{}={c}", labels::CLUSTER)])]);
+                    let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+                    let containers = d.list_containers(Some(opts)).await.unwrap_or_default();
+                    for id in containers.iter().filter_map(|c| c.id.as_deref()) {
+                        let force = RemoveContainerOptionsBuilder::new().force(true).build();
+                        let _ = d.remove_container(id, Some(force)).await;
+                    }
+                    let filters = HashMap::from([("label".to_string(), vec![format!("{}={c}", labels::CLUSTER)])]);
+                    let opts = bollard::query_parameters::ListVolumesOptions { filters: Some(filters) };
+                    let volumes = d.list_volumes(Some(opts)).await.ok().and_then(|l| l.volumes).unwrap_or_default();
+                    if (containers.is_empty() && volumes.is_empty()) || tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    for v in volumes {
+                        let _ = d.remove_volume(&v.name, None::<bollard::query_parameters::RemoveVolumeOptions>).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         });

@@ -62,6 +62,23 @@ async fn take_down(stack: &mut Stack) {
     }
 }
 
+/// The text of every worker.log under `dir` (the process runtime's workers).
+fn worker_logs(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.file_name().is_some_and(|n| n == "worker.log") {
+                out.extend(std::fs::read_to_string(&p).ok());
+            }
+        }
+    }
+    out
+}
+
 async fn status(c: &Client, stack: &Stack) -> Value {
     must(c, Method::GET, &stack.url("/api/v1/status"), None).await.json()
 }
@@ -81,11 +98,28 @@ async fn cold_start_keeps_every_acknowledged_write(runtime: WorkerRuntime) {
     .await
     .unwrap();
 
+    // Every copy holds the last write before the crash (slaves apply within
+    // milliseconds), so the cold start finds them all at the same change.
+    poll("every worker at the committed seq", Duration::from_secs(10), || async {
+        let s = status(&c, &stack).await;
+        let seq = s["data"]["committed"]["seq"].as_u64()?;
+        let workers = s["workers"].as_array()?;
+        (workers.len() >= 2 && workers.iter().all(|w| w["applied_seq"].as_u64() == Some(seq))).then_some(())
+    })
+    .await
+    .unwrap();
+
     take_down(&mut stack).await;
     let t0 = Instant::now();
     stack.restart_orchestrator().await.unwrap();
     eprintln!("[durability] {runtime:?}: serving reads again {:?} after the orchestrator started", t0.elapsed());
     assert_all_there(&c, &stack.lb, &ledger, "after make down / make up").await;
+    if runtime == WorkerRuntime::Process {
+        // A slave whose copy ends at the recovered master's last change keeps
+        // it (no snapshot of the whole database): its log says so.
+        let kept = worker_logs(&stack.dir).iter().filter(|l| l.contains("no snapshot taken")).count();
+        assert!(kept >= 1, "no slave kept its own copy at the cold start");
+    }
     let users = must(&c, Method::GET, &format!("{}/api/v1/users?username={owner}", stack.lb), None).await;
     assert_eq!(users.status, 200, "the owner is still there: {users:?}");
     let s = status(&c, &stack).await;

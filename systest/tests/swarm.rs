@@ -385,6 +385,25 @@ async fn the_system_on_a_swarm() {
     assert_eq!(count(&c, &lb).await, 200, "reads still served after the scale-in");
     eprintln!("[swarm] scaled in to {back:?} after {:?}", t.elapsed());
 
+    // Cold start: `down` keeps every volume (the workers' databases, the
+    // broker's, ZooKeeper's), and `up` resumes the same data: every
+    // acknowledged ride is listed again, none twice.
+    let t = Instant::now();
+    let out = d.swarm_sh("down");
+    assert!(out.status.success(), "scripts/swarm.sh down failed:\n{}", text(&out));
+    let out = d.swarm_sh("up");
+    assert!(out.status.success(), "scripts/swarm.sh up after down failed:\n{}", text(&out));
+    let url = format!("{lb}/api/v1/rides?source=20&destination=21");
+    let list = poll("the rides listed again after down and up", Duration::from_secs(120), || async {
+        let r = call(&c, Method::GET, &url, None).await.ok()?;
+        (r.status == 200).then(|| serde_json::from_str::<Vec<Value>>(&r.body).ok()).flatten()
+    })
+    .await
+    .unwrap();
+    let audit = ledger.audit(&list);
+    audit.assert_whole();
+    eprintln!("[swarm] down and up: {} acknowledged rides all listed after {:?}", audit.acked, t.elapsed());
+
     // Down: the stack, the workers' services and the network are gone; the
     // swarm is left only if swarm.sh created it.
     let cluster = d.cluster.clone();
@@ -392,6 +411,15 @@ async fn the_system_on_a_swarm() {
     let left =
         stdout(Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=rideshare.cluster={cluster}")]));
     assert!(left.is_empty(), "worker containers left: {left}");
+    // `wipe` (the teardown) removes the data too: no worker volume is left.
+    let volumes = stdout(Command::new("docker").args([
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=rideshare.cluster={cluster}"),
+    ]));
+    assert!(volumes.is_empty(), "worker volumes left after swarm.sh wipe: {volumes}");
     assert!(!run(Command::new("docker").args(["network", "inspect", &format!("{cluster}-net")])).status.success());
     if state_before == "inactive" {
         assert_eq!(swarm_state(), "inactive", "swarm.sh created the swarm, so it leaves it");

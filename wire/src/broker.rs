@@ -18,6 +18,26 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::queues::{READ_Q, RESPONSE_Q, SNAPSHOT_Q, SYNC_X, WRITE_Q};
 
+/// The headers of a snapshot request from a worker that holds a copy whose
+/// last change is `seq` of `epoch` ([`crate::queues::HAVE_SEQ_HEADER`]).
+pub fn have_headers(seq: u64, epoch: u64) -> FieldTable {
+    let mut h = FieldTable::default();
+    h.insert(crate::queues::HAVE_SEQ_HEADER.into(), AMQPValue::LongLongInt(seq as i64));
+    h.insert(crate::queues::HAVE_EPOCH_HEADER.into(), AMQPValue::LongLongInt(epoch as i64));
+    h
+}
+
+/// The copy a snapshot request says its worker holds, as (seq, epoch): None
+/// unless both headers are there as non-negative integers.
+pub fn have_position(headers: Option<&FieldTable>) -> Option<(u64, u64)> {
+    let h = headers?.inner();
+    let get = |k: &str| match h.get(k)? {
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        _ => None,
+    };
+    Some((get(crate::queues::HAVE_SEQ_HEADER)?, get(crate::queues::HAVE_EPOCH_HEADER)?))
+}
+
 /// How the shared queues (`readQ`, `writeQ`, `snapshotQ`) and each
 /// slave's sync queue are kept: on one node (`classic`, the single-node
 /// default) or replicated by Raft over the cluster (`quorum`).
@@ -227,6 +247,21 @@ pub async fn connect(nodes: &Nodes, name: &str) -> lapin::Result<(Connection, St
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_snapshot_request_says_which_copy_it_holds() {
+        assert_eq!(have_position(Some(&have_headers(1_000_000, 7))), Some((1_000_000, 7)));
+        assert_eq!(have_position(None), None, "a request without headers holds no copy");
+        assert_eq!(have_position(Some(&FieldTable::default())), None);
+        let mut odd = have_headers(5, 1);
+        odd.insert(crate::queues::HAVE_EPOCH_HEADER.into(), AMQPValue::LongLongInt(-1));
+        assert_eq!(have_position(Some(&odd)), None, "a negative epoch is no position");
+        let mut text = FieldTable::default();
+        text.insert(crate::queues::HAVE_SEQ_HEADER.into(), AMQPValue::LongString("5".into()));
+        text.insert(crate::queues::HAVE_EPOCH_HEADER.into(), AMQPValue::LongLongInt(1));
+        assert_eq!(have_position(Some(&text)), None, "only integers count");
+    }
+
     use super::*;
 
     #[test]

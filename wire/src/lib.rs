@@ -33,6 +33,12 @@ pub mod queues {
     pub const RESPONSE_Q: &str = "responseQ";
     /// Queue on which a new slave asks the master for a snapshot.
     pub const SNAPSHOT_Q: &str = "snapshotQ";
+    /// Headers of a snapshot request from a worker whose volume holds an
+    /// intact copy: the seq and the epoch of its copy's last change. A master
+    /// whose own last change is the same answers `SnapshotFrame::Current`
+    /// instead of sending its file (a cold start resumes every copy in place).
+    pub const HAVE_SEQ_HEADER: &str = "x-have-seq";
+    pub const HAVE_EPOCH_HEADER: &str = "x-have-epoch";
 
     /// The per-slave queue bound to the `syncQ` fanout exchange.
     pub fn sync_queue_for(worker_id: &str) -> String {

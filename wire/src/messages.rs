@@ -276,6 +276,16 @@ pub enum SnapshotFrame {
     Failed {
         error: String,
     },
+    /// Instead of `Started`: the request said the worker's own copy ends at
+    /// `seq` with a change of epoch `copy_epoch` (the headers in
+    /// [`crate::queues::HAVE_SEQ_HEADER`]), and so does the master's. The same
+    /// last change means the same history: the worker keeps its file and
+    /// applies what follows from its sync queue. `epoch` is the master's.
+    Current {
+        seq: u64,
+        copy_epoch: u64,
+        epoch: u64,
+    },
 }
 
 impl SnapshotFrame {
@@ -368,6 +378,7 @@ mod snapshot_frame_tests {
             (SnapshotFrame::Header(header), b""),
             (SnapshotFrame::Chunk { index: 1 }, b"bytes\n\0with a newline"),
             (SnapshotFrame::Failed { error: "disk full".into() }, b""),
+            (SnapshotFrame::Current { seq: 9, copy_epoch: 2, epoch: 3 }, b""),
         ] {
             let body = frame.encode(payload);
             assert_eq!(SnapshotFrame::decode(&body).unwrap(), (frame, payload));

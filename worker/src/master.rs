@@ -31,7 +31,7 @@ use wire::queues::{SNAPSHOT_Q, SYNC_X, WRITE_Q};
 use wire::{Batch, Reply, SnapshotFrame, SyncMsg, WriteMsg, WriteRequest};
 
 use crate::node::NodeCtx;
-use crate::store::{self, Applied, StoreError};
+use crate::store::{self, Applied, Position, StoreError};
 use crate::zk::Committed;
 use crate::{snapshot, timing};
 
@@ -388,6 +388,23 @@ enum Served {
 /// `Started`, `Header`, then every chunk, read from the copy on disk one at a time.
 async fn serve_snapshot(ch: &Channel, req: &BasicProperties, ctx: &NodeCtx, epoch: u64, n: u64) -> Result<Served> {
     let Some(mut out) = Replies::new(ch, req) else { return Ok(Served::Abandoned("no reply_to".into())) };
+    // A worker whose own copy ends where this one does keeps it: same last
+    // change, same history (a cold start resumes every copy in place).
+    if let Some((seq, copy_epoch)) = wire::broker::have_position(req.headers().as_ref()) {
+        let db = ctx.cfg.db_path.clone();
+        match tokio::task::spawn_blocking(move || store::position_at(&db)).await? {
+            Ok(mine) if mine == (Position { seq, epoch: copy_epoch }) => {
+                out.send(&SnapshotFrame::Current { seq, copy_epoch, epoch }.encode(&[])).await?;
+                if let Some(why) = out.settle_all().await? {
+                    return Ok(Served::Abandoned(why));
+                }
+                info!(seq, copy_epoch, "no snapshot needed: the slave's copy is this one");
+                return Ok(Served::Sent);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "reading this copy's position; sending a whole snapshot"),
+        }
+    }
     // Said before the copy, so the slave knows to wait for it; mandatory, so
     // a request whose slave gave up (its queue gone) costs no copy.
     out.send(&SnapshotFrame::Started.encode(&[])).await?;

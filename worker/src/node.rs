@@ -263,10 +263,19 @@ async fn serve(
             serve_as_master(conn, db, ctx, epoch, stop).await
         }
         RoleDecision::ServeSlave => {
-            // A snapshot replaces what the volume held: from now on it is no
-            // copy a recovery could promote.
+            // The intact copy found on the volume is offered to the master
+            // (kept if it is the master's, else a snapshot replaces it); from
+            // now on it is a slave's file, no copy a recovery could promote.
+            let own = ctx
+                .zk
+                .record
+                .borrow()
+                .disk
+                .as_ref()
+                .filter(|d| d.intact)
+                .map(|d| store::Position { seq: d.seq, epoch: d.epoch });
             ctx.zk.record.send_if_modified(|r| r.disk.take().is_some());
-            serve_as_slave(conn, ctx, master_db, stop).await
+            serve_as_slave(conn, ctx, master_db, own, stop).await
         }
     }
 }
@@ -275,10 +284,11 @@ async fn serve_as_slave(
     conn: &lapin::Connection,
     ctx: &NodeCtx,
     master_db: &mut Option<(Arc<Mutex<SqliteConn>>, u64)>,
+    own: Option<store::Position>,
     stop: &CancellationToken,
 ) -> Result<Option<ExitReason>> {
     let me = ctx.cfg.worker_id.as_str();
-    match slave::run(conn, ctx, stop.clone()).await? {
+    match slave::run(conn, ctx, own, stop.clone()).await? {
         SlaveExit::Promoted { db, epoch } => {
             info!(worker = %me, epoch, seq = ctx.applied_seq(), "promoted to master");
             *master_db = Some((db.clone(), epoch));

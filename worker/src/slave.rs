@@ -47,7 +47,15 @@ pub enum SlaveExit {
 /// Markers this slave put on its own sync queue, waiting to be reached.
 type Markers = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
-pub async fn run(conn: &Connection, ctx: &NodeCtx, stop: CancellationToken) -> Result<SlaveExit> {
+/// `own`: where the copy on the worker's volume ends, if it is intact. A
+/// master whose last change is the same answers that the copy is current,
+/// and the slave keeps it instead of taking a whole snapshot.
+pub async fn run(
+    conn: &Connection,
+    ctx: &NodeCtx,
+    own: Option<Position>,
+    stop: CancellationToken,
+) -> Result<SlaveExit> {
     let id = ctx.cfg.worker_id.clone();
     ctx.set_position(Role::CatchingUp, 0, 0);
 
@@ -69,17 +77,30 @@ pub async fn run(conn: &Connection, ctx: &NodeCtx, stop: CancellationToken) -> R
         .await?;
 
     // 2. The snapshot (none may come while no master serves: a stop does not wait for it).
-    let (staged, header) = tokio::select! {
-        r = fetch_snapshot(conn, &id, &ctx.cfg.db_path) => r?,
+    let received = tokio::select! {
+        r = fetch_snapshot(conn, &id, &ctx.cfg.db_path, own) => r?,
         _ = stop.cancelled() => return Ok(SlaveExit::Stopped),
     };
     let path = ctx.cfg.db_path.clone();
-    let (db, pos) = tokio::task::spawn_blocking(move || store::install_snapshot(&path, &staged)).await??;
-    if pos.seq != header.seq {
-        bail!("installed snapshot holds seq {}, its header said {}", pos.seq, header.seq);
-    }
-    let epoch = header.epoch.max(pos.epoch);
-    info!(worker = %id, seq = pos.seq, epoch, "snapshot installed");
+    let (db, pos, epoch) = match received {
+        Received::File(staged, header) => {
+            let (db, pos) = tokio::task::spawn_blocking(move || store::install_snapshot(&path, &staged)).await??;
+            if pos.seq != header.seq {
+                bail!("installed snapshot holds seq {}, its header said {}", pos.seq, header.seq);
+            }
+            info!(worker = %id, seq = pos.seq, epoch = header.epoch, "snapshot installed");
+            (db, pos, header.epoch.max(pos.epoch))
+        }
+        Received::Current { seq, copy_epoch, epoch } => {
+            let db = tokio::task::spawn_blocking(move || store::open_writer(&path)).await??;
+            let pos = store::position(&db)?;
+            if pos != (Position { seq, epoch: copy_epoch }) {
+                bail!("the copy on the volume is at {pos:?}, not at the seq {seq} of epoch {copy_epoch} it offered");
+            }
+            info!(worker = %id, seq, epoch, "the copy on the volume is the master's: kept, no snapshot taken");
+            (db, pos, epoch.max(pos.epoch))
+        }
+    };
     let db = Arc::new(Mutex::new(db));
     let known_epoch = Arc::new(AtomicU64::new(epoch));
     ctx.set_position(Role::CatchingUp, pos.seq, epoch);
@@ -163,12 +184,20 @@ pub async fn run(conn: &Connection, ctx: &NodeCtx, stop: CancellationToken) -> R
 /// and its header. Asked again, with a fresh reply queue, while no master
 /// answers (it may be starting, or a failover may be under way) and after a
 /// stream that broke off or did not check out (one line says why).
-async fn fetch_snapshot(conn: &Connection, id: &str, db: &std::path::Path) -> Result<(PathBuf, SnapshotHeader)> {
+/// What a snapshot request brought.
+enum Received {
+    /// A whole file, staged beside the database.
+    File(PathBuf, SnapshotHeader),
+    /// The worker's own copy is the master's (see `SnapshotFrame::Current`).
+    Current { seq: u64, copy_epoch: u64, epoch: u64 },
+}
+
+async fn fetch_snapshot(conn: &Connection, id: &str, db: &std::path::Path, own: Option<Position>) -> Result<Received> {
     let staged = db.with_extension("incoming");
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match fetch_once(conn, id, attempt, &staged).await? {
+        match fetch_once(conn, id, attempt, &staged, own).await? {
             Ok(received) => return Ok(received),
             Err(Retry::NoAnswer) => warn!(worker = %id, attempt, "no snapshot yet; asking again"),
             Err(Retry::Aborted(why)) => {
@@ -194,7 +223,8 @@ async fn fetch_once(
     id: &str,
     attempt: u32,
     staged: &std::path::Path,
-) -> Result<Result<(PathBuf, SnapshotHeader), Retry>> {
+    own: Option<Position>,
+) -> Result<Result<Received, Retry>> {
     let ch = conn.create_channel().await?;
     ch.basic_qos(snapshot::PREFETCH, BasicQosOptions::default()).await?;
     let q = ch
@@ -213,8 +243,11 @@ async fn fetch_once(
         )
         .await?;
     let correlation = format!("{id}-{attempt}");
-    let props =
+    let mut props =
         BasicProperties::default().with_reply_to(q.name().clone()).with_correlation_id(correlation.as_str().into());
+    if let Some(p) = own {
+        props = props.with_headers(wire::broker::have_headers(p.seq, p.epoch));
+    }
     ch.basic_publish("".into(), SNAPSHOT_Q.into(), BasicPublishOptions::default(), id.as_bytes(), props).await?;
     let result = receive(&mut replies, &correlation, staged).await;
     let _ = tokio::time::timeout(timing::CLOSE_WAIT, ch.close(200, "snapshot attempt over".into())).await;
@@ -226,7 +259,7 @@ async fn receive(
     replies: &mut Consumer,
     correlation: &str,
     staged: &std::path::Path,
-) -> Result<Result<(PathBuf, SnapshotHeader), Retry>> {
+) -> Result<Result<Received, Retry>> {
     let abort = |why: String| Ok(Err(Retry::Aborted(why)));
     let mut stage = Stage::Requested;
     let mut file: Option<Assembler> = None;
@@ -269,13 +302,17 @@ async fn receive(
                 }
                 file = Some(a);
             }
+            SnapshotFrame::Current { seq, copy_epoch, epoch } => {
+                d.acker.ack(BasicAckOptions::default()).await?;
+                return Ok(Ok(Received::Current { seq, copy_epoch, epoch }));
+            }
             SnapshotFrame::Started | SnapshotFrame::Failed { .. } => {}
         }
         d.acker.ack(BasicAckOptions::default()).await?;
         if let Some(a) = file.take_if(|a| a.is_complete()) {
             let header = a.header().clone();
             return match tokio::task::spawn_blocking(move || a.finish()).await? {
-                Ok(path) => Ok(Ok((path, header))),
+                Ok(path) => Ok(Ok(Received::File(path, header))),
                 Err(e) => abort(e.to_string()),
             };
         }

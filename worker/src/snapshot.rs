@@ -117,6 +117,9 @@ pub enum Stage {
     Preparing,
     /// The header came; chunks are arriving.
     Receiving,
+    /// The master answered that the requester's own copy is its own
+    /// (`SnapshotFrame::Current`): nothing more comes.
+    Kept,
 }
 
 impl Stage {
@@ -125,7 +128,7 @@ impl Stage {
         match self {
             Stage::Requested => timing::SNAPSHOT_WAIT,
             Stage::Preparing => timing::SNAPSHOT_PREPARE_WAIT,
-            Stage::Receiving => timing::SNAPSHOT_CHUNK_WAIT,
+            Stage::Receiving | Stage::Kept => timing::SNAPSHOT_CHUNK_WAIT,
         }
     }
 
@@ -134,6 +137,7 @@ impl Stage {
         match (self, frame) {
             (_, SnapshotFrame::Failed { error }) => Err(format!("the master could not copy its database: {error}")),
             (Stage::Requested, SnapshotFrame::Started) => Ok(Stage::Preparing),
+            (Stage::Requested, SnapshotFrame::Current { .. }) => Ok(Stage::Kept),
             (Stage::Requested | Stage::Preparing, SnapshotFrame::Header(_)) => Ok(Stage::Receiving),
             (Stage::Receiving, SnapshotFrame::Chunk { .. }) => Ok(Stage::Receiving),
             (stage, frame) => Err(format!("unexpected {} while {stage:?}", kind(frame))),
@@ -147,6 +151,7 @@ fn kind(frame: &SnapshotFrame) -> String {
         SnapshotFrame::Header(_) => "header".into(),
         SnapshotFrame::Chunk { index } => format!("chunk {index}"),
         SnapshotFrame::Failed { .. } => "failure".into(),
+        SnapshotFrame::Current { .. } => "\"your copy is current\"".into(),
     }
 }
 
@@ -424,8 +429,12 @@ mod tests {
         use SnapshotFrame::*;
         let h = SnapshotHeader { seq: 1, epoch: 1, size: 1, chunks: 1, chunk_bytes: 1, sha256: String::new() };
         let failed = Failed { error: "disk".into() };
-        let table: [(Stage, SnapshotFrame, Option<Stage>); 11] = [
+        let current = Current { seq: 1, copy_epoch: 1, epoch: 2 };
+        let table: [(Stage, SnapshotFrame, Option<Stage>); 14] = [
             (Stage::Requested, Started, Some(Stage::Preparing)),
+            (Stage::Requested, current.clone(), Some(Stage::Kept)),
+            (Stage::Preparing, current.clone(), None),
+            (Stage::Receiving, current, None),
             (Stage::Requested, Header(h.clone()), Some(Stage::Receiving)),
             (Stage::Preparing, Header(h.clone()), Some(Stage::Receiving)),
             (Stage::Receiving, Chunk { index: 0 }, Some(Stage::Receiving)),

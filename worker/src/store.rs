@@ -140,6 +140,14 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// Where the database at `path` ends, read on a connection of its own (the
+/// last committed change: WAL readers never wait for the writer).
+pub fn position_at(path: &Path) -> Result<Position> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(timing::SQLITE_BUSY)?;
+    position(&conn)
+}
+
 pub fn position(conn: &Connection) -> Result<Position> {
     Ok(conn.query_row("SELECT applied_seq, epoch FROM _state WHERE id = 1", [], |r| {
         Ok(Position { seq: r.get::<_, i64>(0)? as u64, epoch: r.get::<_, i64>(1)? as u64 })
