@@ -50,7 +50,7 @@ again_pids=$(our_pids)
 
 status=$(make -s status) || fail "make status"
 echo "$status"
-for part in rabbitmq zookeeper orchestrator users-api rides-api lb; do
+for part in rabbitmq zookeeper orchestrator archiver users-api rides-api lb; do
   echo "$status" | grep -E "^$part[ -]" | grep -q " up" || fail "$part not shown up in make status"
 done
 echo "$status" | grep -Eq '^workers +\[[0-9]+, *[0-9]+\]' || fail "make status does not show one master and one slave"
@@ -61,6 +61,15 @@ user="smoke$RANDOM"
 code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$LB_PORT/api/v1/users" \
   -H 'content-type: application/json' -d "{\"username\":\"$user\",\"password\":\"$(printf 'a%.0s' {1..40})\"}")
 [ "$code" = 201 ] || fail "PUT /api/v1/users through the load balancer answered $code"
+
+# The continuous backup `make up` started holds that write within seconds.
+archived() { curl -s -m 3 "http://${ARCHIVER_ADDR:-127.0.0.1:8095}/metrics" | sed -n 's/^rideshare_archive_seq \([0-9]*\).*/\1/p'; }
+deadline=$((SECONDS + 30))
+until [ "$(archived)" -ge 1 ] 2>/dev/null; do
+  [ $SECONDS -lt $deadline ] || fail "the archiver holds no write 30 s after one (rideshare_archive_seq: '$(archived)')"
+  sleep 0.2
+done
+log "the archiver holds the write (rideshare_archive_seq $(archived))"
 
 ours=$(our_pids)
 [ -n "${ours// /}" ] || fail "found no pids of the running stack"
@@ -119,6 +128,7 @@ make -s wipe || fail "make wipe"
 if command -v docker >/dev/null; then
   [ -z "$(docker volume ls -q --filter "label=rideshare.cluster=$CLUSTER_ID")" ] || fail "worker volumes left after make wipe"
 fi
+[ ! -e "$VAR/backup" ] || fail "the local backup $VAR/backup left after make wipe"
 make -s up || fail "make up after make wipe"
 [ "$(exists "$user")" = 204 ] || fail "user $user still there after make wipe"
 make -s wipe || fail "make wipe"

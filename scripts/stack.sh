@@ -6,8 +6,14 @@
 #                            (HA=1: two instances of each service behind the LB)
 #   scripts/stack.sh down    stop all of it, workers included
 #   scripts/stack.sh status  what runs, where
-#   scripts/stack.sh wipe    down, then remove the data: the workers' volumes, and the
-#                            broker's and ZooKeeper's data (the next `up` starts empty)
+#   scripts/stack.sh wipe    down, then remove the data: the workers' volumes, the
+#                            broker's and ZooKeeper's data, and the local backup
+#                            (var/backup; the next `up` starts empty)
+#
+# `up` also starts the archiver (README "Backup and restore"): the continuous
+# backup of every acknowledged write into BACKUP_URL, by default the directory
+# var/backup; BACKUP_URL=off runs none. The orchestrators get BACKUP_URL too,
+# so a cluster that lost every volume is rebuilt from it.
 #
 # `down` keeps the data (as `docker compose down` keeps volumes): the next `up`
 # resumes it, the orchestrator opening the newest copy on the workers' volumes.
@@ -64,6 +70,8 @@ else
   USERS_ADDRS=${USERS_ADDRS:-$USERS_ADDR}
   RIDES_ADDRS=${RIDES_ADDRS:-$RIDES_ADDR}
 fi
+BACKUP_URL=${BACKUP_URL:-file://$VAR/backup}
+ARCHIVER_ADDR=${ARCHIVER_ADDR:-127.0.0.1:8095}
 export LB_DIR=${LB_DIR:-$VAR/lb} LB_PORT USERS_ADDRS RIDES_ADDRS AMQP_URL ZK_ADDR AMQP_QUEUE_TYPE
 if [ -n "$HA" ]; then TOPOLOGY=ha; else TOPOLOGY=single; fi
 infra() { if [ -n "$HA" ]; then scripts/ha.sh "$@"; else scripts/infra.sh "$@"; fi; }
@@ -105,6 +113,14 @@ wait_http() { # what, url, [method]
 orchestrators() { echo "orchestrator:$ORCH_ADDR"; if [ -n "$HA" ]; then echo "orchestrator-2:$ORCH2_ADDR"; fi; }
 orchestrator_urls() { orchestrators | sed 's|^[^:]*:|http://|' | paste -sd, -; }
 
+start_archiver() {
+  [ "$BACKUP_URL" != off ] || return 0
+  case $BACKUP_URL in file://*) mkdir -p "${BACKUP_URL#file://}" ;; esac
+  BACKUP_URL=$BACKUP_URL ARCHIVER_ADDR=$ARCHIVER_ADDR ARCHIVER_WORK_DIR=$VAR/archiver \
+    start_bg archiver target/release/archiver
+  wait_http archiver "http://$ARCHIVER_ADDR/health"
+}
+
 start_orchestrators() { # runtime
   local o name addr
   # With several orchestrators, every strong read takes its floor from the
@@ -112,9 +128,13 @@ start_orchestrators() { # runtime
   local floor=local; [ -z "$HA" ] || floor=master
   for o in $(orchestrators); do
     name=${o%%:*} addr=${o#*:}
-    WORKER_RUNTIME=$1 ORCH_ADDR=$addr CLUSTER_ID=$CLUSTER_ID READ_FLOOR=${READ_FLOOR:-$floor} \
-      WORKER_BIN=${WORKER_BIN:-$ROOT/target/release/worker} WORKER_DATA_DIR=${WORKER_DATA_DIR:-$VAR/workers} \
-      start_bg "$name" target/release/orchestrator
+    (
+      # No BACKUP_URL at all when it is off.
+      if [ "$BACKUP_URL" = off ]; then unset BACKUP_URL; else export BACKUP_URL; fi
+      WORKER_RUNTIME=$1 ORCH_ADDR=$addr CLUSTER_ID=$CLUSTER_ID READ_FLOOR=${READ_FLOOR:-$floor} \
+        WORKER_BIN=${WORKER_BIN:-$ROOT/target/release/worker} WORKER_DATA_DIR=${WORKER_DATA_DIR:-$VAR/workers} \
+        start_bg "$name" target/release/orchestrator
+    )
   done
   for o in $(orchestrators); do
     name=${o%%:*} addr=${o#*:}
@@ -131,13 +151,14 @@ up() {
   infra up
   echo "$TOPOLOGY" > "$RUN/topology"
   log "building release binaries"
-  cargo build --release -q -p orchestrator -p worker -p users-api -p rides-api
+  cargo build --release -q -p orchestrator -p worker -p users-api -p rides-api -p archiver
   local runtime=${WORKER_RUNTIME:-}
   if [ -z "$runtime" ]; then
     if engine_answers; then runtime=docker; else runtime=process; fi
   fi
   if [ "$runtime" = docker ]; then scripts/build-images.sh; fi
   start_orchestrators "$runtime"
+  start_archiver
   local name addr
   while read -r name addr; do
     USERS_ADDR=$addr ORCHESTRATOR_URL=${ORCHESTRATOR_URL:-$(orchestrator_urls)} start_bg "$name" target/release/users-api
@@ -189,6 +210,7 @@ down() {
   done
   stop_pid orchestrator
   stop_pid orchestrator-2
+  stop_pid archiver
   stop_workers
   infra down
   rm -f "$RUN/topology"
@@ -214,6 +236,13 @@ status() {
   while read -r n addr; do
     if running "$n"; then echo "$(printf '%-15s' "$n") up    pid $(cat "$RUN/$n.pid")  http://$addr"; else echo "$(printf '%-15s' "$n") down  http://$addr"; fi
   done < <(instances users-api "$USERS_ADDRS"; instances rides-api "$RIDES_ADDRS")
+  if running archiver; then
+    echo "archiver        up    pid $(cat "$RUN/archiver.pid")  http://$ARCHIVER_ADDR  into $BACKUP_URL"
+  elif [ "$BACKUP_URL" = off ]; then
+    echo "archiver        off   (BACKUP_URL=off)"
+  else
+    echo "archiver        down"
+  fi
   if scripts/lb.sh status >/dev/null 2>&1; then echo "lb          up    http://127.0.0.1:$LB_PORT (access log $LB_DIR/logs/access.log)"; else echo "lb          down"; fi
   if running orchestrator || running orchestrator-2; then
     echo "workers    $(curl -fsSL -m 5 "http://$ORCH_ADDR/api/v1/worker/list" 2>/dev/null || echo '(no answer)')"
@@ -230,8 +259,11 @@ wipe() {
   # The redundant infra's data goes too: its servers are stopped first (they
   # may run for something else than this stack, e.g. the tests' ha_infra).
   HA_DIR=${HA_DIR:-$ROOT/var/ha} scripts/ha.sh down >/dev/null 2>&1 || true
-  rm -rf "${WORKER_DATA_DIR:-$VAR/workers}" "$VAR/zookeeper" "$VAR/rabbitmq" "${HA_DIR:-$ROOT/var/ha}"
-  log "wiped: workers' data, RabbitMQ and ZooKeeper data"
+  # The local backup goes with the data it backs up: a new cluster's history
+  # is not archived over an old one's. A BACKUP_URL elsewhere is left as it is.
+  rm -rf "${WORKER_DATA_DIR:-$VAR/workers}" "$VAR/zookeeper" "$VAR/rabbitmq" "${HA_DIR:-$ROOT/var/ha}" \
+    "$VAR/backup" "$VAR/archiver"
+  log "wiped: workers' data, RabbitMQ and ZooKeeper data, the local backup ($VAR/backup)"
 }
 
 # `revive`: (re)start every stack process that is not running, as a process

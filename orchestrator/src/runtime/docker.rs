@@ -205,13 +205,25 @@ impl DockerRuntime {
             typ: Some(MountType::VOLUME),
             ..Default::default()
         };
+        let mut mounts = vec![data];
+        // A restore from a local directory (`file://`) reads it on the host:
+        // mounted read-only at the same path.
+        if let Some(dir) = restore_dir(&spec.env) {
+            mounts.push(Mount {
+                target: Some(dir.clone()),
+                source: Some(dir),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
         ContainerCreateBody {
             image: Some(self.cfg.image.clone()),
             env: Some(env),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some(self.cfg.network.clone()),
-                mounts: Some(vec![data]),
+                mounts: Some(mounts),
                 ..Default::default()
             }),
             ..Default::default()
@@ -457,6 +469,14 @@ fn dir_bytes(dir: &std::path::Path) -> Option<u64> {
     Some(entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
 }
 
+/// The host directory a worker restores from, when its `RESTORE_FROM` is a
+/// `file://` URL (an absolute path).
+fn restore_dir(env: &[(String, String)]) -> Option<String> {
+    let (_, url) = env.iter().find(|(k, _)| k == wire::contract::env::RESTORE_FROM)?;
+    let dir = url.strip_prefix("file://")?.trim_end_matches('/');
+    dir.starts_with('/').then(|| dir.to_owned())
+}
+
 pub(super) async fn remove_volume(docker: &Docker, name: &str, id: &str) -> Result<(), RuntimeError> {
     match call("remove volume", id, docker.remove_volume(name, Some(RemoveVolumeOptions { force: false }))).await {
         Ok(()) => Ok(()),
@@ -584,5 +604,20 @@ async fn watch_events(docker: Docker, shared: Arc<ExitFeed>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restore_dir;
+
+    #[test]
+    fn a_local_backup_is_mounted_for_a_restore_only() {
+        let env = |url: &str| vec![("RESTORE_FROM".to_owned(), url.to_owned())];
+        assert_eq!(restore_dir(&env("file:///srv/backup/")), Some("/srv/backup".to_owned()));
+        assert_eq!(restore_dir(&env("s3://bucket/prefix")), None, "a bucket is reached over the network");
+        assert_eq!(restore_dir(&env("file://relative")), None, "only an absolute path is mounted");
+        assert_eq!(restore_dir(&env("file:///")), None, "never the host's root");
+        assert_eq!(restore_dir(&[]), None);
     }
 }
