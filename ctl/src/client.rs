@@ -109,6 +109,13 @@ impl Orchestrator {
         self.json(self.http.post(self.url("/api/v1/recover")).json(&body)).await
     }
 
+    /// `POST /api/v1/switchover`: the master's role moved to `to` (default:
+    /// the lowest-pid caught-up slave). The orchestrator's answer.
+    pub async fn switchover(&self, to: Option<&str>) -> Result<serde_json::Value, CtlError> {
+        let body = serde_json::json!({ "to": to });
+        self.json(self.http.post(self.url("/api/v1/switchover")).json(&body)).await
+    }
+
     /// `POST /api/v1/restore`: the cluster restored from its continuous backup.
     pub async fn restore(
         &self,

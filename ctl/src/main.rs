@@ -97,6 +97,16 @@ enum Command {
         #[arg(long)]
         by: Option<String>,
     },
+    /// Move the master's role to a caught-up slave on purpose (no write fails
+    /// or is lost: they wait in writeQ meanwhile); the old master serves on as
+    /// a slave. Works in maintenance mode; refused (409) when the target is
+    /// not a caught-up slave or a failover is under way.
+    Switchover {
+        /// The worker id to hand over to (`status` lists them) [default: the
+        /// lowest-pid caught-up slave].
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// While no volume holds every acknowledged write (status: "data missing"),
     /// open the most advanced copy anyway: every write after SEQ is lost. SEQ
     /// must be that copy's (the status and the error say which); 0 starts empty.
@@ -236,6 +246,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 writeln!(out, "{pid}")?;
             }
         }
+        Command::Switchover { to } => {
+            let d = o.switchover(to.as_deref()).await?;
+            writeln!(
+                out,
+                "switched over: {} (pid {}) is master, epoch {}, from seq {}; {} (pid {}) serves as a slave; writes paused {} ms",
+                d["to"].as_str().unwrap_or("?"),
+                d["to_pid"],
+                d["epoch"],
+                d["seq"],
+                d["from"].as_str().unwrap_or("?"),
+                d["from_pid"],
+                d["pause_ms"]
+            )?;
+        }
         Command::Recover { accept_data_loss_after } => {
             let done = o.recover(accept_data_loss_after).await?;
             let (master, kept, lost) = (&done["master"], &done["kept_seq"], &done["lost_through"]);
@@ -332,6 +356,10 @@ mod tests {
         assert!(matches!(parse(&["pause"]).unwrap().command, Command::Pause { reason: None, .. }));
         assert!(
             matches!(parse(&["resume", "--by", "ann"]).unwrap().command, Command::Resume { by: Some(b) } if b == "ann")
+        );
+        assert!(matches!(parse(&["switchover"]).unwrap().command, Command::Switchover { to: None }));
+        assert!(
+            matches!(parse(&["switchover", "--to", "w-3"]).unwrap().command, Command::Switchover { to: Some(t) } if t == "w-3")
         );
         assert!(parse(&["resume", "--reason", "x"]).is_err(), "resume takes no reason");
         let r = parse(&["restore", "--backup-url", "file:///b", "--to-seq", "9", "--out", "x.db"]).unwrap();

@@ -211,6 +211,7 @@ pub fn state(s: WorkerState) -> &'static str {
         WorkerState::Serving => "serving",
         WorkerState::Promoting => "promoting",
         WorkerState::Stopping => "stopping",
+        WorkerState::HandingOver => "handing over",
     }
 }
 

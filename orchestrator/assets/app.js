@@ -45,6 +45,8 @@
       case "stopped": return e.worker + " (pid " + e.pid + ") stopped";
       case "promoted": return e.worker + " (pid " + e.pid + ") promoted to master, epoch " + e.epoch +
         ", seq " + fmt(e.seq) + ", failover " + e.failover_ms + " ms";
+      case "switchover": return "switchover: " + e.from + " handed over to " + e.to + " (pid " + e.to_pid + ") at seq " + e.seq +
+        ", epoch " + e.epoch + ", writes paused " + e.pause_ms + " ms";
       case "master_started": return "empty master " + e.worker + " (pid " + e.pid + ") started, epoch " + e.epoch;
       case "recovery_started": return "recovery (" + e.why + "): committed seq " + fmt(e.committed_seq) + ", " + e.volumes + " volumes";
       case "recovered": return e.worker + " (pid " + e.pid + ") opened its volume's copy as master, seq " + e.seq + ", epoch " + e.epoch + ", " + e.took_ms + " ms";

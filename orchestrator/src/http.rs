@@ -30,7 +30,7 @@ use warp::{Filter, Rejection, Reply};
 use wire::{ErrorBody, WriteKind, WriteRequest};
 
 use crate::autoscale::ReadCounter;
-use crate::cluster::{AcceptedLoss, Cluster, Crashed, RecoverError};
+use crate::cluster::{AcceptedLoss, Cluster, Crashed, RecoverError, SwitchoverError};
 use crate::dbapi::{DbApi, ValidRead};
 use crate::error::ApiError;
 use crate::leader::Role;
@@ -138,6 +138,31 @@ fn recovery_reply(r: Result<AcceptedLoss, RecoverError>) -> warp::reply::Respons
         }
         Err(e @ RecoverError::Failed(_)) => ApiError::unavailable(e.to_string()).into_response(),
     }
+}
+
+/// `POST /api/v1/switchover`'s body (optional): the worker to hand over to
+/// (default: the lowest-pid caught-up slave).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverRequest {
+    to: Option<String>,
+}
+
+/// The leader's cluster and the request's body, or the answer instead: the
+/// redirect to the leader (or a 503 while none leads), a 400 for a bad body.
+/// An empty body is `T::default()` where `T` has one.
+fn leading_with<T: DeserializeOwned>(
+    app: &App,
+    path: &warp::path::FullPath,
+    body: &Bytes,
+    empty: Option<T>,
+) -> Result<(Arc<Cluster>, T), Box<warp::reply::Response>> {
+    let cluster = app.leading(path)?;
+    let req = match empty {
+        Some(default) if body.iter().all(u8::is_ascii_whitespace) => default,
+        _ => parse(body).map_err(|e| Box::new(api_error(e)))?,
+    };
+    Ok((cluster, req))
 }
 
 /// `POST /api/v1/restore`'s body: how far (neither: as far as the backup reaches).
@@ -340,13 +365,9 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .and(body())
         .and(with_app.clone())
         .then(|path, remote: Option<std::net::SocketAddr>, body: Bytes, app: Arc<App>| async move {
-            let cluster = match app.leading(&path) {
-                Ok(c) => c,
-                Err(elsewhere) => return *elsewhere,
-            };
-            let req: MaintenanceRequest = match parse(&body) {
+            let (cluster, req): (_, MaintenanceRequest) = match leading_with(&app, &path, &body, None) {
                 Ok(r) => r,
-                Err(e) => return api_error(e),
+                Err(answer) => return *answer,
             };
             let text = |v: Option<String>| v.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
             let (reason, by) = (text(req.reason), text(req.by));
@@ -371,13 +392,9 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .and(body())
         .and(with_app.clone())
         .then(|path, body: Bytes, app: Arc<App>| async move {
-            let cluster = match app.leading(&path) {
-                Ok(c) => c,
-                Err(elsewhere) => return *elsewhere,
-            };
-            let req: RecoverRequest = match parse(&body) {
+            let (cluster, req): (_, RecoverRequest) = match leading_with(&app, &path, &body, None) {
                 Ok(r) => r,
-                Err(e) => return api_error(e),
+                Err(answer) => return *answer,
             };
             recovery_reply(cluster.accept_data_loss(req.accept_data_loss_after).await)
         });
@@ -391,13 +408,9 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .and(body())
         .and(with_app.clone())
         .then(|path, body: Bytes, app: Arc<App>| async move {
-            let cluster = match app.leading(&path) {
-                Ok(c) => c,
-                Err(elsewhere) => return *elsewhere,
-            };
-            let req: RestoreRequest = match parse(&body) {
+            let (cluster, req): (_, RestoreRequest) = match leading_with(&app, &path, &body, None) {
                 Ok(r) => r,
-                Err(e) => return api_error(e),
+                Err(answer) => return *answer,
             };
             let target = match (req.to_seq, req.to_time_ms) {
                 (Some(n), None) => format!("seq:{n}"),
@@ -406,6 +419,27 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 (Some(_), Some(_)) => return error(StatusCode::BAD_REQUEST, "give to_seq or to_time_ms, not both"),
             };
             recovery_reply(cluster.restore_cluster(&target, req.discard_current).await)
+        });
+
+    // A planned switchover (docs/api.md §6.2): 409 when refused, 503 when
+    // called off on the way (the old master takes writes again).
+    let switchover = warp::path!("api" / "v1" / "switchover")
+        .and(warp::post())
+        .and(admin(app.clone()))
+        .and(warp::path::full())
+        .and(body())
+        .and(with_app.clone())
+        .then(|path, body: Bytes, app: Arc<App>| async move {
+            let (cluster, req): (_, SwitchoverRequest) =
+                match leading_with(&app, &path, &body, Some(SwitchoverRequest::default())) {
+                    Ok(r) => r,
+                    Err(answer) => return *answer,
+                };
+            match cluster.switchover(req.to.as_deref()).await {
+                Ok(done) => json_reply(StatusCode::OK, &done),
+                Err(e @ SwitchoverError::Refused(_)) => error(StatusCode::CONFLICT, e.to_string()),
+                Err(e @ SwitchoverError::Failed(_)) => ApiError::unavailable(e.to_string()).into_response(),
+            }
         });
 
     let health = warp::path!("health").and(warp::get()).map(|| json_reply(StatusCode::OK, &serde_json::json!({})));
@@ -478,6 +512,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .or(restore)
         .unify()
         .or(maintenance)
+        .unify()
+        .or(switchover)
         .unify()
         .or(health)
         .unify()

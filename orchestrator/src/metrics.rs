@@ -103,6 +103,8 @@ pub struct Metrics {
     pub worker_lag_seqs: Family<WorkerLabels, Gauge>,
     pub worker_lag_seconds: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
     pub failovers: Counter,
+    /// Planned switchovers done (`POST /api/v1/switchover`).
+    pub switchovers: Counter,
     pub failover_duration: Histogram,
     pub scaling_decisions: Family<DirectionLabels, Counter>,
     pub crash_requests: Family<TargetLabels, Counter>,
@@ -147,6 +149,7 @@ impl Metrics {
             worker_lag_seqs: Family::default(),
             worker_lag_seconds: Family::default(),
             failovers: Counter::default(),
+            switchovers: Counter::default(),
             failover_duration: duration_histogram(),
             scaling_decisions: Family::default(),
             crash_requests: Family::default(),
@@ -228,6 +231,11 @@ impl Metrics {
             "rideshare_failovers",
             "Masters replaced after a crash (promotion or empty master)",
             m.failovers.clone(),
+        );
+        r.register(
+            "rideshare_switchovers",
+            "Planned switchovers done (the master moved on purpose)",
+            m.switchovers.clone(),
         );
         r.register(
             "rideshare_failover_duration_seconds",

@@ -70,6 +70,7 @@ pub fn worker_state(member: &Member, record: Option<&WorkerRecord>) -> WorkerSta
     }
     match record.map(|r| r.role) {
         Some(Role::Promoting) => WorkerState::Promoting,
+        Some(Role::HandingOver) => WorkerState::HandingOver,
         // Named master but not yet reporting it: promoting.
         Some(Role::Slave) | Some(Role::CatchingUp) if member.role == MemberRole::Master => WorkerState::Promoting,
         Some(Role::Master) | Some(Role::Slave) => WorkerState::Serving,

@@ -25,6 +25,12 @@ pub const ZK_RETRY_EVERY: Duration = Duration::from_millis(200);
 /// Reconcile runs on every change of the workers' znodes, and at least this often.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 
+/// A planned switchover: how long the master may take to stop taking writes
+/// and the target to apply its last change before it is called off (the
+/// master takes writes again); and how often it looks.
+pub const SWITCHOVER_WAIT: Duration = Duration::from_secs(3);
+pub const SWITCHOVER_POLL: Duration = Duration::from_millis(2);
+
 /// How long a recovery waits for the workers it started on kept volumes to
 /// report their copies (each runs `PRAGMA quick_check` first: seconds for
 /// a million rows).

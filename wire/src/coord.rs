@@ -95,17 +95,28 @@ pub struct MasterRecord {
     /// Why there is no master right now (shown to clients in their 503s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// A planned switchover to this worker is under way: the master named
+    /// here stops taking writes (they wait in `writeQ`) and reports its last
+    /// change ([`Role::HandingOver`]); the record then names the new master
+    /// under the next epoch, or drops this field to call it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover_to: Option<String>,
 }
 
 impl MasterRecord {
     pub fn named(id: impl Into<String>, epoch: u64) -> MasterRecord {
-        MasterRecord { id: id.into(), epoch, waiting: None }
+        MasterRecord { id: id.into(), epoch, waiting: None, handover_to: None }
+    }
+
+    /// Master `id` of `epoch`, asked to stop taking writes for a switchover to `to`.
+    pub fn handing_over(id: impl Into<String>, epoch: u64, to: impl Into<String>) -> MasterRecord {
+        MasterRecord { id: id.into(), epoch, waiting: None, handover_to: Some(to.into()) }
     }
 
     /// No master under this epoch (a newer one than any served: the old
     /// master, if it still runs, is deposed by it).
     pub fn none(epoch: u64, why: impl Into<String>) -> MasterRecord {
-        MasterRecord { id: String::new(), epoch, waiting: Some(why.into()) }
+        MasterRecord { id: String::new(), epoch, waiting: Some(why.into()), handover_to: None }
     }
 
     /// Whether the record names a worker at all.
@@ -125,6 +136,9 @@ pub enum Role {
     /// Applying what it holds before taking `writeQ`.
     Promoting,
     Master,
+    /// The master, stopped taking writes for a planned switchover: its
+    /// record's `seq` is its last change, which the new master must hold.
+    HandingOver,
 }
 
 /// The content of a worker's ephemeral znode.

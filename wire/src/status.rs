@@ -104,6 +104,8 @@ pub enum WorkerState {
     Promoting,
     /// Being stopped on purpose (scale-in).
     Stopping,
+    /// The master, stopped taking writes for a planned switchover.
+    HandingOver,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +206,16 @@ pub enum EventKind {
         epoch: u64,
         seq: Option<u64>,
         failover_ms: u64,
+    },
+    /// A planned switchover: `from` stopped taking writes at `seq`, `to` is
+    /// master under `epoch`; writes waited `pause_ms` in `writeQ`.
+    Switchover {
+        from: String,
+        to: String,
+        to_pid: u32,
+        epoch: u64,
+        seq: u64,
+        pause_ms: u64,
     },
     /// A new, empty master because no slave could be promoted.
     MasterStarted {

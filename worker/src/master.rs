@@ -20,6 +20,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueBindOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
@@ -27,7 +28,7 @@ use rusqlite::Connection as SqliteConn;
 use tasks::{CancellationToken, Supervisor};
 use tracing::{error, info, warn};
 use wire::coord::{CommittedRecord, Role};
-use wire::queues::{SNAPSHOT_Q, SYNC_X, WRITE_Q};
+use wire::queues::{sync_queue_for, SNAPSHOT_Q, SYNC_X, WRITE_Q};
 use wire::{Batch, Reply, SnapshotFrame, SyncMsg, WriteMsg, WriteRequest};
 
 use crate::node::NodeCtx;
@@ -40,6 +41,10 @@ use crate::{snapshot, timing};
 pub enum MasterExit {
     /// The master record names another worker or a newer epoch.
     Deposed,
+    /// A planned switchover: this master stopped taking writes, the worker
+    /// it handed over to holds every change it made and is master now. Its
+    /// file is a copy of the new master's, to serve as a slave.
+    HandedOver,
     /// SIGTERM: the write in hand was finished.
     Stopped,
 }
@@ -92,30 +97,29 @@ pub async fn run(
     let mut side = Supervisor::new(stop.child_token());
     let snap_ch = conn.create_channel().await?;
     let snap_ctx = ctx.clone();
-    side.spawn(SNAPSHOT_SERVER, move |token| serve_snapshots(snap_ch, snap_ctx, epoch, token));
+    let snap_server_ch = snap_ch.clone();
+    side.spawn(SNAPSHOT_SERVER, move |token| serve_snapshots(snap_server_ch, snap_ctx, epoch, token));
 
-    let write_ch = conn.create_channel().await?;
-    // The prefetch bounds a batch: every write in hand goes into the next one.
-    write_ch.basic_qos(MAX_BATCH, BasicQosOptions::default()).await?;
-    let mut writes = write_ch
-        .basic_consume(
-            WRITE_Q.into(),
-            format!("master-{}", ctx.cfg.worker_id).into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // None while handing over (a switchover): the writes wait in `writeQ`.
+    let mut writes = Some(take_writes(conn, ctx).await?);
     info!(worker = %ctx.cfg.worker_id, epoch, seq = pos.seq, "serving as master");
 
     let mut master = ctx.zk.master.clone();
     let result = loop {
+        let next_write = async {
+            match writes.as_mut() {
+                Some((_, consumer)) => consumer.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            d = writes.next() => {
+            d = next_write => {
                 let Some(d) = d else { break Err(anyhow!("writeQ consumer closed")) };
+                let (_, consumer) = writes.as_mut().expect("a write came, so writes are taken");
                 // Group commit: everything already delivered goes in one batch.
                 let mut batch = vec![d?];
                 while batch.len() < usize::from(MAX_BATCH) {
-                    match writes.next().now_or_never() {
+                    match consumer.next().now_or_never() {
                         Some(Some(d)) => batch.push(d?),
                         _ => break,
                     }
@@ -126,9 +130,41 @@ pub async fn run(
             }
             _ = master.changed() => {
                 let rec = master.borrow_and_update().clone();
+                let handing_over = writes.is_none();
                 if !still_master(ctx, epoch) {
+                    if handing_over && rec.as_ref().is_some_and(|r| r.epoch > epoch && r.has_master()) {
+                        info!(worker = %ctx.cfg.worker_id, epoch, now = ?rec, "handed over: the new master holds every change");
+                        break Ok(MasterExit::HandedOver);
+                    }
                     warn!(worker = %ctx.cfg.worker_id, epoch, now = ?rec, "deposed: no longer master");
                     break Ok(MasterExit::Deposed);
+                }
+                match (rec.and_then(|r| r.handover_to), handing_over) {
+                    (Some(to), false) => {
+                        // This worker's own sync queue first: bound before the
+                        // new master can be named, it holds every change after
+                        // this one's last, for the slave this worker turns into.
+                        let queue = sync_queue_for(&ctx.cfg.worker_id);
+                        crate::amqp::declare_sync_queue(&sync_ch, &queue, ctx.cfg.amqp_queue_type).await?;
+                        let (x, opts) = (SYNC_X.into(), QueueBindOptions::default());
+                        sync_ch.queue_bind(queue.as_str().into(), x, "".into(), opts, FieldTable::default()).await?;
+                        // Between batches: every write taken is answered. The
+                        // channel's close sends those prefetched back to writeQ.
+                        let (ch, consumer) = writes.take().expect("taking writes");
+                        let _ = tokio::time::timeout(timing::CLOSE_WAIT, ch.close(200, "handing over".into())).await;
+                        drop(consumer);
+                        let seq = ctx.applied_seq();
+                        ctx.set_position(Role::HandingOver, seq, epoch);
+                        info!(worker = %ctx.cfg.worker_id, epoch, seq, to = %to, "switchover: stopped taking writes");
+                    }
+                    (None, true) => {
+                        let queue = sync_queue_for(&ctx.cfg.worker_id);
+                        sync_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+                        writes = Some(take_writes(conn, ctx).await?);
+                        ctx.set_position(Role::Master, ctx.applied_seq(), epoch);
+                        warn!(worker = %ctx.cfg.worker_id, epoch, "switchover called off: taking writes again");
+                    }
+                    _ => {}
                 }
             }
             exit = side.next_exit() => {
@@ -141,7 +177,31 @@ pub async fn run(
         }
     };
     drop(side);
+    if matches!(result, Ok(MasterExit::HandedOver)) {
+        // The connection goes on serving as a slave (its sync queue is the
+        // connection's): this role's channels go, the snapshot server's first
+        // (its requests go back to snapshotQ for the new master).
+        for ch in [&snap_ch, &reply_ch, &sync_ch] {
+            let _ = tokio::time::timeout(timing::CLOSE_WAIT, ch.close(200, "handed over".into())).await;
+        }
+    }
     result
+}
+
+/// A channel consuming `writeQ`, its prefetch bounding a batch: every write
+/// in hand goes into the next one.
+async fn take_writes(conn: &Connection, ctx: &NodeCtx) -> Result<(Channel, lapin::Consumer)> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(MAX_BATCH, BasicQosOptions::default()).await?;
+    let consumer = ch
+        .basic_consume(
+            WRITE_Q.into(),
+            format!("master-{}", ctx.cfg.worker_id).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((ch, consumer))
 }
 
 /// The supervisor's name for the snapshot server.

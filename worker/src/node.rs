@@ -256,17 +256,17 @@ async fn serve(
                 .context("opening the database")?;
             let db = Arc::new(Mutex::new(db));
             *master_db = Some((db.clone(), epoch));
-            serve_as_master(conn, db, ctx, epoch, stop).await
+            serve_as_master(conn, db, ctx, epoch, master_db, stop).await
         }
         RoleDecision::ServeMaster { epoch } => {
             let db = master_db.as_ref().expect("held").0.clone();
-            serve_as_master(conn, db, ctx, epoch, stop).await
+            serve_as_master(conn, db, ctx, epoch, master_db, stop).await
         }
         RoleDecision::ServeSlave => {
             // The intact copy found on the volume is offered to the master
             // (kept if it is the master's, else a snapshot replaces it); from
             // now on it is a slave's file, no copy a recovery could promote.
-            let own = ctx
+            let offer = ctx
                 .zk
                 .record
                 .borrow()
@@ -274,6 +274,7 @@ async fn serve(
                 .as_ref()
                 .filter(|d| d.intact)
                 .map(|d| store::Position { seq: d.seq, epoch: d.epoch });
+            let own = offer.map_or(slave::OwnCopy::Nothing, slave::OwnCopy::Offer);
             ctx.zk.record.send_if_modified(|r| r.disk.take().is_some());
             serve_as_slave(conn, ctx, master_db, own, stop).await
         }
@@ -284,7 +285,7 @@ async fn serve_as_slave(
     conn: &lapin::Connection,
     ctx: &NodeCtx,
     master_db: &mut Option<(Arc<Mutex<SqliteConn>>, u64)>,
-    own: Option<store::Position>,
+    own: slave::OwnCopy,
     stop: &CancellationToken,
 ) -> Result<Option<ExitReason>> {
     let me = ctx.cfg.worker_id.as_str();
@@ -293,7 +294,7 @@ async fn serve_as_slave(
             info!(worker = %me, epoch, seq = ctx.applied_seq(), "promoted to master");
             *master_db = Some((db.clone(), epoch));
             // Straight on as master, on the same connection: writes wait.
-            serve_as_master(conn, db, ctx, epoch, stop).await
+            serve_as_master(conn, db, ctx, epoch, master_db, stop).await
         }
         SlaveExit::Stopped => Ok(Some(ExitReason::Stopped)),
     }
@@ -304,11 +305,24 @@ async fn serve_as_master(
     db: Arc<Mutex<SqliteConn>>,
     ctx: &NodeCtx,
     epoch: u64,
+    master_db: &mut Option<(Arc<Mutex<SqliteConn>>, u64)>,
     stop: &CancellationToken,
 ) -> Result<Option<ExitReason>> {
     Ok(Some(match master::run(conn, db, ctx, epoch, stop.clone()).await? {
         MasterExit::Deposed => ExitReason::Deposed,
         MasterExit::Stopped => ExitReason::Stopped,
+        MasterExit::HandedOver => {
+            // Its file is the new master's history up to the handover, and
+            // its sync queue (this connection's, bound before it stopped
+            // taking writes) holds everything since: the slave it turns into
+            // resumes from both, on this connection.
+            *master_db = None;
+            let path = ctx.cfg.db_path.clone();
+            let pos = tokio::task::spawn_blocking(move || store::position_at(&path)).await??;
+            info!(worker = %ctx.cfg.worker_id, seq = pos.seq, "handed over: serving as a slave on the same copy");
+            let own = slave::OwnCopy::HandedOver(pos);
+            return Box::pin(serve_as_slave(conn, ctx, master_db, own, stop)).await;
+        }
     }))
 }
 

@@ -44,18 +44,26 @@ pub enum SlaveExit {
     Stopped,
 }
 
+/// What the worker's own file is worth to the slave it starts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnCopy {
+    /// Nothing usable: a snapshot replaces it.
+    Nothing,
+    /// An intact copy ending at this position: offered to the master, kept
+    /// if the master's last change is the same (`SnapshotFrame::Current`).
+    Offer(Position),
+    /// The file of a master that handed over at this position (a planned
+    /// switchover), its sync queue bound before it stopped taking writes, so
+    /// before the new master took one: resumed as it is, no snapshot asked.
+    HandedOver(Position),
+}
+
 /// Markers this slave put on its own sync queue, waiting to be reached.
 type Markers = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
-/// `own`: where the copy on the worker's volume ends, if it is intact. A
-/// master whose last change is the same answers that the copy is current,
-/// and the slave keeps it instead of taking a whole snapshot.
-pub async fn run(
-    conn: &Connection,
-    ctx: &NodeCtx,
-    own: Option<Position>,
-    stop: CancellationToken,
-) -> Result<SlaveExit> {
+/// `own`: what the worker's file holds (see [`OwnCopy`]); a copy kept saves
+/// the whole snapshot.
+pub async fn run(conn: &Connection, ctx: &NodeCtx, own: OwnCopy, stop: CancellationToken) -> Result<SlaveExit> {
     let id = ctx.cfg.worker_id.clone();
     ctx.set_position(Role::CatchingUp, 0, 0);
 
@@ -77,9 +85,21 @@ pub async fn run(
         .await?;
 
     // 2. The snapshot (none may come while no master serves: a stop does not wait for it).
-    let received = tokio::select! {
-        r = fetch_snapshot(conn, &id, &ctx.cfg.db_path, own) => r?,
-        _ = stop.cancelled() => return Ok(SlaveExit::Stopped),
+    let received = match own {
+        OwnCopy::HandedOver(pos) => {
+            let epoch = ctx.zk.master.borrow().as_ref().map_or(pos.epoch, |r| r.epoch);
+            Received::Current { seq: pos.seq, copy_epoch: pos.epoch, epoch }
+        }
+        OwnCopy::Offer(_) | OwnCopy::Nothing => {
+            let offer = match own {
+                OwnCopy::Offer(p) => Some(p),
+                _ => None,
+            };
+            tokio::select! {
+                r = fetch_snapshot(conn, &id, &ctx.cfg.db_path, offer) => r?,
+                _ = stop.cancelled() => return Ok(SlaveExit::Stopped),
+            }
+        }
     };
     let path = ctx.cfg.db_path.clone();
     let (db, pos, epoch) = match received {

@@ -158,6 +158,70 @@ pub fn failover_step(members: &BTreeMap<String, Member>, registry: Registry, wai
     }
 }
 
+/// The worker a planned switchover hands the master's role to: `to` if it
+/// is a caught-up slave (serving reads), else the lowest-pid caught-up
+/// slave, as a failover would pick. `Err`: why not (nothing is changed).
+pub fn switchover_target(
+    members: &BTreeMap<String, Member>,
+    registry: Registry,
+    to: Option<&str>,
+) -> Result<(String, u32), String> {
+    let Some((master, _)) = members.iter().find(|(_, m)| m.role == MemberRole::Master) else {
+        return Err("no master: a failover or a recovery is under way".into());
+    };
+    let Some(registry) = registry else { return Err("zookeeper unreadable: retry".into()) };
+    match registry.get(master).map(|r| r.role) {
+        Some(Role::Master) => {}
+        other => return Err(format!("the master {master} is not taking writes (it reports {other:?})")),
+    }
+    let caught_up = |id: &str| registry.get(id).is_some_and(|r| r.role == Role::Slave);
+    match to {
+        Some(id) => match members.get(id) {
+            None => Err(format!("no worker {id} in this cluster")),
+            Some(m) if m.role == MemberRole::Master => Err(format!("{id} is the master already")),
+            Some(m) if m.stopping => Err(format!("{id} is being stopped")),
+            Some(_) if !caught_up(id) => {
+                Err(format!("{id} is not a caught-up slave (it reports {:?})", registry.get(id).map(|r| r.role)))
+            }
+            Some(m) => Ok((id.to_owned(), m.pid)),
+        },
+        None => members
+            .iter()
+            .filter(|(id, m)| m.is_active_slave() && caught_up(id))
+            .min_by_key(|(_, m)| m.pid)
+            .map(|(id, m)| (id.clone(), m.pid))
+            .ok_or_else(|| "no caught-up slave to hand over to".to_owned()),
+    }
+}
+
+/// Where a switchover is, from the old and the new master's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handover {
+    /// The master has not stopped yet, or the target has not applied its
+    /// last change yet.
+    Wait,
+    /// The master stopped at `seq` and the target holds it: name the target.
+    Ready { seq: u64 },
+    /// It cannot complete: call it off.
+    Off(String),
+}
+
+///
+/// The target need not have applied the master's last change yet: a caught-up
+/// slave's sync queue was bound before it caught up, so it holds every change
+/// the master acknowledged, and a slave named master applies all it holds
+/// before it takes `writeQ` (as in a failover).
+pub fn handover(old: Option<&WorkerRecord>, new: Option<&WorkerRecord>) -> Handover {
+    let (Some(old), Some(new)) = (old, new) else {
+        return Handover::Off("a worker of the switchover left the registry".into());
+    };
+    match (old.role, new.role) {
+        (Role::HandingOver, Role::Slave) => Handover::Ready { seq: old.seq },
+        (_, Role::Slave) => Handover::Wait,
+        (_, other) => Handover::Off(format!("the target stopped serving as a slave (it reports {other:?})")),
+    }
+}
+
 /// A worker started on a kept volume during a recovery, with what it found there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -668,5 +732,88 @@ mod tests {
         // A lost master is handled by its loss (which fails over), not twice.
         let lost_master = check(&serving, &[run("s", 2)], Some(&reg), &no_retired, s(1), s(1));
         assert_eq!(lost_master, vec![Fix::Lost { id: "m".into(), how: Detected::NotRunning }]);
+    }
+}
+
+#[cfg(test)]
+mod switchover_tests {
+    use super::*;
+
+    fn rec(id: &str, role: Role, seq: u64) -> (String, WorkerRecord) {
+        (id.into(), WorkerRecord { id: id.into(), pid: 1, role, seq, epoch: 1, incarnation: 0, disk: None })
+    }
+
+    #[test]
+    fn a_switchover_goes_to_a_caught_up_slave_only() {
+        use MemberRole::*;
+        let t0 = Instant::now();
+        let m = |pid, role| {
+            let mut m = Member::new(pid, role, t0);
+            m.registered = true;
+            m
+        };
+        let members: BTreeMap<String, Member> = [
+            ("m".into(), m(5, Master)),
+            ("a".into(), m(30, Slave)),
+            ("b".into(), m(20, Slave)),
+            ("c".into(), m(10, Slave)),
+        ]
+        .into();
+        let reg: HashMap<_, _> = [
+            rec("m", Role::Master, 9),
+            rec("a", Role::Slave, 9),
+            rec("b", Role::Slave, 9),
+            rec("c", Role::CatchingUp, 0),
+        ]
+        .into();
+        let mut stopping = members.clone();
+        stopping.get_mut("b").unwrap().stopping = true;
+        let handing: HashMap<_, _> = [rec("m", Role::HandingOver, 9), rec("a", Role::Slave, 9)].into();
+        let no_master: BTreeMap<String, Member> = [("a".into(), m(30, Slave))].into();
+        let ok = |id: &str, pid| Ok((id.to_owned(), pid));
+        let refused = |why: &str| Err(why.to_owned());
+        // (members, registry, asked) -> target or why not
+        type Row<'a> = (&'a BTreeMap<String, Member>, Registry<'a>, Option<&'a str>, Result<(String, u32), String>);
+        let table: Vec<Row> = vec![
+            (&members, Some(&reg), None, ok("b", 20)),
+            (&members, Some(&reg), Some("a"), ok("a", 30)),
+            (&stopping, Some(&reg), None, ok("a", 30)),
+            (&members, Some(&reg), Some("c"), refused("c is not a caught-up slave (it reports Some(CatchingUp))")),
+            (&members, Some(&reg), Some("m"), refused("m is the master already")),
+            (&members, Some(&reg), Some("z"), refused("no worker z in this cluster")),
+            (&stopping, Some(&reg), Some("b"), refused("b is being stopped")),
+            (&members, None, None, refused("zookeeper unreadable: retry")),
+            (
+                &members,
+                Some(&handing),
+                None,
+                refused("the master m is not taking writes (it reports Some(HandingOver))"),
+            ),
+            (&no_master, Some(&reg), None, refused("no master: a failover or a recovery is under way")),
+        ];
+        for (i, (members, reg, to, want)) in table.into_iter().enumerate() {
+            assert_eq!(switchover_target(members, reg, to), want, "row {i}");
+        }
+        let only_master: HashMap<_, _> = [rec("m", Role::Master, 9), rec("c", Role::CatchingUp, 0)].into();
+        assert_eq!(
+            switchover_target(&members, Some(&only_master), None),
+            refused("no caught-up slave to hand over to")
+        );
+    }
+
+    #[test]
+    fn the_target_is_named_once_the_master_stopped() {
+        let r = |role, seq| rec("x", role, seq).1;
+        let table = [
+            (Some(r(Role::Master, 9)), Some(r(Role::Slave, 9)), Handover::Wait),
+            // Its queue holds 12: the promotion applies it first.
+            (Some(r(Role::HandingOver, 12)), Some(r(Role::Slave, 11)), Handover::Ready { seq: 12 }),
+            (Some(r(Role::HandingOver, 12)), Some(r(Role::Slave, 12)), Handover::Ready { seq: 12 }),
+        ];
+        for (i, (old, new, want)) in table.into_iter().enumerate() {
+            assert_eq!(handover(old.as_ref(), new.as_ref()), want, "row {i}");
+        }
+        assert!(matches!(handover(None, Some(&r(Role::Slave, 1))), Handover::Off(_)));
+        assert!(matches!(handover(Some(&r(Role::HandingOver, 3)), Some(&r(Role::CatchingUp, 0))), Handover::Off(_)));
     }
 }

@@ -136,6 +136,34 @@ pub enum RecoverError {
     Failed(String),
 }
 
+/// What `POST /api/v1/switchover` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwitchedOver {
+    pub from: String,
+    pub from_pid: u32,
+    pub to: String,
+    pub to_pid: u32,
+    /// The new master's epoch.
+    pub epoch: u64,
+    /// The old master's last change, the first the new one builds on.
+    pub seq: u64,
+    /// From the old master asked to stop until the new one took `writeQ`:
+    /// how long writes waited in `writeQ`.
+    pub pause_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchoverError {
+    /// Not started (nothing changed): the target is not a caught-up slave,
+    /// there is no master, a failover is under way.
+    #[error("{0}")]
+    Refused(String),
+    /// Started, then called off (the old master takes writes again), or lost
+    /// on the way to ZooKeeper.
+    #[error("{0}")]
+    Failed(String),
+}
+
 pub struct Cluster {
     cfg: Config,
     tel: Arc<Telemetry>,
@@ -258,7 +286,15 @@ impl Cluster {
 
     async fn adopt_or_bootstrap(&self) -> Result<()> {
         let running = self.runtime.list().await.map_err(|e| anyhow!("listing workers: {e}"))?;
-        let record = self.zk_retry("reading the master record", || self.zk.master()).await?;
+        let mut record = self.zk_retry("reading the master record", || self.zk.master()).await?;
+        // A switchover its leader did not finish (it died or lost the
+        // election on the way): called off, the master takes writes again.
+        if let Some(r) = record.as_ref().filter(|r| r.handover_to.is_some()) {
+            warn!(master = %r.id, to = ?r.handover_to, "a switchover left unfinished: called off");
+            let again = MasterRecord::named(r.id.clone(), r.epoch);
+            self.zk_retry("resetting the master record", || self.zk.set_master(&again)).await?;
+            record = Some(again);
+        }
         let maintenance = self.zk_retry("reading the maintenance record", || self.zk.maintenance()).await?;
         let mut st = self.state.lock().await;
         st.epoch = record.as_ref().map_or(0, |r| r.epoch);
@@ -835,6 +871,102 @@ impl Cluster {
         let pid = self.runtime.kill(&id).await.map_err(|e| anyhow!("killing slave {id}: {e}"))?;
         self.handle_loss(&mut st, &id, Detected::CrashEndpoint).await;
         Ok(Some(Crashed { pid, held: st.paused() }))
+    }
+
+    /// `POST /api/v1/switchover`: move the master's role to a caught-up slave
+    /// (`to`, or the lowest-pid one) with no write failed or lost. The master
+    /// is asked to stop taking writes (they wait in `writeQ`) and reports its
+    /// last change; once the target holds it, the target is named under a new
+    /// epoch, and the old master, whose file is the same copy, serves as a
+    /// slave without a snapshot. Works in maintenance mode too. Called off
+    /// (the master takes writes again) if it cannot complete within
+    /// `SWITCHOVER_WAIT`. orchestrator/DESIGN.md, "Planned switchover".
+    pub async fn switchover(&self, to: Option<&str>) -> Result<SwitchedOver, SwitchoverError> {
+        use decide::Handover;
+        use SwitchoverError::{Failed, Refused};
+        let mut st = self.state.lock().await;
+        if let Some((why, _)) = &st.missing {
+            return Err(Refused(format!("no master: {why}")));
+        }
+        let registry = decide::current_records(self.registry().await, &st.members);
+        let (new, to_pid) = decide::switchover_target(&st.members, registry.as_ref(), to).map_err(Refused)?;
+        let (old, from_pid) = st.master().map(|(id, m)| (id.clone(), m.pid)).ok_or(Refused("no master".into()))?;
+        let epoch = st.epoch;
+        let t0 = Instant::now();
+        info!(from = %old, to = %new, epoch, "switchover: the master stops taking writes");
+        let ask = MasterRecord::handing_over(old.clone(), epoch, new.clone());
+        self.zk.set_master(&ask).await.map_err(|e| Failed(format!("writing the master record: {e}")))?;
+        let seq = loop {
+            let step = match self.zk.workers().await {
+                Ok(reg) => decide::handover(reg.get(&old), reg.get(&new)),
+                Err(_) => Handover::Wait,
+            };
+            match step {
+                Handover::Ready { seq } => break seq,
+                Handover::Off(why) => return Err(self.call_off(&old, epoch, why).await),
+                Handover::Wait if t0.elapsed() >= timing::SWITCHOVER_WAIT => {
+                    let why = format!("not ready within {:?}", timing::SWITCHOVER_WAIT);
+                    return Err(self.call_off(&old, epoch, why).await);
+                }
+                Handover::Wait => tokio::time::sleep(timing::SWITCHOVER_POLL).await,
+            }
+        };
+        st.epoch += 1;
+        let rec = MasterRecord::named(new.clone(), st.epoch);
+        self.zk_retry("writing the master record", || self.zk.set_master(&rec))
+            .await
+            .map_err(|e| Failed(format!("{e:#}")))?;
+        self.rpc.set_min_epoch(st.epoch);
+        if let Some(m) = st.members.get_mut(&new) {
+            m.role = MemberRole::Master;
+        }
+        if let Some(m) = st.members.get_mut(&old) {
+            m.role = MemberRole::Slave;
+            m.serving = false;
+        }
+        st.last_master = Some(new.clone());
+        self.publish(&st);
+        // The pause ends when the new master has claimed the committed record
+        // for its epoch, which it does just before it takes writeQ.
+        let new_epoch = st.epoch;
+        let pause = loop {
+            let claimed = self.zk.committed().await.is_ok_and(|c| c.is_some_and(|c| c.epoch == new_epoch));
+            if claimed || t0.elapsed() >= 2 * timing::SWITCHOVER_WAIT {
+                break t0.elapsed();
+            }
+            tokio::time::sleep(timing::SWITCHOVER_POLL).await;
+        };
+        let done = SwitchedOver {
+            from: old,
+            from_pid,
+            to: new,
+            to_pid,
+            epoch: new_epoch,
+            seq,
+            pause_ms: pause.as_millis() as u64,
+        };
+        info!(from = %done.from, to = %done.to, epoch = done.epoch, seq, pause_ms = done.pause_ms, "switchover done");
+        self.tel.metrics.switchovers.inc();
+        self.tel.events.emit(EventKind::Switchover {
+            from: done.from.clone(),
+            to: done.to.clone(),
+            to_pid,
+            epoch: done.epoch,
+            seq,
+            pause_ms: done.pause_ms,
+        });
+        Ok(done)
+    }
+
+    /// A switchover that cannot complete: the master record names the old
+    /// master again, without the request, and it takes writes again.
+    async fn call_off(&self, old: &str, epoch: u64, why: String) -> SwitchoverError {
+        warn!(master = %old, why, "switchover called off: the master takes writes again");
+        let rec = MasterRecord::named(old, epoch);
+        match self.zk_retry("resetting the master record", || self.zk.set_master(&rec)).await {
+            Ok(()) => SwitchoverError::Failed(format!("switchover called off: {why}")),
+            Err(e) => SwitchoverError::Failed(format!("switchover called off ({why}); the master record: {e:#}")),
+        }
     }
 
     /// `POST /api/v1/maintenance`: pause (or resume) the supervisor's own

@@ -1,0 +1,163 @@
+#![cfg(feature = "e2e")]
+//! A planned switchover (docs/api.md §6.2) under writers and a reader through
+//! the load balancer, on processes and on containers: the master's role moves
+//! to a caught-up slave again and again
+//! with no request failed, no acknowledged write lost or applied twice, the
+//! same worker processes throughout (nothing restarted: each old master
+//! serves on as a slave, on its own copy, without a snapshot), and refusals
+//! (409, 400) that change nothing.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use systest::lb::{add_user, call, start_writers, uniq, upcoming, wait_acked, Ledger};
+use systest::{poll, Stack, StackOptions, WorkerRuntime};
+use wire::status::{ClusterStatus, EventKind, WorkerRole, WorkerState};
+
+/// `POST /api/v1/switchover` with `body` (raw): the status and the answer.
+async fn switchover(stack: &Stack, body: &str) -> (u16, Value) {
+    let r = Stack::http()
+        .post(stack.url("/api/v1/switchover"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("POST /api/v1/switchover");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The status once a master and `slaves` slaves serve.
+async fn settled(stack: &Stack, slaves: usize) -> ClusterStatus {
+    poll("a master and every slave serving", Duration::from_secs(60), || async {
+        let s = stack.status().await.ok()?;
+        let serving = |role| s.workers.iter().filter(|w| w.role == role && w.state == WorkerState::Serving).count();
+        (s.master.is_some() && serving(WorkerRole::Master) == 1 && serving(WorkerRole::Slave) == slaves).then_some(s)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_switchovers_under_load_fail_no_request() {
+    switchovers_under_load(WorkerRuntime::Process, 10).await;
+}
+
+/// The same on containers (each worker a container on its volume).
+#[tokio::test(flavor = "multi_thread")]
+async fn switchovers_of_containers_fail_no_request() {
+    switchovers_under_load(WorkerRuntime::Docker, 4).await;
+}
+
+/// `rounds` switchovers (at least 2) under 4 writers and a reader through the LB.
+async fn switchovers_under_load(runtime: WorkerRuntime, rounds: usize) {
+    let opts = StackOptions { runtime, services: true, min_slaves: 2, ..Default::default() };
+    let stack = Stack::start(opts).await.unwrap();
+    let c = Stack::http();
+    let before = settled(&stack, 2).await;
+    let master = before.master.clone().unwrap();
+    let pids = stack.worker_pids().await.unwrap();
+
+    // Refused, and nothing changes.
+    for (body, code) in [
+        (json!({"to": master.id}).to_string(), 409),
+        (json!({"to": "no-such-worker"}).to_string(), 409),
+        ("{".to_owned(), 400),
+        (json!({"to": 7}).to_string(), 400),
+        (json!({"who": "x"}).to_string(), 400),
+    ] {
+        let (status, answer) = switchover(&stack, &body).await;
+        assert_eq!(status, code, "{body}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}: a reason: {answer}");
+    }
+    let s = stack.status().await.unwrap();
+    assert_eq!(
+        s.master.as_ref().map(|m| (&m.id, m.epoch)),
+        Some((&master.id, master.epoch)),
+        "refusals changed nothing"
+    );
+
+    // Writers and a reader through the LB, all along.
+    let owner = uniq("owner");
+    add_user(&c, &stack.lb, &owner).await;
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(&stack.lb, &owner, 4, &ledger, &stop);
+    let (reads_ok, reads_failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let reader = {
+        let (lb, stop, ok, failed) = (stack.lb.clone(), stop.clone(), reads_ok.clone(), reads_failed.clone());
+        tokio::spawn(async move {
+            let c = Stack::http();
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match call(&c, Method::GET, &format!("{lb}/api/v1/rides/count"), None).await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    wait_acked(&ledger, 100, "100 rides before the first switchover").await;
+
+    let mut pauses = Vec::new();
+    let mut epoch = master.epoch;
+    for i in 0..rounds {
+        let (status, done) = switchover(&stack, "{}").await;
+        assert_eq!(status, 200, "switchover {i}: {done}");
+        let (from, to) = (done["from"].as_str().unwrap().to_owned(), done["to"].as_str().unwrap().to_owned());
+        assert_ne!(from, to);
+        epoch += 1;
+        assert_eq!(done["epoch"], json!(epoch), "one epoch per switchover: {done}");
+        pauses.push(done["pause_ms"].as_u64().unwrap());
+        // The new master serves, and the old one is a slave again before the next.
+        let s = settled(&stack, 2).await;
+        assert_eq!(s.master.as_ref().map(|m| m.id.as_str()), Some(to.as_str()), "switchover {i}");
+        assert!(s.workers.iter().any(|w| w.id == from && w.role == WorkerRole::Slave), "{from} serves as a slave");
+        let n = ledger.acked.lock().unwrap().len();
+        wait_acked(&ledger, n + 30, "writes acknowledged after the switchover").await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    reader.await.unwrap();
+
+    assert_eq!(ledger.failed.load(Ordering::Relaxed), 0, "writes that failed during the switchovers");
+    assert_eq!(reads_failed.load(Ordering::Relaxed), 0, "reads that failed during the switchovers");
+    let audit = ledger.audit(&upcoming(&c, &stack.lb, 20, 21).await);
+    audit.assert_whole();
+    assert_eq!(stack.worker_pids().await.unwrap(), pids, "the same worker processes throughout");
+    let s = stack.status().await.unwrap();
+    let told = s.events.iter().filter(|e| matches!(e.what, EventKind::Switchover { .. })).count();
+    assert_eq!(told, rounds, "each switchover is an event");
+    // No old master took a snapshot: each kept its copy (its log says so).
+    let logs: Vec<String> = match runtime {
+        WorkerRuntime::Docker => {
+            let mut logs = Vec::new();
+            for w in systest::worker_containers(&stack.name).await.unwrap() {
+                logs.push(systest::container_logs(&w.id).await.unwrap());
+            }
+            logs
+        }
+        _ => std::fs::read_dir(stack.dir.join("workers"))
+            .unwrap()
+            .flatten()
+            .filter_map(|d| std::fs::read_to_string(d.path().join("worker.log")).ok())
+            .collect(),
+    };
+    let kept = logs.iter().map(|log| log.matches("no snapshot taken").count()).sum::<usize>();
+    assert!(kept >= rounds, "old masters that kept their copy: {kept} of {rounds}");
+    pauses.sort_unstable();
+    eprintln!(
+        "[switchover] {runtime:?}: {rounds} under 4 writers and a reader: {} writes acknowledged, {} reads, 0 failed; write pause ms p50 {} max {} ({pauses:?})",
+        audit.acked,
+        reads_ok.load(Ordering::Relaxed),
+        pauses[pauses.len() / 2],
+        pauses[pauses.len() - 1]
+    );
+}
