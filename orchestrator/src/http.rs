@@ -140,6 +140,22 @@ fn recovery_reply(r: Result<AcceptedLoss, RecoverError>) -> warp::reply::Respons
     }
 }
 
+/// An operator's POST to `route`: checks the token, then hands on the full
+/// path (for a follower's redirect), the body and the app.
+fn operator_post<R>(
+    route: R,
+    app: &Arc<App>,
+) -> impl Filter<Extract = (warp::path::FullPath, Bytes, Arc<App>), Error = Rejection> + Clone
+where
+    R: Filter<Extract = (), Error = Rejection> + Clone,
+{
+    let with_app = {
+        let app = app.clone();
+        warp::any().map(move || app.clone())
+    };
+    route.and(warp::post()).and(admin(app.clone())).and(warp::path::full()).and(body()).and(with_app)
+}
+
 /// `POST /api/v1/switchover`'s body (optional): the worker to hand over to
 /// (default: the lowest-pid caught-up slave).
 #[derive(Debug, Default, serde::Deserialize)]
@@ -357,14 +373,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         });
 
     // Maintenance mode (docs/api.md §6.1): recorded in ZooKeeper by the leader.
-    let maintenance = warp::path!("api" / "v1" / "maintenance")
-        .and(warp::post())
-        .and(admin(app.clone()))
-        .and(warp::path::full())
-        .and(warp::addr::remote())
-        .and(body())
-        .and(with_app.clone())
-        .then(|path, remote: Option<std::net::SocketAddr>, body: Bytes, app: Arc<App>| async move {
+    let maintenance = operator_post(warp::path!("api" / "v1" / "maintenance"), &app).and(warp::addr::remote()).then(
+        |path, body: Bytes, app: Arc<App>, remote: Option<std::net::SocketAddr>| async move {
             let (cluster, req): (_, MaintenanceRequest) = match leading_with(&app, &path, &body, None) {
                 Ok(r) => r,
                 Err(answer) => return *answer,
@@ -381,33 +391,25 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 Ok(status) => json_reply(StatusCode::OK, &status),
                 Err(e) => ApiError::unavailable(format!("{e:#}")).into_response(),
             }
-        });
+        },
+    );
 
     // While the data is missing: an operator accepts losing the writes past
     // the best copy's seq, naming it (0: start empty). Never automatic.
-    let recover = warp::path!("api" / "v1" / "recover")
-        .and(warp::post())
-        .and(admin(app.clone()))
-        .and(warp::path::full())
-        .and(body())
-        .and(with_app.clone())
-        .then(|path, body: Bytes, app: Arc<App>| async move {
+    let recover = operator_post(warp::path!("api" / "v1" / "recover"), &app).then(
+        |path, body: Bytes, app: Arc<App>| async move {
             let (cluster, req): (_, RecoverRequest) = match leading_with(&app, &path, &body, None) {
                 Ok(r) => r,
                 Err(answer) => return *answer,
             };
             recovery_reply(cluster.accept_data_loss(req.accept_data_loss_after).await)
-        });
+        },
+    );
 
     // The continuous backup into the cluster (a fresh one, or in place with
     // discard_current): docs/api.md §8.1.
-    let restore = warp::path!("api" / "v1" / "restore")
-        .and(warp::post())
-        .and(admin(app.clone()))
-        .and(warp::path::full())
-        .and(body())
-        .and(with_app.clone())
-        .then(|path, body: Bytes, app: Arc<App>| async move {
+    let restore = operator_post(warp::path!("api" / "v1" / "restore"), &app).then(
+        |path, body: Bytes, app: Arc<App>| async move {
             let (cluster, req): (_, RestoreRequest) = match leading_with(&app, &path, &body, None) {
                 Ok(r) => r,
                 Err(answer) => return *answer,
@@ -419,17 +421,13 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 (Some(_), Some(_)) => return error(StatusCode::BAD_REQUEST, "give to_seq or to_time_ms, not both"),
             };
             recovery_reply(cluster.restore_cluster(&target, req.discard_current).await)
-        });
+        },
+    );
 
     // A planned switchover (docs/api.md §6.2): 409 when refused, 503 when
     // called off on the way (the old master takes writes again).
-    let switchover = warp::path!("api" / "v1" / "switchover")
-        .and(warp::post())
-        .and(admin(app.clone()))
-        .and(warp::path::full())
-        .and(body())
-        .and(with_app.clone())
-        .then(|path, body: Bytes, app: Arc<App>| async move {
+    let switchover = operator_post(warp::path!("api" / "v1" / "switchover"), &app).then(
+        |path, body: Bytes, app: Arc<App>| async move {
             let (cluster, req): (_, SwitchoverRequest) =
                 match leading_with(&app, &path, &body, Some(SwitchoverRequest::default())) {
                     Ok(r) => r,
@@ -440,7 +438,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 Err(e @ SwitchoverError::Refused(_)) => error(StatusCode::CONFLICT, e.to_string()),
                 Err(e @ SwitchoverError::Failed(_)) => ApiError::unavailable(e.to_string()).into_response(),
             }
-        });
+        },
+    );
 
     let health = warp::path!("health").and(warp::get()).map(|| json_reply(StatusCode::OK, &serde_json::json!({})));
 
