@@ -116,6 +116,14 @@ impl Orchestrator {
         self.json(self.http.post(self.url("/api/v1/switchover")).json(&body)).await
     }
 
+    /// `POST /api/v1/rollout`: every worker replaced by one running `image`.
+    /// It takes a while (a new slave's catch-up per worker): no short deadline.
+    pub async fn rollout(&self, image: &str) -> Result<serde_json::Value, CtlError> {
+        let body = serde_json::json!({ "worker_image": image });
+        let req = self.http.post(self.url("/api/v1/rollout")).json(&body).timeout(std::time::Duration::from_secs(1800));
+        self.json(req).await
+    }
+
     /// `POST /api/v1/restore`: the cluster restored from its continuous backup.
     pub async fn restore(
         &self,

@@ -107,6 +107,15 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Rolling upgrade of the workers: each slave replaced by one running
+    /// IMAGE once that one serves, then a switchover to an upgraded slave and
+    /// the old master replaced; no request fails. Run it again after an
+    /// interruption: only workers not on IMAGE are replaced.
+    Rollout {
+        /// The worker image (process runtime: the worker binary's path).
+        #[arg(long = "worker-image", value_name = "IMAGE")]
+        worker_image: String,
+    },
     /// While no volume holds every acknowledged write (status: "data missing"),
     /// open the most advanced copy anyway: every write after SEQ is lost. SEQ
     /// must be that copy's (the status and the error say which); 0 starts empty.
@@ -258,6 +267,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 d["from"].as_str().unwrap_or("?"),
                 d["from_pid"],
                 d["pause_ms"]
+            )?;
+        }
+        Command::Rollout { worker_image } => {
+            writeln!(
+                out,
+                "rolling out {worker_image}: one worker at a time (rideshare-ctl events -f shows each step)"
+            )?;
+            let d = o.rollout(&worker_image).await?;
+            writeln!(
+                out,
+                "rolled out {}: {} workers replaced in {} ms; switchover pause {} ms",
+                d["image"].as_str().unwrap_or("?"),
+                d["replaced"],
+                d["took_ms"],
+                d["switchover_pause_ms"]
             )?;
         }
         Command::Recover { accept_data_loss_after } => {

@@ -47,6 +47,7 @@
         ", seq " + fmt(e.seq) + ", failover " + e.failover_ms + " ms";
       case "switchover": return "switchover: " + e.from + " handed over to " + e.to + " (pid " + e.to_pid + ") at seq " + e.seq +
         ", epoch " + e.epoch + ", writes paused " + e.pause_ms + " ms";
+      case "rolled_out": return "rollout to " + e.image + ": " + e.replaced + " workers replaced in " + e.took_ms + " ms";
       case "master_started": return "empty master " + e.worker + " (pid " + e.pid + ") started, epoch " + e.epoch;
       case "recovery_started": return "recovery (" + e.why + "): committed seq " + fmt(e.committed_seq) + ", " + e.volumes + " volumes";
       case "recovered": return e.worker + " (pid " + e.pid + ") opened its volume's copy as master, seq " + e.seq + ", epoch " + e.epoch + ", " + e.took_ms + " ms";
@@ -56,7 +57,7 @@
       case "scaled": return "window " + e.window + ": " + e.reads + " reads, slaves " + e.before + " → " + e.after + (e.reason ? " (" + e.reason + ")" : "");
       case "paused": return "maintenance mode on by " + e.by + (e.reason ? " (" + e.reason + ")" : "") + ": no failover, replacement or scaling";
       case "resumed": return "maintenance mode off by " + e.by + (e.paused_secs !== undefined ? " after " + duration(e.paused_secs) : "");
-      case "held": return "held (paused): " + e.what;
+      case "held": return "held (paused or rolling out): " + e.what;
       case "broker_lost": return "broker connection lost: " + e.error;
       case "broker_regained": return "broker connection regained";
       case "zookeeper_lost": return "ZooKeeper session lost";

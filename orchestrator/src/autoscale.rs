@@ -201,8 +201,8 @@ pub async fn run(
         };
         *counter.last_window.lock().expect("autoscaler lock") = shown;
         let Some((before, after)) = cluster.scale_to(want).await else {
-            // Maintenance mode: the window is decided and said, not carried out.
-            info!(window, reads, want, reason = %reason, "scaling decision held: maintenance mode");
+            // Maintenance mode or a rollout: the window is decided and said, not carried out.
+            info!(window, reads, want, reason = %reason, "scaling decision held: maintenance mode or a rollout");
             tel.events.emit(EventKind::Held {
                 what: format!("scaling: window {window} ({reads} reads) would choose {want} slaves ({reason})"),
             });

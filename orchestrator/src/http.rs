@@ -156,6 +156,17 @@ where
     route.and(warp::post()).and(admin(app.clone())).and(warp::path::full()).and(body()).and(with_app)
 }
 
+/// `POST /api/v1/rollout`'s body: the worker image (process runtime: the
+/// worker binary's path) every worker is to run.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutRequest {
+    worker_image: String,
+}
+
+/// Longest image name (or binary path) a rollout takes.
+const IMAGE_MAX: usize = 512;
+
 /// `POST /api/v1/switchover`'s body (optional): the worker to hand over to
 /// (default: the lowest-pid caught-up slave).
 #[derive(Debug, Default, serde::Deserialize)]
@@ -441,6 +452,28 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         },
     );
 
+    // A rolling upgrade of the workers (docs/api.md §6.3).
+    let rollout = operator_post(warp::path!("api" / "v1" / "rollout"), &app).then(
+        |path, body: Bytes, app: Arc<App>| async move {
+            let (cluster, req): (_, RolloutRequest) = match leading_with(&app, &path, &body, None) {
+                Ok(r) => r,
+                Err(answer) => return *answer,
+            };
+            let image = req.worker_image.trim();
+            if image.is_empty() || image.len() > IMAGE_MAX || image.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return api_error(ApiError::invalid(format!(
+                    "worker_image: an image name or a binary path, 1-{IMAGE_MAX} characters, no spaces"
+                )));
+            }
+            match cluster.rollout(image).await {
+                Ok(done) => json_reply(StatusCode::OK, &done),
+                Err(e @ SwitchoverError::Refused(_)) => error(StatusCode::CONFLICT, e.to_string()),
+                Err(e @ SwitchoverError::Failed(_)) => ApiError::unavailable(e.to_string()).into_response(),
+            }
+        },
+    );
+
     let health = warp::path!("health").and(warp::get()).map(|| json_reply(StatusCode::OK, &serde_json::json!({})));
 
     let status =
@@ -513,6 +546,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .or(maintenance)
         .unify()
         .or(switchover)
+        .unify()
+        .or(rollout)
         .unify()
         .or(health)
         .unify()

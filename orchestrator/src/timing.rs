@@ -31,6 +31,9 @@ pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 pub const SWITCHOVER_WAIT: Duration = Duration::from_secs(3);
 pub const SWITCHOVER_POLL: Duration = Duration::from_millis(2);
 
+/// A rollout's new slave must serve within this (its start and catch-up).
+pub const ROLLOUT_CATCH_UP: Duration = Duration::from_secs(120);
+
 /// How long a recovery waits for the workers it started on kept volumes to
 /// report their copies (each runs `PRAGMA quick_check` first: seconds for
 /// a million rows).

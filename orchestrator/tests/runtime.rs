@@ -54,7 +54,7 @@ fn worker_env() -> Vec<(String, String)> {
 }
 
 fn spec(id: &str) -> WorkerSpec {
-    WorkerSpec { id: id.into(), env: worker_env() }
+    WorkerSpec { id: id.into(), env: worker_env(), image: None }
 }
 
 /// Builds the image once per test binary if the engine lacks it.

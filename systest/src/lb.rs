@@ -181,6 +181,55 @@ pub fn start_writers(
         .collect()
 }
 
+/// A client's load through the LB while an operator changes the cluster:
+/// `writers` ride writers (a [`Ledger`]) and one reader of `rides/count`,
+/// each counting what failed.
+pub struct Load {
+    pub ledger: Arc<Ledger>,
+    pub reads_ok: Arc<AtomicU64>,
+    pub reads_failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Start it, rides created by `owner` (who must exist).
+    pub fn start(lb: &str, owner: &str, writers: u64) -> Load {
+        let ledger = Arc::new(Ledger::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = start_writers(lb, owner, writers, &ledger, &stop);
+        let (reads_ok, reads_failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (lb, stop2, ok, failed) = (lb.to_owned(), stop.clone(), reads_ok.clone(), reads_failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = Stack::http();
+            for _ in 0..200_000 {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                match call(&c, Method::GET, &format!("{lb}/api/v1/rides/count"), None).await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+        Load { ledger, reads_ok, reads_failed, stop, tasks }
+    }
+
+    /// Stop every task and wait for it; then assert nothing failed and every
+    /// acknowledged ride of the route is listed once. Returns the audit.
+    pub async fn finish_whole(self, c: &Client, lb: &str) -> Audit {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(self.ledger.failed.load(Ordering::Relaxed), 0, "writes that failed");
+        assert_eq!(self.reads_failed.load(Ordering::Relaxed), 0, "reads that failed");
+        let audit = self.ledger.audit(&upcoming(c, lb, 20, 21).await);
+        audit.assert_whole();
+        audit
+    }
+}
+
 /// Until at least `n` writes are acknowledged (a minute at most).
 pub async fn wait_acked(ledger: &Ledger, n: usize, what: &str) {
     poll(what, Duration::from_secs(60), || async { (ledger.acked.lock().unwrap().len() >= n).then_some(()) })

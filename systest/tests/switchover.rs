@@ -1,4 +1,6 @@
 #![cfg(feature = "e2e")]
+//! Planned changes under writers and a reader through the load balancer.
+//!
 //! A planned switchover (docs/api.md §6.2) under writers and a reader through
 //! the load balancer, on processes and on containers: the master's role moves
 //! to a caught-up slave again and again
@@ -7,20 +9,23 @@
 //! serves on as a slave, on its own copy, without a snapshot), and refusals
 //! (409, 400) that change nothing.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use reqwest::Method;
 use serde_json::{json, Value};
-use systest::lb::{add_user, call, start_writers, uniq, upcoming, wait_acked, Ledger};
+use systest::lb::{add_user, uniq, wait_acked, Load};
 use systest::{poll, Stack, StackOptions, WorkerRuntime};
 use wire::status::{ClusterStatus, EventKind, WorkerRole, WorkerState};
 
 /// `POST /api/v1/switchover` with `body` (raw): the status and the answer.
 async fn switchover(stack: &Stack, body: &str) -> (u16, Value) {
+    post(stack, "/api/v1/switchover", body).await
+}
+
+/// `POST` an operator route with `body` (raw): the status and the answer.
+async fn post(stack: &Stack, path: &str, body: &str) -> (u16, Value) {
     let r = Stack::http()
-        .post(stack.url("/api/v1/switchover"))
+        .post(stack.url(path))
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()
@@ -83,25 +88,8 @@ async fn switchovers_under_load(runtime: WorkerRuntime, rounds: usize) {
     // Writers and a reader through the LB, all along.
     let owner = uniq("owner");
     add_user(&c, &stack.lb, &owner).await;
-    let ledger = Arc::new(Ledger::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = start_writers(&stack.lb, &owner, 4, &ledger, &stop);
-    let (reads_ok, reads_failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let reader = {
-        let (lb, stop, ok, failed) = (stack.lb.clone(), stop.clone(), reads_ok.clone(), reads_failed.clone());
-        tokio::spawn(async move {
-            let c = Stack::http();
-            for _ in 0..200_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match call(&c, Method::GET, &format!("{lb}/api/v1/rides/count"), None).await {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let load = Load::start(&stack.lb, &owner, 4);
+    let ledger = load.ledger.clone();
     wait_acked(&ledger, 100, "100 rides before the first switchover").await;
 
     let mut pauses = Vec::new();
@@ -121,16 +109,8 @@ async fn switchovers_under_load(runtime: WorkerRuntime, rounds: usize) {
         let n = ledger.acked.lock().unwrap().len();
         wait_acked(&ledger, n + 30, "writes acknowledged after the switchover").await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    reader.await.unwrap();
-
-    assert_eq!(ledger.failed.load(Ordering::Relaxed), 0, "writes that failed during the switchovers");
-    assert_eq!(reads_failed.load(Ordering::Relaxed), 0, "reads that failed during the switchovers");
-    let audit = ledger.audit(&upcoming(&c, &stack.lb, 20, 21).await);
-    audit.assert_whole();
+    let reads = load.reads_ok.load(Ordering::Relaxed);
+    let audit = load.finish_whole(&c, &stack.lb).await;
     assert_eq!(stack.worker_pids().await.unwrap(), pids, "the same worker processes throughout");
     let s = stack.status().await.unwrap();
     let told = s.events.iter().filter(|e| matches!(e.what, EventKind::Switchover { .. })).count();
@@ -156,8 +136,68 @@ async fn switchovers_under_load(runtime: WorkerRuntime, rounds: usize) {
     eprintln!(
         "[switchover] {runtime:?}: {rounds} under 4 writers and a reader: {} writes acknowledged, {} reads, 0 failed; write pause ms p50 {} max {} ({pauses:?})",
         audit.acked,
-        reads_ok.load(Ordering::Relaxed),
+        reads,
         pauses[pauses.len() / 2],
         pauses[pauses.len() - 1]
+    );
+}
+
+/// A rolling upgrade (docs/api.md §6.3) on processes, under the same load:
+/// every worker replaced by one running another binary, one at a time, the
+/// master's role handed over on the way; nothing fails, nothing is lost, and
+/// a second rollout to the same binary replaces nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_under_load_replaces_every_worker_and_fails_no_request() {
+    let opts = StackOptions { services: true, min_slaves: 2, ..Default::default() };
+    let stack = Stack::start(opts).await.unwrap();
+    let c = Stack::http();
+    let before = settled(&stack, 2).await;
+    let old_pids = stack.worker_pids().await.unwrap();
+    // The "new version": the worker binary under another path.
+    let next = stack.dir.join("worker-next");
+    std::fs::copy(systest::bin("worker"), &next).unwrap();
+    let next = next.canonicalize().unwrap();
+
+    for body in
+        [json!({}).to_string(), json!({"worker_image": ""}).to_string(), json!({"worker_image": "a b"}).to_string()]
+    {
+        let (status, answer) = post(&stack, "/api/v1/rollout", &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+    }
+
+    let owner = uniq("owner");
+    add_user(&c, &stack.lb, &owner).await;
+    let load = Load::start(&stack.lb, &owner, 4);
+    wait_acked(&load.ledger, 100, "100 rides before the rollout").await;
+    let body = json!({"worker_image": next.display().to_string()}).to_string();
+    let (status, done) = post(&stack, "/api/v1/rollout", &body).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["replaced"], json!(3), "a master and two slaves: {done}");
+    let n = load.ledger.acked.lock().unwrap().len();
+    wait_acked(&load.ledger, n + 50, "writes after the rollout").await;
+    let reads = load.reads_ok.load(Ordering::Relaxed);
+    let audit = load.finish_whole(&c, &stack.lb).await;
+
+    let after = settled(&stack, 2).await;
+    assert!(after.master.as_ref().unwrap().epoch > before.master.as_ref().unwrap().epoch, "the master was handed over");
+    let pids = stack.worker_pids().await.unwrap();
+    assert!(pids.iter().all(|p| !old_pids.contains(p)), "every worker replaced: {old_pids:?} -> {pids:?}");
+    for pid in &pids {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert_eq!(exe, next, "worker {pid} runs the new binary");
+    }
+    let s = stack.status().await.unwrap();
+    assert!(
+        s.events.iter().any(|e| matches!(e.what, EventKind::RolledOut { replaced: 3, .. })),
+        "the rollout is an event"
+    );
+
+    // Again: every worker runs it already.
+    let (status, again) = post(&stack, "/api/v1/rollout", &body).await;
+    assert_eq!((status, &again["replaced"]), (200, &json!(0)), "{again}");
+    assert_eq!(stack.worker_pids().await.unwrap(), pids, "nothing replaced the second time");
+    eprintln!(
+        "[rollout] 3 workers replaced in {} ms under 4 writers and a reader: {} writes acknowledged, {} reads, 0 failed; switchover pause {} ms",
+        done["took_ms"], audit.acked, reads, done["switchover_pause_ms"]
     );
 }

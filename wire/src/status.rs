@@ -217,6 +217,12 @@ pub enum EventKind {
         seq: u64,
         pause_ms: u64,
     },
+    /// A rollout replaced `replaced` workers by ones running `image`.
+    RolledOut {
+        image: String,
+        replaced: u64,
+        took_ms: u64,
+    },
     /// A new, empty master because no slave could be promoted.
     MasterStarted {
         worker: String,

@@ -36,6 +36,9 @@ pub struct Member {
     /// The number this start of the worker repeats in its znode (0: adopted,
     /// unknown): a znode with another number is a predecessor's.
     pub incarnation: u64,
+    /// The image (binary) it runs when a rollout chose one; None: the
+    /// configured one (or unknown, for an adopted worker).
+    pub image: Option<String>,
 }
 
 impl MemberRole {
@@ -67,6 +70,7 @@ impl Member {
             registered: false,
             serving: false,
             incarnation: 0,
+            image: None,
         }
     }
 

@@ -152,6 +152,18 @@ pub struct SwitchedOver {
     pub pause_ms: u64,
 }
 
+/// What `POST /api/v1/rollout` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RolledOut {
+    pub image: String,
+    /// Workers replaced (0: every worker already ran it).
+    pub replaced: usize,
+    /// The write pause of the switchover it made (None: the master already ran it).
+    pub switchover_pause_ms: Option<u64>,
+    pub took_ms: u64,
+}
+
+/// Why a switchover (or a rollout) did not happen or did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchoverError {
     /// Not started (nothing changed): the target is not a caught-up slave,
@@ -176,6 +188,10 @@ pub struct Cluster {
     next_id: AtomicU64,
     /// Wakes the task that starts replacement slaves.
     replenish: tokio::sync::Notify,
+    /// The image (process: binary) new workers run, once a rollout chose one.
+    image: std::sync::Mutex<Option<String>>,
+    /// A rollout is under way: the autoscaler holds, a second one is refused.
+    rolling: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -199,6 +215,8 @@ impl Cluster {
             state: Mutex::new(Membership::default()),
             next_id: AtomicU64::new(base << 8),
             replenish: tokio::sync::Notify::new(),
+            image: std::sync::Mutex::new(None),
+            rolling: std::sync::atomic::AtomicBool::new(false),
         });
         cluster.adopt_or_bootstrap().await?;
         Ok(cluster)
@@ -389,12 +407,13 @@ impl Cluster {
         }
         vars.push((env::INCARNATION.to_owned(), incarnation.to_string()));
         vars.extend(extra);
+        let image = self.image.lock().expect("image lock").clone();
         let info = self
             .runtime
-            .start(WorkerSpec { id: id.to_owned(), env: vars })
+            .start(WorkerSpec { id: id.to_owned(), env: vars, image: image.clone() })
             .await
             .map_err(|e| anyhow!("starting worker {id}: {e}"))?;
-        Ok(Member { incarnation, ..Member::new(info.pid, role, Instant::now()) })
+        Ok(Member { incarnation, image, ..Member::new(info.pid, role, Instant::now()) })
     }
 
     async fn start_slave(&self, st: &mut Membership) -> Result<()> {
@@ -958,6 +977,122 @@ impl Cluster {
         Ok(done)
     }
 
+    /// `POST /api/v1/rollout`: every worker replaced by one running `image`
+    /// (process runtime: the worker binary at that path), with no request
+    /// failed: each slave in turn is replaced by a new one that has caught up
+    /// before the old one stops gracefully (its reads in hand finished), then
+    /// a switchover hands the master's role to an upgraded slave and the old
+    /// master, now a slave, is replaced the same way. Workers started from
+    /// now on (replacements, scale-out) run `image` too. Running it again
+    /// after an interruption finishes the job: only workers not on `image`
+    /// are replaced. orchestrator/DESIGN.md, "Rolling upgrade".
+    pub async fn rollout(&self, image: &str) -> Result<RolledOut, SwitchoverError> {
+        use std::sync::atomic::Ordering;
+        use SwitchoverError::{Failed, Refused};
+        if self.rolling.swap(true, Ordering::SeqCst) {
+            return Err(Refused("a rollout is under way".into()));
+        }
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let _done = Done(&self.rolling);
+        let t0 = Instant::now();
+        let old: Vec<String> = {
+            let st = self.state.lock().await;
+            if let Some((why, _)) = &st.missing {
+                return Err(Refused(format!("no master: {why}")));
+            }
+            if st.master().is_none() {
+                return Err(Refused("no master: a failover or a recovery is under way".into()));
+            }
+            *self.image.lock().expect("image lock") = Some(image.to_owned());
+            // Slaves first (lowest pid first), the master last.
+            let mut old: Vec<(bool, u32, String)> = st
+                .members
+                .iter()
+                .filter(|(_, m)| m.image.as_deref() != Some(image) && !m.stopping)
+                .map(|(id, m)| (m.role == MemberRole::Master, m.pid, id.clone()))
+                .collect();
+            old.sort();
+            old.into_iter().map(|(_, _, id)| id).collect()
+        };
+        info!(%image, workers = old.len(), "rollout: replacing every worker not on the image");
+        let mut replaced = Vec::new();
+        let mut switched = None;
+        for id in old {
+            let is_master = self.state.lock().await.members.get(&id).is_some_and(|m| m.role == MemberRole::Master);
+            if is_master {
+                let to = replaced.last().cloned();
+                let done = self.switchover(to.as_deref()).await?;
+                info!(from = %done.from, to = %done.to, pause_ms = done.pause_ms, "rollout: master handed over");
+                switched = Some(done);
+            }
+            let new = self.replace_slave(&id).await.map_err(|e| Failed(format!("rollout: replacing {id}: {e:#}")))?;
+            replaced.push(new);
+        }
+        let done = RolledOut {
+            image: image.to_owned(),
+            replaced: replaced.len(),
+            switchover_pause_ms: switched.map(|s| s.pause_ms),
+            took_ms: t0.elapsed().as_millis() as u64,
+        };
+        info!(%image, replaced = done.replaced, took_ms = done.took_ms, "rollout done");
+        self.tel.events.emit(EventKind::RolledOut {
+            image: done.image.clone(),
+            replaced: done.replaced as u64,
+            took_ms: done.took_ms,
+        });
+        Ok(done)
+    }
+
+    /// One step of a rollout: start a slave (on the current image), wait
+    /// until it serves, then stop slave `old` gracefully and remove its
+    /// volume (its data is the master's). Returns the new slave's id.
+    async fn replace_slave(&self, old: &str) -> Result<String> {
+        let new = self.new_id();
+        {
+            let mut st = self.state.lock().await;
+            let member = self.start_worker(&new, false, MemberRole::Slave).await?;
+            info!(worker = %new, pid = member.pid, replacing = %old, "rollout: slave started");
+            self.tel.events.emit(EventKind::WorkerStarted {
+                worker: new.clone(),
+                pid: member.pid,
+                role: WorkerRole::Slave,
+            });
+            st.members.insert(new.clone(), member);
+            self.publish(&st);
+        }
+        let until = Instant::now() + timing::ROLLOUT_CATCH_UP;
+        loop {
+            let serving = self.zk.workers().await.is_ok_and(|r| r.get(&new).is_some_and(|r| r.role == Role::Slave));
+            if serving {
+                break;
+            }
+            if Instant::now() >= until {
+                bail!("the new slave {new} did not serve within {:?}", timing::ROLLOUT_CATCH_UP);
+            }
+            tokio::time::sleep(timing::CATCH_UP_POLL).await;
+        }
+        {
+            let mut st = self.state.lock().await;
+            match st.members.get_mut(old) {
+                Some(m) if m.role == MemberRole::Slave => m.stopping = true,
+                // Gone meanwhile (crashed, scaled in): nothing to stop.
+                _ => return Ok(new),
+            }
+            info!(worker = %old, "rollout: stopping the replaced slave gracefully");
+            self.publish(&st);
+        }
+        match self.runtime.stop(old, timing::SCALE_IN_GRACE).await {
+            Ok(()) => self.remove_volume(old, "replaced by a rollout: a copy of the master's data").await,
+            Err(e) => warn!(worker = %old, error = %e, "graceful stop failed"),
+        }
+        Ok(new)
+    }
+
     /// A switchover that cannot complete: the master record names the old
     /// master again, without the request, and it takes writes again.
     async fn call_off(&self, old: &str, epoch: u64, why: String) -> SwitchoverError {
@@ -1017,7 +1152,7 @@ impl Cluster {
     pub async fn scale_to(&self, n: usize) -> Option<(usize, usize)> {
         let mut st = self.state.lock().await;
         let before = st.slaves().count();
-        if st.paused() {
+        if st.paused() || self.rolling.load(std::sync::atomic::Ordering::SeqCst) {
             return None;
         }
         let mut to_stop = Vec::new();

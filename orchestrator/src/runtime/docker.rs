@@ -218,7 +218,7 @@ impl DockerRuntime {
             });
         }
         ContainerCreateBody {
-            image: Some(self.cfg.image.clone()),
+            image: Some(spec.image_or(&self.cfg.image).to_owned()),
             env: Some(env),
             labels: Some(labels),
             host_config: Some(HostConfig {
@@ -292,7 +292,7 @@ impl DockerRuntime {
             Err(e) if status_of(&e) == Some(404) => {
                 return Err(RuntimeError::Config(format!(
                     "worker image {:?} is not in the docker engine (no registry is used): build it with scripts/build-images.sh ({e})",
-                    self.cfg.image
+                    spec.image_or(&self.cfg.image)
                 )))
             }
             Err(e) => return Err(e),

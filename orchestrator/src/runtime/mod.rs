@@ -118,6 +118,16 @@ impl Default for RuntimeConfig {
 pub struct WorkerSpec {
     pub id: String,
     pub env: Vec<(String, String)>,
+    /// What to run instead of the configured worker (a rolling upgrade):
+    /// the image (Docker, Swarm) or the worker binary's path (process).
+    pub image: Option<String>,
+}
+
+impl WorkerSpec {
+    /// The image (or binary) this worker runs: its own, else `configured`.
+    pub fn image_or<'a>(&'a self, configured: &'a str) -> &'a str {
+        self.image.as_deref().unwrap_or(configured)
+    }
 }
 
 /// Where a worker's database lives inside its container (the volume's mount).

@@ -287,7 +287,11 @@ impl ProcessRuntime {
         // Absolute paths: the worker's cwd is its own directory, so a
         // relative data_dir or binary path would resolve wrongly there.
         let dir = fs::canonicalize(&dir).map_err(Self::io_err(id, "resolve data dir"))?;
-        let bin = absolute(&self.cfg.worker_bin).map_err(Self::io_err(id, "resolve worker binary"))?;
+        let bin = match &spec.image {
+            Some(bin) => absolute(std::path::Path::new(bin)),
+            None => absolute(&self.cfg.worker_bin),
+        }
+        .map_err(Self::io_err(id, "resolve worker binary"))?;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -363,12 +363,12 @@ impl SwarmRuntime {
             Some(TaskView::Ended { .. }) => delete_service(&self.docker, &name, id).await?,
             None => {}
         }
-        let image = match call("inspect image", id, self.docker.inspect_image(&self.cfg.image)).await {
-            Ok(img) => img.id.unwrap_or_else(|| self.cfg.image.clone()),
+        let wanted = spec.image_or(&self.cfg.image).to_owned();
+        let image = match call("inspect image", id, self.docker.inspect_image(&wanted)).await {
+            Ok(img) => img.id.unwrap_or_else(|| wanted.clone()),
             Err(e) if status_of(&e) == Some(404) => {
                 return Err(RuntimeError::Config(format!(
-                    "worker image {:?} is not in the docker engine (no registry is used): build it with scripts/build-images.sh and load it on every node",
-                    self.cfg.image
+                    "worker image {wanted:?} is not in the docker engine (no registry is used): build it with scripts/build-images.sh and load it on every node"
                 )))
             }
             Err(e) => return Err(e),
