@@ -148,15 +148,46 @@ async fn switchovers_under_load(runtime: WorkerRuntime, rounds: usize) {
 /// a second rollout to the same binary replaces nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollout_under_load_replaces_every_worker_and_fails_no_request() {
-    let opts = StackOptions { services: true, min_slaves: 2, ..Default::default() };
+    rollout_under_load(WorkerRuntime::Process).await;
+}
+
+/// The same with containers: the new version is another tag of the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_of_containers_fails_no_request() {
+    rollout_under_load(WorkerRuntime::Docker).await;
+}
+
+async fn rollout_under_load(runtime: WorkerRuntime) {
+    let opts = StackOptions { runtime, services: true, min_slaves: 2, ..Default::default() };
     let stack = Stack::start(opts).await.unwrap();
     let c = Stack::http();
     let before = settled(&stack, 2).await;
     let old_pids = stack.worker_pids().await.unwrap();
-    // The "new version": the worker binary under another path.
-    let next = stack.dir.join("worker-next");
-    std::fs::copy(systest::bin("worker"), &next).unwrap();
-    let next = next.canonicalize().unwrap();
+    // The "new version": the worker binary under another path, or the image
+    // under another tag (removed again at the end).
+    let next = match runtime {
+        WorkerRuntime::Docker => {
+            let tag = format!("rideshare-worker:rollout-{}", std::process::id());
+            let out =
+                std::process::Command::new("docker").args(["tag", "rideshare-worker:latest", &tag]).output().unwrap();
+            assert!(out.status.success(), "docker tag: {out:?}");
+            tag
+        }
+        _ => {
+            let next = stack.dir.join("worker-next");
+            std::fs::copy(systest::bin("worker"), &next).unwrap();
+            next.canonicalize().unwrap().display().to_string()
+        }
+    };
+    struct Untag(Option<String>);
+    impl Drop for Untag {
+        fn drop(&mut self) {
+            if let Some(tag) = &self.0 {
+                let _ = std::process::Command::new("docker").args(["rmi", tag]).output();
+            }
+        }
+    }
+    let _untag = Untag((runtime == WorkerRuntime::Docker).then(|| next.clone()));
 
     for body in
         [json!({}).to_string(), json!({"worker_image": ""}).to_string(), json!({"worker_image": "a b"}).to_string()]
@@ -169,7 +200,7 @@ async fn a_rollout_under_load_replaces_every_worker_and_fails_no_request() {
     add_user(&c, &stack.lb, &owner).await;
     let load = Load::start(&stack.lb, &owner, 4);
     wait_acked(&load.ledger, 100, "100 rides before the rollout").await;
-    let body = json!({"worker_image": next.display().to_string()}).to_string();
+    let body = json!({"worker_image": next}).to_string();
     let (status, done) = post(&stack, "/api/v1/rollout", &body).await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["replaced"], json!(3), "a master and two slaves: {done}");
@@ -182,9 +213,25 @@ async fn a_rollout_under_load_replaces_every_worker_and_fails_no_request() {
     assert!(after.master.as_ref().unwrap().epoch > before.master.as_ref().unwrap().epoch, "the master was handed over");
     let pids = stack.worker_pids().await.unwrap();
     assert!(pids.iter().all(|p| !old_pids.contains(p)), "every worker replaced: {old_pids:?} -> {pids:?}");
-    for pid in &pids {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-        assert_eq!(exe, next, "worker {pid} runs the new binary");
+    if runtime == WorkerRuntime::Docker {
+        let images: Vec<String> = systest::worker_containers(&stack.name)
+            .await
+            .unwrap()
+            .iter()
+            .map(|w| {
+                let out = std::process::Command::new("docker")
+                    .args(["inspect", "-f", "{{.Config.Image}}", &w.id])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            })
+            .collect();
+        assert!(images.len() == 3 && images.iter().all(|i| *i == next), "every container on {next}: {images:?}");
+    } else {
+        for pid in &pids {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            assert_eq!(exe.display().to_string(), next, "worker {pid} runs the new binary");
+        }
     }
     let s = stack.status().await.unwrap();
     assert!(
@@ -197,7 +244,7 @@ async fn a_rollout_under_load_replaces_every_worker_and_fails_no_request() {
     assert_eq!((status, &again["replaced"]), (200, &json!(0)), "{again}");
     assert_eq!(stack.worker_pids().await.unwrap(), pids, "nothing replaced the second time");
     eprintln!(
-        "[rollout] 3 workers replaced in {} ms under 4 writers and a reader: {} writes acknowledged, {} reads, 0 failed; switchover pause {} ms",
+        "[rollout] {runtime:?}: 3 workers replaced in {} ms under 4 writers and a reader: {} writes acknowledged, {} reads, 0 failed; switchover pause {} ms",
         done["took_ms"], audit.acked, reads, done["switchover_pause_ms"]
     );
 }
