@@ -14,17 +14,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use archive::SnapshotMeta;
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection};
+use lapin::Connection;
 use tasks::CancellationToken;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 use wire::broker::Nodes;
-use wire::queues::SNAPSHOT_Q;
-use wire::{SnapshotFrame, SnapshotHeader};
-use worker::snapshot::{Assembler, Stage};
+use wire::SnapshotHeader;
 
 use crate::state::{self, State};
 use crate::timing;
@@ -179,102 +174,22 @@ async fn take_inner(s: &Snapshotter) -> Result<SnapshotMeta> {
 }
 
 /// Ask on `snapshotQ` until a whole copy arrives (a few attempts: no master
-/// may answer during a failover).
+/// may answer during a failover), as a new slave asks (`worker::slave::fetch_once`).
 async fn fetch(conn: &Connection, staged: &Path) -> Result<(PathBuf, SnapshotHeader)> {
+    use worker::slave::{Received, Retry};
     let mut last = String::new();
     for attempt in 1..=5u32 {
-        match fetch_once(conn, attempt, staged).await? {
-            Ok(got) => return Ok(got),
-            Err(why) => {
-                warn!(attempt, "snapshot attempt ended: {why}");
-                last = why;
-                tokio::time::sleep(worker::timing::SNAPSHOT_RETRY_PAUSE).await;
-            }
-        }
+        let requester = format!("archiver-{}-{:x}", std::process::id(), rand::random::<u32>());
+        let why = match worker::slave::fetch_once(conn, &requester, attempt, staged, None).await? {
+            Ok(Received::File(path, header)) => return Ok((path, header)),
+            // Asked without a copy of its own: never the answer.
+            Ok(Received::Current { .. }) => "\"your copy is current\" to a request without one".to_owned(),
+            Err(Retry::NoAnswer) => "no master took the request in time".to_owned(),
+            Err(Retry::Aborted(why)) => why,
+        };
+        warn!(attempt, "snapshot attempt ended: {why}");
+        last = why;
+        tokio::time::sleep(worker::timing::SNAPSHOT_RETRY_PAUSE).await;
     }
     bail!("no whole snapshot in 5 attempts (last: {last})")
-}
-
-/// One request with a reply queue of its own; `Err` a broker failure, `Ok(Err)` a retry.
-async fn fetch_once(
-    conn: &Connection,
-    attempt: u32,
-    staged: &Path,
-) -> Result<Result<(PathBuf, SnapshotHeader), String>> {
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(worker::snapshot::PREFETCH, BasicQosOptions::default()).await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut replies = ch
-        .basic_consume(
-            q.name().clone(),
-            format!("archiver-snapshot-{attempt}").into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let correlation = format!("archiver-{}-{attempt}-{:x}", std::process::id(), rand::random::<u32>());
-    let props =
-        BasicProperties::default().with_reply_to(q.name().clone()).with_correlation_id(correlation.as_str().into());
-    ch.basic_publish("".into(), SNAPSHOT_Q.into(), BasicPublishOptions::default(), b"archiver", props).await?;
-    let mut stage = Stage::Requested;
-    let mut file: Option<Assembler> = None;
-    let result = loop {
-        let d = match tokio::time::timeout(stage.wait(), replies.next()).await {
-            Err(_) => break Ok(Err(format!("nothing came for {:?} while {stage:?}", stage.wait()))),
-            Ok(None) => break Err(anyhow!("snapshot reply queue closed")),
-            Ok(Some(d)) => d?,
-        };
-        if d.properties.correlation_id().as_ref().map(|c| c.as_str()) != Some(correlation.as_str()) {
-            break Ok(Err("a message for another request".into()));
-        }
-        let (frame, payload_len) = match SnapshotFrame::decode(&d.data) {
-            Ok((f, p)) => (f, p.len()),
-            Err(e) => break Ok(Err(e)),
-        };
-        stage = match stage.after(&frame) {
-            Ok(s) => s,
-            Err(why) => break Ok(Err(why)),
-        };
-        match frame {
-            SnapshotFrame::Header(header) => {
-                let path = staged.to_owned();
-                match tokio::task::spawn_blocking(move || Assembler::create(path, header)).await? {
-                    Ok(a) => file = Some(a),
-                    Err(e) => break Ok(Err(e.to_string())),
-                }
-            }
-            SnapshotFrame::Chunk { index } => {
-                let mut a = file.take().expect("a chunk comes only after the header");
-                let data = d.data;
-                let (a, pushed) = tokio::task::spawn_blocking(move || {
-                    let r = a.push(index, &data[data.len() - payload_len..]);
-                    (a, r)
-                })
-                .await?;
-                if let Err(e) = pushed {
-                    break Ok(Err(e.to_string()));
-                }
-                file = Some(a);
-            }
-            // Asked without a copy of its own: never sent to the archiver.
-            SnapshotFrame::Current { .. } => break Ok(Err("\"your copy is current\" to a request without one".into())),
-            SnapshotFrame::Started | SnapshotFrame::Failed { .. } => {}
-        }
-        d.acker.ack(BasicAckOptions::default()).await?;
-        if let Some(a) = file.take_if(|a| a.is_complete()) {
-            let header = a.header().clone();
-            break match tokio::task::spawn_blocking(move || a.finish()).await? {
-                Ok(path) => Ok(Ok((path, header))),
-                Err(e) => Ok(Err(e.to_string())),
-            };
-        }
-    };
-    let _ = tokio::time::timeout(timing::CLOSE_WAIT, ch.close(200, "snapshot attempt over".into())).await;
-    result
 }

@@ -205,7 +205,7 @@ pub async fn run(conn: &Connection, ctx: &NodeCtx, own: OwnCopy, stop: Cancellat
 /// answers (it may be starting, or a failover may be under way) and after a
 /// stream that broke off or did not check out (one line says why).
 /// What a snapshot request brought.
-enum Received {
+pub enum Received {
     /// A whole file, staged beside the database.
     File(PathBuf, SnapshotHeader),
     /// The worker's own copy is the master's (see `SnapshotFrame::Current`).
@@ -229,7 +229,7 @@ async fn fetch_snapshot(conn: &Connection, id: &str, db: &std::path::Path, own: 
 }
 
 /// Why a snapshot attempt ended without a file.
-enum Retry {
+pub enum Retry {
     /// No master took the request in time.
     NoAnswer,
     Aborted(String),
@@ -238,7 +238,10 @@ enum Retry {
 /// One snapshot request on a reply queue of its own (exclusive, deleted with
 /// its channel, so a master still streaming to an abandoned attempt gets its
 /// messages back and stops). `Err` is a broker failure; `Ok(Err)` a retry.
-async fn fetch_once(
+/// `id` names the requester (a worker, or the archiver) and must be unique
+/// among those asking at the same time: it makes the correlation id.
+/// The archiver's base snapshots come this way too.
+pub async fn fetch_once(
     conn: &Connection,
     id: &str,
     attempt: u32,
