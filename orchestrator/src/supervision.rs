@@ -98,10 +98,15 @@ pub async fn run(
         loops.spawn("replacement slaves", |t| cluster.clone().replenish_loop(t));
         loops.spawn("reconcile", |t| cluster.clone().reconcile_loop(t));
         loops.spawn("autoscaler", |t| autoscale::run(reads.clone(), cluster.clone(), cfg.scale, tel.clone(), t));
+        let superseded = cluster.superseded();
         sup.set(Some(cluster));
         let failed = tokio::select! {
             exit = loops.next_exit() => Some(exit),
             _ = leadership_lost(&mut role) => None,
+            // Another orchestrator wrote the master record: what this term
+            // knew is stale. It ends; if this one still leads, the next term
+            // adopts the cluster afresh.
+            _ = superseded.cancelled() => None,
             _ = stop.cancelled() => None,
         };
         sup.set(None);

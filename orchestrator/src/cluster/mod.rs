@@ -192,6 +192,9 @@ pub struct Cluster {
     image: std::sync::Mutex<Option<String>>,
     /// A rollout is under way: the autoscaler holds, a second one is refused.
     rolling: std::sync::atomic::AtomicBool,
+    /// Cancelled when a write of the master record found another
+    /// orchestrator's there: this term acts no more (supervision ends it).
+    superseded: CancellationToken,
 }
 
 impl Cluster {
@@ -217,6 +220,7 @@ impl Cluster {
             replenish: tokio::sync::Notify::new(),
             image: std::sync::Mutex::new(None),
             rolling: std::sync::atomic::AtomicBool::new(false),
+            superseded: CancellationToken::new(),
         });
         cluster.adopt_or_bootstrap().await?;
         Ok(cluster)
@@ -235,6 +239,9 @@ impl Cluster {
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
+                // Another leader wrote the master record: nothing to retry
+                // (`write_master` ended this term).
+                Err(e @ zk::ZkError::Superseded) => return Err(anyhow!("{what}: {e}")),
                 Err(e) if Instant::now() < deadline => {
                     warn!(error = %e, "{what}: retrying");
                     tokio::time::sleep(timing::ZK_RETRY_EVERY).await;
@@ -310,7 +317,7 @@ impl Cluster {
         if let Some(r) = record.as_ref().filter(|r| r.handover_to.is_some()) {
             warn!(master = %r.id, to = ?r.handover_to, "a switchover left unfinished: called off");
             let again = MasterRecord::named(r.id.clone(), r.epoch);
-            self.zk_retry("resetting the master record", || self.zk.set_master(&again)).await?;
+            self.zk_retry("resetting the master record", || self.write_master(&again)).await?;
             record = Some(again);
         }
         let maintenance = self.zk_retry("reading the maintenance record", || self.zk.maintenance()).await?;
@@ -366,7 +373,7 @@ impl Cluster {
         st.epoch += 1;
         let id = self.new_id();
         let rec = MasterRecord::named(id.clone(), st.epoch);
-        self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
+        self.zk_retry("writing the master record", || self.write_master(&rec)).await?;
         self.rpc.set_min_epoch(st.epoch);
         let member = self.start_worker(&id, true, MemberRole::Master).await?;
         let pid = member.pid;
@@ -459,7 +466,7 @@ impl Cluster {
         };
         st.epoch += 1;
         let rec = MasterRecord::named(id.clone(), st.epoch);
-        self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
+        self.zk_retry("writing the master record", || self.write_master(&rec)).await?;
         self.rpc.set_min_epoch(st.epoch);
         if let Some(m) = st.members.get_mut(&id) {
             m.role = MemberRole::Master;
@@ -494,7 +501,7 @@ impl Cluster {
             None => "recovering: looking for the newest copy on the workers' volumes".to_owned(),
         };
         let looking = MasterRecord::none(st.epoch, why_none.clone());
-        self.zk_retry("writing the master record", || self.zk.set_master(&looking)).await?;
+        self.zk_retry("writing the master record", || self.write_master(&looking)).await?;
         self.rpc.set_min_epoch(st.epoch);
         self.rpc.no_master.set(st.epoch, Some(why_none));
         let committed = self.zk_retry("reading the committed record", || self.zk.committed()).await?;
@@ -581,7 +588,7 @@ impl Cluster {
                 };
                 let changed = st.missing.as_ref().is_none_or(|(m, _)| *m != why);
                 let rec = MasterRecord::none(st.epoch, why.clone());
-                self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
+                self.zk_retry("writing the master record", || self.write_master(&rec)).await?;
                 self.rpc.no_master.set(st.epoch, Some(why.clone()));
                 st.missing = Some((why.clone(), Instant::now()));
                 self.publish(st);
@@ -663,7 +670,7 @@ impl Cluster {
         st.epoch += 1;
         let why = format!("restoring from the continuous backup to {target}");
         let rec = MasterRecord::none(st.epoch, why.clone());
-        self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await.map_err(failed)?;
+        self.zk_retry("writing the master record", || self.write_master(&rec)).await.map_err(failed)?;
         self.rpc.set_min_epoch(st.epoch);
         self.rpc.no_master.set(st.epoch, Some(why));
         for id in st.members.keys().cloned().collect::<Vec<_>>() {
@@ -681,7 +688,7 @@ impl Cluster {
         let Some(copy) = restored.copy.filter(|c| c.intact) else {
             let why = "restore failed: the worker built no intact copy from the backup (see its log)".to_owned();
             let rec = MasterRecord::none(st.epoch, why.clone());
-            let _ = self.zk.set_master(&rec).await;
+            let _ = self.write_master(&rec).await;
             st.missing = Some((why.clone(), Instant::now()));
             self.publish(&st);
             return Err(RecoverError::Failed(why));
@@ -698,7 +705,7 @@ impl Cluster {
         // data path stops answering "no master" the moment it is raised.
         st.epoch += 1;
         let rec = MasterRecord::named(id, st.epoch);
-        self.zk_retry("writing the master record", || self.zk.set_master(&rec)).await?;
+        self.zk_retry("writing the master record", || self.write_master(&rec)).await?;
         self.rpc.set_min_epoch(st.epoch);
         if let Some(m) = st.members.get_mut(id) {
             m.role = MemberRole::Master;
@@ -914,7 +921,7 @@ impl Cluster {
         let t0 = Instant::now();
         info!(from = %old, to = %new, epoch, "switchover: the master stops taking writes");
         let ask = MasterRecord::handing_over(old.clone(), epoch, new.clone());
-        self.zk.set_master(&ask).await.map_err(|e| Failed(format!("writing the master record: {e}")))?;
+        self.write_master(&ask).await.map_err(|e| Failed(format!("writing the master record: {e}")))?;
         let seq = loop {
             let step = match self.zk.workers().await {
                 Ok(reg) => decide::handover(reg.get(&old), reg.get(&new)),
@@ -932,7 +939,7 @@ impl Cluster {
         };
         st.epoch += 1;
         let rec = MasterRecord::named(new.clone(), st.epoch);
-        self.zk_retry("writing the master record", || self.zk.set_master(&rec))
+        self.zk_retry("writing the master record", || self.write_master(&rec))
             .await
             .map_err(|e| Failed(format!("{e:#}")))?;
         self.rpc.set_min_epoch(st.epoch);
@@ -1093,12 +1100,29 @@ impl Cluster {
         Ok(new)
     }
 
+    /// Write the master record (compare-and-set, `Zk::set_master`); finding
+    /// another orchestrator's record there ends this term.
+    async fn write_master(&self, rec: &MasterRecord) -> Result<(), zk::ZkError> {
+        let r = self.zk.set_master(rec).await;
+        if matches!(r, Err(zk::ZkError::Superseded)) && !self.superseded.is_cancelled() {
+            error!(record = ?rec, "the master record was changed by another orchestrator: ending this term, writing nothing");
+            self.superseded.cancel();
+        }
+        r
+    }
+
+    /// Cancelled once another orchestrator's master record was found where
+    /// this one expected its own (see `Zk::set_master`).
+    pub fn superseded(&self) -> CancellationToken {
+        self.superseded.clone()
+    }
+
     /// A switchover that cannot complete: the master record names the old
     /// master again, without the request, and it takes writes again.
     async fn call_off(&self, old: &str, epoch: u64, why: String) -> SwitchoverError {
         warn!(master = %old, why, "switchover called off: the master takes writes again");
         let rec = MasterRecord::named(old, epoch);
-        match self.zk_retry("resetting the master record", || self.zk.set_master(&rec)).await {
+        match self.zk_retry("resetting the master record", || self.write_master(&rec)).await {
             Ok(()) => SwitchoverError::Failed(format!("switchover called off: {why}")),
             Err(e) => SwitchoverError::Failed(format!("switchover called off ({why}); the master record: {e:#}")),
         }

@@ -27,6 +27,10 @@ pub struct Zk {
     /// The session state as last observed, and whether it was ever connected.
     connected: AtomicBool,
     ever_connected: AtomicBool,
+    /// The version of `<root>/master` as this orchestrator last read or
+    /// wrote it (None: absent when read). Every write of the master record
+    /// is conditional on it: see [`Zk::set_master`].
+    master_version: std::sync::Mutex<Option<i32>>,
 }
 
 use crate::timing::{ZK_CALL_TIMEOUT as CALL_TIMEOUT, ZK_CONNECT_TIMEOUT};
@@ -37,6 +41,11 @@ pub enum ZkError {
     Zk(#[from] zk::Error),
     #[error("zookeeper did not answer within {0:?}")]
     Timeout(Duration),
+    /// The master record is not the one this orchestrator last read or wrote:
+    /// another leader wrote it meanwhile (this one was paused or cut off).
+    /// Nothing was written; this orchestrator must not act on what it knew.
+    #[error("the master record was changed by another orchestrator: this one no longer supervises")]
+    Superseded,
 }
 
 impl Zk {
@@ -49,6 +58,7 @@ impl Zk {
             tel,
             connected: AtomicBool::new(false),
             ever_connected: AtomicBool::new(false),
+            master_version: std::sync::Mutex::new(None),
         }
     }
 
@@ -107,11 +117,19 @@ impl Zk {
         ok
     }
 
+    /// `<root>/master`, remembering its version for the next
+    /// [`set_master`](Self::set_master).
     pub async fn master(&self) -> Result<Option<MasterRecord>, ZkError> {
         let c = self.client().await?;
         match self.bounded(c.get_data(&master_path(&self.root))).await {
-            Ok((data, _)) => Ok(serde_json::from_slice(&data).ok()),
-            Err(ZkError::Zk(zk::Error::NoNode)) => Ok(None),
+            Ok((data, stat)) => {
+                *self.master_version.lock().expect("version lock") = Some(stat.version);
+                Ok(serde_json::from_slice(&data).ok())
+            }
+            Err(ZkError::Zk(zk::Error::NoNode)) => {
+                *self.master_version.lock().expect("version lock") = None;
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -144,8 +162,37 @@ impl Zk {
         self.write_json(&maintenance_path(&self.root), rec).await
     }
 
+    /// Write `<root>/master` only if it is still the version this
+    /// orchestrator last read or wrote (compare-and-set, as Patroni's
+    /// ZooKeeper DCS does): a leader that was paused while another took over
+    /// and wrote the record gets [`ZkError::Superseded`] and writes nothing.
+    /// A retry after a write whose answer was lost finds its own data there
+    /// and takes it as written.
     pub async fn set_master(&self, rec: &MasterRecord) -> Result<(), ZkError> {
-        self.write_json(&master_path(&self.root), rec).await
+        let c = self.client().await?;
+        let path = master_path(&self.root);
+        let data = serde_json::to_vec(rec).expect("record serializes");
+        let expected = *self.master_version.lock().expect("version lock");
+        let written = match expected {
+            Some(v) => self.bounded(c.set_data(&path, &data, Some(v))).await.map(|stat| stat.version),
+            None => {
+                let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                self.bounded(c.create(&path, &data, &opts)).await.map(|(stat, _)| stat.version)
+            }
+        };
+        let version = match written {
+            Ok(v) => v,
+            Err(ZkError::Zk(zk::Error::BadVersion | zk::Error::NodeExists | zk::Error::NoNode)) => {
+                match self.bounded(c.get_data(&path)).await {
+                    Ok((now, stat)) if now == data => stat.version,
+                    Ok(_) | Err(ZkError::Zk(zk::Error::NoNode)) => return Err(ZkError::Superseded),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        *self.master_version.lock().expect("version lock") = Some(version);
+        Ok(())
     }
 
     /// Set a persistent znode's data, creating it when missing.
