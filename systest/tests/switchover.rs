@@ -57,9 +57,24 @@ async fn switchovers_of_containers_fail_no_request() {
     switchovers_under_load(WorkerRuntime::Docker, 4).await;
 }
 
+/// The same on the redundant topology: a 3-node RabbitMQ cluster with quorum
+/// queues, a 3-server ZooKeeper ensemble, two orchestrators (strong reads
+/// take their floor from the master), two instances of each service.
+#[tokio::test(flavor = "multi_thread")]
+async fn switchovers_on_the_redundant_topology_fail_no_request() {
+    let opts = StackOptions { ha: true, orchestrators: 2, service_instances: 2, ..Default::default() };
+    switchovers_with(opts, 3).await;
+}
+
 /// `rounds` switchovers (at least 2) under 4 writers and a reader through the LB.
 async fn switchovers_under_load(runtime: WorkerRuntime, rounds: usize) {
-    let opts = StackOptions { runtime, services: true, min_slaves: 2, ..Default::default() };
+    switchovers_with(StackOptions { runtime, ..Default::default() }, rounds).await;
+}
+
+async fn switchovers_with(opts: StackOptions, rounds: usize) {
+    let runtime = opts.runtime;
+    let topology = if opts.ha { "redundant" } else { "single node" };
+    let opts = StackOptions { services: true, min_slaves: 2, ..opts };
     let stack = Stack::start(opts).await.unwrap();
     let c = Stack::http();
     let before = settled(&stack, 2).await;
@@ -134,7 +149,7 @@ async fn switchovers_under_load(runtime: WorkerRuntime, rounds: usize) {
     assert!(kept >= rounds, "old masters that kept their copy: {kept} of {rounds}");
     pauses.sort_unstable();
     eprintln!(
-        "[switchover] {runtime:?}: {rounds} under 4 writers and a reader: {} writes acknowledged, {} reads, 0 failed; write pause ms p50 {} max {} ({pauses:?})",
+        "[switchover] {runtime:?}, {topology}: {rounds} under 4 writers and a reader: {} writes acknowledged, {} reads, 0 failed; write pause ms p50 {} max {} ({pauses:?})",
         audit.acked,
         reads,
         pauses[pauses.len() / 2],
