@@ -675,6 +675,20 @@ pub struct LiveWorker {
 }
 
 impl Stack {
+    /// Every running worker's log: the process runtime's `worker.log` files
+    /// (of workers gone too), each worker container's output for Docker.
+    pub async fn worker_logs(&self) -> Result<Vec<String>> {
+        if self.runtime == WorkerRuntime::Docker {
+            let mut logs = Vec::new();
+            for w in worker_containers(&self.name).await? {
+                logs.push(container_logs(&w.id).await?);
+            }
+            return Ok(logs);
+        }
+        let dirs = std::fs::read_dir(self.dir.join("workers")).context("the workers' folder")?;
+        Ok(dirs.flatten().filter_map(|d| std::fs::read_to_string(d.path().join("worker.log")).ok()).collect())
+    }
+
     /// The live workers, found without the orchestrator: from /proc for the
     /// process runtime (`db` is the live file); for Docker from the engine,
     /// with each container's `/data` copied out so its SQLite file can be opened.
@@ -776,23 +790,34 @@ async fn cluster_container_ids(d: &Docker, cluster: &str, all: bool) -> Result<V
 /// Force-remove every container of a cluster (running or not).
 pub async fn remove_cluster_containers(cluster: &str) -> Result<()> {
     let d = docker()?;
-    for cid in cluster_container_ids(&d, cluster, true).await? {
-        let opts = RemoveContainerOptionsBuilder::new().force(true).build();
-        match d.remove_container(&cid, Some(opts)).await {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e).with_context(|| format!("docker: remove {cid}")),
+    // A container the engine is still removing holds its volume a moment
+    // longer: both are tried again until none is left (bounded).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for cid in cluster_container_ids(&d, cluster, true).await? {
+            let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+            match d.remove_container(&cid, Some(opts)).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(_) if Instant::now() < deadline => {}
+                Err(e) => return Err(e).with_context(|| format!("docker: remove {cid}")),
+            }
         }
-    }
-    // And the workers' volumes, which outlive their containers by design.
-    for name in cluster_volumes(cluster).await? {
-        match d.remove_volume(&name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e).with_context(|| format!("docker: remove volume {name}")),
+        // And the workers' volumes, which outlive their containers by design.
+        let mut left = 0;
+        for name in cluster_volumes(cluster).await? {
+            match d.remove_volume(&name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(_) if Instant::now() < deadline => left += 1,
+                Err(e) => return Err(e).with_context(|| format!("docker: remove volume {name}")),
+            }
         }
+        if left == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
 }
 
 /// The names of the worker volumes labelled with `cluster`.

@@ -62,23 +62,6 @@ async fn take_down(stack: &mut Stack) {
     }
 }
 
-/// The text of every worker.log under `dir` (the process runtime's workers).
-fn worker_logs(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.file_name().is_some_and(|n| n == "worker.log") {
-                out.extend(std::fs::read_to_string(&p).ok());
-            }
-        }
-    }
-    out
-}
-
 async fn status(c: &Client, stack: &Stack) -> Value {
     must(c, Method::GET, &stack.url("/api/v1/status"), None).await.json()
 }
@@ -117,7 +100,8 @@ async fn cold_start_keeps_every_acknowledged_write(runtime: WorkerRuntime) {
     if runtime == WorkerRuntime::Process {
         // A slave whose copy ends at the recovered master's last change keeps
         // it (no snapshot of the whole database): its log says so.
-        let kept = worker_logs(&stack.dir).iter().filter(|l| l.contains("no snapshot taken")).count();
+        let logs = stack.worker_logs().await.unwrap();
+        let kept = logs.iter().filter(|l| l.contains("no snapshot taken")).count();
         assert!(kept >= 1, "no slave kept its own copy at the cold start");
     }
     let users = must(&c, Method::GET, &format!("{}/api/v1/users?username={owner}", stack.lb), None).await;

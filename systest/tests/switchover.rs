@@ -131,20 +131,7 @@ async fn switchovers_with(opts: StackOptions, rounds: usize) {
     let told = s.events.iter().filter(|e| matches!(e.what, EventKind::Switchover { .. })).count();
     assert_eq!(told, rounds, "each switchover is an event");
     // No old master took a snapshot: each kept its copy (its log says so).
-    let logs: Vec<String> = match runtime {
-        WorkerRuntime::Docker => {
-            let mut logs = Vec::new();
-            for w in systest::worker_containers(&stack.name).await.unwrap() {
-                logs.push(systest::container_logs(&w.id).await.unwrap());
-            }
-            logs
-        }
-        _ => std::fs::read_dir(stack.dir.join("workers"))
-            .unwrap()
-            .flatten()
-            .filter_map(|d| std::fs::read_to_string(d.path().join("worker.log")).ok())
-            .collect(),
-    };
+    let logs = stack.worker_logs().await.unwrap();
     let kept = logs.iter().map(|log| log.matches("no snapshot taken").count()).sum::<usize>();
     assert!(kept >= rounds, "old masters that kept their copy: {kept} of {rounds}");
     pauses.sort_unstable();

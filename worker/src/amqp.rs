@@ -8,6 +8,17 @@ use lapin::{BasicProperties, Channel, Connection};
 use wire::broker::Nodes;
 use wire::Reply;
 
+/// Worker `id`'s own queue on the `syncQ` fanout, declared and bound: from
+/// here on it receives every change the master publishes. Its name.
+pub async fn bind_sync_queue(ch: &Channel, id: &str, kind: wire::broker::QueueType) -> lapin::Result<String> {
+    use lapin::options::QueueBindOptions;
+    let queue = wire::queues::sync_queue_for(id);
+    declare_sync_queue(ch, &queue, kind).await?;
+    let (x, opts) = (wire::queues::SYNC_X.into(), QueueBindOptions::default());
+    ch.queue_bind(queue.as_str().into(), x, "".into(), opts, lapin::types::FieldTable::default()).await?;
+    Ok(queue)
+}
+
 /// A connection to the first node that answers, starting after the node of
 /// the connection lost last; and that node (for the log).
 pub async fn connect(nodes: &Nodes, name: &str) -> lapin::Result<(Connection, String)> {

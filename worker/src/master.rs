@@ -20,7 +20,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueBindOptions, QueueDeleteOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
@@ -144,10 +144,7 @@ pub async fn run(
                         // This worker's own sync queue first: bound before the
                         // new master can be named, it holds every change after
                         // this one's last, for the slave this worker turns into.
-                        let queue = sync_queue_for(&ctx.cfg.worker_id);
-                        crate::amqp::declare_sync_queue(&sync_ch, &queue, ctx.cfg.amqp_queue_type).await?;
-                        let (x, opts) = (SYNC_X.into(), QueueBindOptions::default());
-                        sync_ch.queue_bind(queue.as_str().into(), x, "".into(), opts, FieldTable::default()).await?;
+                        crate::amqp::bind_sync_queue(&sync_ch, &ctx.cfg.worker_id, ctx.cfg.amqp_queue_type).await?;
                         // Between batches: every write taken is answered. The
                         // channel's close sends those prefetched back to writeQ.
                         let (ch, consumer) = writes.take().expect("taking writes");

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 use wire::coord::Role;
-use wire::queues::{sync_queue_for, READ_Q, SNAPSHOT_Q, SYNC_X};
+use wire::queues::{READ_Q, SNAPSHOT_Q};
 use wire::{Change, SnapshotFrame, SnapshotHeader, SyncMsg};
 
 use crate::node::NodeCtx;
@@ -58,6 +58,16 @@ pub enum OwnCopy {
     HandedOver(Position),
 }
 
+impl OwnCopy {
+    /// The position to offer the master in a snapshot request.
+    fn offer(self) -> Option<Position> {
+        match self {
+            OwnCopy::Offer(p) => Some(p),
+            OwnCopy::Nothing | OwnCopy::HandedOver(_) => None,
+        }
+    }
+}
+
 /// Markers this slave put on its own sync queue, waiting to be reached.
 type Markers = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
@@ -70,11 +80,7 @@ pub async fn run(conn: &Connection, ctx: &NodeCtx, own: OwnCopy, stop: Cancellat
     // 1. Our own queue on the syncQ fanout, bound before the snapshot is taken.
     let sync_ch = conn.create_channel().await?;
     sync_ch.basic_qos(2000, BasicQosOptions::default()).await?;
-    let queue = sync_queue_for(&id);
-    crate::amqp::declare_sync_queue(&sync_ch, &queue, ctx.cfg.amqp_queue_type).await?;
-    sync_ch
-        .queue_bind(queue.as_str().into(), SYNC_X.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
-        .await?;
+    let queue = crate::amqp::bind_sync_queue(&sync_ch, &id, ctx.cfg.amqp_queue_type).await?;
     let changes = sync_ch
         .basic_consume(
             queue.as_str().into(),
@@ -90,16 +96,10 @@ pub async fn run(conn: &Connection, ctx: &NodeCtx, own: OwnCopy, stop: Cancellat
             let epoch = ctx.zk.master.borrow().as_ref().map_or(pos.epoch, |r| r.epoch);
             Received::Current { seq: pos.seq, copy_epoch: pos.epoch, epoch }
         }
-        OwnCopy::Offer(_) | OwnCopy::Nothing => {
-            let offer = match own {
-                OwnCopy::Offer(p) => Some(p),
-                _ => None,
-            };
-            tokio::select! {
-                r = fetch_snapshot(conn, &id, &ctx.cfg.db_path, offer) => r?,
-                _ = stop.cancelled() => return Ok(SlaveExit::Stopped),
-            }
-        }
+        OwnCopy::Offer(_) | OwnCopy::Nothing => tokio::select! {
+            r = fetch_snapshot(conn, &id, &ctx.cfg.db_path, own.offer()) => r?,
+            _ = stop.cancelled() => return Ok(SlaveExit::Stopped),
+        },
     };
     let path = ctx.cfg.db_path.clone();
     let (db, pos, epoch) = match received {
