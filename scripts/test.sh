@@ -36,14 +36,6 @@ stop_ours() {
   scripts/s3.sh down || true
   had 5672 || scripts/infra.sh down || true
   had 5781 || scripts/ha.sh down || true
-  # A test cluster's volume (rttest-*, t<pid>x*) that a test's cleanup raced
-  # (a worker started as its guard removed the others): named and removed.
-  if command -v docker >/dev/null; then
-    for v in $(docker volume ls -q --filter label=rideshare.cluster 2>/dev/null | grep -E '^(rttest-|t[0-9]+x)' || true); do
-      log "removing a test cluster's leftover volume $v"
-      docker volume rm -f "$v" >/dev/null || true
-    done
-  fi
 }
 trap 'stop_ours; rm -f "$BEFORE"' EXIT
 
