@@ -423,6 +423,11 @@ async fn the_system_on_a_swarm() {
     assert!(!run(Command::new("docker").args(["network", "inspect", &format!("{cluster}-net")])).status.success());
     if state_before == "inactive" {
         assert_eq!(swarm_state(), "inactive", "swarm.sh created the swarm, so it leaves it");
+        // The engine detaches the network from the left swarm a moment later.
+        let _ = poll("docker_gwbridge back to what it was", Duration::from_secs(30), || async {
+            (gwbridge() == gwbridge_before).then_some(())
+        })
+        .await;
         assert_eq!(gwbridge(), gwbridge_before, "docker_gwbridge (made by swarm init) removed unless it was there");
     } else {
         assert_eq!(swarm_state(), state_before, "a swarm that was there stays");
