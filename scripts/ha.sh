@@ -22,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-HA=${HA_DIR:-$ROOT/var/ha}
+HA=$(realpath -m "${HA_DIR:-$ROOT/var/ha}")
 AMQP_BASE=${HA_AMQP_BASE:-5780}
 ZK_BASE=${HA_ZK_BASE:-2280}
 DEADLINE_SECS=${INFRA_DEADLINE_SECS:-120}
@@ -77,7 +77,8 @@ CONF
   echo "[]." > "$d/enabled_plugins"
   log "starting rabbitmq node $n ($(node_name "$n"), 127.0.0.1:$(amqp_port "$n"))"
   # 9>&-: the daemon must not inherit (and so hold) this script's lock.
-  ( rmq_env "$n"; setsid nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$d/log/console.log" 2>&1 9>&- & )
+  # From its own folder: the Erlang VM writes crash dumps (MnesiaCore.*) to its working directory.
+  ( rmq_env "$n"; cd "$d"; setsid nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$d/log/console.log" 2>&1 9>&- & )
 }
 
 rabbit_await() { # N

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-VAR=${VAR_DIR:-$ROOT/var}
+VAR=$(realpath -m "${VAR_DIR:-$ROOT/var}")
 AMQP_PORT=${AMQP_PORT:-5672}
 ZK_PORT=${ZK_PORT:-2181}
 RMQ_DIR=$VAR/rabbitmq
@@ -80,7 +80,8 @@ CONF
   echo "[]." > "$RMQ_DIR/enabled_plugins"
   log "starting rabbitmq on 127.0.0.1:$AMQP_PORT"
   # 9>&-: the daemon must not inherit (and so hold) this script's lock.
-  ( rmq_env; setsid nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$RMQ_DIR/log/console.log" 2>&1 9>&- & )
+  # From its own folder: the Erlang VM writes crash dumps (MnesiaCore.*) to its working directory.
+  ( rmq_env; cd "$RMQ_DIR"; setsid nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$RMQ_DIR/log/console.log" 2>&1 9>&- & )
   local end=$((SECONDS + DEADLINE_SECS))
   until port_open "$AMQP_PORT" && rmqctl await_startup --timeout 5 >/dev/null 2>&1; do
     [ $SECONDS -lt $end ] || { tail -20 "$RMQ_DIR/log/console.log" >&2; die "rabbitmq did not start within ${DEADLINE_SECS}s"; }

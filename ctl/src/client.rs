@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
 use serde::de::DeserializeOwned;
-use wire::status::{ClusterStatus, MaintenanceStatus};
+use wire::status::{ClusterStatus, MaintenanceStatus, SettingsView};
 
 /// The header of a crash answer while the cluster is paused (what does not follow).
 const MAINTENANCE_HEADER: &str = "rideshare-maintenance";
@@ -136,6 +136,21 @@ impl Orchestrator {
         // A restore takes as long as the download: no short deadline.
         let req = self.http.post(self.url("/api/v1/restore")).json(&body).timeout(std::time::Duration::from_secs(600));
         self.json(req).await
+    }
+
+    /// `GET /api/v1/config`: the live settings in force.
+    pub async fn settings(&self) -> Result<SettingsView, CtlError> {
+        self.json(self.http.get(self.url("/api/v1/config"))).await
+    }
+
+    /// `POST /api/v1/config`: change live settings (`""` resets one).
+    pub async fn set_settings(
+        &self,
+        set: &std::collections::BTreeMap<String, String>,
+        by: &str,
+    ) -> Result<SettingsView, CtlError> {
+        let body = serde_json::json!({ "set": set, "by": by });
+        self.json(self.http.post(self.url("/api/v1/config")).json(&body)).await
     }
 
     /// `GET /api/v1/worker/list` → the workers' pids, sorted.

@@ -58,6 +58,33 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Each live setting: its value in force, its start value, what it is.
+    Show {
+        /// Print the orchestrator's answer as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change settings: KEY=VALUE with the environment names of
+    /// `orchestrator --help` (`MAX_SLAVES=4 READ_TIMEOUT_MS=800`); `KEY=`
+    /// resets one to its start value. All or none are applied.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+        /// Who changes them (shown in the events) [default: $USER].
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_ascii_uppercase(), v.trim().to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// The cluster: master, workers (role, state, applied sequence, lag, uptime), autoscaler, connections.
     Status {
@@ -115,6 +142,13 @@ enum Command {
         /// The worker image (process runtime: the worker binary's path).
         #[arg(long = "worker-image", value_name = "IMAGE")]
         worker_image: String,
+    },
+    /// Live settings: the autoscaler's bounds, policy and targets, and the
+    /// database API's timeouts, kept in ZooKeeper and applied by every
+    /// orchestrator at once (no restart); checked as at start.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// While no volume holds every acknowledged write (status: "data missing"),
     /// open the most advanced copy anyway: every write after SEQ is lost. SEQ
@@ -284,6 +318,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 d["switchover_pause_ms"]
             )?;
         }
+        Command::Config { action: ConfigAction::Show { json: false } } => {
+            write!(out, "{}", table::render_settings(&o.settings().await?))?;
+        }
+        Command::Config { action: ConfigAction::Show { json: true } } => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&o.settings().await?)?)?;
+        }
+        Command::Config { action: ConfigAction::Set { settings, by } } => {
+            let before = o.settings().await?;
+            let set = settings.into_iter().collect();
+            let after = o.set_settings(&set, &operator(by)).await?;
+            let changed = table::setting_changes(&before, &after);
+            match changed.is_empty() {
+                true => writeln!(out, "nothing changed: the settings already had these values")?,
+                false => writeln!(out, "{}", changed.join("\n"))?,
+            }
+        }
         Command::Recover { accept_data_loss_after } => {
             let done = o.recover(accept_data_loss_after).await?;
             let (master, kept, lost) = (&done["master"], &done["kept_seq"], &done["lost_through"]);
@@ -382,6 +432,15 @@ mod tests {
             matches!(parse(&["resume", "--by", "ann"]).unwrap().command, Command::Resume { by: Some(b) } if b == "ann")
         );
         assert!(matches!(parse(&["switchover"]).unwrap().command, Command::Switchover { to: None }));
+        let c = parse(&["config", "set", "max_slaves=4", "READ_TIMEOUT_MS=", "--by", "ann"]).unwrap().command;
+        assert!(matches!(c, Command::Config { action: ConfigAction::Set { settings, by: Some(_) } }
+            if settings == [("MAX_SLAVES".into(), "4".into()), ("READ_TIMEOUT_MS".into(), String::new())]));
+        assert!(parse(&["config", "set"]).is_err(), "nothing to set");
+        assert!(parse(&["config", "set", "MAX_SLAVES"]).is_err(), "not KEY=VALUE");
+        assert!(matches!(
+            parse(&["config", "show"]).unwrap().command,
+            Command::Config { action: ConfigAction::Show { json: false } }
+        ));
         assert!(
             matches!(parse(&["switchover", "--to", "w-3"]).unwrap().command, Command::Switchover { to: Some(t) } if t == "w-3")
         );

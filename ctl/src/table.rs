@@ -7,7 +7,7 @@
 //! same answer always prints the same text; a missing value prints as `-`,
 //! never as a made-up number.
 
-use wire::status::{ClusterStatus, WorkerRole, WorkerState, WorkerStatus};
+use wire::status::{ClusterStatus, SettingsView, WorkerRole, WorkerState, WorkerStatus};
 
 const COLUMNS: [&str; 9] = ["Worker", "Pid", "Role", "State", "Epoch", "Applied seq", "Lag seqs", "Lag ms", "Uptime"];
 
@@ -174,6 +174,36 @@ pub fn render_table(s: &ClusterStatus) -> String {
     out
 }
 
+/// `rideshare-ctl config show`: one setting a line (name, value in force,
+/// the start value when it differs, what it is), then who changed one last.
+pub fn render_settings(v: &SettingsView) -> String {
+    let key_w = v.settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
+    let val_w = v.settings.iter().map(|s| s.value.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for s in &v.settings {
+        let start = if s.value == s.start { String::new() } else { format!("(start {})", s.start) };
+        out.push_str(
+            &format!("{:<key_w$}  {:<val_w$}  {start:<14}  {}\n", s.key, s.value, s.help).replace("  \n", "\n"),
+        );
+    }
+    if let (Some(by), Some(at)) = (&v.by, v.at_ms) {
+        out.push_str(&format!("last changed by {by} at {}\n", crate::events::time(at)));
+    }
+    out
+}
+
+/// `KEY: before -> after` for each setting whose value in force differs.
+pub fn setting_changes(before: &SettingsView, after: &SettingsView) -> Vec<String> {
+    after
+        .settings
+        .iter()
+        .filter_map(|a| {
+            let b = before.settings.iter().find(|b| b.key == a.key)?;
+            (b.value != a.value).then(|| format!("{}: {} -> {}", a.key, b.value, a.value))
+        })
+        .collect()
+}
+
 fn row(s: &ClusterStatus, w: &WorkerStatus) -> [String; 9] {
     // Only the master's epoch is known (from the master record); a slave
     // follows whatever epoch the master publishes.
@@ -229,7 +259,32 @@ pub fn uptime(secs: f64) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use wire::status::{AutoscalerStatus, MasterStatus};
+    use wire::status::{AutoscalerStatus, MasterStatus, SettingView};
+
+    #[test]
+    fn settings_show_the_start_value_only_when_changed() {
+        let s = |key: &str, value: &str, start: &str| SettingView {
+            key: key.into(),
+            value: value.into(),
+            start: start.into(),
+            help: "help".into(),
+        };
+        let before = SettingsView {
+            settings: vec![s("MAX_SLAVES", "10", "10"), s("READ_TIMEOUT_MS", "2000", "2000")],
+            by: None,
+            at_ms: None,
+        };
+        let after = SettingsView {
+            settings: vec![s("MAX_SLAVES", "4", "10"), s("READ_TIMEOUT_MS", "2000", "2000")],
+            by: Some("ann".into()),
+            at_ms: Some(0),
+        };
+        let text = render_settings(&after);
+        assert!(text.contains("MAX_SLAVES       4     (start 10)"), "{text}");
+        assert!(text.lines().nth(1).unwrap().starts_with("READ_TIMEOUT_MS  2000                  help"), "{text}");
+        assert!(text.ends_with("last changed by ann at 1970-01-01 00:00:00.000Z\n"), "{text}");
+        assert_eq!(setting_changes(&before, &after), ["MAX_SLAVES: 10 -> 4"]);
+    }
 
     fn worker(id: &str, pid: u32, role: WorkerRole, applied: Option<u64>, lag: Option<(u64, u64)>) -> WorkerStatus {
         WorkerStatus {

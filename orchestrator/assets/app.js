@@ -48,6 +48,7 @@
       case "switchover": return "switchover: " + e.from + " handed over to " + e.to + " (pid " + e.to_pid + ") at seq " + e.seq +
         ", epoch " + e.epoch + ", writes paused " + e.pause_ms + " ms";
       case "rolled_out": return "rollout to " + e.image + ": " + e.replaced + " workers replaced in " + e.took_ms + " ms";
+      case "setting_changed": return "setting " + e.key + ": " + e.before + " → " + e.after + " by " + e.by;
       case "master_started": return "empty master " + e.worker + " (pid " + e.pid + ") started, epoch " + e.epoch;
       case "recovery_started": return "recovery (" + e.why + "): committed seq " + fmt(e.committed_seq) + ", " + e.volumes + " volumes";
       case "recovered": return e.worker + " (pid " + e.pid + ") opened its volume's copy as master, seq " + e.seq + ", epoch " + e.epoch + ", " + e.took_ms + " ms";

@@ -119,10 +119,11 @@ const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub async fn run(
     counter: Arc<ReadCounter>,
     cluster: Arc<Cluster>,
-    cfg: ScaleConfig,
+    window_len: Duration,
     tel: Arc<Telemetry>,
     stop: CancellationToken,
 ) -> Result<()> {
+    let cfg = cluster.live().scale();
     tel.metrics.slaves_desired.set(cfg.min_slaves as i64);
     // A term of leadership starts a fresh count (reads counted while another
     // orchestrator led were in its windows).
@@ -134,12 +135,11 @@ pub async fn run(
             _ = stop.cancelled() => return Ok(()),
         }
     }
-    let window_len = cfg.window.0;
     let start = tokio::time::Instant::now();
     let mut ticks = tokio::time::interval_at(start + window_len, window_len);
     let mut samples = tokio::time::interval(QUEUE_SAMPLE_EVERY);
     samples.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let tracking = cfg.policy == Policy::Target;
+    // Sampled whatever the policy: an operator may switch to target tracking.
     let mut cpu = CpuMeter::default();
     let mut queue = QueueMeter::new(tel.metrics.reads_in_flight.clone());
     let _ = cpu.busy_since_last();
@@ -150,13 +150,15 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = samples.tick(), if tracking => {
+            _ = samples.tick() => {
                 queue.sample();
                 continue;
             }
             _ = stop.cancelled() => return Ok(()),
         }
         window += 1;
+        // The live settings in force now (`rideshare-ctl config set`).
+        let cfg = cluster.live().scale();
         let reads = counter.count.swap(0, Ordering::Relaxed);
         counter.window_opened(window_len);
         let latency = tel.metrics.read_window.drain();

@@ -43,12 +43,8 @@ pub struct Config {
     /// ZooKeeper session timeout (ms) of the orchestrator and the workers.
     #[arg(long = "zk-session-timeout-ms", env = "ZK_SESSION_TIMEOUT_MS", default_value_t = Millis(timing::ZK_SESSION_TIMEOUT))]
     pub zk_session_timeout: Millis,
-    /// A `db/read` gets a 503 when no slave answered within this (ms).
-    #[arg(long = "read-timeout-ms", env = "READ_TIMEOUT_MS", default_value_t = Millis(timing::READ_TIMEOUT))]
-    pub read_timeout: Millis,
-    /// A `db/write` gets a 503 when the master did not answer within this (ms); covers a failover.
-    #[arg(long = "write-timeout-ms", env = "WRITE_TIMEOUT_MS", default_value_t = Millis(timing::WRITE_TIMEOUT))]
-    pub write_timeout: Millis,
+    #[command(flatten)]
+    pub timeouts: Timeouts,
     /// Where a strong read's floor comes from: `local` (one read index from the master at start, then the writes this
     /// process acknowledged: right for ONE orchestrator) or `master` (a read index from the master for every batch of
     /// strong reads: required when several orchestrators serve the data path). See read_floor.rs.
@@ -77,6 +73,17 @@ pub struct Config {
     /// from the backup, and `POST /api/v1/restore` restores into the cluster.
     #[arg(long, env = "BACKUP_URL")]
     pub backup_url: Option<String>,
+}
+
+/// How long a caller of the database API waits (live: `rideshare-ctl config set`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct Timeouts {
+    /// A `db/read` gets a 503 when no slave answered within this (ms).
+    #[arg(long = "read-timeout-ms", env = "READ_TIMEOUT_MS", default_value_t = Millis(timing::READ_TIMEOUT))]
+    pub read: Millis,
+    /// A `db/write` gets a 503 when the master did not answer within this (ms); covers a failover.
+    #[arg(long = "write-timeout-ms", env = "WRITE_TIMEOUT_MS", default_value_t = Millis(timing::WRITE_TIMEOUT))]
+    pub write: Millis,
 }
 
 /// How requests are coalesced into broker messages (`rpc::batcher`): the
@@ -116,13 +123,14 @@ impl Config {
             reads: Limits { max_items: b.read_max.into(), in_flight: b.read_in_flight.into() },
             writes: Limits { max_items: b.write_max.into(), in_flight: b.write_in_flight.into() },
             queue_max: b.queue_max as usize,
-            read_timeout: self.read_timeout.0,
-            write_timeout: self.write_timeout.0,
+            read_timeout: self.timeouts.read.0,
+            write_timeout: self.timeouts.write.0,
         }
     }
 }
 
-/// The autoscaler's settings (docs/api.md, autoscaling).
+/// The autoscaler's settings (docs/api.md, autoscaling); all but the
+/// window are live (`rideshare-ctl config set`).
 #[derive(Debug, Clone, Copy, PartialEq, Args)]
 pub struct ScaleConfig {
     /// Length of a counting window (seconds; fractions allowed).
@@ -278,8 +286,8 @@ mod tests {
     #[test]
     fn defaults_follow_the_contract() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.read_timeout.0, timing::READ_TIMEOUT);
-        assert_eq!(c.write_timeout.0, timing::WRITE_TIMEOUT);
+        assert_eq!(c.timeouts.read.0, timing::READ_TIMEOUT);
+        assert_eq!(c.timeouts.write.0, timing::WRITE_TIMEOUT);
         assert_eq!(c.zk_session_timeout.0, timing::ZK_SESSION_TIMEOUT);
         let s = c.scale;
         assert_eq!(

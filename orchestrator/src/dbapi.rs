@@ -6,7 +6,6 @@
 //! here and scales nothing.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use wire::contract::ErrorKind;
 use wire::{Consistency, RawReadResponse, ReadMsg, ReadRequest, Reply, WriteMsg, WriteOutcome, WriteRequest};
@@ -17,16 +16,14 @@ use crate::rpc::{Answer, Rpc};
 
 pub struct DbApi {
     rpc: Arc<Rpc>,
-    read_timeout: Duration,
-    write_timeout: Duration,
     /// What a strong read passes as the floor the answering slave must have
     /// applied (`read_floor`: covers every acknowledged write).
     floor: Arc<ReadFloor>,
 }
 
 impl DbApi {
-    pub fn new(rpc: Arc<Rpc>, read_timeout: Duration, write_timeout: Duration, floor: Arc<ReadFloor>) -> Self {
-        DbApi { rpc, read_timeout, write_timeout, floor }
+    pub fn new(rpc: Arc<Rpc>, floor: Arc<ReadFloor>) -> Self {
+        DbApi { rpc, floor }
     }
 
     pub async fn read(&self, ValidRead(req): ValidRead) -> Result<RawReadResponse, ApiError> {
@@ -35,7 +32,7 @@ impl DbApi {
             Consistency::Strong => self.floor.floor().await?,
             Consistency::Eventual => 0,
         };
-        let deadline_ms = Some(wire::now_ms() + self.read_timeout.as_millis() as u64);
+        let deadline_ms = Some(wire::now_ms() + self.rpc.read_timeout().as_millis() as u64);
         match self.rpc.read(ReadMsg { read: req, min_seq, deadline_ms }).await? {
             Answer::Rows(r) => Ok(r),
             Answer::Other(other) => Err(unexpected(other)),
@@ -48,7 +45,7 @@ impl DbApi {
         if req.request_id.is_none() {
             req.request_id = Some(uuid::Uuid::new_v4().to_string());
         }
-        let deadline_ms = Some(wire::now_ms() + self.write_timeout.as_millis() as u64);
+        let deadline_ms = Some(wire::now_ms() + self.rpc.write_timeout().as_millis() as u64);
         match self.rpc.write(WriteMsg { write: Some(req), deadline_ms }).await? {
             Reply::Written { outcome, epoch } => {
                 self.floor.acknowledged(epoch, outcome.seq);

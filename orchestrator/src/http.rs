@@ -35,6 +35,7 @@ use crate::dbapi::{DbApi, ValidRead};
 use crate::error::ApiError;
 use crate::leader::Role;
 use crate::metrics::{outcome, route_template, SERVICE};
+use crate::settings::SettingsError;
 use crate::supervision::Supervision;
 use crate::Telemetry;
 use wire::contract::ErrorKind;
@@ -219,6 +220,21 @@ const MAINTENANCE_TEXT_MAX: usize = 500;
 /// The header a crash call's answer carries while paused: the body (`[pid]`)
 /// is the contract's, the header says what does not follow.
 pub const MAINTENANCE_HEADER: &str = "rideshare-maintenance";
+
+/// `POST /api/v1/config`'s body: settings to change by environment name
+/// (`{"set": {"MAX_SLAVES": "4"}}`; `""` resets one to its start value).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigRequest {
+    set: std::collections::BTreeMap<String, String>,
+    /// Who asks (shown in the events); default: the caller's address.
+    by: Option<String>,
+}
+
+/// The most settings one `POST /api/v1/config` changes, and the longest
+/// name or value (the live settings are 13 short numbers and names).
+const CONFIG_KEYS_MAX: usize = 32;
+const CONFIG_TEXT_MAX: usize = 100;
 
 /// `POST /api/v1/recover`'s body: the last write to keep, by name.
 #[derive(Debug, serde::Deserialize)]
@@ -474,6 +490,42 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         },
     );
 
+    // Live settings (docs/api.md §6.4): the leader's view, and changes
+    // recorded in ZooKeeper for every orchestrator.
+    let config_show =
+        warp::path!("api" / "v1" / "config").and(warp::get()).and(warp::path::full()).and(with_app.clone()).map(
+            |path, app: Arc<App>| match app.leading(&path) {
+                Ok(cluster) => json_reply(StatusCode::OK, &cluster.live().view()),
+                Err(elsewhere) => *elsewhere,
+            },
+        );
+    let config_set = operator_post(warp::path!("api" / "v1" / "config"), &app).and(warp::addr::remote()).then(
+        |path, body: Bytes, app: Arc<App>, remote: Option<std::net::SocketAddr>| async move {
+            let (cluster, req): (_, ConfigRequest) = match leading_with(&app, &path, &body, None) {
+                Ok(r) => r,
+                Err(answer) => return *answer,
+            };
+            let too_long = |t: &String| t.chars().count() > CONFIG_TEXT_MAX;
+            if req.set.is_empty()
+                || req.set.len() > CONFIG_KEYS_MAX
+                || req.set.iter().any(|(k, v)| too_long(k) || too_long(v))
+                || req.by.as_ref().is_some_and(too_long)
+            {
+                return api_error(ApiError::invalid(format!(
+                    "set: 1-{CONFIG_KEYS_MAX} settings, names, values and by of at most {CONFIG_TEXT_MAX} characters"
+                )));
+            }
+            let by = req.by.map(|b| b.trim().to_owned()).filter(|b| !b.is_empty());
+            let by = by.unwrap_or_else(|| remote.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()));
+            match cluster.set_settings(&req.set, by).await {
+                Ok(view) => json_reply(StatusCode::OK, &view),
+                Err(e @ SettingsError::Invalid(_)) => api_error(ApiError::invalid(e.to_string())),
+                Err(e @ SettingsError::Conflict) => error(StatusCode::CONFLICT, e.to_string()),
+                Err(e @ SettingsError::Unavailable(_)) => ApiError::unavailable(e.to_string()).into_response(),
+            }
+        },
+    );
+
     let health = warp::path!("health").and(warp::get()).map(|| json_reply(StatusCode::OK, &serde_json::json!({})));
 
     let status =
@@ -549,11 +601,25 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .unify()
         .or(rollout)
         .unify()
+        .or(config_set)
+        .unify()
         .or(health)
         .unify()
         .boxed();
-    let watching =
-        status.or(events).unify().or(metrics).unify().or(page).unify().or(js).unify().or(css).unify().boxed();
+    let watching = status
+        .or(config_show)
+        .unify()
+        .or(events)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(page)
+        .unify()
+        .or(js)
+        .unify()
+        .or(css)
+        .unify()
+        .boxed();
     database.or(watching).unify().recover(rejection).unify().with(count)
 }
 

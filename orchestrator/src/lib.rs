@@ -20,6 +20,7 @@ pub mod peers;
 pub mod read_floor;
 pub mod rpc;
 pub mod runtime;
+pub mod settings;
 pub mod status;
 pub mod supervision;
 pub mod timing;
@@ -53,9 +54,10 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     tasks.spawn("read batches", |t| rpc.clone().read_batches(t));
     tasks.spawn("write batches", |t| rpc.clone().write_batches(t));
     let floor = read_floor::ReadFloor::new(cfg.read_floor);
-    tasks.spawn("read index", |t| floor.clone().run(rpc.clone(), cfg.write_timeout.0, t));
+    tasks.spawn("read index", |t| floor.clone().run(rpc.clone(), cfg.timeouts.write.0, t));
+    let live = settings::Live::new(cfg.clone(), rpc.clone());
     tasks.spawn("master epoch", |t| {
-        supervision::follow_master_epoch(cfg.clone(), rpc.clone(), tel.clone(), floor.clone(), t)
+        supervision::follow_master_epoch(cfg.clone(), rpc.clone(), tel.clone(), floor.clone(), live.clone(), t)
     });
 
     // Every orchestrator serves the data path; the one elected in ZooKeeper
@@ -70,11 +72,11 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     let (zk_addr, zk_root, role) = (cfg.zk_addr.clone(), cfg.zk_root.clone(), sup.role_watch());
     tasks.spawn("orchestrator registry", |t| peers::run(zk_addr, zk_root, record, reads.clone(), role, session, t));
     tasks.spawn("supervision", |t| {
-        supervision::run(sup.clone(), cfg.clone(), rpc.clone(), reads.clone(), tel.clone(), t)
+        supervision::run(sup.clone(), cfg.clone(), live.clone(), rpc.clone(), reads.clone(), tel.clone(), t)
     });
 
     let app = Arc::new(http::App {
-        db: dbapi::DbApi::new(rpc, cfg.read_timeout.0, cfg.write_timeout.0, floor),
+        db: dbapi::DbApi::new(rpc, floor),
         sup,
         reads,
         tel,

@@ -368,6 +368,12 @@ pub fn route_template(path: &str) -> &'static str {
         "/api/v1/worker/list",
         "/api/v1/status",
         "/api/v1/events",
+        "/api/v1/maintenance",
+        "/api/v1/switchover",
+        "/api/v1/rollout",
+        "/api/v1/config",
+        "/api/v1/recover",
+        "/api/v1/restore",
     ];
     ROUTES.iter().find(|r| **r == path).copied().unwrap_or("other")
 }

@@ -23,6 +23,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::leader::Role;
 use crate::rpc::Rpc;
+use crate::settings::Live;
 use crate::{timing, Telemetry};
 
 /// What HTTP asks of the supervising role: the cluster while leading, else
@@ -70,6 +71,7 @@ async fn leadership_lost(role: &mut watch::Receiver<Role>) {
 pub async fn run(
     sup: Arc<Supervision>,
     cfg: Config,
+    live: Arc<Live>,
     rpc: Arc<Rpc>,
     reads: Arc<ReadCounter>,
     tel: Arc<Telemetry>,
@@ -84,7 +86,7 @@ pub async fn run(
             }
         }
         let cluster = tokio::select! {
-            c = Cluster::start(cfg.clone(), rpc.clone(), tel.clone()) => c?,
+            c = Cluster::start(cfg.clone(), live.clone(), rpc.clone(), tel.clone()) => c?,
             _ = leadership_lost(&mut role) => {
                 warn!("lost the lead while adopting the cluster");
                 continue;
@@ -97,7 +99,9 @@ pub async fn run(
         loops.spawn("worker exit watch", |t| cluster.clone().watch_exits(t));
         loops.spawn("replacement slaves", |t| cluster.clone().replenish_loop(t));
         loops.spawn("reconcile", |t| cluster.clone().reconcile_loop(t));
-        loops.spawn("autoscaler", |t| autoscale::run(reads.clone(), cluster.clone(), cfg.scale, tel.clone(), t));
+        loops.spawn("autoscaler", |t| {
+            autoscale::run(reads.clone(), cluster.clone(), cfg.scale.window.0, tel.clone(), t)
+        });
         let superseded = cluster.superseded();
         sup.set(Some(cluster));
         let failed = tokio::select! {
@@ -127,18 +131,21 @@ pub async fn run(
 /// How often a follower re-reads the master record.
 const MASTER_RECORD_EVERY: Duration = Duration::from_millis(200);
 
-/// How often every orchestrator re-reads the maintenance record (for its
-/// `rideshare_maintenance_paused` gauge: `/metrics` is per process).
+/// How often (in master-record reads) every orchestrator re-reads the
+/// maintenance record (for its `rideshare_maintenance_paused` gauge:
+/// `/metrics` is per process) and the live settings (its timeouts).
 const MAINTENANCE_RECORD_EVERY: u32 = 5;
 
 /// Keep the RPC client's fencing epoch at the master record's (the leader
-/// raises it itself when it promotes; a follower learns it here), and the
-/// maintenance gauge at the maintenance record's, until `stop`.
+/// raises it itself when it promotes; a follower learns it here), the
+/// maintenance gauge at the maintenance record's and the settings in force
+/// at the live settings record's, until `stop`.
 pub async fn follow_master_epoch(
     cfg: Config,
     rpc: Arc<Rpc>,
     tel: Arc<Telemetry>,
     floor: Arc<crate::read_floor::ReadFloor>,
+    live: Arc<Live>,
     stop: CancellationToken,
 ) -> Result<()> {
     let zk = Zk::new(&cfg.zk_addr, &cfg.zk_root, cfg.zk_session_timeout.0, tel.clone());
@@ -154,6 +161,9 @@ pub async fn follow_master_epoch(
         if tick.is_multiple_of(MAINTENANCE_RECORD_EVERY) {
             if let Ok(rec) = zk.maintenance().await {
                 tel.metrics.maintenance_paused.set(i64::from(rec.is_some_and(|m| m.paused)));
+            }
+            if let Ok((rec, _)) = zk.settings().await {
+                let _ = live.apply(rec);
             }
         }
         if let Ok(Some(rec)) = zk.master().await {

@@ -87,13 +87,13 @@ pub fn check(cfg: &Config) -> Result<()> {
         "a master's lease ({lease:?}) must end before its ZooKeeper session ({session:?}) can expire"
     );
     ensure!(
-        cfg.write_timeout.0 < wire::contract::timing::SERVICE_CLIENT_TIMEOUT,
+        cfg.timeouts.write.0 < wire::contract::timing::SERVICE_CLIENT_TIMEOUT,
         "WRITE_TIMEOUT_MS ({:?}) must be shorter than the services' client timeout ({:?}), so clients see the 503",
-        cfg.write_timeout.0,
+        cfg.timeouts.write.0,
         wire::contract::timing::SERVICE_CLIENT_TIMEOUT
     );
     ensure!(
-        cfg.read_timeout.0 < wire::contract::timing::SERVICE_CLIENT_TIMEOUT,
+        cfg.timeouts.read.0 < wire::contract::timing::SERVICE_CLIENT_TIMEOUT,
         "READ_TIMEOUT_MS must be shorter than the services' client timeout"
     );
     Ok(())
@@ -105,10 +105,10 @@ pub fn check(cfg: &Config) -> Result<()> {
 pub fn warnings(cfg: &Config) -> Vec<String> {
     let failover = cfg.zk_session_timeout.0 + ZNODE_GRACE;
     let mut out = Vec::new();
-    if cfg.write_timeout.0 <= failover {
+    if cfg.timeouts.write.0 <= failover {
         out.push(format!(
             "WRITE_TIMEOUT_MS ({:?}) does not cover a failover after a lost session ({failover:?}): writes sent then get 503",
-            cfg.write_timeout.0
+            cfg.timeouts.write.0
         ));
     }
     out

@@ -257,3 +257,117 @@ async fn rideshare_ctl_through_the_follower_keeps_the_token() {
     let st = ctl(&["status"]);
     assert!(st.status.success() && String::from_utf8_lossy(&st.stdout).starts_with("Cluster: "), "{st:?}");
 }
+
+/// `rideshare-ctl ARGS` aimed at `url` with `token`: (success, stdout, stderr).
+fn ctl_at(url: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(systest::root().join("target/release/rideshare-ctl"))
+        .env("ORCHESTRATOR_URL", url)
+        .env("ADMIN_TOKEN", token)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The live settings as the leader shows them: key → (value, start).
+async fn settings_at(url: &str) -> Option<(wire::status::SettingsView, Vec<(String, String)>)> {
+    let r = no_redirects().get(format!("{url}/api/v1/config")).send().await.ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let v: wire::status::SettingsView = r.json().await.ok()?;
+    let pairs = v.settings.iter().map(|s| (s.key.clone(), s.value.clone())).collect();
+    Some((v, pairs))
+}
+
+fn value_of<'a>(pairs: &'a [(String, String)], key: &str) -> &'a str {
+    pairs.iter().find(|(k, _)| k == key).map_or("?", |(_, v)| v)
+}
+
+/// Live settings end to end (docs/api.md §6.4) through the CLI aimed at the
+/// follower: a bad value, an unknown or start-only setting, a timing order
+/// broken and a wrong token change nothing; a good change acts at once (a
+/// raised MIN_SLAVES starts a slave), is an event with who/before/after,
+/// and is in force on the orchestrator that takes over when the leader dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_settings_act_at_once_and_outlive_the_leader() {
+    const TOKEN: &str = "settings-token";
+    let mut stack = Stack::start(StackOptions { admin_token: Some(TOKEN.into()), ..two() }).await.unwrap();
+    let lead = poll("a leader", Duration::from_secs(30), || leader(&stack)).await.unwrap();
+    let (leader_url, follower) = (stack.orchestrators[lead].clone(), stack.orchestrators[1 - lead].clone());
+    let serving = |s: &wire::status::ClusterStatus| {
+        s.workers
+            .iter()
+            .filter(|w| w.role == wire::status::WorkerRole::Slave && w.state == wire::status::WorkerState::Serving)
+            .count()
+    };
+    poll("one serving slave", Duration::from_secs(60), || async {
+        (serving(&status_at(&leader_url).await?) == 1).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let (ok, shown, err) = ctl_at(&follower, TOKEN, &["config", "show"]);
+    assert!(ok, "config show: {err}");
+    assert!(shown.lines().any(|l| l.starts_with("MIN_SLAVES ") && l.contains(" 1 ")), "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with("READ_TIMEOUT_MS ")), "{shown}");
+
+    // (args, token, what stderr must say): each refused, nothing changed.
+    for (args, token, says) in [
+        (&["config", "set", "MIN_SLAVES=20"][..], TOKEN, "MIN_SLAVES <= MAX_SLAVES"),
+        (&["config", "set", "MAX_SLAVES=lots"], TOKEN, "--max-slaves"),
+        (&["config", "set", "ZK_ADDR=10.0.0.1:2181"], TOKEN, "not a live setting"),
+        (&["config", "set", "SCALE_WINDOW_SECS=5"], TOKEN, "at start only"),
+        (&["config", "set", "WRITE_TIMEOUT_MS=60000"], TOKEN, "WRITE_TIMEOUT_MS"),
+        (&["config", "set", "MIN_SLAVES=2", "MAX_SLAVES=0"], TOKEN, "--max-slaves"),
+        (&["config", "set", "MIN_SLAVES=2"], "wrong-token", "refused the token"),
+    ] {
+        let (ok, out, err) = ctl_at(&follower, token, args);
+        assert!(!ok && err.contains(says), "{args:?}: ok={ok} stdout={out} stderr={err}");
+        let (v, pairs) = settings_at(&leader_url).await.unwrap();
+        assert!(v.by.is_none() && value_of(&pairs, "MIN_SLAVES") == "1", "{args:?} changed something: {v:?}");
+    }
+
+    let (_, pairs) = settings_at(&leader_url).await.unwrap();
+    let read_timeout = value_of(&pairs, "READ_TIMEOUT_MS").to_owned();
+    assert_ne!(read_timeout, "1500");
+    let set = ["config", "set", "MIN_SLAVES=2", "read_timeout_ms=1500", "--by", "ann"];
+    let (ok, out, err) = ctl_at(&follower, TOKEN, &set);
+    assert!(ok, "config set: {err}");
+    assert!(
+        out.contains("MIN_SLAVES: 1 -> 2") && out.contains(&format!("READ_TIMEOUT_MS: {read_timeout} -> 1500")),
+        "{out}"
+    );
+    let st = poll("a second serving slave, started for MIN_SLAVES=2", Duration::from_secs(60), || async {
+        let s = status_at(&leader_url).await?;
+        (serving(&s) == 2).then_some(s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.autoscaler.min_slaves, 2, "{:?}", st.autoscaler);
+    let (ok, events, _) = ctl_at(&follower, TOKEN, &["events"]);
+    assert!(ok);
+    assert!(
+        events.lines().any(|l| l.contains("setting_changed")
+            && l.contains("key=MIN_SLAVES")
+            && l.contains("after=2")
+            && l.contains("before=1")
+            && l.contains("by=ann")),
+        "{events}"
+    );
+
+    // The leader dies: the survivor leads with the settings in force.
+    stack.kill_orchestrator_n(lead);
+    let (v, pairs) = poll("the survivor to lead", Duration::from_secs(30), || settings_at(&follower)).await.unwrap();
+    assert_eq!((value_of(&pairs, "MIN_SLAVES"), value_of(&pairs, "READ_TIMEOUT_MS")), ("2", "1500"), "{v:?}");
+    assert_eq!(v.by.as_deref(), Some("ann"));
+    let st = poll("the survivor's status", Duration::from_secs(30), || status_at(&follower)).await.unwrap();
+    assert_eq!(st.autoscaler.min_slaves, 2);
+
+    // `KEY=` goes back to the start value.
+    let (ok, out, err) = ctl_at(&follower, TOKEN, &["config", "set", "MIN_SLAVES=", "READ_TIMEOUT_MS="]);
+    assert!(ok && out.contains("MIN_SLAVES: 2 -> 1"), "{out} {err}");
+    let (_, pairs) = settings_at(&follower).await.unwrap();
+    assert_eq!((value_of(&pairs, "MIN_SLAVES"), value_of(&pairs, "READ_TIMEOUT_MS")), ("1", read_timeout.as_str()));
+}

@@ -9,6 +9,7 @@
 //! <root>/committed         persistent: CommittedRecord, written by the master before it acks
 //! <root>/archive           persistent: ArchiveRecord, written by the archiver as it uploads
 //! <root>/maintenance       persistent: MaintenanceRecord, written by the leading orchestrator
+//! <root>/settings          persistent: SettingsRecord, written by the leading orchestrator
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,10 @@ pub fn archive_path(root: &str) -> String {
 
 pub fn maintenance_path(root: &str) -> String {
     format!("{root}/maintenance")
+}
+
+pub fn settings_path(root: &str) -> String {
+    format!("{root}/settings")
 }
 
 pub fn orchestrators_path(root: &str) -> String {
@@ -81,6 +86,19 @@ pub struct MaintenanceRecord {
     /// Who paused or resumed last (the caller's `by`, else its address).
     pub by: String,
     /// When it was paused or resumed, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// The live settings an operator changed at run time (`rideshare-ctl config
+/// set`): each a setting's environment name and its value as given at start
+/// (`MAX_SLAVES` = `"4"`). A setting not in `values` keeps each
+/// orchestrator's start value; every orchestrator applies these over its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsRecord {
+    pub values: std::collections::BTreeMap<String, String>,
+    /// Who changed them last (the caller's `by`, else its address).
+    pub by: String,
+    /// When, ms since the Unix epoch.
     pub at_ms: u64,
 }
 

@@ -150,6 +150,28 @@ pub struct AutoscalerStatus {
     pub last_window: Option<WindowSignals>,
 }
 
+/// `GET /api/v1/config`: the settings that can change at run time, as in
+/// force now, and who changed them last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsView {
+    pub settings: Vec<SettingView>,
+    /// Who changed a setting last, and when (ms); None: none changed.
+    pub by: Option<String>,
+    pub at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingView {
+    /// The environment name, as at start (`MAX_SLAVES`).
+    pub key: String,
+    /// The value in force.
+    pub value: String,
+    /// The leading orchestrator's value at start (flag, environment or default).
+    pub start: String,
+    /// What it is (`orchestrator --help`'s text).
+    pub help: String,
+}
+
 /// One decided window as the target policy saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowSignals {
@@ -222,6 +244,15 @@ pub enum EventKind {
         image: String,
         replaced: u64,
         took_ms: u64,
+    },
+    /// An operator changed a live setting (`rideshare-ctl config set`);
+    /// `before`/`after` are the values in force (`after` is the start value
+    /// again when the change was a reset).
+    SettingChanged {
+        key: String,
+        before: String,
+        after: String,
+        by: String,
     },
     /// A new, empty master because no slave could be promoted.
     MasterStarted {

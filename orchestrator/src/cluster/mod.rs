@@ -32,20 +32,24 @@ use anyhow::{anyhow, bail, Result};
 use tasks::CancellationToken;
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
-use wire::coord::{ArchiveRecord, CommittedRecord, MaintenanceRecord, MasterRecord, Role, WorkerRecord};
+use wire::coord::{
+    ArchiveRecord, CommittedRecord, MaintenanceRecord, MasterRecord, Role, SettingsRecord, WorkerRecord,
+};
 use wire::status::{
-    ClusterStatus, DataStatus, EventKind, MaintenanceStatus, MasterStatus, VolumeStatus, WorkerRole, WorkerStatus,
+    ClusterStatus, DataStatus, EventKind, MaintenanceStatus, MasterStatus, SettingsView, VolumeStatus, WorkerRole,
+    WorkerStatus,
 };
 
 use crate::config::Config;
 use crate::metrics::{gauge_i64, WorkerGauges};
 use crate::rpc::Rpc;
 use crate::runtime::{Runtime, VolumeInfo, WorkerSpec};
+use crate::settings::{self, Live, SettingsError};
 use crate::status::{worker_state, SeqHistory};
 use crate::{timing, Telemetry};
 pub use decide::{Detected, Member, MemberRole};
 use decide::{FailoverStep, Fix, Recovery};
-use zk::Zk;
+use zk::{Zk, ZkError};
 
 #[derive(Debug, Default)]
 struct Membership {
@@ -178,6 +182,8 @@ pub enum SwitchoverError {
 
 pub struct Cluster {
     cfg: Config,
+    /// The settings that change at run time (the autoscaler's, the timeouts).
+    live: Arc<Live>,
     tel: Arc<Telemetry>,
     view: std::sync::Mutex<View>,
     zk_view: std::sync::Mutex<ZkView>,
@@ -202,13 +208,14 @@ impl Cluster {
     /// start a fresh master and slaves. The loops that keep it so
     /// (`watch_exits`, `replenish_loop`, `reconcile_loop`) are the caller's to
     /// run and watch.
-    pub async fn start(cfg: Config, rpc: Arc<Rpc>, tel: Arc<Telemetry>) -> Result<Arc<Cluster>> {
+    pub async fn start(cfg: Config, live: Arc<Live>, rpc: Arc<Rpc>, tel: Arc<Telemetry>) -> Result<Arc<Cluster>> {
         let runtime = Runtime::connect(cfg.runtime.clone()).await.map_err(|e| anyhow!("worker runtime: {e}"))?;
         info!(runtime = runtime.kind_name(), cluster = runtime.cluster_id(), "worker runtime ready");
         let zk = Zk::new(&cfg.zk_addr, &cfg.zk_root, cfg.zk_session_timeout.0, tel.clone());
         let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let cluster = Arc::new(Cluster {
             cfg,
+            live,
             tel,
             view: std::sync::Mutex::new(View::default()),
             zk_view: std::sync::Mutex::new(ZkView::default()),
@@ -321,6 +328,9 @@ impl Cluster {
             record = Some(again);
         }
         let maintenance = self.zk_retry("reading the maintenance record", || self.zk.maintenance()).await?;
+        // The live settings before any decision (the slaves' bounds).
+        let (settings, _) = self.zk_retry("reading the live settings", || self.zk.settings()).await?;
+        let _ = self.live.apply(settings);
         let mut st = self.state.lock().await;
         st.epoch = record.as_ref().map_or(0, |r| r.epoch);
         st.last_master = record.as_ref().filter(|r| r.has_master()).map(|r| r.id.clone());
@@ -436,7 +446,7 @@ impl Cluster {
 
     /// Start slaves until the minimum is met (after a crash or on start).
     async fn fill_slaves(&self, st: &mut Membership) {
-        while (st.slaves().count() as u64) < self.cfg.scale.min_slaves {
+        while (st.slaves().count() as u64) < self.live.scale().min_slaves {
             if let Err(e) = self.start_slave(st).await {
                 error!(error = %e, "could not start a slave");
                 break;
@@ -1155,6 +1165,46 @@ impl Cluster {
         Ok(self.maintenance_status())
     }
 
+    /// The live settings (the autoscaler reads them at every window).
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// `POST /api/v1/config`: change live settings (an empty value resets
+    /// one to its start value). Checked as a start checks them, written to
+    /// ZooKeeper with a version check (a concurrent change is a conflict,
+    /// not lost), applied here at once and by every other orchestrator
+    /// within a second; each change an event.
+    pub async fn set_settings(
+        &self,
+        set: &BTreeMap<String, String>,
+        by: String,
+    ) -> Result<SettingsView, SettingsError> {
+        let (record, version) = self.zk.settings().await.map_err(|e| SettingsError::Unavailable(e.to_string()))?;
+        let before = self.live.plan(record.as_ref(), &BTreeMap::new()).map_err(SettingsError::Unavailable)?;
+        let after = self.live.plan(record.as_ref(), set).map_err(SettingsError::Invalid)?;
+        let changed = settings::changes(&before, &after);
+        if changed.is_empty() {
+            let _ = self.live.apply(record);
+            return Ok(self.live.view());
+        }
+        let rec =
+            SettingsRecord { values: settings::updated(record.as_ref(), set), by: by.clone(), at_ms: wire::now_ms() };
+        match self.zk.set_settings(&rec, version).await {
+            Ok(()) => {}
+            Err(ZkError::Changed) => return Err(SettingsError::Conflict),
+            Err(e) => return Err(SettingsError::Unavailable(e.to_string())),
+        }
+        self.live.apply(Some(rec)).map_err(SettingsError::Invalid)?;
+        for (key, before, after) in changed {
+            info!(%key, %before, %after, by = %by, "live setting changed");
+            self.tel.events.emit(EventKind::SettingChanged { key, before, after, by: by.clone() });
+        }
+        // New bounds act now, not at the next window (MIN_SLAVES raised).
+        self.replenish.notify_one();
+        Ok(self.live.view())
+    }
+
     /// `/api/v1/worker/list`: the pids of every worker, as the runtime reports them.
     pub async fn worker_pids(&self) -> Result<Vec<u32>> {
         let mut pids: Vec<u32> = self
@@ -1411,18 +1461,18 @@ impl Cluster {
             runtime,
             master,
             workers,
-            autoscaler: reads.status(&self.cfg.scale, slaves_running),
+            autoscaler: reads.status(&self.live.scale(), slaves_running),
             broker_connected: self.rpc.connected(),
             zookeeper_connected: self.zk.connected(),
             data: self.data_status(&view),
-            maintenance: maintenance_status(&view, self.cfg.scale.min_slaves),
+            maintenance: maintenance_status(&view, self.live.scale().min_slaves),
             events: self.tel.events.recent(),
         }
     }
 
     /// Maintenance mode as the status shows it (no wait behind the lock).
     pub fn maintenance_status(&self) -> MaintenanceStatus {
-        maintenance_status(&self.view.lock().expect("view lock"), self.cfg.scale.min_slaves)
+        maintenance_status(&self.view.lock().expect("view lock"), self.live.scale().min_slaves)
     }
 
     fn data_status(&self, view: &View) -> DataStatus {

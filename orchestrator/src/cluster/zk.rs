@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 use wire::coord::{
-    archive_path, committed_path, maintenance_path, master_path, worker_path, workers_path, ArchiveRecord,
-    CommittedRecord, MaintenanceRecord, MasterRecord, WorkerRecord,
+    archive_path, committed_path, maintenance_path, master_path, settings_path, worker_path, workers_path,
+    ArchiveRecord, CommittedRecord, MaintenanceRecord, MasterRecord, SettingsRecord, WorkerRecord,
 };
 use wire::status::EventKind;
 use zookeeper_client as zk;
@@ -46,6 +46,9 @@ pub enum ZkError {
     /// Nothing was written; this orchestrator must not act on what it knew.
     #[error("the master record was changed by another orchestrator: this one no longer supervises")]
     Superseded,
+    /// A record written with a version check was changed meanwhile.
+    #[error("changed by another writer meanwhile; read it again")]
+    Changed,
 }
 
 impl Zk {
@@ -160,6 +163,36 @@ impl Zk {
 
     pub async fn set_maintenance(&self, rec: &MaintenanceRecord) -> Result<(), ZkError> {
         self.write_json(&maintenance_path(&self.root), rec).await
+    }
+
+    /// `<root>/settings` and its version (None: no setting ever changed).
+    pub async fn settings(&self) -> Result<(Option<SettingsRecord>, Option<i32>), ZkError> {
+        let c = self.client().await?;
+        match self.bounded(c.get_data(&settings_path(&self.root))).await {
+            Ok((data, stat)) => Ok((serde_json::from_slice(&data).ok(), Some(stat.version))),
+            Err(ZkError::Zk(zk::Error::NoNode)) => Ok((None, None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write `<root>/settings` only if it is still at `version` (None:
+    /// absent): two operators' changes never overwrite each other unseen.
+    pub async fn set_settings(&self, rec: &SettingsRecord, version: Option<i32>) -> Result<(), ZkError> {
+        let c = self.client().await?;
+        let (path, data) = (settings_path(&self.root), serde_json::to_vec(rec).expect("record serializes"));
+        let written = match version {
+            Some(v) => self.bounded(c.set_data(&path, &data, Some(v))).await.map(|_| ()),
+            None => {
+                let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                self.bounded(c.create(&path, &data, &opts)).await.map(|_| ())
+            }
+        };
+        match written {
+            Err(ZkError::Zk(zk::Error::BadVersion | zk::Error::NodeExists | zk::Error::NoNode)) => {
+                Err(ZkError::Changed)
+            }
+            other => other,
+        }
     }
 
     /// Write `<root>/master` only if it is still the version this

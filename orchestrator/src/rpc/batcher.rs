@@ -79,8 +79,28 @@ pub(super) struct Route {
     /// Persistent messages (writes must survive a broker restart).
     pub persistent: bool,
     pub limits: Limits,
-    /// How long a batch waits for its answers.
-    pub timeout: Duration,
+    /// How long a batch waits for its answers (live: read at each batch).
+    pub timeout: LiveTimeout,
+}
+
+/// A timeout an operator may change while requests flow
+/// (`rideshare-ctl config set READ_TIMEOUT_MS=...`): shared by the RPC
+/// client and its coalescing loop, read at each call and each batch.
+#[derive(Debug, Clone)]
+pub struct LiveTimeout(Arc<std::sync::atomic::AtomicU64>);
+
+impl LiveTimeout {
+    pub fn new(d: Duration) -> Self {
+        LiveTimeout(Arc::new(std::sync::atomic::AtomicU64::new(d.as_millis() as u64)))
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub fn set(&self, d: Duration) {
+        self.0.store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The coalescing loop of one queue: runs until `stop`.

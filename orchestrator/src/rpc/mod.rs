@@ -124,6 +124,10 @@ pub struct Rpc {
     nodes: Nodes,
     queue_type: QueueType,
     batching: Batching,
+    /// `db/read`'s and `db/write`'s timeouts: start values from `batching`,
+    /// changed at run time by [`Rpc::set_timeouts`].
+    read_timeout: batcher::LiveTimeout,
+    write_timeout: batcher::LiveTimeout,
     reads: batcher::Queue<ReadMsg>,
     writes: batcher::Queue<WriteMsg>,
     link: RwLock<Option<Link>>,
@@ -154,6 +158,8 @@ impl Rpc {
             nodes,
             queue_type,
             batching,
+            read_timeout: batcher::LiveTimeout::new(batching.read_timeout),
+            write_timeout: batcher::LiveTimeout::new(batching.write_timeout),
             reads: batcher::Queue::new(batching.queue_max),
             writes: batcher::Queue::new(batching.queue_max),
             link: RwLock::new(None),
@@ -179,6 +185,22 @@ impl Rpc {
         self.connected.load(Ordering::Relaxed)
     }
 
+    /// The timeouts of reads and writes from now on (live settings).
+    pub fn set_timeouts(&self, read: Duration, write: Duration) {
+        self.read_timeout.set(read);
+        self.write_timeout.set(write);
+    }
+
+    /// How long a `db/read` waits for its answer now.
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout.get()
+    }
+
+    /// How long a `db/write` waits for its answer now.
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout.get()
+    }
+
     pub fn set_min_epoch(&self, epoch: u64) {
         self.min_epoch.fetch_max(epoch, Ordering::SeqCst);
     }
@@ -192,12 +214,12 @@ impl Rpc {
     pub async fn read(&self, msg: ReadMsg) -> Result<Answer, RpcError> {
         self.tel.metrics.reads_in_flight.inc();
         let _counted = InFlight(&self.tel.metrics.reads_in_flight);
-        self.call(&self.reads, msg, self.batching.read_timeout).await
+        self.call(&self.reads, msg, self.read_timeout()).await
     }
 
     /// Send a write (in the next batch to `writeQ`) and wait for its answer.
     pub async fn write(&self, msg: WriteMsg) -> Result<Reply, RpcError> {
-        let answer = self.call(&self.writes, msg, self.batching.write_timeout).await?;
+        let answer = self.call(&self.writes, msg, self.write_timeout()).await?;
         answer.into_reply().map_err(|e| RpcError::Unreadable(e.to_string()))
     }
 
@@ -216,7 +238,7 @@ impl Rpc {
             queue: READ_Q,
             persistent: false,
             limits: self.batching.reads,
-            timeout: self.batching.read_timeout,
+            timeout: self.read_timeout.clone(),
         };
         batcher::run(self.clone(), &self.reads, route, stop).await
     }
@@ -227,7 +249,7 @@ impl Rpc {
             queue: WRITE_Q,
             persistent: true,
             limits: self.batching.writes,
-            timeout: self.batching.write_timeout,
+            timeout: self.write_timeout.clone(),
         };
         batcher::run(self.clone(), &self.writes, route, stop).await
     }
@@ -236,6 +258,7 @@ impl Rpc {
     /// Callers whose answers do not come hear 503 or time out themselves.
     async fn send_batch<M: serde::Serialize>(&self, route: &batcher::Route, items: Vec<batcher::Item<M>>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let timeout = route.timeout.get();
         let (msgs, slots): (Vec<M>, Vec<_>) = items.into_iter().map(|(m, tx)| (m, Some(tx))).unzip();
         let body = serde_json::to_vec(&Batch { items: msgs }).expect("batches serialize");
         self.tel.metrics.observe_batch(route.queue, slots.len());
@@ -249,7 +272,7 @@ impl Rpc {
         let mut props = BasicProperties::default()
             .with_reply_to(self.reply_queue.as_str().into())
             .with_correlation_id(format!("{:016x}.{id}", self.instance).into())
-            .with_expiration(route.timeout.as_millis().to_string().into());
+            .with_expiration(timeout.as_millis().to_string().into());
         if route.persistent {
             props = props.with_delivery_mode(2);
         }
@@ -262,7 +285,7 @@ impl Rpc {
             link.channels[self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len()].clone()
         };
         let publish = ch.basic_publish("".into(), route.queue.into(), BasicPublishOptions::default(), &body, props);
-        let confirm = match tokio::time::timeout(route.timeout, publish).await {
+        let confirm = match tokio::time::timeout(timeout, publish).await {
             Ok(Ok(confirm)) => confirm,
             Ok(Err(e)) => {
                 warn!(error = %e, queue = route.queue, "could not publish a batch");
@@ -292,7 +315,7 @@ impl Rpc {
             }
         };
         tokio::select! {
-            _ = tokio::time::timeout(route.timeout, answered) => {}
+            _ = tokio::time::timeout(timeout, answered) => {}
             _ = confirmed => {}
         }
     }
