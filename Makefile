@@ -1,5 +1,5 @@
 # The two commands of the README: `make up` and `make test`.
-.PHONY: up down wipe status test undeploy-wipe build images bench bench-million clean deploy undeploy soak
+.PHONY: up down wipe status rollout test undeploy-wipe build images bench bench-million clean deploy undeploy soak
 
 # `HA=1 make up`: the same stack on the redundant infra (scripts/ha.sh: a
 # 3-node RabbitMQ cluster with quorum queues, a 3-server ZooKeeper ensemble;
@@ -17,6 +17,12 @@ status:
 # the workers' volumes and the broker's and ZooKeeper's data.
 wipe:
 	scripts/stack.sh wipe
+
+# The running stack upgraded to what is built now, one part at a time while
+# the others serve: workers, orchestrators, service instances (README
+# "Operating it"; no request fails on the redundant topology, HA=1).
+rollout:
+	scripts/stack.sh rollout
 
 build:
 	cargo build --release --workspace --all-targets

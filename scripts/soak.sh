@@ -4,7 +4,9 @@
 # brought up in isolation from everything else on this machine - its own
 # VAR_DIR, HA_DIR, broker and ZooKeeper ports, LB/service/orchestrator ports
 # and cluster id - then target/release/soak (load through the LB, a nemesis
-# injecting one fault at a time, a checker over the recorded history; soak/),
+# injecting one fault at a time, then `scripts/stack.sh rollout` of every
+# part under the load, during which no request may fail; a checker over the
+# recorded history; soak/),
 # its report (also in var/soak-report.txt), and the stack torn down whatever
 # happens.
 #
@@ -31,6 +33,9 @@ export SOAK_LB_URL=http://127.0.0.1:$LB_PORT SOAK_ORCHESTRATORS=${SOAK_ORCHESTRA
 export RUST_LOG=${RUST_LOG:-info,lapin=warn,zookeeper_client=warn}
 
 cargo build --release -q -p soak
+# The CLI the closing rollout drives (built apart: `stack.sh up` builds the
+# servers with their own feature resolution).
+cargo build --release -q -p ctl
 teardown() { log "tearing the soak stack down"; scripts/stack.sh down || true; }
 trap teardown EXIT
 # What a killed earlier run may have left, then a fresh stack.

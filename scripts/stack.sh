@@ -9,6 +9,10 @@
 #   scripts/stack.sh wipe    down, then remove the data: the workers' volumes, the
 #                            broker's and ZooKeeper's data, and the local backup
 #                            (var/backup; the next `up` starts empty)
+#   scripts/stack.sh rollout a running stack upgraded to what is built now, one
+#                            part at a time while the others serve: the workers
+#                            (the orchestrator's rollout), then each orchestrator,
+#                            then each service instance (README "Operating it")
 #
 # `up` also starts the archiver (README "Backup and restore"): the continuous
 # backup of every acknowledged write into BACKUP_URL, by default the directory
@@ -156,7 +160,8 @@ up() {
   if [ -z "$runtime" ]; then
     if engine_answers; then runtime=docker; else runtime=process; fi
   fi
-  if [ "$runtime" = docker ]; then scripts/build-images.sh; fi
+  if [ "$runtime" = docker ] && [ -z "${SKIP_IMAGES:-}" ]; then scripts/build-images.sh; fi
+  echo "$runtime" > "$RUN/runtime"
   start_orchestrators "$runtime"
   start_archiver
   local name addr
@@ -276,11 +281,75 @@ revive() {
   up
 }
 
+# `rollout` (`make rollout`): the running stack upgraded to the binaries (and
+# worker image) built now, with no request failing. The workers first, by the
+# orchestrator's rollout (docs/api.md §6.3) to a copy of the new worker named
+# by its content (process runtime: var/bin/worker-<sha>; Docker: the image
+# tagged with its id); then each orchestrator and each service instance in
+# turn: SIGTERM (it finishes the requests in flight and closes; the services
+# and the LB use the other instance meanwhile), the new binary started on
+# the same address, and the next one only once it serves.
+rollout() {
+  [ -f "$RUN/topology" ] && running orchestrator || die "no stack runs here ($RUN): scripts/stack.sh up first"
+  local t0=$SECONDS runtime image
+  runtime=$(cat "$RUN/runtime" 2>/dev/null || echo process)
+  log "rollout: building"
+  # The same packages as `up` (one feature resolution: nothing rebuilt for
+  # nothing), the CLI apart.
+  cargo build --release -q -p orchestrator -p worker -p users-api -p rides-api -p archiver
+  cargo build --release -q -p ctl
+  t0=$SECONDS
+  if [ "$runtime" = docker ]; then
+    scripts/build-images.sh worker
+    image=rideshare-worker:$(docker image inspect -f '{{.Id}}' rideshare-worker:latest | sed 's/^sha256://' | cut -c1-12)
+    docker tag rideshare-worker:latest "$image"
+  else
+    mkdir -p "$VAR/bin"
+    image=$VAR/bin/worker-$(sha256sum target/release/worker | cut -c1-12)
+    [ -x "$image" ] || cp target/release/worker "$image"
+  fi
+  log "rollout: the workers to $image"
+  ORCHESTRATOR_URL=http://$ORCH_ADDR target/release/rideshare-ctl rollout --worker-image "$image"
+  log "rollout: workers done in $((SECONDS - t0)) s"
+  local name o addr t parts=()
+  for o in $(orchestrators); do parts+=("${o%%:*} ${o#*:}"); done
+  while read -r name addr; do parts+=("$name $addr"); done \
+    < <(instances users-api "$USERS_ADDRS"; instances rides-api "$RIDES_ADDRS")
+  for o in "${parts[@]}"; do
+    read -r name addr <<< "$o"
+    t=$SECONDS
+    stop_pid "$name"
+    # `up` starts what is not running (this one) and waits until all serve.
+    ( infra() { :; }; cargo() { :; }; SKIP_IMAGES=1 up ) 2>&1 | { grep -v 'already running' || true; } >&2
+    case $name in
+      users-api*) wait_lb_uses "$addr" "/api/v1/users?username=rollout-probe" ;;
+      rides-api*) wait_lb_uses "$addr" "/api/v1/rides/count" ;;
+    esac
+    log "rollout: $name restarted on the new binary in $((SECONDS - t)) s"
+  done
+  log "rollout: done in $((SECONDS - t0)) s after the build (workers, ${#parts[@]} processes)"
+}
+
+# Until the LB has answered a request through the instance at $1 again:
+# nginx leaves an instance it saw fail out for its fail_timeout, and stopping
+# the other instance before that would leave it none. Requests through the
+# LB (GET $2), one every 0.2 s, until its access log shows one served by $1.
+wait_lb_uses() {
+  local addr=$1 path=$2 log=$LB_DIR/logs/access.log from end=$((SECONDS + DEADLINE_SECS))
+  from=$(wc -l < "$log")
+  until tail -n +"$((from + 1))" "$log" | grep -q " 2[0-9][0-9] uri=.* upstream=$addr time="; do
+    [ $SECONDS -lt $end ] || die "the LB did not send a request to $addr within ${DEADLINE_SECS}s (see $log)"
+    curl -s -o /dev/null -m 5 "http://127.0.0.1:$LB_PORT$path" || true
+    sleep 0.2
+  done
+}
+
 case "${1:-}" in
+  rollout) rollout ;;
   revive) revive ;;
   up) up ;;
   down) down ;;
   status) status ;;
   wipe) wipe ;;
-  *) echo "usage: $0 up|down|status|wipe|revive" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|wipe|rollout|revive" >&2; exit 2 ;;
 esac

@@ -53,6 +53,18 @@ pub struct Verdict {
     pub longest_write_gap: Ms,
     pub longest_read_gap: Ms,
     pub outages: BTreeMap<FaultKind, KindOutage>,
+    /// The rolling upgrade: how long it took and the requests that failed
+    /// while it ran (None: not run).
+    pub rollout: Option<RolloutVerdict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutVerdict {
+    pub took: Ms,
+    pub requests: usize,
+    pub failed_writes: usize,
+    pub failed_reads: usize,
+    pub error: Option<String>,
 }
 
 impl Verdict {
@@ -85,6 +97,17 @@ impl Verdict {
         if self.reads_checked == 0 {
             out.push("no read answered".to_owned());
         }
+        if let Some(r) = &self.rollout {
+            if let Some(e) = &r.error {
+                out.push(format!("the rollout did not complete: {e}"));
+            }
+            if r.failed_writes + r.failed_reads > 0 {
+                out.push(format!(
+                    "{} write requests and {} reads failed during the rollout",
+                    r.failed_writes, r.failed_reads
+                ));
+            }
+        }
         out
     }
 }
@@ -108,7 +131,23 @@ pub fn check(h: &History) -> Verdict {
         longest_write_gap: longest_gap(&write_ok, h.load_start, h.load_end),
         longest_read_gap: longest_gap(&read_ok, h.load_start, h.load_end),
         outages: outages(h, &write_ok, &read_ok),
+        rollout: rollout(h),
     }
+}
+
+/// The requests that overlapped the rollout, and those of them that failed.
+pub fn rollout(h: &History) -> Option<RolloutVerdict> {
+    let p = h.rollout.as_ref()?;
+    let during = |start: Ms, end: Ms| start <= p.end && end >= p.start;
+    let attempts: Vec<_> = h.writes.iter().flat_map(|w| &w.attempts).filter(|a| during(a.start, a.end)).collect();
+    let reads: Vec<_> = h.reads.iter().filter(|r| during(r.start, r.end)).collect();
+    Some(RolloutVerdict {
+        took: p.end - p.start,
+        requests: attempts.len() + reads.len(),
+        failed_writes: attempts.iter().filter(|a| !a.ok).count(),
+        failed_reads: reads.iter().filter(|r| r.seen.is_none()).count(),
+        error: p.error.clone(),
+    })
 }
 
 /// Acknowledged writes the final state lacks.
@@ -284,6 +323,33 @@ mod tests {
             assert_eq!(lost(&h).map(|v| v.len()), l, "case {i}: lost");
             assert_eq!(duplicated(&h).map(|v| v.len()), d, "case {i}: duplicated");
         }
+    }
+
+    #[test]
+    fn requests_that_overlap_the_rollout_count_and_must_not_fail() {
+        use crate::history::Planned;
+        let writes = vec![
+            write(ride(1), &[(0, 5, false), (6, 9, true)], Outcome::Acked), // failed before: not counted
+            write(ride(2), &[(95, 105, false), (106, 110, true)], Outcome::Acked), // failed across the start
+            write(ride(3), &[(150, 160, true)], Outcome::Acked),
+        ];
+        let reads = vec![
+            read(Scope::Pair(1), 120, 130, None),
+            read(Scope::Pair(1), 190, 210, Some(&[])),
+            read(Scope::Pair(1), 250, 260, None), // after: not counted
+        ];
+        let rollout = Some(Planned { start: 100, end: 200, error: None });
+        let h = History { writes, reads, rollout, ..History::default() };
+        let r = super::rollout(&h).unwrap();
+        assert_eq!((r.took, r.requests, r.failed_writes, r.failed_reads), (100, 5, 1, 1));
+        let v = check(&h);
+        assert!(
+            v.failures(0).iter().any(|f| f == "1 write requests and 1 reads failed during the rollout"),
+            "{:?}",
+            v.failures(0)
+        );
+        let none = History { rollout: None, ..h };
+        assert_eq!(super::rollout(&none), None);
     }
 
     #[test]

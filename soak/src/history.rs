@@ -163,6 +163,16 @@ pub struct Fault {
     pub healed: Ms,
 }
 
+/// A planned change run under the load (`scripts/stack.sh rollout`): no
+/// request may fail while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub start: Ms,
+    pub end: Ms,
+    /// Why it did not complete (None: it did).
+    pub error: Option<String>,
+}
+
 /// What the final reads, once the stack healed, found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Final {
@@ -179,6 +189,8 @@ pub struct History {
     pub faults: Vec<Fault>,
     /// Fault kinds not run, with the reason.
     pub skipped: BTreeMap<FaultKind, String>,
+    /// The rolling upgrade run after the faults (None: not run).
+    pub rollout: Option<Planned>,
     /// When the load started and stopped.
     pub load_start: Ms,
     pub load_end: Ms,

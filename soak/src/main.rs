@@ -87,6 +87,10 @@ struct Args {
     /// How long the final reads may take to succeed once the load stopped.
     #[arg(long, env = "SOAK_HEAL_SECS", default_value_t = 120)]
     heal_secs: u64,
+    /// After the faults, a rolling upgrade of every part under the load
+    /// (`scripts/stack.sh rollout`), during which no request may fail.
+    #[arg(long, env = "SOAK_ROLLOUT", default_value_t = true, action = clap::ArgAction::Set)]
+    rollout: bool,
     /// Each HTTP request's timeout.
     #[arg(long, env = "SOAK_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     request_timeout_ms: u64,
@@ -179,6 +183,16 @@ async fn main() -> Result<()> {
         if let Err(e) = nemesis.await_recovery(&load).await {
             warn!(error = %format!("{e:#}"), "the stack did not recover in time; going on");
         }
+    }
+
+    if a.rollout {
+        info!("planned rollout of every part under the load: scripts/stack.sh rollout");
+        let start = rec.now();
+        let done = nemesis.rollout().await;
+        let end = rec.now();
+        info!(took_ms = end - start, ok = done.is_ok(), "rollout ended");
+        let error = done.err().map(|e| format!("{e:#}"));
+        rec.history.lock().unwrap().rollout = Some(history::Planned { start, end, error });
     }
 
     load.stop.store(true, Ordering::Relaxed);

@@ -223,6 +223,11 @@ impl Nemesis {
         self.script("scripts/ha.sh", args).await
     }
 
+    /// `scripts/stack.sh rollout` on this stack: every part upgraded in turn.
+    pub async fn rollout(&self) -> Result<()> {
+        self.stack(&["rollout"]).await.map(|_| ())
+    }
+
     async fn stack(&self, args: &[&str]) -> Result<String> {
         self.script("scripts/stack.sh", args).await
     }

@@ -59,6 +59,17 @@ pub fn render(setup: &Setup, h: &History, v: &Verdict, start: &[Proc], end: &[Pr
             let _ = writeln!(o, "  {:<28}   0", kind.to_string());
         }
     }
+    if let Some(r) = &v.rollout {
+        let _ = writeln!(
+            o,
+            "rollout           {} under the load: {} requests during it, {} write requests and {} reads failed{}",
+            secs(r.took),
+            r.requests,
+            r.failed_writes,
+            r.failed_reads,
+            r.error.as_ref().map_or(String::new(), |e| format!("; did not complete: {e}"))
+        );
+    }
     let _ = writeln!(
         o,
         "writes            {} ({} acknowledged, {} refused, {} abandoned after retries)",
