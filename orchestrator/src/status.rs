@@ -120,7 +120,16 @@ mod tests {
     #[test]
     fn states() {
         let t0 = Instant::now();
-        let rec = |role| WorkerRecord { id: "w".into(), pid: 1, role, seq: 0, epoch: 1, incarnation: 0, disk: None };
+        let rec = |role| WorkerRecord {
+            id: "w".into(),
+            pid: 1,
+            role,
+            seq: 0,
+            epoch: 1,
+            incarnation: 0,
+            disk: None,
+            ready_for: None,
+        };
         let slave = Member::new(7, MemberRole::Slave, t0);
         let master = Member::new(7, MemberRole::Master, t0);
         let mut stopping = slave.clone();

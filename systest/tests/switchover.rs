@@ -144,6 +144,59 @@ async fn switchovers_with(opts: StackOptions, rounds: usize) {
     );
 }
 
+/// A switchover that cannot finish is called off (docs/api.md §6.2): the
+/// target slave is stopped (SIGSTOP) as it is asked to take over; the answer
+/// is a 503 that says so, the old master takes writes again under its epoch,
+/// and no write fails or is lost (they waited in `writeQ`). The target,
+/// resumed, does not act on the request it missed: one master, and a
+/// switchover to it works afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switchover_to_a_stopped_slave_is_called_off_and_fails_no_request() {
+    let stack = Stack::start(StackOptions { services: true, min_slaves: 1, ..Default::default() }).await.unwrap();
+    let c = Stack::http();
+    let before = settled(&stack, 1).await;
+    let master = before.master.clone().unwrap();
+    let target = before.workers.iter().find(|w| w.role == WorkerRole::Slave).unwrap().clone();
+    let owner = uniq("owner");
+    add_user(&c, &stack.lb, &owner).await;
+    let load = Load::start(&stack.lb, &owner, 4);
+    let ledger = load.ledger.clone();
+    wait_acked(&ledger, 100, "100 rides before the switchover").await;
+
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &target.pid.to_string()]).status().unwrap();
+        assert!(ok.success(), "kill {sig} {}", target.pid);
+    };
+    signal("-STOP");
+    let asked = std::time::Instant::now();
+    let (status, answer) = switchover(&stack, &json!({"to": target.id}).to_string()).await;
+    let took = asked.elapsed();
+    signal("-CONT");
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("called off")), "{answer}");
+
+    let n = ledger.acked.lock().unwrap().len();
+    wait_acked(&ledger, n + 100, "writes acknowledged by the old master after the call-off").await;
+    let s = stack.status().await.unwrap();
+    assert_eq!(s.master.as_ref().map(|m| (&m.id, m.epoch)), Some((&master.id, master.epoch)), "{s:?}");
+    let masters = s.workers.iter().filter(|w| w.role == WorkerRole::Master).count();
+    assert_eq!(masters, 1, "one master after the resumed target came back: {s:?}");
+    // The cluster is whole again, and a switchover now goes through.
+    let s = settled(&stack, 1).await;
+    let (status, done) = switchover(&stack, "{}").await;
+    assert_eq!(status, 200, "{done}");
+    let to = done["to"].as_str().unwrap().to_owned();
+    settled(&stack, 1).await;
+    let n = ledger.acked.lock().unwrap().len();
+    wait_acked(&ledger, n + 30, "writes acknowledged by the new master").await;
+    let audit = load.finish_whole(&c, &stack.lb).await;
+    eprintln!(
+        "[switchover] called off after {took:?} (target stopped); then to {to}: {} writes acknowledged, 0 failed, 0 lost; slaves {:?}",
+        audit.acked,
+        s.workers.iter().filter(|w| w.role == WorkerRole::Slave).map(|w| w.pid).collect::<Vec<_>>()
+    );
+}
+
 /// A rolling upgrade (docs/api.md §6.3) on processes, under the same load:
 /// every worker replaced by one running another binary, one at a time, the
 /// master's role handed over on the way; nothing fails, nothing is lost, and

@@ -178,6 +178,12 @@ pub struct WorkerRecord {
     /// snapshot: what a recovery may promote. None: no file, or replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskCopy>,
+    /// A slave named as a switchover's target sets the request's epoch here
+    /// once it has seen it: proof that it is alive to take over. The
+    /// orchestrator names it master only then (a stopped or hung target
+    /// gets the switchover called off instead of named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_for: Option<u64>,
 }
 
 /// A database file found on a worker's volume at start.

@@ -48,6 +48,12 @@ impl NodeCtx {
         });
     }
 
+    /// As a switchover's target: ready for the request of `epoch` (None:
+    /// no request for this worker).
+    pub fn set_ready_for(&self, epoch: Option<u64>) {
+        self.zk.record.send_if_modified(|r| std::mem::replace(&mut r.ready_for, epoch) != epoch);
+    }
+
     /// The sequence number applied so far (a copy: never hold the watch's
     /// guard across `set_position`, which writes the same watch).
     pub fn applied_seq(&self) -> u64 {
@@ -119,6 +125,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<ExitReason> {
         epoch,
         incarnation: cfg.incarnation,
         disk,
+        ready_for: None,
     };
     // The ZooKeeper task has a token of its own, cancelled only once the roles
     // are done: the znode stays while reads in hand finish.

@@ -167,6 +167,10 @@ pub async fn run(conn: &Connection, ctx: &NodeCtx, own: OwnCopy, stop: Cancellat
             r = &mut applier => break Err(anyhow!("applying changes stopped: {:?}", r)),
             _ = master.changed() => {
                 let rec = master.borrow_and_update().clone();
+                // A switchover's target says it saw the request (and so is
+                // alive to take over); a request called off, it says no more.
+                let asked = rec.as_ref().filter(|r| r.handover_to.as_deref() == Some(id.as_str())).map(|r| r.epoch);
+                ctx.set_ready_for(asked);
                 if let Some(rec) = rec.filter(|r| r.id == id) {
                     break Ok(SlaveExit::Promoted { db: db.clone(), epoch: rec.epoch });
                 }

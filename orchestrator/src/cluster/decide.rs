@@ -201,10 +201,11 @@ pub fn switchover_target(
 /// Where a switchover is, from the old and the new master's records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handover {
-    /// The master has not stopped yet, or the target has not applied its
-    /// last change yet.
+    /// The master has not stopped yet, or the target has not said it saw
+    /// the request.
     Wait,
-    /// The master stopped at `seq` and the target holds it: name the target.
+    /// The master stopped at `seq`, and the target, which holds it in its
+    /// sync queue, saw the request: name the target.
     Ready { seq: u64 },
     /// It cannot complete: call it off.
     Off(String),
@@ -215,12 +216,16 @@ pub enum Handover {
 /// slave's sync queue was bound before it caught up, so it holds every change
 /// the master acknowledged, and a slave named master applies all it holds
 /// before it takes `writeQ` (as in a failover).
-pub fn handover(old: Option<&WorkerRecord>, new: Option<&WorkerRecord>) -> Handover {
+///
+/// The target must also have said it saw the request of `epoch` (its
+/// record's `ready_for`): a target that stopped answering (paused, hung)
+/// would otherwise be named master and hold every write until it woke.
+pub fn handover(old: Option<&WorkerRecord>, new: Option<&WorkerRecord>, epoch: u64) -> Handover {
     let (Some(old), Some(new)) = (old, new) else {
         return Handover::Off("a worker of the switchover left the registry".into());
     };
     match (old.role, new.role) {
-        (Role::HandingOver, Role::Slave) => Handover::Ready { seq: old.seq },
+        (Role::HandingOver, Role::Slave) if new.ready_for == Some(epoch) => Handover::Ready { seq: old.seq },
         (_, Role::Slave) => Handover::Wait,
         (_, other) => Handover::Off(format!("the target stopped serving as a slave (it reports {other:?})")),
     }
@@ -594,7 +599,10 @@ mod tests {
     };
 
     fn rec(id: &str, role: Role, seq: u64) -> (String, WorkerRecord) {
-        (id.into(), WorkerRecord { id: id.into(), pid: 1, role, seq, epoch: 1, incarnation: 0, disk: None })
+        (
+            id.into(),
+            WorkerRecord { id: id.into(), pid: 1, role, seq, epoch: 1, incarnation: 0, disk: None, ready_for: None },
+        )
     }
 
     fn member(pid: u32, role: MemberRole, t0: Instant) -> Member {
@@ -744,7 +752,10 @@ mod switchover_tests {
     use super::*;
 
     fn rec(id: &str, role: Role, seq: u64) -> (String, WorkerRecord) {
-        (id.into(), WorkerRecord { id: id.into(), pid: 1, role, seq, epoch: 1, incarnation: 0, disk: None })
+        (
+            id.into(),
+            WorkerRecord { id: id.into(), pid: 1, role, seq, epoch: 1, incarnation: 0, disk: None, ready_for: None },
+        )
     }
 
     #[test]
@@ -808,16 +819,21 @@ mod switchover_tests {
     #[test]
     fn the_target_is_named_once_the_master_stopped() {
         let r = |role, seq| rec("x", role, seq).1;
+        let ready = |seq, epoch| WorkerRecord { ready_for: Some(epoch), ..r(Role::Slave, seq) };
         let table = [
-            (Some(r(Role::Master, 9)), Some(r(Role::Slave, 9)), Handover::Wait),
+            (Some(r(Role::Master, 9)), Some(ready(9, 1)), Handover::Wait),
             // Its queue holds 12: the promotion applies it first.
-            (Some(r(Role::HandingOver, 12)), Some(r(Role::Slave, 11)), Handover::Ready { seq: 12 }),
-            (Some(r(Role::HandingOver, 12)), Some(r(Role::Slave, 12)), Handover::Ready { seq: 12 }),
+            (Some(r(Role::HandingOver, 12)), Some(ready(11, 1)), Handover::Ready { seq: 12 }),
+            (Some(r(Role::HandingOver, 12)), Some(ready(12, 1)), Handover::Ready { seq: 12 }),
+            // The target has not said it saw this request (stopped, or slow):
+            // not named; the switchover waits, then is called off.
+            (Some(r(Role::HandingOver, 12)), Some(r(Role::Slave, 12)), Handover::Wait),
+            (Some(r(Role::HandingOver, 12)), Some(ready(12, 0)), Handover::Wait),
         ];
         for (i, (old, new, want)) in table.into_iter().enumerate() {
-            assert_eq!(handover(old.as_ref(), new.as_ref()), want, "row {i}");
+            assert_eq!(handover(old.as_ref(), new.as_ref(), 1), want, "row {i}");
         }
-        assert!(matches!(handover(None, Some(&r(Role::Slave, 1))), Handover::Off(_)));
-        assert!(matches!(handover(Some(&r(Role::HandingOver, 3)), Some(&r(Role::CatchingUp, 0))), Handover::Off(_)));
+        assert!(matches!(handover(None, Some(&r(Role::Slave, 1)), 1), Handover::Off(_)));
+        assert!(matches!(handover(Some(&r(Role::HandingOver, 3)), Some(&r(Role::CatchingUp, 0)), 1), Handover::Off(_)));
     }
 }

@@ -934,7 +934,7 @@ impl Cluster {
         self.write_master(&ask).await.map_err(|e| Failed(format!("writing the master record: {e}")))?;
         let seq = loop {
             let step = match self.zk.workers().await {
-                Ok(reg) => decide::handover(reg.get(&old), reg.get(&new)),
+                Ok(reg) => decide::handover(reg.get(&old), reg.get(&new), epoch),
                 Err(_) => Handover::Wait,
             };
             match step {
@@ -967,8 +967,18 @@ impl Cluster {
         let new_epoch = st.epoch;
         let pause = loop {
             let claimed = self.zk.committed().await.is_ok_and(|c| c.is_some_and(|c| c.epoch == new_epoch));
-            if claimed || t0.elapsed() >= 2 * timing::SWITCHOVER_WAIT {
+            if claimed {
                 break t0.elapsed();
+            }
+            if t0.elapsed() >= 2 * timing::SWITCHOVER_WAIT {
+                // Named, and it said it was ready, but it has not taken
+                // writeQ (it stopped answering since): said as it is.
+                warn!(to = %new, epoch = new_epoch, "switchover: the new master has not taken writes yet");
+                return Err(Failed(format!(
+                    "{new} was named master (epoch {new_epoch}) but has not taken writes within {:?}; writes wait \
+                     for it, and a failover follows if it is lost",
+                    2 * timing::SWITCHOVER_WAIT
+                )));
             }
             tokio::time::sleep(timing::SWITCHOVER_POLL).await;
         };
