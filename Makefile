@@ -1,5 +1,5 @@
 # The two commands of the README: `make up` and `make test`.
-.PHONY: up down wipe status rollout test undeploy-wipe build images bench bench-million clean deploy undeploy soak
+.PHONY: up down wipe status rollout deploy-rollout test undeploy-wipe build images bench bench-million clean deploy undeploy soak
 
 # `HA=1 make up`: the same stack on the redundant infra (scripts/ha.sh: a
 # 3-node RabbitMQ cluster with quorum queues, a 3-server ZooKeeper ensemble;
@@ -34,6 +34,11 @@ images:
 # (no registry), starts it, returns once the LB on DEPLOY_PORT answers.
 deploy:
 	scripts/deploy.sh up
+
+# The running deployment upgraded to the images built now, one container at a
+# time while the others serve (README "Operating it").
+deploy-rollout:
+	scripts/deploy.sh rollout
 
 # Stops it and removes the workers it started and its network; the volumes
 # (the data) are kept for the next `make deploy`.

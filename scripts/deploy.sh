@@ -9,6 +9,9 @@
 #                              ZooKeeper's data): the next `up` resumes the same data
 #   scripts/deploy.sh wipe     `down`, then remove those volumes too (the data is gone)
 #   scripts/deploy.sh status   the services, their health, and the workers
+#   scripts/deploy.sh rollout  a running deployment upgraded to the images built now,
+#                              one part at a time while the others serve (README
+#                              "Operating it"): workers, orchestrators, service instances
 #
 # Settings: docker/.env holds the defaults, the environment wins (DEPLOY_HOST,
 # DEPLOY_PORT, ORCH_PORT, ORCH2_PORT, RABBITMQ_USER, RABBITMQ_PASS, CLUSTER_ID, ...).
@@ -43,13 +46,15 @@ CLUSTER_ID=$(setting CLUSTER_ID rideshare-deploy)
 DEPLOY_HOST=$(setting DEPLOY_HOST 127.0.0.1)
 DEPLOY_PORT=$(setting DEPLOY_PORT 8080)
 DEPLOY_TIMEOUT=$(setting DEPLOY_TIMEOUT 180)
+DEPLOY_NET=$(setting DEPLOY_NET 10.213.0)
 [[ $PROJECT =~ ^[a-z0-9][a-z0-9_-]*$ ]] || die "DEPLOY_PROJECT=$PROJECT: lower-case letters, digits, - and _ only"
 [[ $CLUSTER_ID =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "CLUSTER_ID=$CLUSTER_ID: letters, digits, . _ - only"
 [[ $DEPLOY_PORT =~ ^[0-9]+$ ]] || die "DEPLOY_PORT=$DEPLOY_PORT is not a port number"
 [[ $DEPLOY_TIMEOUT =~ ^[0-9]+$ ]] || die "DEPLOY_TIMEOUT=$DEPLOY_TIMEOUT is not a number of seconds"
+[[ $DEPLOY_NET =~ ^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || die "DEPLOY_NET=$DEPLOY_NET: the first three numbers of a /24, like 10.213.0"
 # compose reads these (the environment wins over --env-file); keep the ones
 # this script decided on consistent with what compose will use.
-export CLUSTER_ID DEPLOY_HOST DEPLOY_PORT
+export CLUSTER_ID DEPLOY_HOST DEPLOY_PORT DEPLOY_NET
 
 command -v docker >/dev/null || die "docker CLI not found"
 if docker compose version >/dev/null 2>&1; then
@@ -142,11 +147,82 @@ status() {
   if answers; then echo "lb: answering on $(lb_url)"; else echo "lb: not answering on $(lb_url)"; return 1; fi
 }
 
+# The health a compose service's container reports (empty: no container).
+health() {
+  local id; id=$(compose ps -q "$1" 2>/dev/null || true)
+  [[ -n $id ]] && docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id" 2>/dev/null
+}
+
+# `rollout`: the workers through the orchestrator's rollout (to the worker
+# image tagged with its id), then each orchestrator and service instance in
+# turn recreated on its new image (compose stops the old container with
+# SIGTERM: it finishes the requests in flight while the other instance
+# serves), the next only once the new one is healthy and, for a service
+# instance, the LB has answered a request through it again (it keeps its
+# fixed address, so nginx needs no reload, whose closing of kept-alive
+# client connections failed requests; but nginx leaves an instance it saw
+# fail out for its fail_timeout).
+rollout() {
+  answers || die "no deployment answers at $(lb_url): scripts/deploy.sh up first"
+  [[ ${SKIP_BUILD:-0} == 1 ]] || scripts/build-images.sh all
+  local t0=$SECONDS image token orch_port
+  image=rideshare-worker:$(docker image inspect -f '{{.Id}}' rideshare-worker:latest | sed 's/^sha256://' | cut -c1-12)
+  docker tag rideshare-worker:latest "$image"
+  token=$(setting ADMIN_TOKEN)
+  orch_port=$(setting ORCH_PORT 8090)
+  log "rollout: the workers to $image"
+  local answer
+  answer=$(curl -sS --max-time 1800 -X POST -H 'content-type: application/json' \
+    ${token:+-H "authorization: Bearer $token"} -L --post302 --location-trusted \
+    -d "{\"worker_image\": \"$image\"}" -w '\n%{http_code}' "http://$DEPLOY_HOST:$orch_port/api/v1/rollout") \
+    || die "rollout of the workers: no answer"
+  [[ ${answer##*$'\n'} == 200 ]] || die "rollout of the workers refused: ${answer%$'\n'*}"
+  log "rollout: workers done in $((SECONDS - t0))s: ${answer%$'\n'*}"
+  local svc t end
+  for svc in orchestrator orchestrator-2 users-api users-api-2 rides-api rides-api-2; do
+    t=$SECONDS
+    compose up -d --no-deps --force-recreate -t 25 "$svc" >/dev/null 2>&1 || die "recreating $svc failed"
+    end=$((SECONDS + DEPLOY_TIMEOUT))
+    until [[ $(health "$svc") == healthy ]]; do
+      ((SECONDS < end)) || die "$svc not healthy within ${DEPLOY_TIMEOUT}s after its recreation"
+      sleep 0.5
+    done
+    case $svc in
+      users-api) wait_lb_uses "$DEPLOY_NET.11" "/api/v1/users?username=rollout-probe" ;;
+      users-api-2) wait_lb_uses "$DEPLOY_NET.12" "/api/v1/users?username=rollout-probe" ;;
+      rides-api) wait_lb_uses "$DEPLOY_NET.13" /api/v1/rides/count ;;
+      rides-api-2) wait_lb_uses "$DEPLOY_NET.14" /api/v1/rides/count ;;
+    esac
+    log "rollout: $svc recreated on its new image in $((SECONDS - t))s"
+  done
+  answers || die "no answer from $(lb_url) after the rollout"
+  log "rollout: done in $((SECONDS - t0))s (workers, 6 containers)"
+}
+
+# Until the LB's access log (its container's output) shows a request
+# answered through the instance at address $1: GET $2 through the LB, one
+# every 0.2 s, bounded by DEPLOY_TIMEOUT.
+wait_lb_uses() {
+  local lb since end=$((SECONDS + DEPLOY_TIMEOUT))
+  lb=$(compose ps -q lb)
+  since=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+  # grep reads it all (not -q): a pipe closed early would fail under pipefail.
+  until docker logs --since "$since" "$lb" 2>/dev/null | grep " 2[0-9][0-9] uri=.* upstream=$1:80 time=" >/dev/null; do
+    if ((SECONDS >= end)); then
+      docker logs --since "$since" "$lb" 2>&1 | tail -n 5 >&2
+      die "the LB did not send a request to $1 within ${DEPLOY_TIMEOUT}s (its last lines above)"
+    fi
+    curl -s -o /dev/null --max-time 5 "$(lb_url)$2" || true
+    sleep 0.2
+  done
+}
+
 case "${1:-}" in
+  rollout) rollout ;;
   up) up ;;
   down) down ;;
   wipe) wipe ;;
   status) status ;;
-  -h | --help) sed -n '2,21p' "$0" ;;
-  *) die "usage: $0 up|down|wipe|status" ;;
+  -h | --help) sed -n '2,24p' "$0" ;;
+  *) die "usage: $0 up|down|wipe|status|rollout" ;;
 esac

@@ -337,7 +337,8 @@ rollout() {
 wait_lb_uses() {
   local addr=$1 path=$2 log=$LB_DIR/logs/access.log from end=$((SECONDS + DEADLINE_SECS))
   from=$(wc -l < "$log")
-  until tail -n +"$((from + 1))" "$log" | grep -q " 2[0-9][0-9] uri=.* upstream=$addr time="; do
+  # grep reads it all (not -q): a pipe closed early would fail under pipefail.
+  until tail -n +"$((from + 1))" "$log" | grep " 2[0-9][0-9] uri=.* upstream=$addr time=" >/dev/null; do
     [ $SECONDS -lt $end ] || die "the LB did not send a request to $addr within ${DEADLINE_SECS}s (see $log)"
     curl -s -o /dev/null -m 5 "http://127.0.0.1:$LB_PORT$path" || true
     sleep 0.2

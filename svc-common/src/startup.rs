@@ -76,17 +76,43 @@ pub async fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// caller hands SIGTERM and Ctrl-C to `stop` (`tasks::cancel_on_signal`)
 /// before it says it listens, so a stop sent right after that line is never
 /// lost.
+///
+/// Stopping goes in two steps: for `timing::LAME_DUCK` every answer says
+/// `Connection: close` (new connections are still taken), so the kept-alive
+/// connections a load balancer uses are closed after an answer; then no new
+/// connections, the idle ones closed, and requests in flight get
+/// `timing::SHUTDOWN_GRACE` to finish.
 pub async fn serve<F>(name: &str, listener: TcpListener, routes: F, stop: CancellationToken)
 where
     F: Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
 {
-    let server = warp::serve(routes).incoming(listener).graceful(stop.clone().cancelled_owned()).run();
+    let closing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let routes = {
+        let closing = closing.clone();
+        routes.map(move |mut r: Response| {
+            if closing.load(std::sync::atomic::Ordering::Relaxed) {
+                r.headers_mut().insert(warp::http::header::CONNECTION, warp::http::HeaderValue::from_static("close"));
+            }
+            r
+        })
+    };
+    let closed = CancellationToken::new();
+    let server = warp::serve(routes).incoming(listener).graceful(closed.clone().cancelled_owned()).run();
     let mut server = std::pin::pin!(server);
     tokio::select! {
         () = &mut server => tracing::error!("{name}: the server ended by itself"),
         () = stop.cancelled() => {
-            tracing::info!("{name} stopping: no new connections; requests in flight finish");
-            if tokio::time::timeout(timing::SHUTDOWN_GRACE, &mut server).await.is_err() {
+            tracing::info!(
+                lame_duck_ms = timing::LAME_DUCK.as_millis() as u64,
+                "{name} stopping: answers close their connections, then no new connections; requests in flight finish"
+            );
+            closing.store(true, std::sync::atomic::Ordering::Relaxed);
+            let ended = tokio::select! {
+                () = &mut server => true,
+                () = tokio::time::sleep(timing::LAME_DUCK) => false,
+            };
+            closed.cancel();
+            if !ended && tokio::time::timeout(timing::SHUTDOWN_GRACE, &mut server).await.is_err() {
                 tracing::warn!(
                     "{name}: requests still in flight after {} s; stopping anyway",
                     timing::SHUTDOWN_GRACE.as_secs()
@@ -136,6 +162,38 @@ mod tests {
         assert_eq!(answer.status(), 200);
         assert_eq!(answer.text().await.unwrap(), "\"done\"");
         tokio::time::timeout(Duration::from_secs(5), tasks.join_next()).await.unwrap().unwrap().unwrap();
+        assert!(reqwest::Client::new().get(&url).send().await.is_err(), "no new connection after stopping");
+    }
+
+    /// Stopping, the service first answers on (new connections too), each
+    /// answer closing its connection; then it stops.
+    #[tokio::test]
+    async fn while_stopping_answers_close_their_connections() {
+        let ok =
+            crate::http::routes(std::sync::Arc::new(()), |_, _| async { warp::reply::json(&"ok").into_response() });
+        let listener = listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve("test", listener, ok, stop.clone()));
+        let client = reqwest::Client::new();
+        let before = client.get(&url).send().await.unwrap();
+        assert!(before.headers().get("connection").is_none(), "kept alive while serving");
+        stop.cancel();
+        let started = std::time::Instant::now();
+        let closing = loop {
+            let r = reqwest::Client::new().get(&url).send().await.expect("new connections taken while stopping");
+            if r.headers().get("connection").is_some_and(|v| v == "close") {
+                break r;
+            }
+            assert!(started.elapsed() < timing::LAME_DUCK, "no answer said Connection: close");
+        };
+        assert_eq!(closing.status(), 200);
+        tokio::time::timeout(timing::LAME_DUCK + Duration::from_secs(5), tasks.join_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert!(reqwest::Client::new().get(&url).send().await.is_err(), "no new connection after stopping");
     }
 }

@@ -23,6 +23,13 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// wait before they kill.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
+/// After SIGTERM and before it stops taking connections, a service serves on
+/// this long with every answer closing its connection (`Connection: close`),
+/// so a load balancer's kept-alive connections are closed after an answer,
+/// not under a request that is on its way (nginx never resends a POST it
+/// sent: that race failed writes in a rolling restart).
+pub const LAME_DUCK: Duration = Duration::from_secs(1);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +40,6 @@ mod tests {
         assert!(CLIENT_TIMEOUT > contract::READ_TIMEOUT, "a read's 503 reaches the client");
         assert!(CONNECT_TIMEOUT < CLIENT_TIMEOUT);
         assert!(SHUTDOWN_GRACE < Duration::from_secs(10), "stopping finishes before the stop scripts kill");
+        assert!(LAME_DUCK + SHUTDOWN_GRACE < Duration::from_secs(10), "and the lame-duck second before it");
     }
 }

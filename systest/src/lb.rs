@@ -97,6 +97,18 @@ pub struct Ledger {
     /// Answers other than 201/400 (503s, timeouts, errors) and the slowest of them.
     pub failed: AtomicU64,
     pub max_fail_ms: AtomicU64,
+    /// What the first failures were (status and body, or the error), for the
+    /// assertion's message.
+    pub failures: Mutex<Vec<String>>,
+}
+
+impl Ledger {
+    fn note_failure(&self, what: String) {
+        let mut f = self.failures.lock().unwrap();
+        if f.len() < 20 {
+            f.push(what);
+        }
+    }
 }
 
 /// The rides the LB lists, held against a [`Ledger`].
@@ -163,6 +175,11 @@ pub fn start_writers(
                     if !matches!(&res, Ok(r) if r.status == 201 || r.status == 400) {
                         ledger.failed.fetch_add(1, Ordering::Relaxed);
                         ledger.max_fail_ms.fetch_max(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        let after = t0.elapsed();
+                        ledger.note_failure(match &res {
+                            Ok(r) => format!("ride {tag}: {} {} after {after:?}", r.status, r.body.trim()),
+                            Err(e) => format!("ride {tag}: {e:?} after {after:?}"),
+                        });
                     }
                     match res {
                         Ok(r) if r.status == 201 => {
@@ -222,7 +239,12 @@ impl Load {
         for t in self.tasks {
             t.await.unwrap();
         }
-        assert_eq!(self.ledger.failed.load(Ordering::Relaxed), 0, "writes that failed");
+        assert_eq!(
+            self.ledger.failed.load(Ordering::Relaxed),
+            0,
+            "writes that failed: {:#?}",
+            self.ledger.failures.lock().unwrap()
+        );
         assert_eq!(self.reads_failed.load(Ordering::Relaxed), 0, "reads that failed");
         let audit = self.ledger.audit(&upcoming(c, lb, 20, 21).await);
         audit.assert_whole();

@@ -39,6 +39,55 @@ use systest::lb::{
 };
 use systest::{poll, root, Stack};
 
+// ------------------------------------------------------------- rollout
+
+/// `scripts/deploy.sh rollout` (README "Operating it") under 4 writers and a
+/// reader through the LB: the workers, both orchestrators and the four
+/// service instances replaced one at a time (each service a new container),
+/// no request failed, every acknowledged ride listed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_of_every_container_fails_no_request() {
+    let d = Deployment::up("rollout", &[]);
+    let c = Stack::http();
+    let owner = uniq("owner");
+    add_user(&c, &d.lb, &owner).await;
+    let load = systest::lb::Load::start(&d.lb, &owner, 4);
+    let ledger = load.ledger.clone();
+    systest::lb::wait_acked(&ledger, 100, "100 rides before the rollout").await;
+    let services = ["orchestrator", "orchestrator-2", "users-api", "users-api-2", "rides-api", "rides-api-2"];
+    let before: Vec<String> = services.iter().map(|s| d.container(s)).collect();
+    let workers_before = d.worker_containers();
+    let t0 = Instant::now();
+    let out = tokio::task::block_in_place(|| d.deploy_sh("rollout"));
+    let took = t0.elapsed();
+    assert!(out.status.success(), "scripts/deploy.sh rollout failed:\n{}", text(&out));
+    for (s, old) in services.iter().zip(&before) {
+        assert_ne!(&d.container(s), old, "{s} was not recreated");
+    }
+    let workers_after = d.worker_containers();
+    assert!(workers_after.iter().all(|w| !workers_before.contains(w)), "a worker container was not replaced");
+    let n = ledger.acked.lock().unwrap().len();
+    systest::lb::wait_acked(&ledger, n + 50, "writes acknowledged after the rollout").await;
+    // What the LB saw go wrong (an answer other than 2xx, or one that took a
+    // second or more), for the failure's message.
+    let lb_log = text(&run(Command::new("docker").args(["logs", &d.container("lb")])));
+    for line in lb_log.lines().filter(|l| {
+        let slow = l.rsplit("time=").next().and_then(|t| t.trim().parse::<f64>().ok()).is_some_and(|t| t >= 1.0);
+        let status = l.split(' ').nth(5).unwrap_or("");
+        slow || (status.len() == 3 && !status.starts_with('2'))
+    }) {
+        eprintln!("[compose] lb: {line}");
+    }
+    let reads = load.reads_ok.load(Ordering::Relaxed);
+    let audit = load.finish_whole(&c, &d.lb).await;
+    eprintln!(
+        "[compose] rollout of {} workers and 6 containers in {:.1}s under 4 writers and a reader: {} writes acknowledged, {reads} reads, 0 failed",
+        workers_before.len(),
+        took.as_secs_f64(),
+        audit.acked
+    );
+}
+
 // ------------------------------------------------------------- deployment
 
 /// One compose deployment of this test process; `Drop` takes it down
@@ -75,6 +124,8 @@ impl Deployment {
             ("ORCH2_PORT".into(), orch2_port.to_string()),
             ("RABBITMQ_USER".into(), "systest".into()),
             ("RABBITMQ_PASS".into(), format!("pw-{tag}")),
+            // A /24 of its own (the service instances' fixed addresses).
+            ("DEPLOY_NET".into(), format!("10.213.{}", lb_port % 250 + 1)),
             ("SKIP_BUILD".into(), "1".into()),
             ("DEPLOY_TIMEOUT".into(), "240".into()),
         ];

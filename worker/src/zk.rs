@@ -209,7 +209,9 @@ async fn session(
     let me = worker_path(&cfg.zk_root, &cfg.worker_id);
     let ephemeral = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
     let first = record_rx.borrow_and_update().clone();
-    let mut last_role = first.role;
+    // What goes out at once when it changes (progress alone is throttled).
+    let urgent = |r: &WorkerRecord| (r.role, r.ready_for);
+    let mut last_urgent = urgent(&first);
     let data = serde_json::to_vec(&first).expect("record serializes");
     match client.create(&me, &data, &ephemeral).await {
         Ok(_) => {}
@@ -263,17 +265,19 @@ async fn session(
                         return Ok(());
                     }
                     // Progress alone is published at most every
-                    // ZNODE_PUBLISH_EVERY; a role change goes out at once. The
-                    // wait is a select arm, never a sleep here: master changes
-                    // must not queue.
+                    // ZNODE_PUBLISH_EVERY; a role change, or a switchover
+                    // target's `ready_for`, goes out at once (a switchover
+                    // waits on both). The wait is a select arm, never a sleep
+                    // here: master changes must not queue.
                     let now = Instant::now();
-                    publish_at = Some(if record_rx.borrow().role != last_role { now } else { last_publish + timing::ZNODE_PUBLISH_EVERY });
+                    let at_once = urgent(&record_rx.borrow()) != last_urgent;
+                    publish_at = Some(if at_once { now } else { last_publish + timing::ZNODE_PUBLISH_EVERY });
                 }
                 _ = tokio::time::sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
                     publish_at = None;
                     last_publish = Instant::now();
                     let rec = record_rx.borrow_and_update().clone();
-                    last_role = rec.role;
+                    last_urgent = urgent(&rec);
                     client.set_data(&me, &serde_json::to_vec(&rec).expect("record serializes"), None).await?;
                 }
                 Some((rec, answer)) = commits.recv() => {
