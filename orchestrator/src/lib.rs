@@ -46,7 +46,12 @@ pub struct Telemetry {
 /// adopts the running workers, so leaving is safe, and a half-alive one that
 /// no longer fails over or scales is not).
 pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
-    let mut tasks = Supervisor::new(stop.clone());
+    // The background tasks (the broker connection, the batchers, the
+    // election, supervision) have a token of their own, cancelled only once
+    // the HTTP server has finished the requests in flight: those wait on the
+    // broker, and cancelling it first held them until the services' client
+    // timed out (a rolling restart failed requests after 20 s).
+    let mut tasks = Supervisor::new(CancellationToken::new());
     let tel = Arc::new(Telemetry::default());
     let nodes = wire::broker::Nodes::parse(&cfg.amqp_url).map_err(|e| anyhow::anyhow!("AMQP_URL: {e}"))?;
     let rpc = rpc::Rpc::new(nodes, cfg.amqp_queue_type, cfg.batching(), tel.clone());
@@ -113,6 +118,7 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     if !server_ended && tokio::time::timeout(grace, &mut server).await.is_err() {
         server.abort();
     }
+    // Only now: the requests in flight are answered.
     for exit in tasks.shutdown(grace).await {
         error!(task = exit.name, "{exit} while stopping");
     }
