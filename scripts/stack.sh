@@ -319,8 +319,8 @@ rollout() {
     read -r name addr <<< "$o"
     t=$SECONDS
     stop_pid "$name"
-    # `up` starts what is not running (this one) and waits until all serve.
-    ( infra() { :; }; cargo() { :; }; SKIP_IMAGES=1 up ) 2>&1 | { grep -v 'already running' || true; } >&2
+    # `revive` starts what is not running (this one) and waits until all serve.
+    ( SKIP_IMAGES=1 revive ) 2>&1 | { grep -v 'already running' || true; } >&2
     case $name in
       users-api*) wait_lb_uses "$addr" "/api/v1/users?username=rollout-probe" ;;
       rides-api*) wait_lb_uses "$addr" "/api/v1/rides/count" ;;

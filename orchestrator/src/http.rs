@@ -236,6 +236,14 @@ struct ConfigRequest {
 const CONFIG_KEYS_MAX: usize = 32;
 const CONFIG_TEXT_MAX: usize = 100;
 
+/// Who asks, for the status and the events: the body's `by` (trimmed; blank
+/// counts as absent), else the caller's address.
+fn caller(by: Option<String>, remote: Option<std::net::SocketAddr>) -> String {
+    by.map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| remote.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()))
+}
+
 /// `POST /api/v1/recover`'s body: the last write to keep, by name.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -413,8 +421,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                     "reason and by take at most {MAINTENANCE_TEXT_MAX} characters"
                 )));
             }
-            let by = by.unwrap_or_else(|| remote.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()));
-            match cluster.set_paused(req.paused, reason, by).await {
+            match cluster.set_paused(req.paused, reason, caller(by, remote)).await {
                 Ok(status) => json_reply(StatusCode::OK, &status),
                 Err(e) => ApiError::unavailable(format!("{e:#}")).into_response(),
             }
@@ -515,9 +522,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                     "set: 1-{CONFIG_KEYS_MAX} settings, names, values and by of at most {CONFIG_TEXT_MAX} characters"
                 )));
             }
-            let by = req.by.map(|b| b.trim().to_owned()).filter(|b| !b.is_empty());
-            let by = by.unwrap_or_else(|| remote.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()));
-            match cluster.set_settings(&req.set, by).await {
+            match cluster.set_settings(&req.set, caller(req.by, remote)).await {
                 Ok(view) => json_reply(StatusCode::OK, &view),
                 Err(e @ SettingsError::Invalid(_)) => api_error(ApiError::invalid(e.to_string())),
                 Err(e @ SettingsError::Conflict) => error(StatusCode::CONFLICT, e.to_string()),

@@ -59,7 +59,7 @@ pub async fn run(cfg: config::Config, stop: CancellationToken) -> Result<()> {
     tasks.spawn("read batches", |t| rpc.clone().read_batches(t));
     tasks.spawn("write batches", |t| rpc.clone().write_batches(t));
     let floor = read_floor::ReadFloor::new(cfg.read_floor);
-    tasks.spawn("read index", |t| floor.clone().run(rpc.clone(), cfg.timeouts.write.0, t));
+    tasks.spawn("read index", |t| floor.clone().run(rpc.clone(), t));
     let live = settings::Live::new(cfg.clone(), rpc.clone());
     tasks.spawn("master epoch", |t| {
         supervision::follow_master_epoch(cfg.clone(), rpc.clone(), tel.clone(), floor.clone(), live.clone(), t)

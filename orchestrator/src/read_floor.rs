@@ -26,7 +26,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tasks::CancellationToken;
 use tokio::sync::{oneshot, Notify};
@@ -105,8 +104,9 @@ impl ReadFloor {
         }
     }
 
-    /// Ask the master for read indexes while reads wait for one, until `stop`.
-    pub async fn run(self: Arc<Self>, rpc: Arc<Rpc>, timeout: Duration, stop: CancellationToken) -> anyhow::Result<()> {
+    /// Ask the master for read indexes while reads wait for one, until `stop`
+    /// (each bounded by the write timeout in force: it rides `writeQ`).
+    pub async fn run(self: Arc<Self>, rpc: Arc<Rpc>, stop: CancellationToken) -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -116,7 +116,7 @@ impl ReadFloor {
             if waiters.is_empty() {
                 continue;
             }
-            let deadline_ms = Some(wire::now_ms() + timeout.as_millis() as u64);
+            let deadline_ms = Some(wire::now_ms() + rpc.write_timeout().as_millis() as u64);
             let answer = match rpc.write(WriteMsg { write: None, deadline_ms }).await {
                 Ok(Reply::ReadIndex { seq, epoch }) => Ok((epoch, seq)),
                 Ok(Reply::Unavailable { error }) => Err(error),

@@ -12,8 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use std::sync::RwLock;
+
 use clap::{CommandFactory, Parser, ValueEnum};
-use tokio::sync::watch;
 use tracing::{info, warn};
 use wire::coord::SettingsRecord;
 use wire::status::{SettingView, SettingsView};
@@ -110,11 +111,8 @@ pub fn merge(base: &Config, values: &BTreeMap<String, String>) -> Result<Config,
         all.insert(k.clone(), v.trim().to_owned());
     }
     let args = keys.iter().map(|k| format!("--{}={}", k.long, all.get(&k.env).map_or("", String::as_str)));
-    let parsed = LiveArgs::try_parse_from(std::iter::once("settings".to_owned()).chain(args)).map_err(|e| {
-        let text = e.to_string();
-        let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
-        first
-    })?;
+    let parsed = LiveArgs::try_parse_from(std::iter::once("settings".to_owned()).chain(args))
+        .map_err(|e| e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned())?;
     let mut cfg = base.clone();
     cfg.scale = ScaleConfig { window: base.scale.window, ..parsed.scale };
     cfg.timeouts = parsed.timeouts;
@@ -159,19 +157,19 @@ struct InForce {
 /// record's values over them. The RPC client's timeouts follow them.
 pub struct Live {
     base: Config,
-    now: watch::Sender<InForce>,
+    now: RwLock<InForce>,
     rpc: Arc<Rpc>,
 }
 
 impl Live {
     pub fn new(base: Config, rpc: Arc<Rpc>) -> Arc<Live> {
-        let now = watch::Sender::new(InForce { cfg: base.clone(), record: None });
+        let now = RwLock::new(InForce { cfg: base.clone(), record: None });
         Arc::new(Live { base, now, rpc })
     }
 
     /// The autoscaler's settings in force.
     pub fn scale(&self) -> ScaleConfig {
-        self.now.borrow().cfg.scale
+        self.now.read().expect("settings lock").cfg.scale
     }
 
     /// The settings in force with `set` applied over the record, as a start
@@ -184,25 +182,32 @@ impl Live {
     /// written). One that fails the checks is not applied (an orchestrator
     /// of another version may have written it): said, and Err.
     pub fn apply(&self, record: Option<SettingsRecord>) -> Result<(), String> {
-        if self.now.borrow().record == record {
+        if self.now.read().expect("settings lock").record == record {
             return Ok(());
         }
         let values = record.as_ref().map(|r| r.values.clone()).unwrap_or_default();
         let cfg = merge(&self.base, &values).inspect_err(|e| {
             warn!(error = %e, "the live settings in ZooKeeper fail the checks; keeping the ones in force");
         })?;
-        let before = self.now.borrow().cfg.clone();
-        for (key, before, after) in changes(&before, &cfg) {
-            info!(%key, %before, %after, "live setting applied");
+        self.install(cfg, record);
+        Ok(())
+    }
+
+    /// Put `cfg`, made by [`merge`] from `record`, in force: each change
+    /// said once (with who made it), the RPC client's timeouts set.
+    pub fn install(&self, cfg: Config, record: Option<SettingsRecord>) {
+        let mut now = self.now.write().expect("settings lock");
+        let by = record.as_ref().map_or("-", |r| r.by.as_str());
+        for (key, before, after) in changes(&now.cfg, &cfg) {
+            info!(%key, %before, %after, by, "live setting in force");
         }
         self.rpc.set_timeouts(cfg.timeouts.read.0, cfg.timeouts.write.0);
-        self.now.send_replace(InForce { cfg, record });
-        Ok(())
+        *now = InForce { cfg, record };
     }
 
     /// `GET /api/v1/config`.
     pub fn view(&self) -> SettingsView {
-        let now = self.now.borrow();
+        let now = self.now.read().expect("settings lock");
         let (values, start) = (render(&now.cfg), render(&self.base));
         let settings = all_keys()
             .into_iter()

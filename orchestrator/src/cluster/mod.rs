@@ -1205,9 +1205,8 @@ impl Cluster {
             Err(ZkError::Changed) => return Err(SettingsError::Conflict),
             Err(e) => return Err(SettingsError::Unavailable(e.to_string())),
         }
-        self.live.apply(Some(rec)).map_err(SettingsError::Invalid)?;
+        self.live.install(after, Some(rec));
         for (key, before, after) in changed {
-            info!(%key, %before, %after, by = %by, "live setting changed");
             self.tel.events.emit(EventKind::SettingChanged { key, before, after, by: by.clone() });
         }
         // New bounds act now, not at the next window (MIN_SLAVES raised).
