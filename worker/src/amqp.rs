@@ -27,6 +27,20 @@ pub async fn connect(nodes: &Nodes, name: &str) -> lapin::Result<(Connection, St
 
 pub use wire::broker::{declare_sync_queue, declare_topology};
 
+/// Returns once `conn` is gone for good, its calls possibly never to
+/// answer (closed, or failed on a hard error from the broker), looking
+/// every `CONNECTION_WATCH_EVERY`: raced against a role, it ends a role that
+/// waits on a dead connection.
+pub async fn lost(conn: &Connection) -> anyhow::Error {
+    loop {
+        tokio::time::sleep(crate::timing::CONNECTION_WATCH_EVERY).await;
+        let status = conn.status();
+        if status.closed() || status.errored() {
+            return anyhow::anyhow!("the broker connection is {}", if status.errored() { "failed" } else { "closed" });
+        }
+    }
+}
+
 /// Answer an RPC on its `reply_to` queue with its correlation id.
 pub async fn reply(ch: &Channel, props: &BasicProperties, reply: &Reply) -> lapin::Result<()> {
     let body = serde_json::to_vec(reply).expect("replies serialize");

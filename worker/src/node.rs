@@ -221,7 +221,14 @@ async fn roles(ctx: &NodeCtx, stop: &CancellationToken) -> Result<ExitReason> {
         backoff = timing::BROKER_BACKOFF_FIRST;
         let result = match conn.create_channel().await {
             Ok(ch) => match amqp::declare_topology(&ch, ctx.cfg.amqp_queue_type).await {
-                Ok(()) => serve(ctx, &conn, &rec, &mut master_db, stop).await,
+                // A role waiting on a connection that failed under it (seen:
+                // a promotion's channel setup after the broker's hard error,
+                // pending for good with writes stalled) ends, and the worker
+                // reconnects, as after any lost connection.
+                Ok(()) => tokio::select! {
+                    r = serve(ctx, &conn, &rec, &mut master_db, stop) => r,
+                    e = amqp::lost(&conn) => Err(e),
+                },
                 Err(e) => Err(anyhow!(e).context("declaring the topology")),
             },
             Err(e) => Err(anyhow!(e).context("opening a channel")),

@@ -34,6 +34,10 @@ pub const BROKER_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Pause after a role ended on an error, before reconnecting: lets a broker
 /// that just dropped us settle instead of spinning.
 pub const ROLE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How often the connection's state is looked at: a role waiting on a
+/// connection that failed (a broker's hard error can leave a channel
+/// call pending for good) is ended within this and the worker reconnects.
+pub const CONNECTION_WATCH_EVERY: Duration = Duration::from_millis(200);
 /// Longest wait for the broker to confirm a group commit's changes on
 /// `syncQ`; past it the master role ends and reconnects.
 pub const SYNC_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
